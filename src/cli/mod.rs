@@ -1,0 +1,31 @@
+//! The command-line subcommands. Each is a thin shell over the library.
+
+mod serve;
+mod token;
+mod verify;
+
+use std::process::ExitCode;
+
+use crate::config::{Cli, CliCommand};
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        CliCommand::Serve(args) => serve::run(args).await,
+        CliCommand::Token(args) => token::run(args).await,
+        CliCommand::Verify(args) => verify::run(args).await,
+    }
+}
+
+/// Logs to stderr; `REJOIN_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("REJOIN_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}

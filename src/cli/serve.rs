@@ -1,0 +1,20 @@
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::app::{shutdown_signal, Application};
+use crate::config::ServeArgs;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    super::init_tracing();
+    let app = Application::build(args).await?;
+    let addr = app.local_addr();
+    tracing::info!(%addr, "rejoin listening");
+    // The first line on stdout is the address, for scripts and tests that
+    // start the server on port 0.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "rejoin listening on http://{addr}")?;
+    out.flush()?;
+    drop(out);
+    app.run(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}

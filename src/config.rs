@@ -1,0 +1,196 @@
+//! Configuration: the command line, every setting a flag with an environment
+//! variable beside it. `rejoin --help` and `rejoin serve --help` document each.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+use crate::auth::{Role, Secret};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rejoin",
+    version,
+    about = "Resumable WebSocket progress for long-running jobs, backed by an append-only event log"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print a token signed with the server's key.
+    Token(TokenArgs),
+    /// Walk every job's hash chain and name the first event that does not match.
+    Verify(VerifyArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DatabaseArgs {
+    /// Where the log lives: a SQLite file (`sqlite://PATH`, `sqlite:PATH` or a
+    /// plain path). Created, with its migrations applied, on first start.
+    #[arg(
+        long,
+        env = "REJOIN_DATABASE_URL",
+        default_value = "sqlite://sqlite/rejoin.db"
+    )]
+    pub database_url: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "EdDSA")]
+    EdDsa,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct JwtArgs {
+    /// The algorithm every token must use; never taken from the token.
+    #[arg(
+        long,
+        env = "REJOIN_JWT_ALGORITHM",
+        value_enum,
+        default_value = "HS256"
+    )]
+    pub jwt_algorithm: JwtAlgorithm,
+    /// HS256 shared secret (at least 16 bytes). Without it, a random secret is
+    /// generated once and kept in `jwt-secret` beside the SQLite database.
+    #[arg(long, env = "REJOIN_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// PEM public key that verifies RS256/ES256/EdDSA tokens minted elsewhere.
+    #[arg(long, env = "REJOIN_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// PEM private key, to mint client tokens with RS256/ES256/EdDSA. Without
+    /// it such a server verifies tokens but mints none.
+    #[arg(long, env = "REJOIN_JWT_PRIVATE_KEY")]
+    pub jwt_private_key: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "REJOIN_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "REJOIN_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock leeway, in seconds, when checking `exp` and `nbf`.
+    #[arg(long, env = "REJOIN_JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is
+    /// printed on standard output).
+    #[arg(long, env = "REJOIN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+
+    /// How long a session survives without a socket, in seconds.
+    #[arg(long, env = "REJOIN_GRACE_SECS", default_value_t = 60.0)]
+    pub grace_secs: f64,
+
+    /// Seconds between the server's WebSocket pings.
+    #[arg(long, env = "REJOIN_HEARTBEAT_INTERVAL_SECS", default_value_t = 20.0)]
+    pub heartbeat_interval_secs: f64,
+
+    /// Seconds without any frame from the client before its socket is closed as
+    /// dead (recorded as 1006 `heartbeat timeout`).
+    #[arg(long, env = "REJOIN_HEARTBEAT_TIMEOUT_SECS", default_value_t = 60.0)]
+    pub heartbeat_timeout_secs: f64,
+
+    /// Browser origins allowed to open sockets, comma-separated (`*` allows
+    /// any). Requests without an Origin header (native clients) are allowed.
+    #[arg(long, env = "REJOIN_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Base URL clients reach this server at (`https://rejoin.example.com`),
+    /// used for the `websocketUrl` of new jobs. Default: from the Host header.
+    #[arg(long, env = "REJOIN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Largest accepted HTTP request body, in bytes (larger ones get 413).
+    #[arg(long, env = "REJOIN_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest accepted inbound WebSocket frame or message, in bytes.
+    #[arg(long, env = "REJOIN_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Messages queued for one socket before a client that cannot keep up is
+    /// closed with 1013.
+    #[arg(long, env = "REJOIN_SEND_QUEUE", default_value_t = 256)]
+    pub send_queue: usize,
+
+    /// Lifetime of client tokens minted for new jobs, in seconds.
+    #[arg(long, env = "REJOIN_CLIENT_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub client_token_ttl_secs: u64,
+
+    /// Longest client token lifetime a request may ask for, in seconds.
+    #[arg(
+        long,
+        env = "REJOIN_MAX_CLIENT_TOKEN_TTL_SECS",
+        default_value_t = 86_400
+    )]
+    pub max_client_token_ttl_secs: u64,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TokenArgs {
+    /// The token's role.
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// The job a client token may watch (required for `--role client`).
+    #[arg(long)]
+    pub job: Option<Uuid>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// The `sub` claim. Default: `rejoin-cli:<role>`.
+    #[arg(long)]
+    pub sub: Option<String>,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+impl ServeArgs {
+    /// Parses `rejoin serve` arguments (without the program and subcommand
+    /// names), as tests and embedders build a configuration.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("rejoin-serve"))
+            .chain(args.into_iter().map(Into::into));
+        Wrapper::try_parse_from(argv).map(|w| w.serve)
+    }
+}

@@ -1,0 +1,361 @@
+//! The event catalogue: every fact rejoin records, as typed, versioned values.
+//!
+//! An [`Event`] is the envelope (job, seq, session, time) around an
+//! [`EventBody`]. Bodies are encoded to a JSON payload plus a `kind` and a schema
+//! version; decoding dispatches on `kind`, so each payload is parsed straight into
+//! its own struct (typed decoding is much cheaper than `serde_json::Value`).
+//!
+//! Names are past tense in Rust; the `kind` strings are the contract's words.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub type JobId = Uuid;
+pub type SessionId = Uuid;
+
+/// Schema version written with every payload this build produces.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// One event of the log, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Global position in the log; 0 until the store has assigned it.
+    pub position: i64,
+    pub job_id: JobId,
+    /// The job's stream position, strictly increasing per job, starting at 1.
+    pub seq: i64,
+    /// The session the event belongs to, for connection events.
+    pub session_id: Option<SessionId>,
+    pub at: DateTime<Utc>,
+    /// The `Idempotency-Key` the append carried, so retries can be recognised
+    /// from the log alone.
+    pub idempotency_key: Option<String>,
+    pub body: EventBody,
+    /// SHA-256 (hex) chaining this event to the job's previous one.
+    pub hash: String,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventBody {
+    JobCreated(JobCreated),
+    ProgressReported(ProgressReported),
+    MessagePosted(MessagePosted),
+    JobCompleted(JobCompleted),
+    JobFailed(JobFailed),
+    JobCancelled(JobCancelled),
+    Connected(Connected),
+    Disconnected(Disconnected),
+    Reconnected(Reconnected),
+    Replaced(Replaced),
+    WsErrored(WsErrored),
+    ConnectRejected(ConnectRejected),
+    GraceExpired(GraceExpired),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCreated {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressReported {
+    pub progress: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePosted {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCompleted {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobFailed {
+    pub error: FailureInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailureInfo {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCancelled {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A fresh connect started a session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connected {
+    /// The token's `sub`.
+    pub sub: String,
+    /// The job's last delivered seq when the socket opened.
+    pub last_seq: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// A socket closed; the session's grace window opened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disconnected {
+    pub code: u16,
+    pub reason: String,
+    pub grace_until: DateTime<Utc>,
+    /// The highest seq the client acknowledged on this socket, if it sent acks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_seq: Option<i64>,
+}
+
+/// A client came back with `reconnect=true`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reconnected {
+    pub sub: String,
+    /// True when the grace window was still open and the session continues.
+    pub resumed: bool,
+    /// The session the client had before, when it was not resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_session_id: Option<SessionId>,
+    /// Milliseconds since the previous socket closed, if it had closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_ms: Option<i64>,
+    /// The `lastSeq` the client sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_last_seq: Option<i64>,
+    /// The `epoch` the client sent, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_epoch: Option<String>,
+    /// How many job events were replayed to the client.
+    pub missed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// The job's open socket was closed because another connection took over.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Replaced {
+    pub code: u16,
+    pub reason: String,
+    /// The session of the connection that took over.
+    pub by_session_id: SessionId,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WsErrored {
+    pub message: String,
+}
+
+/// An upgrade attempt on a known job was refused before the socket opened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectRejected {
+    pub status: u16,
+    pub code: String,
+    pub reconnect: bool,
+    /// Further rejections folded into this one by the rate limit.
+    #[serde(default)]
+    pub suppressed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraceExpired {
+    pub grace_until: DateTime<Utc>,
+}
+
+/// A payload that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown event kind `{0}`")]
+    UnknownKind(String),
+    #[error("unsupported schema version {version} for `{kind}`")]
+    UnsupportedVersion { kind: String, version: i32 },
+    #[error("bad `{kind}` payload: {source}")]
+    Payload {
+        kind: String,
+        source: serde_json::Error,
+    },
+    #[error("bad {field}: {value}")]
+    Field { field: &'static str, value: String },
+}
+
+macro_rules! kinds {
+    ($($variant:ident => $kind:literal),* $(,)?) => {
+        impl EventBody {
+            /// The contract's name for this kind of event.
+            pub fn kind(&self) -> &'static str {
+                match self { $(EventBody::$variant(_) => $kind,)* }
+            }
+
+            /// The JSON payload stored in the log.
+            pub fn encode(&self) -> String {
+                let encoded = match self { $(EventBody::$variant(p) => serde_json::to_string(p),)* };
+                // Serialising these plain structs cannot fail: no maps with
+                // non-string keys, no failing Serialize impls.
+                encoded.expect("event payloads always serialise")
+            }
+
+            /// Parses a stored payload of the given kind and schema version.
+            pub fn decode(kind: &str, version: i32, payload: &str) -> Result<Self, DecodeError> {
+                if version != SCHEMA_VERSION {
+                    return Err(DecodeError::UnsupportedVersion { kind: kind.to_owned(), version });
+                }
+                let wrap = |source| DecodeError::Payload { kind: kind.to_owned(), source };
+                match kind {
+                    $($kind => serde_json::from_str(payload).map(EventBody::$variant).map_err(wrap),)*
+                    other => Err(DecodeError::UnknownKind(other.to_owned())),
+                }
+            }
+        }
+
+        /// Every kind of event, in catalogue order.
+        pub const ALL_KINDS: &[&str] = &[$($kind),*];
+    };
+}
+
+kinds! {
+    JobCreated => "job_created",
+    ProgressReported => "progress",
+    MessagePosted => "message",
+    JobCompleted => "completed",
+    JobFailed => "failed",
+    JobCancelled => "cancelled",
+    Connected => "connected",
+    Disconnected => "disconnected",
+    Reconnected => "reconnected",
+    Replaced => "replaced",
+    WsErrored => "ws_error",
+    ConnectRejected => "connect_rejected",
+    GraceExpired => "grace_expired",
+}
+
+impl EventBody {
+    /// Job events are the ones delivered to clients and carried by `lastSeq`.
+    pub fn is_job_event(&self) -> bool {
+        matches!(
+            self,
+            EventBody::ProgressReported(_)
+                | EventBody::MessagePosted(_)
+                | EventBody::JobCompleted(_)
+                | EventBody::JobFailed(_)
+                | EventBody::JobCancelled(_)
+        )
+    }
+
+    /// A terminal event ends the job: nothing may be appended after it.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventBody::JobCompleted(_) | EventBody::JobFailed(_) | EventBody::JobCancelled(_)
+        )
+    }
+}
+
+/// The log's timestamp format: RFC 3339, UTC, microseconds. Stored as text so the
+/// SQLite shell and PostgreSQL read it alike, and hashed exactly as stored.
+pub fn format_time(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, DecodeError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| DecodeError::Field {
+            field: "timestamp",
+            value: text.to_owned(),
+        })
+}
+
+/// Truncates a time to the log's precision, so what is held in memory equals
+/// what a restart reads back.
+pub fn to_log_precision(at: DateTime<Utc>) -> DateTime<Utc> {
+    let micros = at.timestamp_micros();
+    DateTime::from_timestamp_micros(micros).unwrap_or(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_payload() {
+        let at = to_log_precision(Utc::now());
+        let bodies = vec![
+            EventBody::JobCreated(JobCreated {
+                metadata: Some(serde_json::json!({"shelf": 3})),
+            }),
+            EventBody::ProgressReported(ProgressReported {
+                progress: 45.0,
+                message: Some("Processing book 9 of 20".into()),
+                data: None,
+            }),
+            EventBody::MessagePosted(MessagePosted {
+                name: "book_found".into(),
+                data: Some(serde_json::json!({"isbn": "978"})),
+            }),
+            EventBody::JobFailed(JobFailed {
+                error: FailureInfo {
+                    code: "AI_TIMEOUT".into(),
+                    message: "model timed out".into(),
+                },
+            }),
+            EventBody::Disconnected(Disconnected {
+                code: 1006,
+                reason: "heartbeat timeout".into(),
+                grace_until: at,
+                acked_seq: Some(4),
+            }),
+            EventBody::GraceExpired(GraceExpired { grace_until: at }),
+        ];
+        for body in bodies {
+            let payload = body.encode();
+            let back = EventBody::decode(body.kind(), SCHEMA_VERSION, &payload).unwrap();
+            assert_eq!(back, body);
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_and_versions_are_errors() {
+        assert!(matches!(
+            EventBody::decode("teleported", 1, "{}"),
+            Err(DecodeError::UnknownKind(_))
+        ));
+        assert!(matches!(
+            EventBody::decode("progress", 99, "{}"),
+            Err(DecodeError::UnsupportedVersion { .. })
+        ));
+    }
+
+    #[test]
+    fn log_time_format_round_trips() {
+        let at = to_log_precision(Utc::now());
+        assert_eq!(parse_time(&format_time(&at)).unwrap(), at);
+    }
+}

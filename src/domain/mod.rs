@@ -1,0 +1,10 @@
+//! The domain: events, the pure fold of job and session state, and the pure
+//! decisions of what a command appends. Nothing here does I/O or reads a clock.
+
+pub mod decide;
+pub mod event;
+pub mod state;
+
+pub use decide::{decide, Command, Decision, DomainError};
+pub use event::{Event, EventBody, JobId, SessionId};
+pub use state::{JobState, JobStatus, SessionPhase, SessionState, World};

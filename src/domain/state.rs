@@ -1,0 +1,280 @@
+//! Job and session state: pure folds of the log.
+//!
+//! [`JobState::apply`] takes one event and moves the state forward. It does no
+//! I/O, reads no clock and draws no random numbers, so folding the same events
+//! always gives the same state: at start-up, for `?asOfSeq=N`, and in `replay`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::event::{Event, EventBody, FailureInfo, JobId, SessionId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Where a session stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionPhase {
+    /// A socket is open.
+    Connected,
+    /// No socket; the client may resume until the deadline.
+    Grace { until: DateTime<Utc> },
+    /// The grace window expired.
+    Ended { at: DateTime<Utc> },
+}
+
+/// One client's logical attachment to a job, across its sockets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionState {
+    pub session_id: SessionId,
+    pub started_at: DateTime<Utc>,
+    pub phase: SessionPhase,
+    /// Sockets this session has had (1 after the connect, +1 per resume).
+    pub sockets: u32,
+    pub last_connect_at: DateTime<Utc>,
+    pub last_disconnect_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionCounts {
+    pub connects: u64,
+    pub reconnects: u64,
+    pub disconnects: u64,
+    pub replaced: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub grace_expiries: u64,
+}
+
+/// A job as the log tells it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobState {
+    pub job_id: JobId,
+    pub created_at: Option<DateTime<Utc>>,
+    pub metadata: Option<Value>,
+    pub status: JobStatus,
+    pub progress: f64,
+    pub message: Option<String>,
+    /// Time of the last job event (or of the creation).
+    pub last_update: Option<DateTime<Utc>>,
+    /// Seq of the last job event (the ones delivered to clients); 0 if none.
+    pub last_seq: i64,
+    pub result: Option<Value>,
+    pub error: Option<FailureInfo>,
+    pub cancel_reason: Option<String>,
+    /// Seq of the last event of any kind: the next append gets `head_seq + 1`.
+    pub head_seq: i64,
+    /// Hash of the event at `head_seq`: the next append chains to it.
+    pub head_hash: String,
+    /// The current (or last) session.
+    pub session: Option<SessionState>,
+    pub counts: ConnectionCounts,
+}
+
+impl JobState {
+    /// The state before the job's first event.
+    pub fn genesis(job_id: JobId) -> Self {
+        JobState {
+            job_id,
+            created_at: None,
+            metadata: None,
+            status: JobStatus::Pending,
+            progress: 0.0,
+            message: None,
+            last_update: None,
+            last_seq: 0,
+            result: None,
+            error: None,
+            cancel_reason: None,
+            head_seq: 0,
+            head_hash: String::new(),
+            session: None,
+            counts: ConnectionCounts::default(),
+        }
+    }
+
+    /// A job exists once its `job_created` event is in the log.
+    pub fn exists(&self) -> bool {
+        self.created_at.is_some()
+    }
+
+    /// Moves the state past one event.
+    pub fn apply(&mut self, event: &Event) {
+        self.head_seq = event.seq;
+        self.head_hash.clone_from(&event.hash);
+        let at = event.at;
+        if event.body.is_job_event() {
+            self.last_seq = event.seq;
+            self.last_update = Some(at);
+            if self.status == JobStatus::Pending {
+                self.status = JobStatus::Running;
+            }
+        }
+        match &event.body {
+            EventBody::JobCreated(created) => {
+                self.created_at = Some(at);
+                self.last_update = Some(at);
+                self.metadata = created.metadata.clone();
+            }
+            EventBody::ProgressReported(p) => {
+                self.progress = p.progress;
+                if p.message.is_some() {
+                    self.message = p.message.clone();
+                }
+            }
+            EventBody::MessagePosted(_) => {}
+            EventBody::JobCompleted(c) => {
+                self.status = JobStatus::Completed;
+                self.progress = 100.0;
+                self.result = c.result.clone();
+            }
+            EventBody::JobFailed(f) => {
+                self.status = JobStatus::Failed;
+                self.error = Some(f.error.clone());
+            }
+            EventBody::JobCancelled(c) => {
+                self.status = JobStatus::Cancelled;
+                self.cancel_reason = c.reason.clone();
+            }
+            EventBody::Connected(_) => {
+                self.counts.connects += 1;
+                if let Some(id) = event.session_id {
+                    self.session = Some(SessionState {
+                        session_id: id,
+                        started_at: at,
+                        phase: SessionPhase::Connected,
+                        sockets: 1,
+                        last_connect_at: at,
+                        last_disconnect_at: None,
+                    });
+                }
+            }
+            EventBody::Reconnected(r) => {
+                self.counts.reconnects += 1;
+                let Some(id) = event.session_id else { return };
+                match self.session.as_mut() {
+                    Some(s) if r.resumed && s.session_id == id => {
+                        s.phase = SessionPhase::Connected;
+                        s.sockets += 1;
+                        s.last_connect_at = at;
+                    }
+                    _ => {
+                        self.session = Some(SessionState {
+                            session_id: id,
+                            started_at: at,
+                            phase: SessionPhase::Connected,
+                            sockets: 1,
+                            last_connect_at: at,
+                            last_disconnect_at: None,
+                        });
+                    }
+                }
+            }
+            EventBody::Disconnected(d) => {
+                self.counts.disconnects += 1;
+                if let Some(s) = self.session_mut(event.session_id) {
+                    s.phase = SessionPhase::Grace {
+                        until: d.grace_until,
+                    };
+                    s.last_disconnect_at = Some(at);
+                }
+            }
+            EventBody::Replaced(_) => {
+                self.counts.replaced += 1;
+                if let Some(s) = self.session_mut(event.session_id) {
+                    s.last_disconnect_at = Some(at);
+                }
+            }
+            EventBody::WsErrored(_) => self.counts.errors += 1,
+            EventBody::ConnectRejected(r) => self.counts.rejected += 1 + r.suppressed,
+            EventBody::GraceExpired(_) => {
+                self.counts.grace_expiries += 1;
+                if let Some(s) = self.session_mut(event.session_id) {
+                    s.phase = SessionPhase::Ended { at };
+                }
+            }
+        }
+    }
+
+    /// The current session, if the event names it.
+    fn session_mut(&mut self, id: Option<SessionId>) -> Option<&mut SessionState> {
+        self.session.as_mut().filter(|s| Some(s.session_id) == id)
+    }
+}
+
+/// What an earlier append with an `Idempotency-Key` produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdempotentAppend {
+    pub seq: i64,
+    /// Digest of the event's kind and payload, to tell a true retry from a key
+    /// reused for a different event.
+    pub fingerprint: [u8; 16],
+}
+
+/// Digest identifying an event's content, for idempotency checks.
+pub fn fingerprint(body: &EventBody) -> [u8; 16] {
+    let mut hasher = Sha256::new();
+    hasher.update(body.kind().as_bytes());
+    hasher.update([0]);
+    hasher.update(body.encode().as_bytes());
+    let digest = hasher.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+/// The fold of the whole log: every job, and the idempotency keys seen.
+#[derive(Clone, Debug, Default)]
+pub struct World {
+    pub jobs: HashMap<JobId, JobState>,
+    pub idempotency: HashMap<(JobId, String), IdempotentAppend>,
+}
+
+impl World {
+    pub fn apply(&mut self, event: &Event) {
+        self.jobs
+            .entry(event.job_id)
+            .or_insert_with(|| JobState::genesis(event.job_id))
+            .apply(event);
+        if let Some(key) = &event.idempotency_key {
+            self.idempotency.insert(
+                (event.job_id, key.clone()),
+                IdempotentAppend {
+                    seq: event.seq,
+                    fingerprint: fingerprint(&event.body),
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The engine: the in-memory fold of the log, kept current by the single
+//! writer, and the one way to change the log.
+//!
+//! Data flows one way: a command is queued to the writer, decided, appended
+//! durably, applied to the [`World`], and only then answered. Reads clone state
+//! out of the `World` under a short read lock; they never wait for the writer.
+
+mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::domain::{Command, DomainError, Event, EventBody, JobId, JobState, SessionId, World};
+use crate::log::{for_each_event, LogStore, StoreError};
+use writer::{WriteRequest, Writer};
+
+/// What a committed command produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// These events are in the log (positions assigned).
+    Appended(Vec<Event>),
+    /// `CreateJob` on a job that exists.
+    AlreadyExists,
+    /// A retried keyed append: the seq the first attempt got.
+    Duplicate { seq: i64 },
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The log cannot be written (database error, or the server is stopping).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Counters kept by the writer, read by tests and by `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Requests waiting in the writer's queue.
+    pub queued: AtomicU64,
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Transactions that failed (their requests were answered with an error).
+    pub failed_commits: AtomicU64,
+    /// Events appended.
+    pub events: AtomicU64,
+    /// The largest number of events one commit carried.
+    pub largest_batch: AtomicU64,
+    /// Sum of commit latencies, in microseconds.
+    pub commit_micros: AtomicU64,
+}
+
+impl WriterStats {
+    fn record_commit(&self, events: usize, took: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+        self.largest_batch
+            .fetch_max(events as u64, Ordering::Relaxed);
+        self.commit_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Tuning for the writer.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineSettings {
+    /// Requests that may wait for the writer before callers are slowed down.
+    pub queue_capacity: usize,
+    /// Most requests decided and committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            queue_capacity: 8192,
+            max_batch: 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn LogStore>,
+    world: Arc<RwLock<World>>,
+    tx: mpsc::Sender<WriteRequest>,
+    epoch: String,
+    clock: Arc<dyn Clock>,
+    stats: Arc<WriterStats>,
+}
+
+impl Engine {
+    /// Rebuilds the state from the log and starts the writer. The writer stops
+    /// when `shutdown` is cancelled, after answering what was already queued.
+    pub async fn start(
+        store: Arc<dyn LogStore>,
+        clock: Arc<dyn Clock>,
+        settings: EngineSettings,
+        shutdown: CancellationToken,
+    ) -> Result<(Engine, JoinHandle<()>), StoreError> {
+        let epoch = store.epoch().await?;
+        let mut world = World::default();
+        let mut count = 0u64;
+        for_each_event(store.as_ref(), 0, |_, event| {
+            world.apply(&event);
+            count += 1;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(
+            events = count,
+            jobs = world.jobs.len(),
+            "state rebuilt from the log"
+        );
+        let world = Arc::new(RwLock::new(world));
+        let stats = Arc::new(WriterStats::default());
+        let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let writer = Writer {
+            store: store.clone(),
+            world: world.clone(),
+            clock: clock.clone(),
+            stats: stats.clone(),
+            max_batch: settings.max_batch,
+        };
+        let handle = tokio::spawn(writer.run(rx, shutdown));
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                world,
+                tx,
+                epoch,
+                clock,
+                stats,
+            }),
+        };
+        Ok((engine, handle))
+    }
+
+    /// Queues a command and waits until its events are durable.
+    pub async fn execute(
+        &self,
+        job_id: JobId,
+        session_id: Option<SessionId>,
+        command: Command,
+    ) -> Result<Outcome, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest {
+            job_id,
+            session_id,
+            command,
+            reply,
+        };
+        let stopping = || EngineError::Unavailable("the server is shutting down".into());
+        self.inner.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if self.inner.tx.send(request).await.is_err() {
+            self.inner.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(stopping());
+        }
+        answer.await.map_err(|_| stopping())?
+    }
+
+    /// Creates a job (or finds it).
+    pub async fn create_job(
+        &self,
+        job_id: JobId,
+        metadata: Option<serde_json::Value>,
+    ) -> Result<Outcome, EngineError> {
+        self.execute(job_id, None, Command::CreateJob { metadata })
+            .await
+    }
+
+    /// Appends one job event.
+    pub async fn append(
+        &self,
+        job_id: JobId,
+        body: EventBody,
+        idempotency_key: Option<String>,
+    ) -> Result<Outcome, EngineError> {
+        self.execute(
+            job_id,
+            None,
+            Command::AppendJobEvent {
+                body,
+                idempotency_key,
+            },
+        )
+        .await
+    }
+
+    /// The job's current state, if it exists.
+    pub fn job(&self, job_id: JobId) -> Option<JobState> {
+        let world = self.inner.world.read().unwrap_or_else(|p| p.into_inner());
+        world.jobs.get(&job_id).filter(|j| j.exists()).cloned()
+    }
+
+    /// The job's state as it stood at `seq`, folded from the log.
+    pub async fn job_as_of(&self, job_id: JobId, seq: i64) -> Result<Option<JobState>, StoreError> {
+        let mut state = JobState::genesis(job_id);
+        let id = job_id.to_string();
+        let mut after = 0;
+        loop {
+            let rows = self.inner.store.read_job(&id, after, seq, 10_000).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.seq;
+            for row in &rows {
+                let event = row.decode().map_err(|source| StoreError::Corrupt {
+                    position: row.position,
+                    source,
+                })?;
+                state.apply(&event);
+            }
+        }
+        Ok(state.exists().then_some(state))
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.inner.epoch
+    }
+
+    pub fn store(&self) -> &Arc<dyn LogStore> {
+        &self.inner.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.inner.stats
+    }
+}

@@ -1,0 +1,157 @@
+//! The API's one error type: every failure a handler can return, mapped to the
+//! contract's status code and `{"error": {"code", "message"}}` body. Server-side
+//! failures are logged with their cause and answered with a generic message.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::domain::DomainError;
+use crate::engine::EngineError;
+use crate::log::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed input; `code` names what kind.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error(transparent)]
+    Unauthorized(AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("this method is not allowed on this route")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    NotImplemented(String),
+    /// The log cannot be written or read; the cause is logged, not returned.
+    #[error("the event log is unavailable")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(AuthError::CannotMint) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unauthorized(AuthError::BadRequest(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. } | ApiError::Conflict { code, .. } => code,
+            ApiError::Unauthorized(AuthError::Missing) => "missing_token",
+            ApiError::Unauthorized(AuthError::Expired) => "token_expired",
+            ApiError::Unauthorized(AuthError::Invalid(_)) => "invalid_token",
+            ApiError::Unauthorized(AuthError::CannotMint) => "minting_disabled",
+            ApiError::Unauthorized(AuthError::BadRequest(_)) => "bad_request",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::Unavailable(_) => "log_unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Unavailable(cause) => {
+                tracing::error!(%cause, "request failed: log unavailable")
+            }
+            ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
+            _ => {}
+        }
+        let status = self.status_code();
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::Unauthorized(e)
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::UnknownJob => ApiError::NotFound("job not found".into()),
+            DomainError::JobFinished(_) => ApiError::Conflict {
+                code: "job_finished",
+                message: e.to_string(),
+            },
+            DomainError::IdempotencyKeyReused => ApiError::Conflict {
+                code: "idempotency_key_reused",
+                message: e.to_string(),
+            },
+            DomainError::InvalidEvent(message) => ApiError::BadRequest {
+                code: "invalid_event",
+                message,
+            },
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Domain(d) => d.into(),
+            EngineError::Unavailable(cause) => ApiError::Unavailable(cause),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { .. } => ApiError::Internal(e.to_string()),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The job API: create jobs, append their events, mint client tokens, read
+//! state (now, or as of a seq).
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{parse_job_id, Caller, JsonBody};
+use super::AppState;
+use crate::auth::Role;
+use crate::domain::event::{
+    FailureInfo, JobCancelled, JobCompleted, JobFailed, MessagePosted, ProgressReported,
+};
+use crate::domain::state::ConnectionCounts;
+use crate::domain::{EventBody, JobState, JobStatus, SessionPhase};
+use crate::engine::Outcome;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs", post(create_job))
+        .route("/v1/jobs/{job_id}", get(get_job))
+        .route("/v1/jobs/{job_id}/events", post(append_event))
+        .route("/v1/jobs/{job_id}/token", post(refresh_token))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateJobRequest {
+    #[serde(default)]
+    job_id: Option<Uuid>,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    client_token_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateJobResponse {
+    job_id: Uuid,
+    client_token: String,
+    client_token_expires_at: DateTime<Utc>,
+    websocket_url: String,
+}
+
+async fn create_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateJobRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Service])?;
+    let ttl = state.client_token_ttl(req.client_token_ttl_secs)?;
+    let job_id = req.job_id.unwrap_or_else(Uuid::new_v4);
+    let outcome = state
+        .engine
+        .create_job(job_id, req.metadata.map(Value::Object))
+        .await?;
+    let status = match outcome {
+        Outcome::AlreadyExists => StatusCode::OK,
+        _ => StatusCode::CREATED,
+    };
+    let minted = state.auth.mint(
+        Role::Client,
+        &format!("client:{job_id}"),
+        Some(job_id),
+        ttl,
+        state.engine.clock().now(),
+    )?;
+    let body = CreateJobResponse {
+        job_id,
+        client_token: minted.token,
+        client_token_expires_at: minted.expires_at,
+        websocket_url: state.websocket_url(&headers, job_id),
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// A job event as services post it.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum AppendRequest {
+    Progress {
+        progress: f64,
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        data: Option<Value>,
+    },
+    Message {
+        name: String,
+        #[serde(default)]
+        data: Option<Value>,
+    },
+    Completed {
+        #[serde(default)]
+        result: Option<Value>,
+    },
+    Failed {
+        error: FailureInfo,
+    },
+    Cancelled {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+impl From<AppendRequest> for EventBody {
+    fn from(req: AppendRequest) -> Self {
+        match req {
+            AppendRequest::Progress {
+                progress,
+                message,
+                data,
+            } => EventBody::ProgressReported(ProgressReported {
+                progress,
+                message,
+                data,
+            }),
+            AppendRequest::Message { name, data } => {
+                EventBody::MessagePosted(MessagePosted { name, data })
+            }
+            AppendRequest::Completed { result } => EventBody::JobCompleted(JobCompleted { result }),
+            AppendRequest::Failed { error } => EventBody::JobFailed(JobFailed { error }),
+            AppendRequest::Cancelled { reason } => EventBody::JobCancelled(JobCancelled { reason }),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AppendResponse {
+    job_id: Uuid,
+    seq: i64,
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+    };
+    let key = value.to_str().map_err(|_| bad())?;
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+async fn append_event(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<AppendRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Service])?;
+    let job_id = parse_job_id(&job_id)?;
+    let key = idempotency_key(&headers)?;
+    let outcome = state.engine.append(job_id, req.into(), key).await?;
+    let (seq, replayed) = match outcome {
+        Outcome::Appended(events) => (events.last().map_or(0, |e| e.seq), false),
+        Outcome::Duplicate { seq } => (seq, true),
+        Outcome::AlreadyExists => return Err(ApiError::Internal("unexpected outcome".into())),
+    };
+    let mut response = (StatusCode::CREATED, Json(AppendResponse { job_id, seq })).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenRequest {
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenResponse {
+    job_id: Uuid,
+    client_token: String,
+    client_token_expires_at: DateTime<Utc>,
+}
+
+async fn refresh_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+    JsonBody(req): JsonBody<TokenRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let job_id = parse_job_id(&job_id)?;
+    caller.require_or_client_of(&[Role::Service], job_id)?;
+    let ttl = state.client_token_ttl(req.ttl_secs)?;
+    if state.engine.job(job_id).is_none() {
+        return Err(ApiError::NotFound("job not found".into()));
+    }
+    // A refreshed client token keeps the subject of the one it replaces.
+    let sub = match caller.0.role {
+        Role::Client => caller.0.sub.clone(),
+        _ => format!("client:{job_id}"),
+    };
+    let minted = state.auth.mint(
+        Role::Client,
+        &sub,
+        Some(job_id),
+        ttl,
+        state.engine.clock().now(),
+    )?;
+    Ok(Json(TokenResponse {
+        job_id,
+        client_token: minted.token,
+        client_token_expires_at: minted.expires_at,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JobQuery {
+    #[serde(default)]
+    as_of_seq: Option<i64>,
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+    query: Result<Query<JobQuery>, QueryRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    let job_id = parse_job_id(&job_id)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let job = match query.as_of_seq {
+        None => {
+            caller.require_or_client_of(&[Role::Service, Role::Support], job_id)?;
+            state.engine.job(job_id)
+        }
+        Some(seq) => {
+            caller.require(&[Role::Service, Role::Support])?;
+            if seq < 1 {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "asOfSeq must be at least 1",
+                ));
+            }
+            let head = state.engine.job(job_id).map(|j| j.head_seq);
+            match head {
+                Some(head) if seq > head => {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        format!("asOfSeq {seq} is past the job's last seq {head}"),
+                    ))
+                }
+                Some(_) => state.engine.job_as_of(job_id, seq).await?,
+                None => None,
+            }
+        }
+    };
+    let job = job.ok_or_else(|| ApiError::NotFound("job not found".into()))?;
+    Ok(Json(JobView::from(&job)))
+}
+
+/// A job's state as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    job_id: Uuid,
+    status: JobStatus,
+    progress: f64,
+    message: Option<String>,
+    last_update: Option<DateTime<Utc>>,
+    last_seq: i64,
+    /// Seq of the last event of any kind (the fold's position in the stream).
+    head_seq: i64,
+    created_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<FailureInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    session: Option<SessionView>,
+    counts: ConnectionCounts,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionView {
+    session_id: Uuid,
+    state: &'static str,
+    started_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grace_until: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_at: Option<DateTime<Utc>>,
+    sockets: u32,
+}
+
+impl From<&JobState> for JobView {
+    fn from(job: &JobState) -> Self {
+        JobView {
+            job_id: job.job_id,
+            status: job.status,
+            progress: job.progress,
+            message: job.message.clone(),
+            last_update: job.last_update,
+            last_seq: job.last_seq,
+            head_seq: job.head_seq,
+            created_at: job.created_at,
+            metadata: job.metadata.clone(),
+            result: job.result.clone(),
+            error: job.error.clone(),
+            reason: job.cancel_reason.clone(),
+            session: job.session.as_ref().map(|s| {
+                let (state, grace_until, ended_at) = match s.phase {
+                    SessionPhase::Connected => ("connected", None, None),
+                    SessionPhase::Grace { until } => ("grace", Some(until), None),
+                    SessionPhase::Ended { at } => ("ended", None, Some(at)),
+                };
+                SessionView {
+                    session_id: s.session_id,
+                    state,
+                    started_at: s.started_at,
+                    grace_until,
+                    ended_at,
+                    sockets: s.sockets,
+                }
+            }),
+            counts: job.counts,
+        }
+    }
+}

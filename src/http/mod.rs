@@ -1,0 +1,98 @@
+//! The HTTP surface: one router over one shared [`AppState`]. Each route module
+//! exposes `router()`; errors leave through [`error::ApiError`].
+
+pub mod error;
+pub mod extract;
+mod health;
+pub mod jobs;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::HeaderMap;
+use axum::Router;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::auth::Authority;
+use crate::engine::Engine;
+use error::ApiError;
+
+/// Settings the handlers read.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub public_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub client_token_ttl_secs: u64,
+    pub max_client_token_ttl_secs: u64,
+}
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub auth: Arc<Authority>,
+    pub settings: Arc<HttpSettings>,
+}
+
+impl AppState {
+    /// The lifetime of a client token: the request's, within the configured
+    /// maximum, or the default.
+    pub fn client_token_ttl(&self, requested: Option<u64>) -> Result<u64, ApiError> {
+        match requested {
+            None => Ok(self.settings.client_token_ttl_secs),
+            Some(t) if t >= 1 && t <= self.settings.max_client_token_ttl_secs => Ok(t),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid_ttl",
+                format!(
+                    "clientTokenTtlSecs must be from 1 to {}",
+                    self.settings.max_client_token_ttl_secs
+                ),
+            )),
+        }
+    }
+
+    /// Where a client opens the job's WebSocket (it adds its `token`).
+    pub fn websocket_url(&self, headers: &HeaderMap, job_id: Uuid) -> String {
+        let base = match &self.settings.public_url {
+            Some(url) => url
+                .trim_end_matches('/')
+                .replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1),
+            None => {
+                let host = headers
+                    .get(axum::http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("localhost");
+                let secure = headers
+                    .get("x-forwarded-proto")
+                    .and_then(|h| h.to_str().ok())
+                    .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+                format!("{}://{host}", if secure { "wss" } else { "ws" })
+            }
+        };
+        format!("{base}/ws/progress?jobId={job_id}")
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    Router::new()
+        .merge(health::router())
+        .merge(jobs::router())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(
+            // Spans name the route, never the raw URI: query strings may carry
+            // tokens, and tokens are never logged.
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("unmatched", |p| p.as_str());
+                tracing::info_span!("http", method = %req.method(), route = %route)
+            }),
+        )
+        .with_state(state)
+}

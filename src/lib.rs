@@ -1,0 +1,31 @@
+//! # rejoin
+//!
+//! Keeps a client's view of a long-running job alive across dropped WebSocket
+//! connections. Every fact is an event in an append-only log; job and session
+//! state are folds of that log.
+//!
+//! # Layout
+//!
+//! - [`domain`]: the event catalogue, the pure fold of job and session state,
+//!   and the pure decisions of what a command appends. No I/O, no clock.
+//! - [`log`]: durable storage behind the [`log::LogStore`] trait (SQLite in
+//!   `log/sqlite.rs`), the per-job hash chain and `verify`.
+//! - [`engine`]: the in-memory fold kept current by the single writer, which
+//!   group-commits every change to the log.
+//! - [`auth`]: tokens and roles.
+//! - [`http`]: the HTTP routes, their extractors and the API error type.
+//! - [`app`]: builds and runs the server; [`config`]: the command line;
+//!   [`cli`]: the subcommands; [`clock`]: injected time.
+//!
+//! Data flows one way: request → decide → append (durable) → apply to the
+//! in-memory state → answer. Nothing is acknowledged before it is in the log.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod http;
+pub mod log;

@@ -1,0 +1,158 @@
+//! The log: durable, append-only storage of events.
+//!
+//! [`LogStore`] is the one interface to it, with a backend per database
+//! (`sqlite.rs` now). Stores keep rows as they are written ([`EventRow`]); the
+//! domain's typed [`Event`] is converted at this boundary. A store never decides
+//! anything: seqs and hashes arrive computed by the writer, and the database's
+//! unique `(job_id, seq)` is the last line of defence against two writers.
+
+pub mod chain;
+pub mod sqlite;
+pub mod verify;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::event::{format_time, parse_time, DecodeError, Event, EventBody};
+
+/// One event as stored.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct EventRow {
+    /// Global position; assigned by the database on insert (0 before).
+    pub position: i64,
+    pub job_id: String,
+    pub seq: i64,
+    pub session_id: Option<String>,
+    pub kind: String,
+    pub schema_version: i32,
+    pub payload: String,
+    pub idempotency_key: Option<String>,
+    pub at: String,
+    pub hash: String,
+}
+
+impl EventRow {
+    /// Encodes an event for storage; the event's hash must already be set.
+    pub fn from_event(event: &Event) -> Self {
+        EventRow {
+            position: event.position,
+            job_id: event.job_id.to_string(),
+            seq: event.seq,
+            session_id: event.session_id.map(|s| s.to_string()),
+            kind: event.body.kind().to_owned(),
+            schema_version: crate::domain::event::SCHEMA_VERSION,
+            payload: event.body.encode(),
+            idempotency_key: event.idempotency_key.clone(),
+            at: format_time(&event.at),
+            hash: event.hash.clone(),
+        }
+    }
+
+    /// Decodes the stored row into a typed event.
+    pub fn decode(&self) -> Result<Event, DecodeError> {
+        let uuid = |field: &'static str, text: &str| {
+            uuid::Uuid::parse_str(text).map_err(|_| DecodeError::Field {
+                field,
+                value: text.to_owned(),
+            })
+        };
+        Ok(Event {
+            position: self.position,
+            job_id: uuid("job_id", &self.job_id)?,
+            seq: self.seq,
+            session_id: match &self.session_id {
+                Some(s) => Some(uuid("session_id", s)?),
+                None => None,
+            },
+            at: parse_time(&self.at)?,
+            idempotency_key: self.idempotency_key.clone(),
+            body: EventBody::decode(&self.kind, self.schema_version, &self.payload)?,
+            hash: self.hash.clone(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be written or read right now (I/O error, disk full,
+    /// locked, gone). Appends answer 503.
+    #[error("the log is unavailable: {0}")]
+    Unavailable(String),
+    /// An append collided with an existing `(job_id, seq)`.
+    #[error("conflicting append: {0}")]
+    Conflict(String),
+    #[error("event at position {position} cannot be decoded: {source}")]
+    Corrupt { position: i64, source: DecodeError },
+    #[error("cannot open the log: {0}")]
+    Open(String),
+}
+
+/// Durable, append-only event storage.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// The id the log got when it was created.
+    async fn epoch(&self) -> Result<String, StoreError>;
+
+    /// Appends the rows in one transaction and returns their positions, in
+    /// order. Returns only after the transaction is durable.
+    async fn append(&self, rows: &[EventRow]) -> Result<Vec<i64>, StoreError>;
+
+    /// Events with `position > after`, in position order, at most `limit`.
+    async fn read_log(&self, after: i64, limit: u32) -> Result<Vec<EventRow>, StoreError>;
+
+    /// One job's events with `after_seq < seq <= through_seq`, in seq order, at
+    /// most `limit`.
+    async fn read_job(
+        &self,
+        job_id: &str,
+        after_seq: i64,
+        through_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, StoreError>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Closes the connections after the last append.
+    async fn close(&self);
+}
+
+/// Opens the log named by a database URL: `sqlite://PATH`, `sqlite:PATH` or a
+/// bare file path.
+pub async fn open(url: &str) -> Result<Arc<dyn LogStore>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::Open(
+            "PostgreSQL is not supported by this build yet; use a sqlite:// URL".into(),
+        ));
+    }
+    Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+}
+
+/// Reads the whole log in position order, page by page, handing each decoded
+/// event to `visit`.
+pub async fn for_each_event(
+    store: &dyn LogStore,
+    after: i64,
+    mut visit: impl FnMut(&EventRow, Event) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    const PAGE: u32 = 10_000;
+    let mut cursor = after;
+    loop {
+        let rows = store.read_log(cursor, PAGE).await?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        cursor = last.position;
+        for row in &rows {
+            let event = row.decode().map_err(|source| StoreError::Corrupt {
+                position: row.position,
+                source,
+            })?;
+            visit(row, event)?;
+        }
+    }
+}
