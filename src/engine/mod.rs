@@ -45,6 +45,8 @@ pub enum EngineError {
 pub struct WriterStats {
     /// Requests waiting in the writer's queue.
     pub queued: AtomicU64,
+    /// Requests the writer has taken off the queue.
+    pub taken: AtomicU64,
     /// Transactions committed.
     pub commits: AtomicU64,
     /// Transactions that failed (their requests were answered with an error).

@@ -71,6 +71,7 @@ impl Writer {
                 break;
             }
             self.stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+            self.stats.taken.fetch_add(n as u64, Ordering::Relaxed);
             self.process(&mut batch).await;
         }
         tracing::debug!("log writer stopped");
