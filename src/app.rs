@@ -1,30 +1,40 @@
-//! The server as a value: [`Application::build`] opens the log, rebuilds state
-//! and binds the listener (so the port is known before anything runs);
-//! [`Application::run`] serves until the given shutdown future resolves, then
-//! stops in order: no new requests, in-flight requests answered, the writer
-//! drained, the database closed.
+//! The server as a value: [`Application::build`] opens the log, rebuilds state,
+//! records sockets the previous process left connected, and binds the listener
+//! (so the port is known before anything runs); [`Application::run`] serves
+//! until the given shutdown future resolves, then stops in order: no new
+//! connections, every socket closed with 1001 and its close recorded, the
+//! writer drained, the database closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authority;
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeArgs;
-use crate::engine::{Engine, EngineSettings};
+use crate::engine::{Engine, EngineSettings, EngineTasks};
 use crate::http::{self, AppState, HttpSettings};
 use crate::log;
+use crate::ws::{RejectionLog, Sockets, WsSettings};
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    writer: JoinHandle<()>,
-    writer_stop: CancellationToken,
+    tasks: EngineTasks,
+    engine_stop: CancellationToken,
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    anyhow::ensure!(
+        value.is_finite() && value > 0.0 && value < 1e9,
+        "{name} must be a positive number of seconds"
+    );
+    Ok(Duration::from_secs_f64(value))
 }
 
 impl Application {
@@ -34,17 +44,26 @@ impl Application {
     }
 
     pub async fn build_with_clock(args: ServeArgs, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let grace = seconds("--grace-secs", args.grace_secs)?;
+        let heartbeat_interval =
+            seconds("--heartbeat-interval-secs", args.heartbeat_interval_secs)?;
+        let heartbeat_timeout = seconds("--heartbeat-timeout-secs", args.heartbeat_timeout_secs)?;
+        anyhow::ensure!(args.send_queue > 0, "--send-queue must be at least 1");
+
         let url = &args.database.database_url;
         let store = log::open(url).await?;
         let secret_dir = log::sqlite::database_path(url)
             .map(|p| p.parent().map(|d| d.to_path_buf()).unwrap_or_default());
         let auth = Authority::from_args(&args.jwt, secret_dir.as_deref())?;
-        let writer_stop = CancellationToken::new();
-        let (engine, writer) =
-            Engine::start(store, clock, EngineSettings::default(), writer_stop.clone()).await?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let engine_stop = CancellationToken::new();
+        let settings = EngineSettings {
+            grace,
+            ..EngineSettings::default()
+        };
+        let (engine, tasks) = Engine::start(store, clock, settings, engine_stop.clone()).await?;
         let state = AppState {
             engine,
             auth: Arc::new(auth),
@@ -54,12 +73,21 @@ impl Application {
                 client_token_ttl_secs: args.client_token_ttl_secs,
                 max_client_token_ttl_secs: args.max_client_token_ttl_secs,
             }),
+            ws: Arc::new(WsSettings {
+                heartbeat_interval,
+                heartbeat_timeout,
+                allowed_origins: args.allowed_origins.clone(),
+                max_frame_bytes: args.max_frame_bytes,
+                send_queue: args.send_queue,
+            }),
+            sockets: Sockets::default(),
+            rejections: Arc::new(RejectionLog::new(Duration::from_secs(10))),
         };
         Ok(Application {
             listener,
             state,
-            writer,
-            writer_stop,
+            tasks,
+            engine_stop,
         })
     }
 
@@ -81,21 +109,29 @@ impl Application {
         let Application {
             listener,
             state,
-            writer,
-            writer_stop,
+            tasks,
+            engine_stop,
         } = self;
         let store = state.engine.store().clone();
+        let sockets = state.sockets.clone();
         let app = http::router(state);
+        let closing = sockets.clone();
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Upgraded sockets are not axum's to wait for: close them now.
+            closing.shutdown.cancel();
+        })
         .await
         .context("serving HTTP")?;
-        tracing::info!("stopped accepting; draining the log writer");
-        writer_stop.cancel();
-        writer.await.context("the log writer panicked")?;
+        sockets.close_all().await;
+        tracing::info!("sockets closed; draining the log writer");
+        engine_stop.cancel();
+        tasks.scheduler.await.context("the scheduler panicked")?;
+        tasks.writer.await.context("the log writer panicked")?;
         store.close().await;
         tracing::info!("log flushed; bye");
         Ok(())

@@ -13,6 +13,10 @@
 //! - [`engine`]: the in-memory fold kept current by the single writer, which
 //!   group-commits every change to the log.
 //! - [`auth`]: tokens and roles.
+//! - [`engine::hub`]: the live sockets and the fan-out of committed events.
+//! - [`scheduler`]: the grace scheduler, sleeping until the next deadline.
+//! - [`ws`]: the WebSocket endpoint: checks before the upgrade, the protocol,
+//!   one task per socket.
 //! - [`http`]: the HTTP routes, their extractors and the API error type.
 //! - [`app`]: builds and runs the server; [`config`]: the command line;
 //!   [`cli`]: the subcommands; [`clock`]: injected time.
@@ -29,3 +33,5 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod log;
+pub mod scheduler;
+pub mod ws;

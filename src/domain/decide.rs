@@ -4,10 +4,17 @@
 //! the key produced before) and answers with the events to append, or why not.
 //! It never touches the log or the clock: the writer passes both in.
 
+use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
-use super::event::{EventBody, JobCreated};
-use super::state::{fingerprint, IdempotentAppend, JobState, JobStatus};
+use super::event::{
+    Connected, Disconnected, EventBody, GraceExpired, JobCreated, Reconnected, Replaced, SessionId,
+};
+use super::state::{fingerprint, IdempotentAppend, JobState, JobStatus, SessionPhase};
+
+/// Close code and reason sent to a socket that another connection replaced.
+pub const REPLACED_CODE: u16 = 1000;
+pub const REPLACED_REASON: &str = "Client reconnecting";
 
 /// A request to change a job.
 #[derive(Clone, Debug)]
@@ -19,20 +26,96 @@ pub enum Command {
         body: EventBody,
         idempotency_key: Option<String>,
     },
-    /// Record connection events decided elsewhere (the session engine), such as
-    /// `connect_rejected` or `ws_error`. Only needs the job to exist.
-    Record { bodies: Vec<EventBody> },
+    /// Record events observed elsewhere (`ws_error`, `connect_rejected`). Only
+    /// needs the job to exist.
+    Record {
+        session_id: Option<SessionId>,
+        body: EventBody,
+    },
+    /// A socket opened (fresh connect or reconnect).
+    Attach(Attach),
+    /// A socket closed. Ignored unless it is still the session's live socket.
+    Detach {
+        session_id: SessionId,
+        /// The socket's ordinal within its session (see `SessionState::sockets`).
+        socket: u32,
+        code: u16,
+        reason: String,
+        acked_seq: Option<i64>,
+        grace: Duration,
+    },
+    /// A grace deadline came. Ignored unless the session is still waiting.
+    ExpireGrace { session_id: SessionId },
+}
+
+/// What a client asked for when its socket opened.
+#[derive(Clone, Debug)]
+pub struct Attach {
+    /// The id a new session gets (drawn by the caller: `decide` is pure).
+    pub new_session_id: SessionId,
+    pub sub: String,
+    /// `reconnect=true`.
+    pub reconnect: bool,
+    /// The client's `lastSeq`.
+    pub client_last_seq: Option<i64>,
+    /// The client's `epoch`.
+    pub client_epoch: Option<String>,
+    /// This log's epoch.
+    pub log_epoch: String,
+    pub user_agent: Option<String>,
+}
+
+/// How an attached socket is to be served.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttachPlan {
+    pub session_id: SessionId,
+    pub reconnect: bool,
+    pub resumed: bool,
+    /// Replay job events with seq greater than this (`None`: no replay).
+    pub replay_after: Option<i64>,
+    /// How many job events the replay holds.
+    pub missed: u64,
+}
+
+/// An event to append, with the session it belongs to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planned {
+    pub session_id: Option<SessionId>,
+    pub body: EventBody,
+}
+
+impl Planned {
+    fn job(body: EventBody) -> Self {
+        Planned {
+            session_id: None,
+            body,
+        }
+    }
+
+    fn session(id: SessionId, body: EventBody) -> Self {
+        Planned {
+            session_id: Some(id),
+            body,
+        }
+    }
 }
 
 /// What a command decided.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
     /// Append these events, in order.
-    Append(Vec<EventBody>),
+    Append(Vec<Planned>),
+    /// Append these events and serve the socket as planned.
+    Attach {
+        events: Vec<Planned>,
+        plan: AttachPlan,
+    },
     /// The job already exists: nothing to append.
     AlreadyExists,
     /// A retry of an append that already happened: answer with its seq.
     Duplicate { seq: i64 },
+    /// Nothing to do (a stale close or deadline).
+    Nothing,
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -47,27 +130,31 @@ pub enum DomainError {
     InvalidEvent(String),
 }
 
-/// Decides what `command` appends to the job in `state`.
+/// Decides what `command` appends to the job in `state` at time `now`.
 ///
 /// `prior` is what the command's idempotency key produced earlier, if anything.
 pub fn decide(
     state: &JobState,
     prior: Option<&IdempotentAppend>,
     command: &Command,
+    now: DateTime<Utc>,
 ) -> Result<Decision, DomainError> {
-    match command {
-        Command::CreateJob { metadata } => {
-            if state.exists() {
-                return Ok(Decision::AlreadyExists);
-            }
-            Ok(Decision::Append(vec![EventBody::JobCreated(JobCreated {
-                metadata: metadata.clone(),
-            })]))
+    if let Command::CreateJob { metadata } = command {
+        if state.exists() {
+            return Ok(Decision::AlreadyExists);
         }
+        return Ok(Decision::Append(vec![Planned::job(EventBody::JobCreated(
+            JobCreated {
+                metadata: metadata.clone(),
+            },
+        ))]));
+    }
+    if !state.exists() {
+        return Err(DomainError::UnknownJob);
+    }
+    match command {
+        Command::CreateJob { .. } => unreachable!("handled above"),
         Command::AppendJobEvent { body, .. } => {
-            if !state.exists() {
-                return Err(DomainError::UnknownJob);
-            }
             if let Some(prior) = prior {
                 return if prior.fingerprint == fingerprint(body) {
                     Ok(Decision::Duplicate { seq: prior.seq })
@@ -85,15 +172,140 @@ pub fn decide(
             if state.status.is_terminal() {
                 return Err(DomainError::JobFinished(state.status));
             }
-            Ok(Decision::Append(vec![body.clone()]))
+            Ok(Decision::Append(vec![Planned::job(body.clone())]))
         }
-        Command::Record { bodies } => {
-            if !state.exists() {
-                return Err(DomainError::UnknownJob);
+        Command::Record { session_id, body } => Ok(Decision::Append(vec![Planned {
+            session_id: *session_id,
+            body: body.clone(),
+        }])),
+        Command::Attach(attach) => Ok(decide_attach(state, attach, now)),
+        Command::Detach {
+            session_id,
+            socket,
+            code,
+            reason,
+            acked_seq,
+            grace,
+        } => match &state.session {
+            Some(s)
+                if s.session_id == *session_id
+                    && s.sockets == *socket
+                    && s.phase == SessionPhase::Connected =>
+            {
+                Ok(Decision::Append(vec![Planned::session(
+                    *session_id,
+                    EventBody::Disconnected(Disconnected {
+                        code: *code,
+                        reason: reason.clone(),
+                        grace_until: now + *grace,
+                        acked_seq: *acked_seq,
+                    }),
+                )]))
             }
-            Ok(Decision::Append(bodies.clone()))
+            _ => Ok(Decision::Nothing),
+        },
+        Command::ExpireGrace { session_id } => match &state.session {
+            Some(s) if s.session_id == *session_id => match s.phase {
+                SessionPhase::Grace { until } if until <= now => {
+                    Ok(Decision::Append(vec![Planned::session(
+                        *session_id,
+                        EventBody::GraceExpired(GraceExpired { grace_until: until }),
+                    )]))
+                }
+                _ => Ok(Decision::Nothing),
+            },
+            _ => Ok(Decision::Nothing),
+        },
+    }
+}
+
+/// A socket opens: close the live one if any, then continue the session within
+/// its grace window or start a new one.
+fn decide_attach(state: &JobState, a: &Attach, now: DateTime<Utc>) -> Decision {
+    let mut events = Vec::new();
+    let current = state.session.as_ref();
+    let epoch_matches = a.client_epoch.as_deref().is_none_or(|e| e == a.log_epoch);
+    let resumable = current.filter(|s| match s.phase {
+        SessionPhase::Connected => true,
+        SessionPhase::Grace { until } => until > now,
+        SessionPhase::Ended { .. } => false,
+    });
+    let (session_id, resumed) = match resumable {
+        Some(s) if a.reconnect && epoch_matches => (s.session_id, true),
+        _ => (a.new_session_id, false),
+    };
+
+    if let Some(s) = current {
+        match s.phase {
+            SessionPhase::Connected => events.push(Planned::session(
+                s.session_id,
+                EventBody::Replaced(Replaced {
+                    code: REPLACED_CODE,
+                    reason: REPLACED_REASON.to_owned(),
+                    by_session_id: session_id,
+                }),
+            )),
+            // Expired, but the scheduler has not recorded it yet: record it now,
+            // once, before the session that follows.
+            SessionPhase::Grace { until } if until <= now => events.push(Planned::session(
+                s.session_id,
+                EventBody::GraceExpired(GraceExpired { grace_until: until }),
+            )),
+            _ => {}
         }
     }
+
+    if !a.reconnect {
+        events.push(Planned::session(
+            session_id,
+            EventBody::Connected(Connected {
+                sub: a.sub.clone(),
+                last_seq: state.last_seq,
+                user_agent: a.user_agent.clone(),
+            }),
+        ));
+        let plan = AttachPlan {
+            session_id,
+            reconnect: false,
+            resumed: false,
+            replay_after: None,
+            missed: 0,
+        };
+        return Decision::Attach { events, plan };
+    }
+
+    // A lastSeq from another log (epoch mismatch) or beyond anything this job
+    // has delivered means nothing here: replay from the start.
+    let after = match a.client_last_seq {
+        Some(seq) if epoch_matches && (0..=state.last_seq).contains(&seq) => seq,
+        _ => 0,
+    };
+    let missed = state.job_events_after(after);
+    let gap_ms = current
+        .filter(|s| s.phase != SessionPhase::Connected)
+        .and_then(|s| s.last_disconnect_at)
+        .map(|t| (now - t).num_milliseconds());
+    events.push(Planned::session(
+        session_id,
+        EventBody::Reconnected(Reconnected {
+            sub: a.sub.clone(),
+            resumed,
+            previous_session_id: current.map(|s| s.session_id).filter(|id| *id != session_id),
+            gap_ms,
+            client_last_seq: a.client_last_seq,
+            client_epoch: a.client_epoch.clone(),
+            missed,
+            user_agent: a.user_agent.clone(),
+        }),
+    ));
+    let plan = AttachPlan {
+        session_id,
+        reconnect: true,
+        resumed,
+        replay_after: Some(after),
+        missed,
+    };
+    Decision::Attach { events, plan }
 }
 
 /// Field rules the types alone do not carry.
@@ -120,7 +332,6 @@ fn validate_job_event(body: &EventBody) -> Result<(), DomainError> {
 mod tests {
     use super::*;
     use crate::domain::event::{Event, JobCompleted, ProgressReported};
-    use chrono::Utc;
     use uuid::Uuid;
 
     fn progress(p: f64) -> EventBody {
@@ -165,18 +376,21 @@ mod tests {
         let fresh = given(vec![]);
         let cmd = Command::CreateJob { metadata: None };
         assert_eq!(
-            decide(&fresh, None, &cmd),
-            Ok(Decision::Append(vec![created()]))
+            decide(&fresh, None, &cmd, Utc::now()),
+            Ok(Decision::Append(vec![Planned::job(created())]))
         );
         let existing = given(vec![created()]);
-        assert_eq!(decide(&existing, None, &cmd), Ok(Decision::AlreadyExists));
+        assert_eq!(
+            decide(&existing, None, &cmd, Utc::now()),
+            Ok(Decision::AlreadyExists)
+        );
     }
 
     #[test]
     fn progress_on_an_unknown_job_is_refused() {
         let cmd = append(progress(10.0));
         assert_eq!(
-            decide(&given(vec![]), None, &cmd),
+            decide(&given(vec![]), None, &cmd, Utc::now()),
             Err(DomainError::UnknownJob)
         );
     }
@@ -190,7 +404,7 @@ mod tests {
         ]);
         assert_eq!(done.status, JobStatus::Completed);
         assert_eq!(
-            decide(&done, None, &append(progress(60.0))),
+            decide(&done, None, &append(progress(60.0)), Utc::now()),
             Err(DomainError::JobFinished(JobStatus::Completed))
         );
     }
@@ -200,7 +414,7 @@ mod tests {
         let job = given(vec![created()]);
         for bad in [-1.0, 100.5, f64::NAN] {
             assert!(matches!(
-                decide(&job, None, &append(progress(bad))),
+                decide(&job, None, &append(progress(bad)), Utc::now()),
                 Err(DomainError::InvalidEvent(_))
             ));
         }
@@ -214,11 +428,11 @@ mod tests {
             fingerprint: fingerprint(&progress(10.0)),
         };
         assert_eq!(
-            decide(&job, Some(&prior), &append(progress(10.0))),
+            decide(&job, Some(&prior), &append(progress(10.0)), Utc::now()),
             Ok(Decision::Duplicate { seq: 2 })
         );
         assert_eq!(
-            decide(&job, Some(&prior), &append(progress(20.0))),
+            decide(&job, Some(&prior), &append(progress(20.0)), Utc::now()),
             Err(DomainError::IdempotencyKeyReused)
         );
     }
@@ -232,7 +446,7 @@ mod tests {
             fingerprint: fingerprint(&done),
         };
         assert_eq!(
-            decide(&job, Some(&prior), &append(done)),
+            decide(&job, Some(&prior), &append(done), Utc::now()),
             Ok(Decision::Duplicate { seq: 2 })
         );
     }

@@ -100,6 +100,10 @@ pub struct JobState {
     /// The current (or last) session.
     pub session: Option<SessionState>,
     pub counts: ConnectionCounts,
+    /// Seqs of the events that are not job events (creation, connection
+    /// events), ascending: with them, how many job events lie in any seq range
+    /// is arithmetic, so a resume never has to count rows.
+    pub other_seqs: Vec<i64>,
 }
 
 impl JobState {
@@ -121,7 +125,18 @@ impl JobState {
             head_hash: String::new(),
             session: None,
             counts: ConnectionCounts::default(),
+            other_seqs: Vec::new(),
         }
+    }
+
+    /// How many job events have `after < seq <= head_seq`.
+    pub fn job_events_after(&self, after: i64) -> u64 {
+        if after >= self.head_seq {
+            return 0;
+        }
+        let after = after.max(0);
+        let others = self.other_seqs.len() - self.other_seqs.partition_point(|s| *s <= after);
+        (self.head_seq - after) as u64 - others as u64
     }
 
     /// A job exists once its `job_created` event is in the log.
@@ -134,7 +149,9 @@ impl JobState {
         self.head_seq = event.seq;
         self.head_hash.clone_from(&event.hash);
         let at = event.at;
-        if event.body.is_job_event() {
+        if !event.body.is_job_event() {
+            self.other_seqs.push(event.seq);
+        } else {
             self.last_seq = event.seq;
             self.last_update = Some(at);
             if self.status == JobStatus::Pending {

@@ -5,6 +5,7 @@
 //! durably, applied to the [`World`], and only then answered. Reads clone state
 //! out of the `World` under a short read lock; they never wait for the writer.
 
+pub mod hub;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +17,25 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::domain::{Command, DomainError, Event, EventBody, JobId, JobState, SessionId, World};
+use crate::domain::decide::{Attach, AttachPlan};
+use crate::domain::{
+    Command, DomainError, Event, EventBody, JobId, JobState, SessionId, SessionPhase, World,
+};
 use crate::log::{for_each_event, LogStore, StoreError};
+use crate::scheduler::{self, Deadline};
+use hub::{Hub, Registration};
 use writer::{WriteRequest, Writer};
+
+/// A socket attached to a job: how to serve it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attached {
+    pub plan: AttachPlan,
+    /// The job as it stood when the socket attached: the first message is built
+    /// from it, and the replay reads the log up to its `head_seq`.
+    pub snapshot: JobState,
+    /// The socket's ordinal within its session; its close names it.
+    pub socket: u32,
+}
 
 /// What a committed command produced.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +46,10 @@ pub enum Outcome {
     AlreadyExists,
     /// A retried keyed append: the seq the first attempt got.
     Duplicate { seq: i64 },
+    /// A socket was attached.
+    Attached(Box<Attached>),
+    /// Nothing needed doing (a stale close or deadline).
+    Nothing,
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -77,6 +98,8 @@ pub struct EngineSettings {
     pub queue_capacity: usize,
     /// Most requests decided and committed in one transaction.
     pub max_batch: usize,
+    /// How long a session survives without a socket.
+    pub grace: Duration,
 }
 
 impl Default for EngineSettings {
@@ -84,6 +107,7 @@ impl Default for EngineSettings {
         EngineSettings {
             queue_capacity: 8192,
             max_batch: 1024,
+            grace: Duration::from_secs(60),
         }
     }
 }
@@ -100,6 +124,14 @@ struct Inner {
     epoch: String,
     clock: Arc<dyn Clock>,
     stats: Arc<WriterStats>,
+    hub: Arc<Hub>,
+    grace: chrono::Duration,
+}
+
+/// The engine's background tasks, stopped by the token given to `start`.
+pub struct EngineTasks {
+    pub writer: JoinHandle<()>,
+    pub scheduler: JoinHandle<()>,
 }
 
 impl Engine {
@@ -110,7 +142,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         settings: EngineSettings,
         shutdown: CancellationToken,
-    ) -> Result<(Engine, JoinHandle<()>), StoreError> {
+    ) -> Result<(Engine, EngineTasks), StoreError> {
         let epoch = store.epoch().await?;
         let mut world = World::default();
         let mut count = 0u64;
@@ -125,17 +157,39 @@ impl Engine {
             jobs = world.jobs.len(),
             "state rebuilt from the log"
         );
+        // Sessions waiting in a grace window: the scheduler's first deadlines.
+        // Sessions the log shows connected lost their sockets with the previous
+        // process: they are recorded as disconnected below.
+        let mut waiting = Vec::new();
+        let mut orphaned = Vec::new();
+        for job in world.jobs.values() {
+            if let Some(s) = &job.session {
+                match s.phase {
+                    SessionPhase::Grace { until } => waiting.push(Deadline {
+                        at: until,
+                        job_id: job.job_id,
+                        session_id: s.session_id,
+                    }),
+                    SessionPhase::Connected => orphaned.push((job.job_id, s.session_id, s.sockets)),
+                    SessionPhase::Ended { .. } => {}
+                }
+            }
+        }
         let world = Arc::new(RwLock::new(world));
         let stats = Arc::new(WriterStats::default());
+        let hub = Arc::new(Hub::default());
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let (deadline_tx, deadline_rx) = mpsc::unbounded_channel();
         let writer = Writer {
             store: store.clone(),
             world: world.clone(),
+            hub: hub.clone(),
+            deadlines: deadline_tx,
             clock: clock.clone(),
             stats: stats.clone(),
             max_batch: settings.max_batch,
         };
-        let handle = tokio::spawn(writer.run(rx, shutdown));
+        let writer = tokio::spawn(writer.run(rx, shutdown.clone()));
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -144,23 +198,43 @@ impl Engine {
                 epoch,
                 clock,
                 stats,
+                hub,
+                grace: chrono::Duration::from_std(settings.grace).unwrap_or(chrono::Duration::MAX),
             }),
         };
-        Ok((engine, handle))
+        let scheduler = tokio::spawn(scheduler::run(
+            engine.clone(),
+            waiting,
+            deadline_rx,
+            shutdown,
+        ));
+        if !orphaned.is_empty() {
+            tracing::warn!(
+                sessions = orphaned.len(),
+                "recording sessions left connected by the previous process as disconnected (1012 server restart)"
+            );
+        }
+        for (job, session, socket) in orphaned {
+            engine
+                .detach(job, session, socket, 1012, "server restart", None)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+        Ok((engine, EngineTasks { writer, scheduler }))
     }
 
     /// Queues a command and waits until its events are durable.
-    pub async fn execute(
+    async fn execute(
         &self,
         job_id: JobId,
-        session_id: Option<SessionId>,
         command: Command,
+        registration: Option<Registration>,
     ) -> Result<Outcome, EngineError> {
         let (reply, answer) = oneshot::channel();
         let request = WriteRequest {
             job_id,
-            session_id,
             command,
+            registration,
             reply,
         };
         let stopping = || EngineError::Unavailable("the server is shutting down".into());
@@ -178,7 +252,7 @@ impl Engine {
         job_id: JobId,
         metadata: Option<serde_json::Value>,
     ) -> Result<Outcome, EngineError> {
-        self.execute(job_id, None, Command::CreateJob { metadata })
+        self.execute(job_id, Command::CreateJob { metadata }, None)
             .await
     }
 
@@ -191,13 +265,83 @@ impl Engine {
     ) -> Result<Outcome, EngineError> {
         self.execute(
             job_id,
-            None,
             Command::AppendJobEvent {
                 body,
                 idempotency_key,
             },
+            None,
         )
         .await
+    }
+
+    /// Records an observed connection event (`ws_error`, `connect_rejected`).
+    pub async fn record(
+        &self,
+        job_id: JobId,
+        session_id: Option<SessionId>,
+        body: EventBody,
+    ) -> Result<(), EngineError> {
+        self.execute(job_id, Command::Record { session_id, body }, None)
+            .await
+            .map(drop)
+    }
+
+    /// Attaches a socket: records the connect (and the replaced socket, or the
+    /// expired session, before it) and, once committed, feeds `registration`
+    /// with every later job event.
+    pub async fn attach(
+        &self,
+        job_id: JobId,
+        attach: Attach,
+        registration: Registration,
+    ) -> Result<Attached, EngineError> {
+        match self
+            .execute(job_id, Command::Attach(attach), Some(registration))
+            .await?
+        {
+            Outcome::Attached(a) => Ok(*a),
+            other => Err(EngineError::Unavailable(format!(
+                "unexpected outcome of attach: {other:?}"
+            ))),
+        }
+    }
+
+    /// Records that socket `socket` of the session closed, opening its grace
+    /// window; nothing if it was no longer the live socket.
+    pub async fn detach(
+        &self,
+        job_id: JobId,
+        session_id: SessionId,
+        socket: u32,
+        code: u16,
+        reason: &str,
+        acked_seq: Option<i64>,
+    ) -> Result<(), EngineError> {
+        self.inner.hub.unregister(job_id, session_id, socket);
+        let command = Command::Detach {
+            session_id,
+            socket,
+            code,
+            reason: reason.to_owned(),
+            acked_seq,
+            grace: self.inner.grace,
+        };
+        self.execute(job_id, command, None).await.map(drop)
+    }
+
+    /// Ends the session if its grace window has passed.
+    pub async fn expire_grace(
+        &self,
+        job_id: JobId,
+        session_id: SessionId,
+    ) -> Result<Outcome, EngineError> {
+        self.execute(job_id, Command::ExpireGrace { session_id }, None)
+            .await
+    }
+
+    /// Live sockets, one per job at most.
+    pub fn live_sockets(&self) -> usize {
+        self.inner.hub.len()
     }
 
     /// The job's current state, if it exists.

@@ -3,9 +3,10 @@
 //! Every change to the log goes through one task. It takes whatever requests are
 //! queued (up to a batch limit), decides each against the state as it will be
 //! after the requests before it, appends all resulting events in one
-//! transaction, and only after the commit applies them to the in-memory state
-//! and answers each request. A failed commit answers every request of the batch
-//! with an error and leaves the state untouched.
+//! transaction, and only after the commit applies them to the in-memory state,
+//! hands job events to the live sockets and answers each request. A failed
+//! commit answers every request of the batch with an error and leaves the state
+//! untouched.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -15,18 +16,23 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{EngineError, Outcome, WriterStats};
+use super::hub::{CloseReason, Hub, Registration};
+use super::{Attached, EngineError, Outcome, WriterStats};
 use crate::clock::Clock;
+use crate::domain::decide::{AttachPlan, Planned};
+use crate::domain::event::Disconnected;
 use crate::domain::state::{fingerprint, IdempotentAppend};
-use crate::domain::{decide, Command, Decision, Event, JobId, JobState, World};
+use crate::domain::{decide, Command, Decision, Event, EventBody, JobId, JobState, World};
 use crate::log::chain::event_hash;
 use crate::log::{EventRow, LogStore};
+use crate::scheduler::Deadline;
 
 /// One queued command and where to send its answer.
 pub(crate) struct WriteRequest {
     pub job_id: JobId,
-    pub session_id: Option<crate::domain::SessionId>,
     pub command: Command,
+    /// For `Attach`: the socket to feed once the attach is committed.
+    pub registration: Option<Registration>,
     pub reply: oneshot::Sender<Result<Outcome, EngineError>>,
 }
 
@@ -34,15 +40,25 @@ pub(crate) struct WriteRequest {
 enum Pending {
     /// Events `range` of the batch were appended for it.
     Appended(std::ops::Range<usize>),
+    Attached {
+        job_id: JobId,
+        plan: AttachPlan,
+        snapshot: Box<JobState>,
+        socket: u32,
+        registration: Option<Registration>,
+    },
     AlreadyExists,
     Duplicate {
         seq: i64,
     },
+    Nothing,
 }
 
 pub(crate) struct Writer {
     pub store: Arc<dyn LogStore>,
     pub world: Arc<RwLock<World>>,
+    pub hub: Arc<Hub>,
+    pub deadlines: mpsc::UnboundedSender<Deadline>,
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<WriterStats>,
     pub max_batch: usize,
@@ -111,59 +127,75 @@ impl Writer {
                         .or_else(|| world.idempotency.get(&id))
                         .copied()
                 });
-                match decide(state, prior.as_ref(), &req.command) {
+                let mut stage = |planned: Vec<Planned>, state: &mut JobState| {
+                    let start = events.len();
+                    for p in planned {
+                        let mut event = Event {
+                            position: 0,
+                            job_id: req.job_id,
+                            seq: state.head_seq + 1,
+                            session_id: p.session_id,
+                            at: now,
+                            idempotency_key: key.clone(),
+                            body: p.body,
+                            hash: String::new(),
+                        };
+                        let mut row = EventRow::from_event(&event);
+                        row.hash = event_hash(&state.head_hash, &row);
+                        event.hash.clone_from(&row.hash);
+                        state.apply(&event);
+                        if let Some(k) = &key {
+                            staged_keys.insert(
+                                (req.job_id, k.clone()),
+                                IdempotentAppend {
+                                    seq: event.seq,
+                                    fingerprint: fingerprint(&event.body),
+                                },
+                            );
+                        }
+                        events.push(event);
+                        rows.push(row);
+                    }
+                    touched.insert(req.job_id);
+                    start..events.len()
+                };
+                let answer = match decide(state, prior.as_ref(), &req.command, now) {
                     Err(e) => {
                         let _ = req.reply.send(Err(EngineError::Domain(e)));
+                        continue;
                     }
-                    Ok(Decision::AlreadyExists) => {
-                        pending.push((req.reply, Pending::AlreadyExists))
-                    }
-                    Ok(Decision::Duplicate { seq }) => {
-                        pending.push((req.reply, Pending::Duplicate { seq }))
-                    }
-                    Ok(Decision::Append(bodies)) => {
-                        let start = events.len();
-                        for body in bodies {
-                            let mut event = Event {
-                                position: 0,
-                                job_id: req.job_id,
-                                seq: state.head_seq + 1,
-                                session_id: req.session_id,
-                                at: now,
-                                idempotency_key: key.clone(),
-                                body,
-                                hash: String::new(),
-                            };
-                            let mut row = EventRow::from_event(&event);
-                            row.hash = event_hash(&state.head_hash, &row);
-                            event.hash.clone_from(&row.hash);
-                            state.apply(&event);
-                            if let Some(k) = &key {
-                                staged_keys.insert(
-                                    (req.job_id, k.clone()),
-                                    IdempotentAppend {
-                                        seq: event.seq,
-                                        fingerprint: fingerprint(&event.body),
-                                    },
-                                );
-                            }
-                            events.push(event);
-                            rows.push(row);
+                    Ok(Decision::AlreadyExists) => Pending::AlreadyExists,
+                    Ok(Decision::Duplicate { seq }) => Pending::Duplicate { seq },
+                    Ok(Decision::Nothing) => Pending::Nothing,
+                    Ok(Decision::Append(planned)) => Pending::Appended(stage(planned, state)),
+                    Ok(Decision::Attach {
+                        events: planned,
+                        plan,
+                    }) => {
+                        stage(planned, state);
+                        let socket = state.session.as_ref().map_or(0, |s| s.sockets);
+                        Pending::Attached {
+                            job_id: req.job_id,
+                            plan,
+                            snapshot: Box::new(state.clone()),
+                            socket,
+                            registration: req.registration,
                         }
-                        touched.insert(req.job_id);
-                        pending.push((req.reply, Pending::Appended(start..events.len())));
                     }
-                }
+                };
+                pending.push((req.reply, answer));
             }
         }
 
+        let mut committed: Vec<Arc<Event>> = Vec::with_capacity(events.len());
         if !rows.is_empty() {
             let started = Instant::now();
             match self.store.append(&rows).await {
                 Ok(positions) => {
                     self.stats.record_commit(rows.len(), started.elapsed());
-                    for (event, position) in events.iter_mut().zip(positions) {
+                    for (mut event, position) in events.into_iter().zip(positions) {
                         event.position = position;
+                        committed.push(Arc::new(event));
                     }
                     let mut world = self.world.write().unwrap_or_else(|p| p.into_inner());
                     for id in touched {
@@ -184,13 +216,77 @@ impl Writer {
             }
         }
 
+        self.after_commit(&committed);
         for (reply, answer) in pending {
             let outcome = match answer {
-                Pending::Appended(range) => Outcome::Appended(events[range].to_vec()),
+                Pending::Appended(range) => {
+                    Outcome::Appended(committed[range].iter().map(|e| Event::clone(e)).collect())
+                }
+                Pending::Attached {
+                    job_id,
+                    plan,
+                    snapshot,
+                    socket,
+                    registration,
+                } => {
+                    if let Some(reg) = registration {
+                        self.attach(job_id, &plan, &snapshot, socket, reg, &committed);
+                    }
+                    Outcome::Attached(Box::new(Attached {
+                        plan,
+                        snapshot: *snapshot,
+                        socket,
+                    }))
+                }
                 Pending::AlreadyExists => Outcome::AlreadyExists,
                 Pending::Duplicate { seq } => Outcome::Duplicate { seq },
+                Pending::Nothing => Outcome::Nothing,
             };
             let _ = reply.send(Ok(outcome));
         }
+    }
+
+    /// Fans committed job events out to the sockets that were live before this
+    /// batch, and hands new grace deadlines to the scheduler.
+    fn after_commit(&self, committed: &[Arc<Event>]) {
+        for event in committed {
+            match &event.body {
+                body if body.is_job_event() => self.hub.publish(event),
+                EventBody::Disconnected(Disconnected { grace_until, .. }) => {
+                    if let Some(session_id) = event.session_id {
+                        let _ = self.deadlines.send(Deadline {
+                            at: *grace_until,
+                            job_id: event.job_id,
+                            session_id,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes a newly attached socket the job's live one, and queues for it the
+    /// job events of this batch that came after its snapshot: everything up to
+    /// the snapshot it reads from the log, everything after arrives here.
+    fn attach(
+        &self,
+        job_id: JobId,
+        plan: &AttachPlan,
+        snapshot: &JobState,
+        socket: u32,
+        reg: Registration,
+        committed: &[Arc<Event>],
+    ) {
+        let later = committed
+            .iter()
+            .filter(|e| e.job_id == job_id && e.seq > snapshot.head_seq && e.body.is_job_event());
+        for event in later {
+            if reg.tx.try_send(event.clone()).is_err() {
+                reg.control.close(CloseReason::SlowConsumer);
+                return;
+            }
+        }
+        self.hub.register(job_id, plan.session_id, socket, reg);
     }
 }

@@ -175,7 +175,7 @@ async fn append_event(
     let (seq, replayed) = match outcome {
         Outcome::Appended(events) => (events.last().map_or(0, |e| e.seq), false),
         Outcome::Duplicate { seq } => (seq, true),
-        Outcome::AlreadyExists => return Err(ApiError::Internal("unexpected outcome".into())),
+        other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
     };
     let mut response = (StatusCode::CREATED, Json(AppendResponse { job_id, seq })).into_response();
     if replayed {

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::auth::Authority;
 use crate::engine::Engine;
+use crate::ws::{self, RejectionLog, Sockets, WsSettings};
 use error::ApiError;
 
 /// Settings the handlers read.
@@ -33,6 +34,9 @@ pub struct AppState {
     pub engine: Engine,
     pub auth: Arc<Authority>,
     pub settings: Arc<HttpSettings>,
+    pub ws: Arc<WsSettings>,
+    pub sockets: Sockets,
+    pub rejections: Arc<RejectionLog>,
 }
 
 impl AppState {
@@ -80,6 +84,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(jobs::router())
+        .merge(ws::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))

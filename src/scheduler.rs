@@ -1,0 +1,75 @@
+//! The grace scheduler: one task that sleeps until the next grace deadline and
+//! expires the sessions whose windows have passed.
+//!
+//! Deadlines live in the log (`disconnected.graceUntil`); this task only keeps
+//! them in a sorted set, filled from the rebuilt state at start and from the
+//! writer after each committed disconnect. Expiry goes through the writer like
+//! any other change, and `decide` ignores a deadline whose session has resumed
+//! or already ended, so each window expires at most once.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{JobId, SessionId};
+use crate::engine::{Engine, EngineError};
+
+/// A session's grace window closes at `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline {
+    pub at: DateTime<Utc>,
+    pub job_id: JobId,
+    pub session_id: SessionId,
+}
+
+/// Retry delay when the log cannot be written.
+const RETRY: Duration = Duration::from_secs(1);
+
+pub async fn run(
+    engine: Engine,
+    initial: Vec<Deadline>,
+    mut incoming: mpsc::UnboundedReceiver<Deadline>,
+    shutdown: CancellationToken,
+) {
+    let mut deadlines: BTreeSet<Deadline> = initial.into_iter().collect();
+    loop {
+        let wait = deadlines.first().map(|d| {
+            (d.at - engine.clock().now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = incoming.recv() => match next {
+                Some(d) => { deadlines.insert(d); }
+                None => break,
+            },
+            _ = sleep_or_forever(wait) => {
+                let now = engine.clock().now();
+                while let Some(d) = deadlines.first().copied().filter(|d| d.at <= now) {
+                    deadlines.pop_first();
+                    match engine.expire_grace(d.job_id, d.session_id).await {
+                        Ok(_) => {}
+                        Err(EngineError::Unavailable(e)) => {
+                            tracing::warn!(error = %e, job = %d.job_id, "cannot expire grace window yet; retrying");
+                            deadlines.insert(Deadline { at: now + RETRY, ..d });
+                            break;
+                        }
+                        Err(e) => tracing::warn!(error = %e, job = %d.job_id, "grace expiry refused"),
+                    }
+                }
+            }
+        }
+    }
+    tracing::debug!("grace scheduler stopped");
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}

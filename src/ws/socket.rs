@@ -1,0 +1,332 @@
+//! One socket's life: attach, first message, replay from the log, then live
+//! events and client messages until it closes, and the close recorded.
+//!
+//! The loop is generic over the socket's sink and stream so it does not depend
+//! on how the socket was made.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{self, close, parse_client_message, ClientMessage, Hello};
+use crate::domain::decide::Attach;
+use crate::domain::event::WsErrored;
+use crate::domain::{Event, EventBody, JobId, SessionId};
+use crate::engine::hub::{CloseReason, Registration, SocketControl};
+use crate::engine::Engine;
+
+/// How one socket is to be served.
+#[derive(Clone, Debug)]
+pub struct SocketParams {
+    pub job_id: JobId,
+    pub attach: Attach,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub send_queue: usize,
+    /// Cancelled when the server stops.
+    pub shutdown: CancellationToken,
+}
+
+/// How the socket ended: what to send (if anything) and what to record.
+struct Ending {
+    /// A close frame to send; `None` drops the connection without one.
+    send: Option<(u16, &'static str)>,
+    /// The `disconnected` to record; `None` when `replaced` already was.
+    record: Option<(u16, String)>,
+}
+
+impl Ending {
+    fn closed_by_server(code: u16, reason: &'static str) -> Self {
+        Ending {
+            send: Some((code, reason)),
+            record: Some((code, reason.to_owned())),
+        }
+    }
+
+    fn dropped(code: u16, reason: impl Into<String>) -> Self {
+        Ending {
+            send: None,
+            record: Some((code, reason.into())),
+        }
+    }
+}
+
+/// Why a send did not complete.
+enum SendError {
+    Interrupted(CloseReason),
+    Failed(String),
+}
+
+struct Conn<Tx> {
+    tx: Tx,
+    control: Arc<SocketControl>,
+    /// Highest seq sent on this socket: later duplicates are skipped.
+    sent_through: i64,
+}
+
+impl<Tx> Conn<Tx>
+where
+    Tx: Sink<Message, Error = axum::Error> + Unpin,
+{
+    /// Sends one message, unless the server closes the socket meanwhile (a send
+    /// to a client that does not read blocks until then).
+    async fn send(&mut self, msg: Message) -> Result<(), SendError> {
+        tokio::select! {
+            biased;
+            reason = self.control.closed() => Err(SendError::Interrupted(reason)),
+            r = self.tx.send(msg) => r.map_err(|e| SendError::Failed(e.to_string())),
+        }
+    }
+
+    /// Sends a job event once; returns true when it was terminal.
+    async fn send_event(&mut self, event: &Event) -> Result<bool, SendError> {
+        if event.seq <= self.sent_through {
+            return Ok(false);
+        }
+        if let Some(text) = protocol::job_message(event) {
+            self.send(Message::Text(text.into())).await?;
+        }
+        self.sent_through = event.seq;
+        Ok(event.body.is_terminal())
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        // A client that does not read may never take the frame.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tx.send(frame)).await;
+    }
+}
+
+fn interrupted(reason: CloseReason) -> Ending {
+    match reason {
+        CloseReason::Replaced => Ending {
+            send: Some((crate::domain::decide::REPLACED_CODE, "Client reconnecting")),
+            record: None,
+        },
+        CloseReason::SlowConsumer => {
+            Ending::closed_by_server(close::TRY_AGAIN_LATER, close::SEND_QUEUE_FULL)
+        }
+        CloseReason::Shutdown => Ending::closed_by_server(close::GOING_AWAY, close::SHUTTING_DOWN),
+    }
+}
+
+fn send_failed(reason: SendError) -> Ending {
+    match reason {
+        SendError::Interrupted(r) => interrupted(r),
+        SendError::Failed(e) => Ending::dropped(close::ABNORMAL, format!("send failed: {e}")),
+    }
+}
+
+/// Serves one upgraded socket to its end.
+pub async fn serve<Tx, Rx>(tx: Tx, mut rx: Rx, engine: Engine, params: SocketParams)
+where
+    Tx: Sink<Message, Error = axum::Error> + Unpin,
+    Rx: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let job_id = params.job_id;
+    let control = SocketControl::new(&params.shutdown);
+    let mut conn = Conn {
+        tx,
+        control: control.clone(),
+        sent_through: 0,
+    };
+    if params.shutdown.is_cancelled() {
+        conn.close(close::GOING_AWAY, close::SHUTTING_DOWN).await;
+        return;
+    }
+    let (queue_tx, mut queue) = mpsc::channel::<Arc<Event>>(params.send_queue.max(1));
+    let registration = Registration {
+        tx: queue_tx,
+        control: control.clone(),
+    };
+    let attached = match engine
+        .attach(job_id, params.attach.clone(), registration)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(job = %job_id, error = %e, "socket not attached");
+            conn.close(close::INTERNAL_ERROR, close::LOG_UNAVAILABLE)
+                .await;
+            return;
+        }
+    };
+    let session_id = attached.plan.session_id;
+    let socket = attached.socket;
+    tracing::debug!(job = %job_id, session = %session_id, socket, resumed = attached.plan.resumed, "socket attached");
+
+    let mut acked: Option<i64> = None;
+    let ending = run(
+        &mut conn, &mut rx, &mut queue, &engine, &attached, &params, &mut acked,
+    )
+    .await;
+
+    if let Some((code, reason)) = ending.send {
+        conn.close(code, reason).await;
+    }
+    if let Some((code, reason)) = ending.record {
+        if let Err(e) = engine
+            .detach(job_id, session_id, socket, code, &reason, acked)
+            .await
+        {
+            tracing::warn!(job = %job_id, error = %e, "could not record the disconnect");
+        }
+    }
+}
+
+async fn run<Tx, Rx>(
+    conn: &mut Conn<Tx>,
+    rx: &mut Rx,
+    queue: &mut mpsc::Receiver<Arc<Event>>,
+    engine: &Engine,
+    attached: &crate::engine::Attached,
+    params: &SocketParams,
+    acked: &mut Option<i64>,
+) -> Ending
+where
+    Tx: Sink<Message, Error = axum::Error> + Unpin,
+    Rx: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let job_id = params.job_id;
+    let session_id = attached.plan.session_id;
+    let hello = match serde_json::to_string(&Hello::new(attached, engine.epoch())) {
+        Ok(h) => h,
+        Err(e) => return Ending::closed_by_server(close::INTERNAL_ERROR, leak_reason(e)),
+    };
+    if let Err(e) = conn.send(Message::Text(hello.into())).await {
+        return send_failed(e);
+    }
+
+    // Replay what the client missed, from the log, up to the snapshot.
+    let head = attached.snapshot.head_seq;
+    if let Some(mut after) = attached.plan.replay_after {
+        let id = job_id.to_string();
+        while after < head {
+            let rows = match engine.store().read_job(&id, after, head, 1000).await {
+                Ok(rows) if !rows.is_empty() => rows,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(job = %job_id, error = %e, "replay failed");
+                    return Ending::closed_by_server(close::INTERNAL_ERROR, close::LOG_UNAVAILABLE);
+                }
+            };
+            for row in &rows {
+                after = row.seq;
+                let Ok(event) = row.decode() else {
+                    tracing::error!(job = %job_id, seq = row.seq, "undecodable event skipped in replay");
+                    continue;
+                };
+                match conn.send_event(&event).await {
+                    Ok(true) => {
+                        return Ending::closed_by_server(close::NORMAL, close::JOB_FINISHED)
+                    }
+                    Ok(false) => {}
+                    Err(e) => return send_failed(e),
+                }
+            }
+        }
+    }
+    conn.sent_through = conn.sent_through.max(head);
+    if attached.snapshot.status.is_terminal() {
+        return Ending::closed_by_server(close::NORMAL, close::JOB_FINISHED);
+    }
+
+    let mut heartbeat = tokio::time::interval_at(
+        Instant::now() + params.heartbeat_interval,
+        params.heartbeat_interval,
+    );
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+
+    loop {
+        tokio::select! {
+            biased;
+            reason = conn.control.closed() => return interrupted(reason),
+            event = queue.recv() => match event {
+                Some(event) => match conn.send_event(&event).await {
+                    Ok(true) => return Ending::closed_by_server(close::NORMAL, close::JOB_FINISHED),
+                    Ok(false) => {}
+                    Err(e) => return send_failed(e),
+                },
+                // The hub let go of this socket without a reason: treat as slow.
+                None => return interrupted(CloseReason::SlowConsumer),
+            },
+            msg = rx.next() => {
+                last_seen = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        let reply = match parse_client_message(text.as_str()) {
+                            Ok(ClientMessage::Ping) => Some(protocol::PONG.to_owned()),
+                            Ok(ClientMessage::Ack { seq }) => {
+                                *acked = Some(acked.map_or(seq, |a| a.max(seq)));
+                                None
+                            }
+                            Err(bad) => Some(bad.to_json()),
+                        };
+                        if let Some(reply) = reply {
+                            if let Err(e) = conn.send(Message::Text(reply.into())).await {
+                                return send_failed(e);
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        return Ending::closed_by_server(close::UNSUPPORTED_DATA, close::BINARY)
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        let (code, reason) = frame
+                            .map(|f| (f.code, f.reason.to_string()))
+                            .unwrap_or((close::NO_STATUS, String::new()));
+                        return Ending::dropped(code, reason);
+                    }
+                    Some(Err(e)) => return read_error(engine, job_id, session_id, e).await,
+                    None => return Ending::dropped(close::ABNORMAL, close::CONNECTION_LOST),
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_seen.elapsed() >= params.heartbeat_timeout {
+                    // A half-open connection: no close frame can reach it.
+                    return Ending::dropped(close::ABNORMAL, close::HEARTBEAT_TIMEOUT);
+                }
+                if let Err(e) = conn.send(Message::Ping(Default::default())).await {
+                    return send_failed(e);
+                }
+            }
+        }
+    }
+}
+
+/// A read failed: frames over the limit close with 1009; anything else is a
+/// socket error, recorded as `ws_error`, and the connection is gone.
+async fn read_error(
+    engine: &Engine,
+    job_id: JobId,
+    session_id: SessionId,
+    e: axum::Error,
+) -> Ending {
+    let inner = e.into_inner();
+    if let Some(tungstenite::Error::Capacity(_)) = inner.downcast_ref::<tungstenite::Error>() {
+        return Ending::closed_by_server(close::TOO_BIG, close::TOO_BIG_REASON);
+    }
+    let message = inner.to_string();
+    let body = EventBody::WsErrored(WsErrored {
+        message: message.clone(),
+    });
+    if let Err(e) = engine.record(job_id, Some(session_id), body).await {
+        tracing::warn!(job = %job_id, error = %e, "could not record the socket error");
+    }
+    Ending::dropped(close::ABNORMAL, format!("socket error: {message}"))
+}
+
+fn leak_reason(e: serde_json::Error) -> &'static str {
+    tracing::error!(error = %e, "could not encode the first message");
+    "internal error"
+}
