@@ -72,11 +72,15 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/ws/progress", get(upgrade))
 }
 
+/// Per (job, reason): when a rejection was last recorded, and how many were
+/// skipped since.
+type Seen = HashMap<(JobId, &'static str), (Instant, u64)>;
+
 /// Rate limit for `connect_rejected`: one per (job, reason) per window.
 #[derive(Debug)]
 pub struct RejectionLog {
     window: Duration,
-    seen: Mutex<HashMap<(JobId, &'static str), (Instant, u64)>>,
+    seen: Mutex<Seen>,
 }
 
 impl RejectionLog {
