@@ -450,4 +450,192 @@ mod tests {
             Ok(Decision::Duplicate { seq: 2 })
         );
     }
+
+    // ---- sessions ----
+
+    use crate::domain::event::SessionId;
+    use chrono::Duration;
+
+    const EPOCH: &str = "epoch-1";
+
+    /// Applies planned events to a state, as the writer would.
+    fn apply_all(state: &mut JobState, planned: &[Planned], at: DateTime<Utc>) {
+        for p in planned {
+            state.apply(&Event {
+                position: 0,
+                job_id: state.job_id,
+                seq: state.head_seq + 1,
+                session_id: p.session_id,
+                at,
+                idempotency_key: None,
+                body: p.body.clone(),
+                hash: String::new(),
+            });
+        }
+    }
+
+    fn attach(reconnect: bool, last_seq: Option<i64>) -> (Command, SessionId) {
+        let id = Uuid::new_v4();
+        let cmd = Command::Attach(Attach {
+            new_session_id: id,
+            sub: "client".into(),
+            reconnect,
+            client_last_seq: last_seq,
+            client_epoch: Some(EPOCH.into()),
+            log_epoch: EPOCH.into(),
+            user_agent: None,
+        });
+        (cmd, id)
+    }
+
+    /// Decides and applies; returns the kinds appended and the plan.
+    fn when(
+        state: &mut JobState,
+        cmd: &Command,
+        at: DateTime<Utc>,
+    ) -> (Vec<&'static str>, Option<AttachPlan>) {
+        match decide(state, None, cmd, at).unwrap() {
+            Decision::Attach { events, plan } => {
+                apply_all(state, &events, at);
+                (events.iter().map(|e| e.body.kind()).collect(), Some(plan))
+            }
+            Decision::Append(events) => {
+                apply_all(state, &events, at);
+                (events.iter().map(|e| e.body.kind()).collect(), None)
+            }
+            Decision::Nothing => (vec![], None),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn detach(session: SessionId, socket: u32) -> Command {
+        Command::Detach {
+            session_id: session,
+            socket,
+            code: 1006,
+            reason: "connection lost".into(),
+            acked_seq: None,
+            grace: Duration::seconds(60),
+        }
+    }
+
+    #[test]
+    fn a_fresh_connect_starts_a_session_without_replay() {
+        let mut job = given(vec![created(), progress(10.0)]);
+        let t0 = Utc::now();
+        let (cmd, id) = attach(false, None);
+        let (kinds, plan) = when(&mut job, &cmd, t0);
+        assert_eq!(kinds, ["connected"]);
+        let plan = plan.unwrap();
+        assert_eq!(plan.session_id, id);
+        assert_eq!(plan.replay_after, None);
+        assert_eq!(job.session.as_ref().unwrap().phase, SessionPhase::Connected);
+    }
+
+    #[test]
+    fn a_reconnect_within_the_grace_window_resumes_the_session_and_counts_what_was_missed() {
+        let mut job = given(vec![created(), progress(10.0)]);
+        let t0 = Utc::now();
+        let (cmd, first) = attach(false, None);
+        when(&mut job, &cmd, t0);
+        let (kinds, _) = when(&mut job, &detach(first, 1), t0);
+        assert_eq!(kinds, ["disconnected"]);
+        let last = job.last_seq;
+        for p in [20.0, 30.0] {
+            let (kinds, _) = when(&mut job, &append(progress(p)), t0);
+            assert_eq!(kinds, ["progress"]);
+        }
+        let (cmd, _) = attach(true, Some(last));
+        let (kinds, plan) = when(&mut job, &cmd, t0 + Duration::seconds(30));
+        assert_eq!(kinds, ["reconnected"]);
+        let plan = plan.unwrap();
+        assert!(plan.resumed);
+        assert_eq!(plan.session_id, first);
+        assert_eq!(plan.replay_after, Some(last));
+        assert_eq!(plan.missed, 2);
+        assert_eq!(job.session.as_ref().unwrap().sockets, 2);
+    }
+
+    #[test]
+    fn a_reconnect_after_the_deadline_records_the_expiry_once_and_starts_anew() {
+        let mut job = given(vec![created()]);
+        let t0 = Utc::now();
+        let (cmd, first) = attach(false, None);
+        when(&mut job, &cmd, t0);
+        when(&mut job, &detach(first, 1), t0);
+        let late = t0 + Duration::seconds(61);
+        let (cmd, second) = attach(true, Some(0));
+        let (kinds, plan) = when(&mut job, &cmd, late);
+        assert_eq!(kinds, ["grace_expired", "reconnected"]);
+        let plan = plan.unwrap();
+        assert!(!plan.resumed);
+        assert_eq!(plan.session_id, second);
+        // The scheduler's deadline for the first session now finds nothing to do.
+        let expire = Command::ExpireGrace { session_id: first };
+        assert_eq!(when(&mut job, &expire, late).0, Vec::<&str>::new());
+        assert_eq!(job.counts.grace_expiries, 1);
+    }
+
+    #[test]
+    fn a_connect_while_a_socket_is_live_replaces_it() {
+        let mut job = given(vec![created()]);
+        let t0 = Utc::now();
+        let (cmd, first) = attach(false, None);
+        when(&mut job, &cmd, t0);
+        let (cmd, _) = attach(true, Some(0));
+        let (kinds, plan) = when(&mut job, &cmd, t0);
+        assert_eq!(kinds, ["replaced", "reconnected"]);
+        assert_eq!(plan.unwrap().session_id, first);
+        // The replaced socket's own close is stale and records nothing.
+        assert_eq!(when(&mut job, &detach(first, 1), t0).0, Vec::<&str>::new());
+        // The live one's is recorded.
+        assert_eq!(when(&mut job, &detach(first, 2), t0).0, ["disconnected"]);
+    }
+
+    #[test]
+    fn a_grace_deadline_expires_only_when_due_and_only_once() {
+        let mut job = given(vec![created()]);
+        let t0 = Utc::now();
+        let (cmd, first) = attach(false, None);
+        when(&mut job, &cmd, t0);
+        when(&mut job, &detach(first, 1), t0);
+        let expire = Command::ExpireGrace { session_id: first };
+        assert_eq!(
+            when(&mut job, &expire, t0 + Duration::seconds(59)).0,
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            when(&mut job, &expire, t0 + Duration::seconds(60)).0,
+            ["grace_expired"]
+        );
+        assert_eq!(
+            when(&mut job, &expire, t0 + Duration::seconds(61)).0,
+            Vec::<&str>::new()
+        );
+        assert!(matches!(
+            job.session.unwrap().phase,
+            SessionPhase::Ended { .. }
+        ));
+    }
+
+    #[test]
+    fn a_last_seq_beyond_the_job_or_from_another_epoch_replays_from_the_start() {
+        let mut job = given(vec![created(), progress(10.0), progress(20.0)]);
+        let t0 = Utc::now();
+        let (cmd, _) = attach(true, Some(99));
+        let plan = when(&mut job, &cmd, t0).1.unwrap();
+        assert_eq!((plan.replay_after, plan.missed), (Some(0), 2));
+        let cmd = Command::Attach(Attach {
+            new_session_id: Uuid::new_v4(),
+            sub: "c".into(),
+            reconnect: true,
+            client_last_seq: Some(2),
+            client_epoch: Some("another-log".into()),
+            log_epoch: EPOCH.into(),
+            user_agent: None,
+        });
+        let plan = when(&mut job, &cmd, t0).1.unwrap();
+        assert!(!plan.resumed);
+        assert_eq!((plan.replay_after, plan.missed), (Some(0), 2));
+    }
 }

@@ -204,3 +204,141 @@ pub async fn spawn_in(dir: Arc<tempfile::TempDir>, extra: Vec<String>) -> TestAp
         handle: Some(handle),
     }
 }
+
+// ---- WebSocket helpers ----
+
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Longest any test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+impl TestApp {
+    /// Opens `/ws/progress?{query}`.
+    pub async fn ws(&self, query: &str) -> Result<Ws, tungstenite::Error> {
+        ws_connect(self.addr, query).await
+    }
+
+    /// Opens a fresh socket on `job` with its client token.
+    pub async fn ws_client(&self, job: Uuid) -> Ws {
+        let token = self.token(Role::Client, Some(job));
+        self.ws(&format!("jobId={job}&token={token}"))
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `check` holds for the job's state, polling the API.
+    pub async fn wait_for_job(
+        &self,
+        job: Uuid,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let state = self.get_job(job).await;
+            if check(&state) {
+                return state;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The job's events of one kind, from the database file.
+    pub async fn events_of(&self, job: Uuid, kind: &str) -> Vec<LoggedEvent> {
+        events_of(&self.db_path(), job, kind).await
+    }
+}
+
+pub async fn ws_connect(addr: SocketAddr, query: &str) -> Result<Ws, tungstenite::Error> {
+    let url = format!("ws://{addr}/ws/progress?{query}");
+    tokio_tungstenite::connect_async(url)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// The HTTP status of a refused upgrade.
+pub fn refused_status(result: Result<Ws, tungstenite::Error>) -> u16 {
+    match result {
+        Err(tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, the socket opened"),
+    }
+}
+
+/// The next text message, as JSON (pings and pongs skipped).
+pub async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .expect("no socket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the close frame and returns its code and reason.
+pub async fn next_close(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let msg = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a close in time");
+        match msg {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.to_string())
+            }
+            Some(Ok(Message::Close(None))) => return (1005, String::new()),
+            Some(Ok(Message::Text(t))) => panic!("expected a close, got {t}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("expected a close frame, got error {e}"),
+            None => panic!("the connection ended without a close frame"),
+        }
+    }
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.unwrap();
+}
+
+/// One event as stored.
+#[derive(Debug, Clone)]
+pub struct LoggedEvent {
+    pub seq: i64,
+    pub session_id: Option<String>,
+    pub payload: Value,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn events_of(db: &Path, job: Uuid, kind: &str) -> Vec<LoggedEvent> {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("SELECT seq, session_id, payload, at FROM events WHERE job_id = ? AND kind = ? ORDER BY seq")
+        .bind(job.to_string())
+        .bind(kind)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| LoggedEvent {
+            seq: r.get("seq"),
+            session_id: r.get("session_id"),
+            payload: serde_json::from_str(r.get::<&str, _>("payload")).unwrap(),
+            at: r.get::<&str, _>("at").parse().unwrap(),
+        })
+        .collect()
+}

@@ -1,0 +1,182 @@
+//! A server killed with SIGKILL while clients are connected: after a restart
+//! the log shows their sockets closed with 1012 `server restart`, a client
+//! resumes its session, and a grace window still expires on time.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{events_of, mint, next_json, ws_connect, PATIENCE, SECRET};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rejoin");
+
+/// Starts `rejoin serve` on port 0 and waits for the address it prints.
+async fn start(db: &std::path::Path, grace: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            SECRET,
+            "--grace-secs",
+            grace,
+        ])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", db.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("the server starts")
+        .unwrap()
+        .expect("the address line");
+    let addr = line.rsplit("http://").next().unwrap().parse().unwrap();
+    (child, addr)
+}
+
+fn token(role: &str, job: Option<Uuid>) -> String {
+    mint(
+        &json!({"sub": "t", "role": role, "job": job, "exp": chrono::Utc::now().timestamp() + 600}),
+    )
+}
+
+async fn create_job(http: &reqwest::Client, addr: SocketAddr) -> Uuid {
+    let res = http
+        .post(format!("http://{addr}/v1/jobs"))
+        .bearer_auth(token("service", None))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json::<Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn progress(http: &reqwest::Client, addr: SocketAddr, job: Uuid, p: f64) -> i64 {
+    let res = http
+        .post(format!("http://{addr}/v1/jobs/{job}/events"))
+        .bearer_auth(token("service", None))
+        .json(&json!({"type": "progress", "progress": p}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json::<Value>().await.unwrap()["seq"].as_i64().unwrap()
+}
+
+async fn job_state(http: &reqwest::Client, addr: SocketAddr, job: Uuid) -> Value {
+    http.get(format!("http://{addr}/v1/jobs/{job}"))
+        .bearer_auth(token("support", None))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn after_sigkill_sessions_are_recorded_as_server_restart_and_resume_or_expire_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rejoin.db");
+    let http = reqwest::Client::new();
+    let (mut first, addr) = start(&db, "2").await;
+
+    let resuming = create_job(&http, addr).await;
+    let abandoned = create_job(&http, addr).await;
+    let mut ws = ws_connect(
+        addr,
+        &format!("jobId={resuming}&token={}", token("client", Some(resuming))),
+    )
+    .await
+    .unwrap();
+    let hello = next_json(&mut ws).await;
+    let session = hello["sessionId"].clone();
+    let epoch = hello["epoch"].as_str().unwrap().to_owned();
+    let mut other = ws_connect(
+        addr,
+        &format!(
+            "jobId={abandoned}&token={}",
+            token("client", Some(abandoned))
+        ),
+    )
+    .await
+    .unwrap();
+    next_json(&mut other).await;
+    progress(&http, addr, resuming, 40.0).await;
+    let last = next_json(&mut ws).await["seq"].as_i64().unwrap();
+
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    drop((ws, other));
+
+    let (mut second, addr) = start(&db, "2").await;
+    for job in [resuming, abandoned] {
+        let d = events_of(&db, job, "disconnected").await;
+        assert_eq!(d.len(), 1, "one disconnect for {job}");
+        assert_eq!(d[0].payload["code"], 1012);
+        assert_eq!(d[0].payload["reason"], "server restart");
+    }
+    let missed = progress(&http, addr, resuming, 50.0).await;
+
+    // The client comes back to the new process and resumes its session.
+    let query = format!(
+        "jobId={resuming}&token={}&reconnect=true&lastSeq={last}&epoch={epoch}",
+        token("client", Some(resuming))
+    );
+    let mut ws = ws_connect(addr, &query).await.unwrap();
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["type"], "reconnected");
+    assert_eq!(hello["resumed"], true);
+    assert_eq!(hello["sessionId"], session);
+    assert_eq!(hello["missed"], 1);
+    assert_eq!(next_json(&mut ws).await["seq"], missed);
+
+    // The other session's window, opened by the restart, expires on time.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while job_state(&http, addr, abandoned).await["session"]["state"] != "ended" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the grace window never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let until: chrono::DateTime<chrono::Utc> = events_of(&db, abandoned, "disconnected").await[0]
+        .payload["graceUntil"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expired = events_of(&db, abandoned, "grace_expired").await;
+    assert_eq!(expired.len(), 1);
+    let late = expired[0].at - until;
+    assert!(late >= chrono::Duration::zero(), "expired {late} early");
+    assert!(
+        late < chrono::Duration::milliseconds(1500),
+        "expired {late} late"
+    );
+    assert!(events_of(&db, resuming, "grace_expired").await.is_empty());
+
+    let pid = second.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(second.wait().await.unwrap().success());
+}
