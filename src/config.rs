@@ -28,6 +28,11 @@ pub enum CliCommand {
     Token(TokenArgs),
     /// Walk every job's hash chain and name the first event that does not match.
     Verify(VerifyArgs),
+    /// Print one job's connection history.
+    History(HistoryArgs),
+    /// Fold the log (all of it, from a position, or one job) into NDJSON events
+    /// or a summary.
+    Replay(ReplayArgs),
 }
 
 #[derive(Clone, Debug, Args)]
@@ -193,4 +198,40 @@ impl ServeArgs {
             .chain(args.into_iter().map(Into::into));
         Wrapper::try_parse_from(argv).map(|w| w.serve)
     }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct HistoryArgs {
+    /// The job.
+    pub job: Uuid,
+    /// Print the history as JSON (the shape of `GET /v1/jobs/{id}/history`'s
+    /// sessions, rejected attempts and totals).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReplayFormat {
+    /// One event per line, as `GET /v1/events` prints them.
+    Ndjson,
+    /// Jobs, sessions, reconnects, gap percentiles, grace expiries, close codes.
+    Summary,
+    /// The summary as JSON.
+    Json,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ReplayArgs {
+    /// Start after this global position (or, with --job, after this seq).
+    #[arg(long, default_value_t = 0)]
+    pub from: i64,
+    /// Only this job's events.
+    #[arg(long)]
+    pub job: Option<Uuid>,
+    #[arg(long, value_enum, default_value = "summary")]
+    pub format: ReplayFormat,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }

@@ -33,5 +33,6 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod scheduler;
 pub mod ws;

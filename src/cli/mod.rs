@@ -1,5 +1,7 @@
 //! The command-line subcommands. Each is a thin shell over the library.
 
+pub mod history;
+mod replay;
 mod serve;
 mod token;
 mod verify;
@@ -14,6 +16,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::Serve(args) => serve::run(args).await,
         CliCommand::Token(args) => token::run(args).await,
         CliCommand::Verify(args) => verify::run(args).await,
+        CliCommand::History(args) => history::run(args).await,
+        CliCommand::Replay(args) => replay::run(args).await,
     }
 }
 
@@ -28,4 +32,13 @@ pub fn init_tracing() {
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Opens a log that must already exist (the read-only commands never create
+/// one by accident).
+pub async fn open_existing(url: &str) -> anyhow::Result<std::sync::Arc<dyn crate::log::LogStore>> {
+    if let Some(path) = crate::log::sqlite::database_path(url) {
+        anyhow::ensure!(path.exists(), "no database at {}", path.display());
+    }
+    Ok(crate::log::open(url).await?)
 }

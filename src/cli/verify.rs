@@ -4,11 +4,7 @@ use crate::config::VerifyArgs;
 use crate::log;
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let url = &args.database.database_url;
-    if let Some(path) = log::sqlite::database_path(url) {
-        anyhow::ensure!(path.exists(), "no database at {}", path.display());
-    }
-    let store = log::open(url).await?;
+    let store = super::open_existing(&args.database.database_url).await?;
     let report = log::verify::verify(store.as_ref()).await?;
     store.close().await;
     match report.first_broken {

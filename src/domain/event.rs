@@ -93,7 +93,7 @@ pub struct JobFailed {
     pub error: FailureInfo,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FailureInfo {
     pub code: String,

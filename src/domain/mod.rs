@@ -3,7 +3,9 @@
 
 pub mod decide;
 pub mod event;
+pub mod history;
 pub mod state;
+pub mod summary;
 
 pub use decide::{decide, Command, Decision, DomainError};
 pub use event::{Event, EventBody, JobId, SessionId};

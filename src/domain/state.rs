@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::event::{Event, EventBody, FailureInfo, JobId, SessionId};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Pending,
@@ -65,7 +65,7 @@ pub struct SessionState {
     pub last_disconnect_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionCounts {
     pub connects: u64,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -22,9 +22,22 @@ use crate::domain::{
     Command, DomainError, Event, EventBody, JobId, JobState, SessionId, SessionPhase, World,
 };
 use crate::log::{for_each_event, LogStore, StoreError};
+use crate::metrics::Metrics;
 use crate::scheduler::{self, Deadline};
 use hub::{Hub, Registration};
 use writer::{WriteRequest, Writer};
+
+/// Decodes stored rows into events.
+pub fn decode_all(rows: &[crate::log::EventRow]) -> Result<Vec<Event>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            row.decode().map_err(|source| StoreError::Corrupt {
+                position: row.position,
+                source,
+            })
+        })
+        .collect()
+}
 
 /// A socket attached to a job: how to serve it.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +139,8 @@ struct Inner {
     stats: Arc<WriterStats>,
     hub: Arc<Hub>,
     grace: chrono::Duration,
+    metrics: Arc<Metrics>,
+    head: watch::Receiver<i64>,
 }
 
 /// The engine's background tasks, stopped by the token given to `start`.
@@ -146,7 +161,9 @@ impl Engine {
         let epoch = store.epoch().await?;
         let mut world = World::default();
         let mut count = 0u64;
+        let mut head = 0;
         for_each_event(store.as_ref(), 0, |_, event| {
+            head = event.position;
             world.apply(&event);
             count += 1;
             Ok(())
@@ -180,7 +197,11 @@ impl Engine {
         let hub = Arc::new(Hub::default());
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let (deadline_tx, deadline_rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::default());
+        let (head_tx, head_rx) = watch::channel(head);
         let writer = Writer {
+            metrics: metrics.clone(),
+            head: head_tx,
             store: store.clone(),
             world: world.clone(),
             hub: hub.clone(),
@@ -200,6 +221,8 @@ impl Engine {
                 stats,
                 hub,
                 grace: chrono::Duration::from_std(settings.grace).unwrap_or(chrono::Duration::MAX),
+                metrics,
+                head: head_rx,
             }),
         };
         let scheduler = tokio::spawn(scheduler::run(
@@ -337,6 +360,46 @@ impl Engine {
     ) -> Result<Outcome, EngineError> {
         self.execute(job_id, Command::ExpireGrace { session_id }, None)
             .await
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Follows the position of the last committed event.
+    pub fn watch_head(&self) -> watch::Receiver<i64> {
+        self.inner.head.clone()
+    }
+
+    /// The job's events with `after < seq`, in order, at most `limit`.
+    pub async fn job_events(
+        &self,
+        job_id: JobId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = self
+            .inner
+            .store
+            .read_job(&job_id.to_string(), after, i64::MAX, limit)
+            .await?;
+        decode_all(&rows)
+    }
+
+    /// The job's connection history as of now, folded from its events.
+    pub async fn history(
+        &self,
+        job_id: JobId,
+    ) -> Result<crate::domain::history::History, StoreError> {
+        let mut builder = crate::domain::history::HistoryBuilder::default();
+        let mut after = 0;
+        loop {
+            let events = self.job_events(job_id, after, 10_000).await?;
+            let Some(last) = events.last() else { break };
+            after = last.seq;
+            events.iter().for_each(|e| builder.apply(e));
+        }
+        Ok(builder.finish(self.inner.clock.now()))
     }
 
     /// Live sockets, one per job at most.

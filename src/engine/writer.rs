@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{CloseReason, Hub, Registration};
@@ -25,6 +25,7 @@ use crate::domain::state::{fingerprint, IdempotentAppend};
 use crate::domain::{decide, Command, Decision, Event, EventBody, JobId, JobState, World};
 use crate::log::chain::event_hash;
 use crate::log::{EventRow, LogStore};
+use crate::metrics::Metrics;
 use crate::scheduler::Deadline;
 
 /// One queued command and where to send its answer.
@@ -61,6 +62,9 @@ pub(crate) struct Writer {
     pub deadlines: mpsc::UnboundedSender<Deadline>,
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<WriterStats>,
+    pub metrics: Arc<Metrics>,
+    /// The position of the last committed event, for the live tails.
+    pub head: watch::Sender<i64>,
     pub max_batch: usize,
 }
 
@@ -192,7 +196,9 @@ impl Writer {
             let started = Instant::now();
             match self.store.append(&rows).await {
                 Ok(positions) => {
-                    self.stats.record_commit(rows.len(), started.elapsed());
+                    let took = started.elapsed();
+                    self.stats.record_commit(rows.len(), took);
+                    self.metrics.observe_commit(rows.len(), took.as_secs_f64());
                     for (mut event, position) in events.into_iter().zip(positions) {
                         event.position = position;
                         committed.push(Arc::new(event));
@@ -208,6 +214,7 @@ impl Writer {
                 Err(e) => {
                     tracing::error!(error = %e, events = rows.len(), "append failed; batch refused");
                     self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.observe_failed_commit();
                     for (reply, _) in pending {
                         let _ = reply.send(Err(EngineError::Unavailable(e.to_string())));
                     }
@@ -249,7 +256,11 @@ impl Writer {
     /// Fans committed job events out to the sockets that were live before this
     /// batch, and hands new grace deadlines to the scheduler.
     fn after_commit(&self, committed: &[Arc<Event>]) {
+        if let Some(last) = committed.last() {
+            self.head.send_replace(last.position);
+        }
         for event in committed {
+            self.metrics.observe(event);
             match &event.body {
                 body if body.is_job_event() => self.hub.publish(event),
                 EventBody::Disconnected(Disconnected { grace_until, .. }) => {

@@ -31,27 +31,49 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs/{job_id}/token", post(refresh_token))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateJobRequest {
+pub struct CreateJobRequest {
+    /// Create the job under this id (creating it again answers 200).
     #[serde(default)]
     job_id: Option<Uuid>,
+    /// Free-form JSON object kept with the job.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Map<String, Value>>,
+    /// Lifetime of the client token, in seconds.
     #[serde(default)]
     client_token_ttl_secs: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct CreateJobResponse {
+pub struct CreateJobResponse {
     job_id: Uuid,
     client_token: String,
     client_token_expires_at: DateTime<Utc>,
     websocket_url: String,
 }
 
-async fn create_job(
+/// Creates a job (or finds it, when `jobId` names an existing one) and mints
+/// a client token for it.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    request_body = CreateJobRequest,
+    responses(
+        (status = 201, description = "Created", body = CreateJobResponse),
+        (status = 200, description = "The job already existed", body = CreateJobResponse),
+        (status = 400, description = "Malformed body", body = super::ErrorBody),
+        (status = 401, description = "No valid token", body = super::ErrorBody),
+        (status = 403, description = "Not a service token", body = super::ErrorBody),
+        (status = 413, description = "Body too large", body = super::ErrorBody),
+        (status = 503, description = "The log cannot be written", body = super::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
@@ -85,28 +107,34 @@ async fn create_job(
 }
 
 /// A job event as services post it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-enum AppendRequest {
+pub enum AppendRequest {
+    /// Progress from 0 to 100, with an optional message and data.
     Progress {
         progress: f64,
         #[serde(default)]
         message: Option<String>,
         #[serde(default)]
+        #[schema(value_type = Option<Object>)]
         data: Option<Value>,
     },
+    /// A named message (`book_found`) with data.
     Message {
         name: String,
         #[serde(default)]
+        #[schema(value_type = Option<Object>)]
         data: Option<Value>,
     },
+    /// The job finished; nothing may be appended after it.
     Completed {
         #[serde(default)]
+        #[schema(value_type = Option<Object>)]
         result: Option<Value>,
     },
-    Failed {
-        error: FailureInfo,
-    },
+    /// The job failed; nothing may be appended after it.
+    Failed { error: FailureInfo },
+    /// The job was cancelled; nothing may be appended after it.
     Cancelled {
         #[serde(default)]
         reason: Option<String>,
@@ -135,9 +163,9 @@ impl From<AppendRequest> for EventBody {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AppendResponse {
+pub struct AppendResponse {
     job_id: Uuid,
     seq: i64,
 }
@@ -161,7 +189,29 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-async fn append_event(
+/// Appends one job event. Answers only after the event is durable.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{job_id}/events",
+    tag = "jobs",
+    params(
+        ("job_id" = Uuid, Path, description = "The job"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry answer the first 201 and append nothing"),
+    ),
+    request_body = AppendRequest,
+    responses(
+        (status = 201, description = "Appended (or a retry of an append)", body = AppendResponse),
+        (status = 400, description = "Malformed event", body = super::ErrorBody),
+        (status = 401, description = "No valid token", body = super::ErrorBody),
+        (status = 403, description = "Not a service token", body = super::ErrorBody),
+        (status = 404, description = "Unknown job", body = super::ErrorBody),
+        (status = 409, description = "The job finished, or the Idempotency-Key was used for another event", body = super::ErrorBody),
+        (status = 413, description = "Body too large", body = super::ErrorBody),
+        (status = 503, description = "The log cannot be written", body = super::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn append_event(
     State(state): State<AppState>,
     caller: Caller,
     Path(job_id): Path<String>,
@@ -186,22 +236,40 @@ async fn append_event(
     Ok(response)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TokenRequest {
+pub struct TokenRequest {
+    /// Lifetime of the new token, in seconds.
     #[serde(default)]
     ttl_secs: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TokenResponse {
+pub struct TokenResponse {
     job_id: Uuid,
     client_token: String,
     client_token_expires_at: DateTime<Utc>,
 }
 
-async fn refresh_token(
+/// Mints a fresh client token for the job.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{job_id}/token",
+    tag = "jobs",
+    params(("job_id" = Uuid, Path, description = "The job")),
+    request_body(content = Option<TokenRequest>, description = "Optional"),
+    responses(
+        (status = 200, description = "A new client token", body = TokenResponse),
+        (status = 400, description = "Bad ttl", body = super::ErrorBody),
+        (status = 401, description = "No valid token", body = super::ErrorBody),
+        (status = 403, description = "Neither a service token nor this job's client", body = super::ErrorBody),
+        (status = 404, description = "Unknown job", body = super::ErrorBody),
+        (status = 501, description = "This server cannot sign tokens", body = super::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn refresh_token(
     State(state): State<AppState>,
     caller: Caller,
     Path(job_id): Path<String>,
@@ -232,14 +300,31 @@ async fn refresh_token(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct JobQuery {
+#[into_params(parameter_in = Query)]
+pub struct JobQuery {
+    /// The state as it stood at this seq (service and support only).
     #[serde(default)]
     as_of_seq: Option<i64>,
 }
 
-async fn get_job(
+/// The job's state, folded from the log (now, or as of a seq).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{job_id}",
+    tag = "jobs",
+    params(("job_id" = Uuid, Path, description = "The job"), JobQuery),
+    responses(
+        (status = 200, description = "The job's state", body = JobView),
+        (status = 400, description = "Bad job id or asOfSeq", body = super::ErrorBody),
+        (status = 401, description = "No valid token", body = super::ErrorBody),
+        (status = 403, description = "Not allowed to read this job", body = super::ErrorBody),
+        (status = 404, description = "Unknown job", body = super::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
     Path(job_id): Path<String>,
@@ -278,7 +363,7 @@ async fn get_job(
 }
 
 /// A job's state as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     job_id: Uuid,
@@ -291,8 +376,10 @@ pub struct JobView {
     head_seq: i64,
     created_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     result: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<FailureInfo>,
@@ -302,10 +389,11 @@ pub struct JobView {
     counts: ConnectionCounts,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct SessionView {
+pub struct SessionView {
     session_id: Uuid,
+    /// `connected`, `grace` or `ended`.
     state: &'static str,
     started_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -2,9 +2,13 @@
 //! exposes `router()`; errors leave through [`error::ApiError`].
 
 pub mod error;
+pub mod events;
 pub mod extract;
 mod health;
+pub mod history;
 pub mod jobs;
+pub mod openapi;
+mod support;
 
 use std::sync::Arc;
 
@@ -18,6 +22,20 @@ use crate::auth::Authority;
 use crate::engine::Engine;
 use crate::ws::{self, RejectionLog, Sockets, WsSettings};
 use error::ApiError;
+
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code such as `job_finished`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
 
 /// Settings the handlers read.
 #[derive(Clone, Debug)]
@@ -84,6 +102,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(jobs::router())
+        .merge(events::router())
+        .merge(history::router())
+        .merge(support::router())
+        .merge(openapi::router())
         .merge(ws::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -156,3 +156,51 @@ pub async fn for_each_event(
         }
     }
 }
+
+/// An event as the read APIs and `replay --format ndjson` print it: the stored
+/// row, with its payload embedded as JSON (copied, not re-parsed).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventEnvelope {
+    pub position: i64,
+    pub job_id: String,
+    pub seq: i64,
+    pub session_id: Option<String>,
+    pub kind: String,
+    pub schema_version: i32,
+    pub at: String,
+    /// The event's payload (see the event catalogue).
+    #[schema(value_type = Object)]
+    pub data: Box<serde_json::value::RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub hash: String,
+}
+
+impl TryFrom<EventRow> for EventEnvelope {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        let data = serde_json::value::RawValue::from_string(row.payload).map_err(|e| {
+            StoreError::Corrupt {
+                position: row.position,
+                source: DecodeError::Payload {
+                    kind: row.kind.clone(),
+                    source: e,
+                },
+            }
+        })?;
+        Ok(EventEnvelope {
+            position: row.position,
+            job_id: row.job_id,
+            seq: row.seq,
+            session_id: row.session_id,
+            kind: row.kind,
+            schema_version: row.schema_version,
+            at: row.at,
+            data,
+            idempotency_key: row.idempotency_key,
+            hash: row.hash,
+        })
+    }
+}

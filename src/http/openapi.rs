@@ -1,0 +1,56 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and the
+//! request and response types, served at `/openapi.json`.
+
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{events, health, history, jobs, AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "rejoin",
+        description = "Resumable WebSocket progress for long-running jobs, backed by an append-only event log. \
+                       The WebSocket protocol (`GET /ws/progress`) is described in docs/PROTOCOL.md."
+    ),
+    paths(
+        jobs::create_job,
+        jobs::append_event,
+        jobs::refresh_token,
+        jobs::get_job,
+        events::job_events,
+        history::history,
+        events::global_log,
+        events::live_tail,
+        health::healthz,
+        health::readyz,
+        health::metrics,
+    ),
+    components(schemas(super::ErrorBody, super::ErrorDetail)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "jobs", description = "Create jobs, append their events, read their state"),
+        (name = "support", description = "Connection history"),
+        (name = "analytics", description = "The global log"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+}

@@ -1,0 +1,178 @@
+// The support page: reads a job's state and connection history with a support
+// token and draws its sessions as a timeline. No build step, no dependencies.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "style") node.setAttribute("style", v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c !== null && c !== undefined) node.append(c instanceof Node ? c : String(c));
+  }
+  return node;
+}
+
+function duration(ms) {
+  if (ms < 1000) return `${ms} ms`;
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  const m = Math.floor(s / 60);
+  return `${m} min ${Math.round(s % 60)} s`;
+}
+
+const time = (iso) => (iso ? new Date(iso).toISOString().replace("T", " ").replace("Z", " UTC") : "–");
+
+function facts(pairs) {
+  return el("dl", { class: "facts" }, pairs.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, v))));
+}
+
+// What a support person needs to read in one line, per kind of event.
+function describe(e) {
+  const d = e.details || {};
+  switch (e.kind) {
+    case "connected":
+      return `connected at lastSeq ${d.lastSeq}` + (d.userAgent ? ` (${d.userAgent})` : "");
+    case "reconnected":
+      return (d.resumed ? "resumed the session" : "came back after the session ended: new session") +
+        (d.gapMs !== undefined ? `, after a gap of ${duration(d.gapMs)}` : "") +
+        `, client lastSeq ${d.clientLastSeq ?? "–"}, replayed ${d.missed} missed events`;
+    case "disconnected":
+      return `closed ${d.code} ${d.reason || "(no reason)"}; grace until ${time(d.graceUntil)}` +
+        (d.ackedSeq !== undefined ? `; client acked seq ${d.ackedSeq}` : "");
+    case "replaced":
+      return `socket closed ${d.code} ${d.reason}: another connection took over`;
+    case "ws_error":
+      return `socket error: ${d.message}`;
+    case "grace_expired":
+      return `grace expired: the client did not come back by ${time(d.graceUntil)}`;
+    case "connect_rejected":
+      return `refused ${d.status} ${d.code}` + (d.reconnect ? " on reconnect" : "") +
+        (d.suppressed ? ` (+${d.suppressed} more)` : "");
+    default:
+      return JSON.stringify(d);
+  }
+}
+
+function eventTable(events) {
+  return el("table", {},
+    el("tr", {}, el("th", {}, "time"), el("th", {}, "seq"), el("th", {}, "event"), el("th", {}, "details")),
+    events.map((e) => el("tr", { class: e.kind },
+      el("td", { class: "time" }, time(e.at)), el("td", {}, e.seq),
+      el("td", { class: "kind" }, e.kind.replace("_", " ")), el("td", {}, describe(e)))));
+}
+
+// Connected stretches and gaps on one time axis for the whole job.
+function bar(session, start, end) {
+  const span = Math.max(end - start, 1);
+  const pos = (t) => ((t - start) / span) * 100;
+  const parts = [];
+  let open = { kind: "connected", from: Date.parse(session.startedAt) };
+  for (const e of session.events) {
+    const t = Date.parse(e.at);
+    if (e.kind === "disconnected" || e.kind === "replaced") {
+      if (open && open.kind === "connected") parts.push({ ...open, to: t });
+      open = e.kind === "disconnected" ? { kind: "gap", from: t } : null;
+    } else if (e.kind === "reconnected") {
+      if (open && open.kind === "gap") parts.push({ ...open, to: t });
+      open = { kind: "connected", from: t };
+    } else if (e.kind === "grace_expired") {
+      if (open) parts.push({ ...open, to: t });
+      open = null;
+    }
+  }
+  const last = session.endedAt ? Date.parse(session.endedAt) : end;
+  if (open) parts.push({ ...open, to: last });
+  return el("div", { class: "bar", title: "green: connected, amber: disconnected (grace)" },
+    parts.map((p) => el("span", {
+      class: p.kind,
+      style: `left:${pos(p.from)}%;width:${Math.max(pos(p.to) - pos(p.from), 0.4)}%`,
+    })));
+}
+
+function render(job, history) {
+  const state = $("state");
+  state.replaceChildren(
+    el("h2", {}, "Job ", el("code", {}, job.jobId), " ", el("span", { class: `status ${job.status}` }, job.status)),
+    el("div", { class: "progress" }, el("div", { style: `width:${job.progress}%` })),
+    facts([
+      ["progress", `${job.progress}%`], ["message", job.message ?? "–"], ["last update", time(job.lastUpdate)],
+      ["last seq", job.lastSeq], ["session", job.session ? `${job.session.state}` : "none yet"],
+      ["grace until", job.session && job.session.graceUntil ? time(job.session.graceUntil) : "–"],
+    ]));
+  state.hidden = false;
+
+  const t = history.totals;
+  $("totals").replaceChildren(el("h2", {}, "Connection summary"), facts([
+    ["sessions", t.sessions], ["connects", t.connects], ["reconnects", t.reconnects],
+    ["resumed", t.resumed], ["disconnects", t.disconnects], ["heartbeat timeouts", t.heartbeatTimeouts],
+    ["replaced sockets", t.replaced], ["socket errors", t.errors], ["rejected attempts", t.rejected],
+    ["grace expiries", t.graceExpiries], ["events replayed", t.replayed],
+    ["time connected", duration(t.connectedMs)], ["time disconnected", duration(t.disconnectedMs)],
+  ]));
+  $("totals").hidden = false;
+
+  const times = history.sessions.flatMap((s) => [Date.parse(s.startedAt), ...s.events.map((e) => Date.parse(e.at))]);
+  const start = Math.min(...times);
+  const end = Math.max(...times, Date.now());
+  const timeline = $("timeline");
+  timeline.replaceChildren(
+    el("h2", {}, `Sessions (${history.totalSessions})`),
+    el("div", { class: "legend" },
+      el("span", {}, el("i", { style: "background:var(--ok)" }), "connected"),
+      el("span", {}, el("i", { style: "background:var(--gap)" }), "disconnected, within grace")),
+    history.sessions.length === 0 ? el("p", { class: "notice" }, "No client has connected to this job.") : null,
+    history.sessions.map((s, i) => el("div", { class: "session", "data-session": s.sessionId },
+      el("h3", {}, `Session ${history.offset + i + 1}`, el("code", {}, s.sessionId),
+        el("span", {}, s.state + (s.endReason ? ` (${s.endReason.replace("_", " ")})` : "")),
+        el("span", {}, `${s.sockets} socket${s.sockets === 1 ? "" : "s"}`),
+        el("span", {}, `connected ${duration(s.connectedMs)}, disconnected ${duration(s.disconnectedMs)}`),
+        el("span", {}, `replayed ${s.replayed}`)),
+      bar(s, start, end),
+      eventTable(s.events))));
+  timeline.hidden = false;
+
+  const rejected = $("rejected");
+  rejected.replaceChildren(el("h2", {}, `Refused connection attempts (${history.rejected.length})`),
+    history.rejected.length ? eventTable(history.rejected) : el("p", { class: "notice" }, "None."));
+  rejected.hidden = false;
+}
+
+async function load(token, jobId) {
+  const notice = $("notice");
+  notice.className = "notice";
+  notice.textContent = "Loading…";
+  const get = async (path) => {
+    const res = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(`${res.status}: ${(body.error && body.error.message) || res.statusText}`);
+    return body;
+  };
+  try {
+    const id = encodeURIComponent(jobId.trim());
+    const [job, history] = await Promise.all([get(`/v1/jobs/${id}`), get(`/v1/jobs/${id}/history`)]);
+    render(job, history);
+    notice.textContent = `Loaded at ${time(new Date().toISOString())}.`;
+    document.body.dataset.loaded = "true";
+  } catch (err) {
+    notice.className = "notice error";
+    notice.textContent = `Could not load the job: ${err.message}`;
+  }
+}
+
+$("lookup").addEventListener("submit", (e) => {
+  e.preventDefault();
+  load($("token").value, $("job").value);
+});
+
+// `#token=…&job=…` fills the form and loads: the fragment never reaches a server.
+const params = new URLSearchParams(location.hash.slice(1));
+if (params.get("token") && params.get("job")) {
+  $("token").value = params.get("token");
+  $("job").value = params.get("job");
+  load(params.get("token"), params.get("job"));
+}

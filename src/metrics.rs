@@ -1,0 +1,185 @@
+//! Prometheus metrics, counted from the committed events themselves (so
+//! `/metrics`, the history and `replay` agree) and from the writer's batches.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::domain::{Event, EventBody};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Code {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    connections: Gauge,
+    connects: Family<Outcome, Counter>,
+    rejected: Family<Reason, Counter>,
+    disconnects: Family<Code, Counter>,
+    replayed: Counter,
+    grace_expiries: Counter,
+    events: Family<Kind, Counter>,
+    batch_size: Histogram,
+    commit_seconds: Histogram,
+    failed_commits: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            connections: Gauge::default(),
+            connects: Family::default(),
+            rejected: Family::default(),
+            disconnects: Family::default(),
+            replayed: Counter::default(),
+            grace_expiries: Counter::default(),
+            events: Family::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            failed_commits: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "rejoin_connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "rejoin_connects",
+            "Socket attach attempts by outcome: fresh, resumed, not_resumed, rejected",
+            m.connects.clone(),
+        );
+        registry.register(
+            "rejoin_connect_rejected",
+            "Refused upgrade attempts by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "rejoin_disconnects",
+            "Recorded socket closes by close code",
+            m.disconnects.clone(),
+        );
+        registry.register(
+            "rejoin_replayed_events",
+            "Job events replayed to reconnecting clients",
+            m.replayed.clone(),
+        );
+        registry.register(
+            "rejoin_grace_expiries",
+            "Sessions ended by an expired grace window",
+            m.grace_expiries.clone(),
+        );
+        registry.register(
+            "rejoin_events_appended",
+            "Events appended to the log by kind",
+            m.events.clone(),
+        );
+        registry.register(
+            "rejoin_append_batch_size",
+            "Events per commit (group commit)",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "rejoin_commit_seconds",
+            "Latency of one log commit",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "rejoin_failed_commits",
+            "Commits that failed (their requests got 503)",
+            m.failed_commits.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts one committed event.
+    pub fn observe(&self, event: &Event) {
+        let kind = event.body.kind();
+        self.events
+            .get_or_create(&Kind {
+                kind: kind.to_owned(),
+            })
+            .inc();
+        let outcome = |o: &str| {
+            self.connects
+                .get_or_create(&Outcome {
+                    outcome: o.to_owned(),
+                })
+                .inc();
+        };
+        match &event.body {
+            EventBody::Connected(_) => outcome("fresh"),
+            EventBody::Reconnected(r) => {
+                outcome(if r.resumed { "resumed" } else { "not_resumed" });
+                self.replayed.inc_by(r.missed);
+            }
+            EventBody::ConnectRejected(r) => {
+                outcome("rejected");
+                self.rejected
+                    .get_or_create(&Reason {
+                        reason: r.code.clone(),
+                    })
+                    .inc_by(1 + r.suppressed);
+            }
+            EventBody::Disconnected(d) => {
+                self.disconnects
+                    .get_or_create(&Code {
+                        code: d.code.to_string(),
+                    })
+                    .inc();
+            }
+            EventBody::GraceExpired(_) => {
+                self.grace_expiries.inc();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn observe_commit(&self, events: usize, seconds: f64) {
+        self.batch_size.observe(events as f64);
+        self.commit_seconds.observe(seconds);
+    }
+
+    pub fn observe_failed_commit(&self) {
+        self.failed_commits.inc();
+    }
+
+    /// The text exposition, with the live connection count as of now.
+    pub fn render(&self, connections: usize) -> String {
+        self.connections.set(connections as i64);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
