@@ -304,17 +304,37 @@ where
     }
 }
 
-/// A read failed: frames over the limit close with 1009; anything else is a
-/// socket error, recorded as `ws_error`, and the connection is gone.
+/// A read failed. A connection that simply went away (reset, no closing
+/// handshake) is the ordinary abrupt drop; frames over the limit close with
+/// 1009; anything else is a socket error, recorded as `ws_error`.
 async fn read_error(
     engine: &Engine,
     job_id: JobId,
     session_id: SessionId,
     e: axum::Error,
 ) -> Ending {
+    use tungstenite::error::ProtocolError;
     let inner = e.into_inner();
-    if let Some(tungstenite::Error::Capacity(_)) = inner.downcast_ref::<tungstenite::Error>() {
-        return Ending::closed_by_server(close::TOO_BIG, close::TOO_BIG_REASON);
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => {
+            return Ending::closed_by_server(close::TOO_BIG, close::TOO_BIG_REASON)
+        }
+        Some(
+            tungstenite::Error::ConnectionClosed
+            | tungstenite::Error::AlreadyClosed
+            | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+        ) => return Ending::dropped(close::ABNORMAL, close::CONNECTION_LOST),
+        Some(tungstenite::Error::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            return Ending::dropped(close::ABNORMAL, close::CONNECTION_LOST)
+        }
+        _ => {}
     }
     let message = inner.to_string();
     let body = EventBody::WsErrored(WsErrored {

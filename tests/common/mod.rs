@@ -15,6 +15,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub mod story;
+
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 
 /// Logs go to stderr only when `TEST_LOG` is set.
