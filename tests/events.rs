@@ -30,7 +30,10 @@ async fn a_jobs_events_come_in_seq_order_after_a_cursor() {
         .unwrap();
     let events = page["events"].as_array().unwrap();
     assert_eq!(events.len(), 2);
-    assert_eq!((events[0]["seq"].as_i64(), events[1]["seq"].as_i64()), (Some(3), Some(4)));
+    assert_eq!(
+        (events[0]["seq"].as_i64(), events[1]["seq"].as_i64()),
+        (Some(3), Some(4))
+    );
     assert_eq!(events[0]["kind"], "progress");
     assert_eq!(events[0]["data"]["progress"], 2.0);
     assert_eq!(page["nextAfter"], 4);
@@ -100,10 +103,16 @@ async fn paging_the_global_log_while_appends_run_skips_and_repeats_nothing() {
         if events.is_empty() && done {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "paging never finished");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "paging never finished"
+        );
     }
     writer.await.unwrap();
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "positions strictly increase");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "positions strictly increase"
+    );
     let total = app.count_events().await;
     assert_eq!(seen.len() as i64, total, "every event once");
     assert_eq!(seen, (1..=total).collect::<Vec<_>>());
@@ -121,7 +130,11 @@ async fn paging_the_global_log_while_appends_run_skips_and_repeats_nothing() {
     let text = res.text().await.unwrap();
     let positions: Vec<i64> = text
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["position"].as_i64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["position"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(positions, (1..=total).collect::<Vec<_>>());
 
@@ -188,7 +201,10 @@ async fn the_live_tail_resumes_from_last_event_id_with_nothing_skipped() {
     };
     let res = open(None).await.unwrap();
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let mut body = res.bytes_stream();
     let mut buf = String::new();
     // Live: events appended after the tail opened.
@@ -196,7 +212,12 @@ async fn the_live_tail_resumes_from_last_event_id_with_nothing_skipped() {
         app.progress(job, p).await;
     }
     let got = sse_events(&mut body, &mut buf, 3).await;
-    assert_eq!(got.iter().map(|(_, d)| d["seq"].as_i64().unwrap()).collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!(
+        got.iter()
+            .map(|(_, d)| d["seq"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
     assert!(got.iter().all(|(id, d)| d["position"] == *id));
     let last_id = got[1].0; // pretend the third was never processed
     drop(body);
@@ -236,18 +257,32 @@ async fn metrics_count_connects_by_outcome_replays_and_commits() {
     let hello = next_json(&mut ws).await;
     let epoch = hello["epoch"].as_str().unwrap().to_owned();
     drop(ws);
-    app.wait_for_job(job, "the drop", |s| s["session"]["state"] == "grace").await;
+    app.wait_for_job(job, "the drop", |s| s["session"]["state"] == "grace")
+        .await;
     app.progress(job, 5.0).await;
     app.progress(job, 6.0).await;
     let token = app.token(Role::Client, Some(job));
     let mut ws = app
-        .ws(&format!("jobId={job}&token={token}&reconnect=true&lastSeq=0&epoch={epoch}"))
+        .ws(&format!(
+            "jobId={job}&token={token}&reconnect=true&lastSeq=0&epoch={epoch}"
+        ))
         .await
         .unwrap();
     assert_eq!(next_json(&mut ws).await["missed"], 2);
-    assert_eq!(common::refused_status(app.ws(&format!("jobId={job}&token=a.b.c")).await), 401);
+    assert_eq!(
+        common::refused_status(app.ws(&format!("jobId={job}&token=a.b.c")).await),
+        401
+    );
 
-    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for line in [
         r#"rejoin_connects_total{outcome="fresh"} 1"#,
         r#"rejoin_connects_total{outcome="resumed"} 1"#,
@@ -276,7 +311,12 @@ async fn the_openapi_document_lists_every_http_route() {
         .await
         .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let paths: BTreeSet<&str> = doc["paths"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let paths: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     let expected: BTreeSet<&str> = [
         "/v1/jobs",
         "/v1/jobs/{job_id}",

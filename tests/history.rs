@@ -24,7 +24,10 @@ fn stable(h: &Value) -> Value {
         s.as_object_mut().unwrap().remove("disconnectedMs");
     }
     h["totals"].as_object_mut().unwrap().remove("connectedMs");
-    h["totals"].as_object_mut().unwrap().remove("disconnectedMs");
+    h["totals"]
+        .as_object_mut()
+        .unwrap()
+        .remove("disconnectedMs");
     serde_json::json!({"sessions": h["sessions"], "rejected": h["rejected"], "totals": h["totals"]})
 }
 
@@ -78,7 +81,10 @@ async fn the_history_tells_the_story_over_http_and_from_the_cli() {
     assert_eq!(second["sessionId"], story.second_session.as_str());
     assert_eq!(kinds(second), ["connected", "disconnected"]);
     assert_eq!(second["events"][1]["details"]["code"], 1000);
-    assert_eq!(second["events"][1]["details"]["reason"], "user left the screen");
+    assert_eq!(
+        second["events"][1]["details"]["reason"],
+        "user left the screen"
+    );
     assert_eq!(second["state"], "grace");
 
     let rejected = h["rejected"].as_array().unwrap();
@@ -88,18 +94,33 @@ async fn the_history_tells_the_story_over_http_and_from_the_cli() {
 
     let t = &h["totals"];
     assert_eq!(
-        (t["sessions"].as_u64(), t["connects"].as_u64(), t["reconnects"].as_u64(), t["resumed"].as_u64()),
+        (
+            t["sessions"].as_u64(),
+            t["connects"].as_u64(),
+            t["reconnects"].as_u64(),
+            t["resumed"].as_u64()
+        ),
         (Some(2), Some(2), Some(2), Some(2))
     );
     assert_eq!(
-        (t["disconnects"].as_u64(), t["replaced"].as_u64(), t["rejected"].as_u64(), t["graceExpiries"].as_u64()),
+        (
+            t["disconnects"].as_u64(),
+            t["replaced"].as_u64(),
+            t["rejected"].as_u64(),
+            t["graceExpiries"].as_u64()
+        ),
         (Some(3), Some(1), Some(1), Some(1))
     );
     assert_eq!(t["replayed"], 2);
 
     // Events in each session are in seq order.
     for s in sessions {
-        let seqs: Vec<i64> = s["events"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        let seqs: Vec<i64> = s["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]));
     }
 
@@ -115,11 +136,17 @@ async fn the_history_tells_the_story_over_http_and_from_the_cli() {
         .await
         .unwrap();
     assert_eq!(page["sessions"].as_array().unwrap().len(), 1);
-    assert_eq!(page["sessions"][0]["sessionId"], story.second_session.as_str());
+    assert_eq!(
+        page["sessions"][0]["sessionId"],
+        story.second_session.as_str()
+    );
     assert!(page.get("nextOffset").is_none());
 
     // Roles: analytics and clients may not read it.
-    for token in [app.token(Role::Analytics, None), app.token(Role::Client, Some(job))] {
+    for token in [
+        app.token(Role::Analytics, None),
+        app.token(Role::Client, Some(job)),
+    ] {
         let res = app
             .http
             .get(app.url(&format!("/v1/jobs/{job}/history")))
@@ -140,7 +167,11 @@ async fn the_history_tells_the_story_over_http_and_from_the_cli() {
         cmd.output()
     };
     let out = cli(true).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let from_cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stable(&from_cli), stable(&h));
 

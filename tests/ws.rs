@@ -126,7 +126,10 @@ async fn a_client_that_drops_resumes_its_session_with_exactly_what_it_missed() {
     assert_eq!(disconnects.len(), 1);
     assert_eq!(disconnects[0].payload["code"], 1006);
     assert_eq!(disconnects[0].payload["reason"], "connection lost");
-    assert!(app.events_of(job, "ws_error").await.is_empty(), "a drop is not a socket error");
+    assert!(
+        app.events_of(job, "ws_error").await.is_empty(),
+        "a drop is not a socket error"
+    );
     let reconnects = app.events_of(job, "reconnected").await;
     assert_eq!(reconnects.len(), 1);
     assert_eq!(reconnects[0].payload["resumed"], true);
@@ -539,13 +542,27 @@ async fn a_protocol_violation_is_recorded_as_a_socket_error() {
         tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
         _ => unreachable!("plain TCP on loopback"),
     };
-    raw.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe]).await.unwrap();
-    app.wait_for_job(job, "the socket error", |s| s["session"]["state"] == "grace")
-        .await;
+    raw.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe])
+        .await
+        .unwrap();
+    app.wait_for_job(job, "the socket error", |s| {
+        s["session"]["state"] == "grace"
+    })
+    .await;
     let errors = app.events_of(job, "ws_error").await;
     assert_eq!(errors.len(), 1);
-    assert!(errors[0].payload["message"].as_str().unwrap().contains("UTF-8"), "{:?}", errors[0]);
+    assert!(
+        errors[0].payload["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8"),
+        "{:?}",
+        errors[0]
+    );
     let d = &app.events_of(job, "disconnected").await[0];
     assert_eq!(d.payload["code"], 1006);
-    assert!(d.payload["reason"].as_str().unwrap().starts_with("socket error"));
+    assert!(d.payload["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("socket error"));
 }

@@ -39,7 +39,10 @@ pub async fn build(app: &TestApp) -> Story {
     let resume = format!("jobId={job}&token={client}&reconnect=true&lastSeq={last}&epoch={epoch}");
     let mut b = app.ws(&resume).await.unwrap();
     let hello: Value = next_json(&mut b).await;
-    assert_eq!((hello["resumed"].as_bool(), hello["missed"].as_u64()), (Some(true), Some(2)));
+    assert_eq!(
+        (hello["resumed"].as_bool(), hello["missed"].as_u64()),
+        (Some(true), Some(2))
+    );
     next_json(&mut b).await;
     let last = next_json(&mut b).await["seq"].as_i64().unwrap();
 
@@ -55,8 +58,10 @@ pub async fn build(app: &TestApp) -> Story {
 
     // The phone vanishes for good: the window expires.
     drop(c);
-    app.wait_for_job(job, "the grace expiry", |s| s["session"]["state"] == "ended")
-        .await;
+    app.wait_for_job(job, "the grace expiry", |s| {
+        s["session"]["state"] == "ended"
+    })
+    .await;
 
     // Later, a fresh connect: a new session, closed by the client.
     let mut d = app.ws_client(job).await;

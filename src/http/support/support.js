@@ -17,6 +17,11 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// replaceChildren with nested arrays flattened and empty slots dropped.
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
+
 function duration(ms) {
   if (ms < 1000) return `${ms} ms`;
   const s = ms / 1000;
@@ -96,7 +101,7 @@ function bar(session, start, end) {
 
 function render(job, history) {
   const state = $("state");
-  state.replaceChildren(
+  fill(state, 
     el("h2", {}, "Job ", el("code", {}, job.jobId), " ", el("span", { class: `status ${job.status}` }, job.status)),
     el("div", { class: "progress" }, el("div", { style: `width:${job.progress}%` })),
     facts([
@@ -107,7 +112,7 @@ function render(job, history) {
   state.hidden = false;
 
   const t = history.totals;
-  $("totals").replaceChildren(el("h2", {}, "Connection summary"), facts([
+  fill($("totals"), el("h2", {}, "Connection summary"), facts([
     ["sessions", t.sessions], ["connects", t.connects], ["reconnects", t.reconnects],
     ["resumed", t.resumed], ["disconnects", t.disconnects], ["heartbeat timeouts", t.heartbeatTimeouts],
     ["replaced sockets", t.replaced], ["socket errors", t.errors], ["rejected attempts", t.rejected],
@@ -120,7 +125,7 @@ function render(job, history) {
   const start = Math.min(...times);
   const end = Math.max(...times, Date.now());
   const timeline = $("timeline");
-  timeline.replaceChildren(
+  fill(timeline, 
     el("h2", {}, `Sessions (${history.totalSessions})`),
     el("div", { class: "legend" },
       el("span", {}, el("i", { style: "background:var(--ok)" }), "connected"),
@@ -137,7 +142,7 @@ function render(job, history) {
   timeline.hidden = false;
 
   const rejected = $("rejected");
-  rejected.replaceChildren(el("h2", {}, `Refused connection attempts (${history.rejected.length})`),
+  fill(rejected, el("h2", {}, `Refused connection attempts (${history.rejected.length})`),
     history.rejected.length ? eventTable(history.rejected) : el("p", { class: "notice" }, "None."));
   rejected.hidden = false;
 }
