@@ -49,6 +49,11 @@ impl Application {
             seconds("--heartbeat-interval-secs", args.heartbeat_interval_secs)?;
         let heartbeat_timeout = seconds("--heartbeat-timeout-secs", args.heartbeat_timeout_secs)?;
         anyhow::ensure!(args.send_queue > 0, "--send-queue must be at least 1");
+        let demo = if args.demo {
+            Some(seconds("--demo-duration-secs", args.demo_duration_secs)?)
+        } else {
+            None
+        };
 
         let url = &args.database.database_url;
         let store = log::open(url).await?;
@@ -82,7 +87,11 @@ impl Application {
             }),
             sockets: Sockets::default(),
             rejections: Arc::new(RejectionLog::new(Duration::from_secs(10))),
+            demo,
         };
+        if demo.is_some() {
+            tracing::warn!("demo mode is on: anyone can start jobs at /demo");
+        }
         Ok(Application {
             listener,
             state,

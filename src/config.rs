@@ -151,6 +151,15 @@ pub struct ServeArgs {
         default_value_t = 86_400
     )]
     pub max_client_token_ttl_secs: u64,
+
+    /// Demo mode: serve /demo, where anyone can start a simulated job and make
+    /// the server drop its socket. Off by default; never for production.
+    #[arg(long, env = "REJOIN_DEMO")]
+    pub demo: bool,
+
+    /// How long a simulated demo job runs, in seconds.
+    #[arg(long, env = "REJOIN_DEMO_DURATION_SECS", default_value_t = 60.0)]
+    pub demo_duration_secs: f64,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -12,41 +12,16 @@ use std::time::Duration;
 use common::{spawn_with, story};
 use rejoin::auth::Role;
 
-fn chromium() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var("CHROMIUM").unwrap_or_default(),
-        "/usr/bin/chromium".into(),
-        "/usr/bin/chromium-browser".into(),
-        "/usr/bin/google-chrome".into(),
-    ];
-    candidates
-        .into_iter()
-        .filter(|c| !c.is_empty())
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
 /// Runs headless Chromium on `url` with `args` and returns its stdout.
 async fn run_chromium(bin: &PathBuf, url: &str, args: &[&str]) -> String {
     let profile = tempfile::tempdir().unwrap();
     let mut cmd = tokio::process::Command::new(bin);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-        "--no-first-run",
-        "--hide-scrollbars",
-        "--window-size=1280,1500",
-        "--virtual-time-budget=20000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .args(args)
-    .arg(url)
-    .kill_on_drop(true);
+    cmd.args(common::cdp::FLAGS)
+        .args(["--window-size=1280,1500", "--virtual-time-budget=20000"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
         .await
         .expect("chromium finishes")
@@ -61,12 +36,7 @@ async fn run_chromium(bin: &PathBuf, url: &str, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn the_support_page_shows_the_jobs_timeline() {
-    let Some(bin) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Chromium is required under CI: install Debian's `chromium`"
-        );
-        eprintln!("SKIPPED: no Chromium found (set CHROMIUM or install Debian's `chromium`)");
+    let Some(bin) = common::cdp::chromium() else {
         return;
     };
     let app = spawn_with(&["--grace-secs", "0.3"]).await;

@@ -19,6 +19,8 @@ pub enum CloseReason {
     SlowConsumer,
     /// The server is stopping.
     Shutdown,
+    /// Dropped on purpose without a close frame (the demo's "drop" button).
+    Dropped,
 }
 
 /// The handle the server holds on one socket's task.
@@ -111,6 +113,17 @@ impl Hub {
                 l.reg.control.close(CloseReason::SlowConsumer);
             }
             live.remove(&event.job_id);
+        }
+    }
+
+    /// Closes the job's live socket, if it has one.
+    pub fn close(&self, job: JobId, reason: CloseReason) -> bool {
+        match self.lock().remove(&job) {
+            Some(live) => {
+                live.reg.control.close(reason);
+                true
+            }
+            None => false,
         }
     }
 

@@ -239,7 +239,14 @@ impl Engine {
         }
         for (job, session, socket) in orphaned {
             engine
-                .detach(job, session, socket, 1012, "server restart", None)
+                .detach(
+                    job,
+                    session,
+                    socket,
+                    crate::ws::protocol::close::SERVICE_RESTART,
+                    crate::ws::protocol::close::SERVER_RESTART,
+                    None,
+                )
                 .await
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
@@ -400,6 +407,11 @@ impl Engine {
             events.iter().for_each(|e| builder.apply(e));
         }
         Ok(builder.finish(self.inner.clock.now()))
+    }
+
+    /// Drops the job's live socket without a close frame, as a network would.
+    pub fn drop_socket(&self, job_id: JobId) -> bool {
+        self.inner.hub.close(job_id, hub::CloseReason::Dropped)
     }
 
     /// Live sockets, one per job at most.

@@ -1,6 +1,8 @@
 //! The HTTP surface: one router over one shared [`AppState`]. Each route module
 //! exposes `router()`; errors leave through [`error::ApiError`].
 
+pub mod client;
+mod demo;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -55,6 +57,8 @@ pub struct AppState {
     pub ws: Arc<WsSettings>,
     pub sockets: Sockets,
     pub rejections: Arc<RejectionLog>,
+    /// Demo mode: how long a simulated job runs; `None` when off.
+    pub demo: Option<std::time::Duration>,
 }
 
 impl AppState {
@@ -105,6 +109,8 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(history::router())
         .merge(support::router())
+        .merge(client::router())
+        .merge(demo::router())
         .merge(openapi::router())
         .merge(ws::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -36,6 +36,16 @@ use crate::http::extract::parse_job_id;
 use crate::http::AppState;
 use socket::SocketParams;
 
+/// The query parameters of `/ws/progress`.
+pub mod param {
+    pub const JOB_ID: &str = "jobId";
+    pub const TOKEN: &str = "token";
+    pub const RECONNECT: &str = "reconnect";
+    pub const LAST_SEQ: &str = "lastSeq";
+    pub const EPOCH: &str = "epoch";
+    pub const ALL: &[&str] = &[JOB_ID, TOKEN, RECONNECT, LAST_SEQ, EPOCH];
+}
+
 /// The subprotocol browsers offer beside `bearer.<token>`; the server echoes it.
 pub const SUBPROTOCOL: &str = "rejoin";
 const BEARER_PREFIX: &str = "bearer.";
@@ -130,7 +140,7 @@ async fn upgrade(
     Query(query): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let job_id = match query.get("jobId").map(|j| parse_job_id(j)) {
+    let job_id = match query.get(param::JOB_ID).map(|j| parse_job_id(j)) {
         None => {
             return ApiError::bad_request(
                 "missing_job_id",
@@ -142,7 +152,7 @@ async fn upgrade(
         Some(Ok(id)) => id,
     };
     let reconnect = query
-        .get("reconnect")
+        .get(param::RECONNECT)
         .is_some_and(|r| r == "true" || r == "1");
     let accepted = match check(&state, job_id, &headers, &query) {
         Ok(a) => a,
@@ -216,7 +226,7 @@ fn check(
         .map(str::trim)
         .collect();
     let token = query
-        .get("token")
+        .get(param::TOKEN)
         .map(String::as_str)
         .or_else(|| offered.iter().find_map(|p| p.strip_prefix(BEARER_PREFIX)))
         .ok_or_else(|| {
@@ -231,7 +241,7 @@ fn check(
             "the token is not a JWT",
         ));
     }
-    let reconnect = match query.get("reconnect").map(String::as_str) {
+    let reconnect = match query.get(param::RECONNECT).map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") => true,
         Some(_) => {
@@ -241,7 +251,7 @@ fn check(
             ))
         }
     };
-    let client_last_seq = match query.get("lastSeq") {
+    let client_last_seq = match query.get(param::LAST_SEQ) {
         None => None,
         Some(s) => Some(s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
             ApiError::bad_request(
@@ -250,7 +260,7 @@ fn check(
             )
         })?),
     };
-    let client_epoch = match query.get("epoch") {
+    let client_epoch = match query.get(param::EPOCH) {
         Some(e) if e.len() > 64 => {
             return Err(ApiError::bad_request(
                 "invalid_epoch",

@@ -31,6 +31,52 @@ pub mod close {
     pub const BINARY: &str = "binary frames are not supported";
     pub const TOO_BIG_REASON: &str = "message too big";
     pub const LOG_UNAVAILABLE: &str = "event log unavailable";
+    pub const DROPPED: &str = "dropped by the server (demo)";
+    pub const SERVER_RESTART: &str = "server restart";
+    pub const REPLACED: &str = crate::domain::decide::REPLACED_REASON;
+
+    /// Every close frame the server sends, as (code, reason).
+    pub const SENT: &[(u16, &str)] = &[
+        (NORMAL, JOB_FINISHED),
+        (NORMAL, REPLACED),
+        (GOING_AWAY, SHUTTING_DOWN),
+        (UNSUPPORTED_DATA, BINARY),
+        (TOO_BIG, TOO_BIG_REASON),
+        (INTERNAL_ERROR, LOG_UNAVAILABLE),
+        (TRY_AGAIN_LATER, SEND_QUEUE_FULL),
+    ];
+
+    /// Closes the server records but cannot send: the connection is gone.
+    pub const RECORDED_ONLY: &[(u16, &str)] = &[
+        (ABNORMAL, CONNECTION_LOST),
+        (ABNORMAL, HEARTBEAT_TIMEOUT),
+        (ABNORMAL, DROPPED),
+        (SERVICE_RESTART, SERVER_RESTART),
+    ];
+}
+
+/// The `type`s of the messages the server sends.
+pub const SERVER_MESSAGES: &[&str] = &[
+    "connected",
+    "reconnected",
+    "progress",
+    "message",
+    "completed",
+    "failed",
+    "cancelled",
+    "pong",
+    "error",
+];
+
+/// The `type`s of the messages a client may send.
+pub const CLIENT_MESSAGES: &[&str] = &["ping", "ack"];
+
+/// The `code`s of `error` messages.
+pub mod error_code {
+    pub const INVALID_JSON: &str = "invalid_json";
+    pub const INVALID_MESSAGE: &str = "invalid_message";
+    pub const UNKNOWN_TYPE: &str = "unknown_type";
+    pub const ALL: &[&str] = &[INVALID_JSON, INVALID_MESSAGE, UNKNOWN_TYPE];
 }
 
 /// The first message on a socket: `connected` or `reconnected`.
@@ -178,12 +224,14 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, BadMessage> {
         code,
         message: message.to_owned(),
     };
-    let value: Value =
-        serde_json::from_str(text).map_err(|_| bad("invalid_json", "the message is not JSON"))?;
-    let kind = value
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("invalid_message", "a message needs a string `type`"))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|_| bad(error_code::INVALID_JSON, "the message is not JSON"))?;
+    let kind = value.get("type").and_then(Value::as_str).ok_or_else(|| {
+        bad(
+            error_code::INVALID_MESSAGE,
+            "a message needs a string `type`",
+        )
+    })?;
     match kind {
         "ping" => Ok(ClientMessage::Ping),
         "ack" => value

@@ -108,13 +108,14 @@ where
 fn interrupted(reason: CloseReason) -> Ending {
     match reason {
         CloseReason::Replaced => Ending {
-            send: Some((crate::domain::decide::REPLACED_CODE, "Client reconnecting")),
+            send: Some((crate::domain::decide::REPLACED_CODE, close::REPLACED)),
             record: None,
         },
         CloseReason::SlowConsumer => {
             Ending::closed_by_server(close::TRY_AGAIN_LATER, close::SEND_QUEUE_FULL)
         }
         CloseReason::Shutdown => Ending::closed_by_server(close::GOING_AWAY, close::SHUTTING_DOWN),
+        CloseReason::Dropped => Ending::dropped(close::ABNORMAL, close::DROPPED),
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub mod cdp;
 pub mod story;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";

@@ -1,0 +1,24 @@
+//! The browser client, `rejoin.js`, served from the binary.
+
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::routing::get;
+use axum::Router;
+
+use super::AppState;
+
+pub const REJOIN_JS: &str = include_str!("client/rejoin.js");
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/client/rejoin.js",
+        get(|| async {
+            (
+                [
+                    (CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                    (CACHE_CONTROL, "no-cache"),
+                ],
+                REJOIN_JS,
+            )
+        }),
+    )
+}
