@@ -361,9 +361,9 @@ async fn browsers_may_send_the_token_as_a_subprotocol() {
 async fn a_silent_client_is_closed_as_a_heartbeat_timeout() {
     let app = spawn_with(&[
         "--heartbeat-interval-secs",
-        "0.05",
+        "0.1",
         "--heartbeat-timeout-secs",
-        "0.2",
+        "0.5",
     ])
     .await;
     let job = app.create_job().await;
