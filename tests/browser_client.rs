@@ -121,16 +121,10 @@ async fn the_demo_page_follows_a_job_to_completion_through_drops_and_offline_spe
     println!("screenshot: {}", shot.display());
 
     // The log: one session, resumed on every reconnect.
-    let history: Value = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{job_id}/history")))
-        .bearer_auth(app.token(Role::Support, None))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let support = app.token(Role::Support, None);
+    let history = app
+        .get_json(&format!("/v1/jobs/{job_id}/history"), Some(&support))
+        .await;
     let t = &history["totals"];
     assert_eq!(t["sessions"], 1, "{history}");
     assert_eq!(t["reconnects"], 3);

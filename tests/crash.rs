@@ -5,12 +5,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{events_of, mint, next_json, ws_connect, PATIENCE, SECRET};
+use common::{events_of, mint, next_json, start_binary, ws_connect, PATIENCE, SECRET};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -18,31 +16,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_rejoin");
 
 /// Starts `rejoin serve` on port 0 and waits for the address it prints.
 async fn start(db: &std::path::Path, grace: &str) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--jwt-secret",
-            SECRET,
-            "--grace-secs",
-            grace,
-        ])
-        .arg("--database-url")
-        .arg(format!("sqlite://{}", db.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("the server starts")
-        .unwrap()
-        .expect("the address line");
-    let addr = line.rsplit("http://").next().unwrap().parse().unwrap();
-    (child, addr)
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--grace-secs",
+        grace,
+    ])
+    .arg("--database-url")
+    .arg(format!("sqlite://{}", db.display()));
+    start_binary(cmd).await
 }
 
 fn token(role: &str, job: Option<Uuid>) -> String {

@@ -18,16 +18,13 @@ async fn a_jobs_events_come_in_seq_order_after_a_cursor() {
     for p in [1.0, 2.0, 3.0, 4.0] {
         app.progress(job, p).await;
     }
-    let page: Value = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{job}/events?after=2&limit=2")))
-        .bearer_auth(app.token(Role::Support, None))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let support = app.token(Role::Support, None);
+    let page = app
+        .get_json(
+            &format!("/v1/jobs/{job}/events?after=2&limit=2"),
+            Some(&support),
+        )
+        .await;
     let events = page["events"].as_array().unwrap();
     assert_eq!(events.len(), 2);
     assert_eq!(

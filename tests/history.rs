@@ -125,16 +125,13 @@ async fn the_history_tells_the_story_over_http_and_from_the_cli() {
     }
 
     // Paging by session.
-    let page: Value = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{job}/history?offset=1&limit=1")))
-        .bearer_auth(app.token(Role::Support, None))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let support = app.token(Role::Support, None);
+    let page = app
+        .get_json(
+            &format!("/v1/jobs/{job}/history?offset=1&limit=1"),
+            Some(&support),
+        )
+        .await;
     assert_eq!(page["sessions"].as_array().unwrap().len(), 1);
     assert_eq!(
         page["sessions"][0]["sessionId"],

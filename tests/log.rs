@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::spawn_app;
 use serde_json::{json, Value};
 use sqlx::Connection;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rejoin");
 
@@ -178,19 +176,12 @@ async fn concurrent_appends_share_commits_and_are_acknowledged_only_after_them()
 #[tokio::test]
 async fn the_binary_starts_with_no_configuration_and_stops_cleanly_on_sigterm() {
     let cwd = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
         .current_dir(cwd.path())
         .env_remove("REJOIN_DATABASE_URL")
-        .env_remove("REJOIN_JWT_SECRET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().expect("the address line");
-    let addr = first.rsplit("http://").next().unwrap().to_owned();
+        .env_remove("REJOIN_JWT_SECRET");
+    let (mut child, addr) = common::start_binary(cmd).await;
 
     // The default data directory, database and generated secret exist.
     let secret = cwd.path().join("sqlite/jwt-secret");

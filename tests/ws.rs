@@ -41,15 +41,7 @@ async fn connected_comes_first_then_live_events_with_increasing_seqs() {
     assert_eq!(hello["lastSeq"], 2);
     assert!(Uuid::parse_str(hello["sessionId"].as_str().unwrap()).is_ok());
     let epoch = hello["epoch"].as_str().unwrap();
-    let ready: Value = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.get_json("/readyz", None).await;
     assert_eq!(ready["epoch"], epoch);
 
     let mut seqs = Vec::new();

@@ -4,23 +4,17 @@ use std::process::ExitCode;
 use crate::config::HistoryArgs;
 use crate::domain::history::{Entry, History, HistoryBuilder};
 use crate::domain::JobState;
-use crate::engine::decode_all;
+use crate::log::for_each_job_event;
 
 pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_existing(&args.database.database_url).await?;
-    let id = args.job.to_string();
     let mut state = JobState::genesis(args.job);
     let mut builder = HistoryBuilder::default();
-    let mut after = 0;
-    loop {
-        let events = decode_all(&store.read_job(&id, after, i64::MAX, 10_000).await?)?;
-        let Some(last) = events.last() else { break };
-        after = last.seq;
-        for e in &events {
-            state.apply(e);
-            builder.apply(e);
-        }
-    }
+    for_each_job_event(store.as_ref(), &args.job.to_string(), i64::MAX, |e| {
+        state.apply(&e);
+        builder.apply(&e);
+    })
+    .await?;
     store.close().await;
     anyhow::ensure!(state.exists(), "no job {} in this log", args.job);
     let history = builder.finish(chrono::Utc::now());
@@ -92,6 +86,17 @@ pub fn describe(e: &Entry) -> String {
     }
 }
 
+/// One entry of the timeline, with its time and seq.
+fn line(e: &Entry) -> String {
+    format!(
+        "  {}  #{:<6} {:<16} {}\n",
+        e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+        e.seq,
+        e.kind,
+        describe(e)
+    )
+}
+
 pub fn render(job: &JobState, h: &History) -> String {
     let t = &h.totals;
     let mut out = String::new();
@@ -130,27 +135,13 @@ pub fn render(job: &JobState, h: &History) -> String {
             s.replayed
         );
         for e in &s.events {
-            let _ = writeln!(
-                out,
-                "  {}  #{:<6} {:<16} {}",
-                e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
-                e.seq,
-                e.kind,
-                describe(e)
-            );
+            out.push_str(&line(e));
         }
     }
     if !h.rejected.is_empty() {
         let _ = writeln!(out, "\nrefused attempts");
         for e in &h.rejected {
-            let _ = writeln!(
-                out,
-                "  {}  #{:<6} {:<16} {}",
-                e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
-                e.seq,
-                e.kind,
-                describe(e)
-            );
+            out.push_str(&line(e));
         }
     }
     out

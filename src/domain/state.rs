@@ -65,6 +65,20 @@ pub struct SessionState {
     pub last_disconnect_at: Option<DateTime<Utc>>,
 }
 
+impl SessionState {
+    /// A session whose first socket opened at `at`.
+    fn start(session_id: SessionId, at: DateTime<Utc>) -> Self {
+        SessionState {
+            session_id,
+            started_at: at,
+            phase: SessionPhase::Connected,
+            sockets: 1,
+            last_connect_at: at,
+            last_disconnect_at: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionCounts {
@@ -187,14 +201,7 @@ impl JobState {
             EventBody::Connected(_) => {
                 self.counts.connects += 1;
                 if let Some(id) = event.session_id {
-                    self.session = Some(SessionState {
-                        session_id: id,
-                        started_at: at,
-                        phase: SessionPhase::Connected,
-                        sockets: 1,
-                        last_connect_at: at,
-                        last_disconnect_at: None,
-                    });
+                    self.session = Some(SessionState::start(id, at));
                 }
             }
             EventBody::Reconnected(r) => {
@@ -207,14 +214,7 @@ impl JobState {
                         s.last_connect_at = at;
                     }
                     _ => {
-                        self.session = Some(SessionState {
-                            session_id: id,
-                            started_at: at,
-                            phase: SessionPhase::Connected,
-                            sockets: 1,
-                            last_connect_at: at,
-                            last_disconnect_at: None,
-                        });
+                        self.session = Some(SessionState::start(id, at));
                     }
                 }
             }

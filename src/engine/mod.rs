@@ -21,23 +21,11 @@ use crate::domain::decide::{Attach, AttachPlan};
 use crate::domain::{
     Command, DomainError, Event, EventBody, JobId, JobState, SessionId, SessionPhase, World,
 };
-use crate::log::{for_each_event, LogStore, StoreError};
+use crate::log::{for_each_event, for_each_job_event, LogStore, StoreError};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, Deadline};
 use hub::{Hub, Registration};
 use writer::{WriteRequest, Writer};
-
-/// Decodes stored rows into events.
-pub fn decode_all(rows: &[crate::log::EventRow]) -> Result<Vec<Event>, StoreError> {
-    rows.iter()
-        .map(|row| {
-            row.decode().map_err(|source| StoreError::Corrupt {
-                position: row.position,
-                source,
-            })
-        })
-        .collect()
-}
 
 /// A socket attached to a job: how to serve it.
 #[derive(Clone, Debug, PartialEq)]
@@ -378,34 +366,17 @@ impl Engine {
         self.inner.head.clone()
     }
 
-    /// The job's events with `after < seq`, in order, at most `limit`.
-    pub async fn job_events(
-        &self,
-        job_id: JobId,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<Event>, StoreError> {
-        let rows = self
-            .inner
-            .store
-            .read_job(&job_id.to_string(), after, i64::MAX, limit)
-            .await?;
-        decode_all(&rows)
-    }
-
     /// The job's connection history as of now, folded from its events.
     pub async fn history(
         &self,
         job_id: JobId,
     ) -> Result<crate::domain::history::History, StoreError> {
         let mut builder = crate::domain::history::HistoryBuilder::default();
-        let mut after = 0;
-        loop {
-            let events = self.job_events(job_id, after, 10_000).await?;
-            let Some(last) = events.last() else { break };
-            after = last.seq;
-            events.iter().for_each(|e| builder.apply(e));
-        }
+        let id = job_id.to_string();
+        for_each_job_event(self.inner.store.as_ref(), &id, i64::MAX, |e| {
+            builder.apply(&e)
+        })
+        .await?;
         Ok(builder.finish(self.inner.clock.now()))
     }
 
@@ -428,20 +399,10 @@ impl Engine {
     /// The job's state as it stood at `seq`, folded from the log.
     pub async fn job_as_of(&self, job_id: JobId, seq: i64) -> Result<Option<JobState>, StoreError> {
         let mut state = JobState::genesis(job_id);
-        let id = job_id.to_string();
-        let mut after = 0;
-        loop {
-            let rows = self.inner.store.read_job(&id, after, seq, 10_000).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.seq;
-            for row in &rows {
-                let event = row.decode().map_err(|source| StoreError::Corrupt {
-                    position: row.position,
-                    source,
-                })?;
-                state.apply(&event);
-            }
-        }
+        for_each_job_event(self.inner.store.as_ref(), &job_id.to_string(), seq, |e| {
+            state.apply(&e)
+        })
+        .await?;
         Ok(state.exists().then_some(state))
     }
 

@@ -49,6 +49,14 @@ impl EventRow {
         }
     }
 
+    /// Decodes the row, naming its position if it cannot be.
+    pub fn decode_stored(&self) -> Result<Event, StoreError> {
+        self.decode().map_err(|source| StoreError::Corrupt {
+            position: self.position,
+            source,
+        })
+    }
+
     /// Decodes the stored row into a typed event.
     pub fn decode(&self) -> Result<Event, DecodeError> {
         let uuid = |field: &'static str, text: &str| {
@@ -148,11 +156,29 @@ pub async fn for_each_event(
         };
         cursor = last.position;
         for row in &rows {
-            let event = row.decode().map_err(|source| StoreError::Corrupt {
-                position: row.position,
-                source,
-            })?;
-            visit(row, event)?;
+            visit(row, row.decode_stored()?)?;
+        }
+    }
+}
+
+/// Reads one job's events with `seq <= through_seq`, in order, page by page,
+/// handing each decoded event to `visit`.
+pub async fn for_each_job_event(
+    store: &dyn LogStore,
+    job_id: &str,
+    through_seq: i64,
+    mut visit: impl FnMut(Event),
+) -> Result<(), StoreError> {
+    const PAGE: u32 = 10_000;
+    let mut after = 0;
+    loop {
+        let rows = store.read_job(job_id, after, through_seq, PAGE).await?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.seq;
+        for row in &rows {
+            visit(row.decode_stored()?);
         }
     }
 }

@@ -345,3 +345,36 @@ pub async fn events_of(db: &Path, job: Uuid, kind: &str) -> Vec<LoggedEvent> {
         })
         .collect()
 }
+
+impl TestApp {
+    /// GETs `path` (with `token`, if any) and returns the 200 answer's JSON.
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> Value {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200, "GET {path}");
+        res.json().await.unwrap()
+    }
+}
+
+/// Starts a `rejoin serve --listen 127.0.0.1:0 …` command and waits for the
+/// address it prints first.
+pub async fn start_binary(mut cmd: tokio::process::Command) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("the server starts")
+        .unwrap()
+        .expect("the address line");
+    let addr = line.rsplit("http://").next().unwrap().parse().unwrap();
+    (child, addr)
+}
