@@ -84,6 +84,7 @@ impl Application {
                 allowed_origins: args.allowed_origins.clone(),
                 max_frame_bytes: args.max_frame_bytes,
                 send_queue: args.send_queue,
+                max_connections: args.max_connections.unwrap_or_else(default_max_connections),
             }),
             sockets: Sockets::default(),
             rejections: Arc::new(RejectionLog::new(Duration::from_secs(10))),
@@ -145,6 +146,19 @@ impl Application {
         tracing::info!("log flushed; bye");
         Ok(())
     }
+}
+
+/// The open-file limit less what the database, HTTP requests and the accept
+/// loop need, so the server refuses sockets with 503 before `accept` fails.
+fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let files = if ok { limit.rlim_cur as usize } else { 1024 };
+    files.saturating_sub(256).max(64)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

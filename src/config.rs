@@ -33,6 +33,11 @@ pub enum CliCommand {
     /// Fold the log (all of it, from a position, or one job) into NDJSON events
     /// or a summary.
     Replay(ReplayArgs),
+    /// Run a benchmark scenario against a server on a temporary database.
+    Bench(BenchArgs),
+    /// The idle benchmark's baseline: a bare tokio-tungstenite server.
+    #[command(hide = true)]
+    BenchBareServer,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -152,6 +157,11 @@ pub struct ServeArgs {
     )]
     pub max_client_token_ttl_secs: u64,
 
+    /// Most open WebSockets; further upgrades get 503. Default: the process's
+    /// open-file limit less 256 (kept for the database, HTTP and accepts).
+    #[arg(long, env = "REJOIN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
     /// Demo mode: serve /demo, where anyone can start a simulated job and make
     /// the server drop its socket. Off by default; never for production.
     #[arg(long, env = "REJOIN_DEMO")]
@@ -243,4 +253,31 @@ pub struct ReplayArgs {
     pub format: ReplayFormat,
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchScenario {
+    /// Durable appends: 64 appenders vs raw batched inserts, one appender, HTTP.
+    Appends,
+    /// Fan-out: progress POSTed to jobs watched over WebSockets, POST to receipt.
+    Fanout,
+    /// Resume at the head for logs of 10, 1,000 and 100,000 events; a 1,000-event replay.
+    Resume,
+    /// Fold a stored log of 1,000,000 events into state.
+    Replay,
+    /// Idle sockets: server memory per connection against a bare server; the
+    /// connection limit.
+    Idle,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct BenchArgs {
+    pub scenario: BenchScenario,
+    /// A few seconds' version of the scenario (CI runs this so none rots).
+    #[arg(long)]
+    pub smoke: bool,
+    /// For `idle`: how long to watch memory while the sockets sit idle
+    /// (default 600 s, 2 s with --smoke).
+    #[arg(long)]
+    pub soak_secs: Option<u64>,
 }

@@ -18,6 +18,7 @@
 //! - [`ws`]: the WebSocket endpoint: checks before the upgrade, the protocol,
 //!   one task per socket.
 //! - [`http`]: the HTTP routes, their extractors and the API error type.
+//! - [`bench`]: `rejoin bench`, the load generator and its scenarios.
 //! - [`app`]: builds and runs the server; [`config`]: the command line;
 //!   [`cli`]: the subcommands; [`clock`]: injected time.
 //!
@@ -26,6 +27,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -43,6 +43,7 @@ pub struct Metrics {
     batch_size: Histogram,
     commit_seconds: Histogram,
     failed_commits: Counter,
+    refused_at_capacity: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,6 +66,7 @@ impl Default for Metrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             failed_commits: Counter::default(),
+            refused_at_capacity: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +119,11 @@ impl Default for Metrics {
             "Commits that failed (their requests got 503)",
             m.failed_commits.clone(),
         );
+        registry.register(
+            "rejoin_refused_at_capacity",
+            "Socket upgrades refused with 503 at the connection limit",
+            m.refused_at_capacity.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -168,6 +175,10 @@ impl Metrics {
     pub fn observe_commit(&self, events: usize, seconds: f64) {
         self.batch_size.observe(events as f64);
         self.commit_seconds.observe(seconds);
+    }
+
+    pub fn observe_refused_at_capacity(&self) {
+        self.refused_at_capacity.inc();
     }
 
     pub fn observe_failed_commit(&self) {

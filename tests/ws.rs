@@ -558,3 +558,54 @@ async fn a_protocol_violation_is_recorded_as_a_socket_error() {
         .unwrap()
         .starts_with("socket error"));
 }
+
+#[tokio::test]
+async fn at_the_connection_limit_new_sockets_get_503_until_one_closes() {
+    let app = spawn_with(&["--max-connections", "2"]).await;
+    let jobs = [
+        app.create_job().await,
+        app.create_job().await,
+        app.create_job().await,
+    ];
+    let mut first = app.ws_client(jobs[0]).await;
+    next_json(&mut first).await;
+    let mut second = app.ws_client(jobs[1]).await;
+    next_json(&mut second).await;
+    let token = app.token(Role::Client, Some(jobs[2]));
+    let query = format!("jobId={}&token={token}", jobs[2]);
+    assert_eq!(refused_status(app.ws(&query).await), 503);
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("rejoin_refused_at_capacity_total 1"),
+        "{metrics}"
+    );
+
+    // Once a socket has gone (and its close is recorded), there is room again.
+    drop(first);
+    app.wait_for_job(jobs[0], "the first socket's close", |s| {
+        s["session"]["state"] == "grace"
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    let mut third = loop {
+        match app.ws(&query).await {
+            Ok(ws) => break ws,
+            Err(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no room after a close"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    assert_eq!(next_json(&mut third).await["type"], "connected");
+}

@@ -18,6 +18,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::Verify(args) => verify::run(args).await,
         CliCommand::History(args) => history::run(args).await,
         CliCommand::Replay(args) => replay::run(args).await,
+        CliCommand::Bench(args) => crate::bench::run(args).await,
+        CliCommand::BenchBareServer => crate::bench::idle::bare_server()
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 

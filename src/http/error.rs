@@ -33,6 +33,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     NotImplemented(String),
+    /// The server holds as many sockets as it may.
+    #[error("the server is at its connection limit; retry later")]
+    TooManyConnections,
     /// The log cannot be written or read; the cause is logged, not returned.
     #[error("the event log is unavailable")]
     Unavailable(String),
@@ -61,7 +64,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +86,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Unavailable(_) => "log_unavailable",
+            ApiError::TooManyConnections => "too_many_connections",
             ApiError::Internal(_) => "internal",
         }
     }

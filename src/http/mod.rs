@@ -119,13 +119,17 @@ pub fn router(state: AppState) -> Router {
         .layer(
             // Spans name the route, never the raw URI: query strings may carry
             // tokens, and tokens are never logged.
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let route = req
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or("unmatched", |p| p.as_str());
-                tracing::info_span!("http", method = %req.method(), route = %route)
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("unmatched", |p| p.as_str());
+                    tracing::info_span!("http", method = %req.method(), route = %route)
+                })
+                // 5xx causes are logged where they happen (ApiError), at the rate
+                // they deserve; the layer's own error line per response is noise.
+                .on_failure(()),
         )
         .with_state(state)
 }

@@ -11,7 +11,8 @@ pub mod protocol;
 pub mod socket;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -59,17 +60,54 @@ pub struct WsSettings {
     pub allowed_origins: Vec<String>,
     pub max_frame_bytes: usize,
     pub send_queue: usize,
+    /// Most open sockets; further upgrades get 503 before any work is done.
+    pub max_connections: usize,
 }
 
 /// The socket tasks, tracked so shutdown can close and wait for them (axum's
 /// graceful shutdown does not wait for upgraded connections).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Sockets {
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Upgrades refused at the connection limit.
+    pub refused: Arc<AtomicU64>,
+    epoch: Instant,
+    last_warned: Arc<AtomicU64>,
+}
+
+impl Default for Sockets {
+    fn default() -> Self {
+        Sockets {
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            refused: Arc::default(),
+            epoch: Instant::now(),
+            last_warned: Arc::default(),
+        }
+    }
 }
 
 impl Sockets {
+    /// Counts a refusal at the connection limit, logging at most one line every
+    /// ten seconds so a flood of refusals cannot flood the log.
+    fn refused_at_capacity(&self) {
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.epoch.elapsed().as_secs();
+        let last = self.last_warned.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + 10)
+            && self
+                .last_warned
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                refused,
+                "at the connection limit: refusing new sockets with 503"
+            );
+        }
+    }
+
     /// Closes every socket (1001) and waits until each has recorded its close.
     pub async fn close_all(&self) {
         self.shutdown.cancel();
@@ -151,6 +189,11 @@ async fn upgrade(
         Some(Err(e)) => return e.into_response(),
         Some(Ok(id)) => id,
     };
+    if state.sockets.tracker.len() >= state.ws.max_connections {
+        state.sockets.refused_at_capacity();
+        state.engine.metrics().observe_refused_at_capacity();
+        return ApiError::TooManyConnections.into_response();
+    }
     let reconnect = query
         .get(param::RECONNECT)
         .is_some_and(|r| r == "true" || r == "1");

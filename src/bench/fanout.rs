@@ -1,0 +1,162 @@
+//! Scenario 2, fan-out: WebSocket clients on their own jobs, progress POSTed at
+//! a fixed total rate; the time from sending each POST to its client receiving
+//! the event (durable in between), with loss and order checked. The baseline is
+//! a bare WebSocket round trip on loopback in the same run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{BenchServer, Latencies};
+use crate::config::BenchArgs;
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let (clients, per_sec, secs) = if args.smoke {
+        (50, 200, 2)
+    } else {
+        (1_000, 500, 20)
+    };
+
+    let mut bare = bare_round_trips(if args.smoke { 200 } else { 5_000 }).await?;
+    println!(
+        "  bare WebSocket round trip (baseline)   {}",
+        bare.summary()
+    );
+
+    let dir = tempfile::tempdir()?;
+    let server = BenchServer::start(&dir.path().join("fanout.db"), &[]).await?;
+    let service = server.token("service", None);
+    let mut jobs = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        jobs.push(server.create_job(&service).await?);
+    }
+
+    let base = Instant::now();
+    let latencies = Arc::new(Mutex::new(Latencies::default()));
+    let received = Arc::new(AtomicU64::new(0));
+    let disorder = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for job in &jobs {
+        let url = format!(
+            "ws://{}/ws/progress?jobId={job}&token={}",
+            server.addr,
+            server.token("client", Some(*job))
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        ws.next().await; // connected
+        let (latencies, received, disorder) =
+            (latencies.clone(), received.clone(), disorder.clone());
+        readers.push(tokio::spawn(async move {
+            let mut last = 0i64;
+            while let Some(Ok(msg)) = ws.next().await {
+                let Message::Text(text) = msg else { continue };
+                let at = base.elapsed();
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(text.as_str()) else {
+                    continue;
+                };
+                let (Some(seq), Some(sent)) = (v["seq"].as_i64(), v["data"]["t"].as_u64()) else {
+                    continue;
+                };
+                if seq <= last {
+                    disorder.fetch_add(1, Ordering::Relaxed);
+                }
+                last = seq;
+                let latency = at.saturating_sub(Duration::from_nanos(sent));
+                latencies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(latency);
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // The driver: one POST every 1/per_sec seconds, each on its own task so a
+    // slow answer does not delay the schedule.
+    let total = per_sec * secs;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut posts = Vec::with_capacity(total);
+    for i in 0..total {
+        tick.tick().await;
+        let url = server.url(&format!("/v1/jobs/{}/events", jobs[i % clients]));
+        let (http, token, failures) = (server.http.clone(), service.clone(), failures.clone());
+        posts.push(tokio::spawn(async move {
+            let t = base.elapsed().as_nanos() as u64;
+            let body = json!({"type": "progress", "progress": 50.0, "data": {"t": t}});
+            let ok = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if !ok {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for p in posts {
+        p.await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::Relaxed) < total as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for r in &readers {
+        r.abort();
+    }
+    let got = received.load(Ordering::Relaxed);
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    println!(
+        "  {clients} sockets, {per_sec} POSTs/s for {secs} s, POST to receipt  {}",
+        lat.summary()
+    );
+    println!(
+        "  ratio to the bare round trip: p50 {:.1}x, p99 {:.1}x",
+        lat.percentile(50.0).as_secs_f64() / bare.percentile(50.0).as_secs_f64(),
+        lat.percentile(99.0).as_secs_f64() / bare.percentile(99.0).as_secs_f64()
+    );
+    println!(
+        "  posted {total}, failed {}, received {got}, lost {}, out of order {}",
+        failures.load(Ordering::Relaxed),
+        (total as u64).saturating_sub(got),
+        disorder.load(Ordering::Relaxed)
+    );
+    server.stop().await
+}
+
+/// Round trips of a 150-byte text message through a bare tokio-tungstenite
+/// echo server on loopback.
+async fn bare_round_trips(n: usize) -> anyhow::Result<Latencies> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        if let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await?;
+    let payload = "x".repeat(150);
+    let mut lat = Latencies::default();
+    for _ in 0..n {
+        let started = Instant::now();
+        ws.send(Message::Text(payload.clone().into())).await?;
+        ws.next().await;
+        lat.push(started.elapsed());
+    }
+    drop(ws);
+    server.abort();
+    Ok(lat)
+}

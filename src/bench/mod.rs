@@ -1,0 +1,260 @@
+//! `rejoin bench SCENARIO`: the load generator. Each scenario drives rejoin
+//! over its real interfaces (or the store, for the log's own figures), runs a
+//! baseline side by side in the same process, and prints figures and ratios.
+//! `--smoke` shrinks every scenario to seconds, for CI.
+//!
+//! Run it on a release build: `cargo run --release -- bench appends`.
+
+mod appends;
+mod fanout;
+pub mod idle;
+mod replay;
+mod resume;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::app::Application;
+use crate::config::{BenchArgs, BenchScenario, ServeArgs};
+use crate::domain::event::{JobCreated, ProgressReported};
+use crate::domain::{Event, EventBody, JobState};
+use crate::log::chain::event_hash;
+use crate::log::{EventRow, LogStore};
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let mode = if args.smoke { "smoke" } else { "full" };
+    let build = if cfg!(debug_assertions) {
+        "debug build: figures are not meaningful"
+    } else {
+        "release build"
+    };
+    println!("rejoin bench {:?} ({mode}, {build})", args.scenario);
+    match args.scenario {
+        BenchScenario::Appends => appends::run(&args).await?,
+        BenchScenario::Fanout => fanout::run(&args).await?,
+        BenchScenario::Resume => resume::run(&args).await?,
+        BenchScenario::Replay => replay::run(&args).await?,
+        BenchScenario::Idle => idle::run(&args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Latency samples and their percentiles.
+#[derive(Debug, Default)]
+pub struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    pub fn push(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Nearest-rank percentile.
+    pub fn percentile(&mut self, p: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        self.0.sort_unstable();
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1]
+    }
+
+    pub fn summary(&mut self) -> String {
+        format!(
+            "p50 {} p90 {} p99 {} max {} (n={})",
+            ms(self.percentile(50.0)),
+            ms(self.percentile(90.0)),
+            ms(self.percentile(99.0)),
+            ms(self.percentile(100.0)),
+            self.len()
+        )
+    }
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// `1234567.8` → `1,234,568`.
+pub fn rate(per_sec: f64) -> String {
+    let n = per_sec.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A rejoin server in this process, on a temp database, port 0.
+pub struct BenchServer {
+    pub addr: SocketAddr,
+    pub secret: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl BenchServer {
+    pub async fn start(db: &Path, extra: &[&str]) -> anyhow::Result<BenchServer> {
+        let secret = Uuid::new_v4().simple().to_string();
+        let url = format!("sqlite://{}", db.display());
+        let mut argv = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &url,
+            "--jwt-secret",
+            &secret,
+        ];
+        argv.extend_from_slice(extra);
+        let app = Application::build(ServeArgs::from_args(argv)?).await?;
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        Ok(BenchServer {
+            addr,
+            secret,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()?,
+            stop: Some(stop),
+            handle: Some(handle),
+        })
+    }
+
+    pub fn token(&self, role: &str, job: Option<Uuid>) -> String {
+        Self::tokens(&self.secret).mint(role, job)
+    }
+
+    pub fn tokens(secret: &str) -> Tokens {
+        Tokens {
+            key: jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn create_job(&self, service: &str) -> anyhow::Result<Uuid> {
+        let res = self
+            .http
+            .post(self.url("/v1/jobs"))
+            .bearer_auth(service)
+            .json(&json!({}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let body: serde_json::Value = res.json().await?;
+        Ok(body["jobId"].as_str().unwrap_or_default().parse()?)
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await??;
+        }
+        Ok(())
+    }
+}
+
+/// Mints HS256 tokens for a server whose secret the bench chose.
+pub struct Tokens {
+    key: jsonwebtoken::EncodingKey,
+}
+
+impl Tokens {
+    pub fn mint(&self, role: &str, job: Option<Uuid>) -> String {
+        let claims = json!({"sub": "bench", "role": role, "job": job, "exp": Utc::now().timestamp() + 86_400});
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.key)
+            .expect("signing with an HMAC key cannot fail")
+    }
+
+    pub fn service(&self) -> String {
+        self.mint("service", None)
+    }
+
+    pub fn client(&self, job: Uuid) -> String {
+        self.mint("client", Some(job))
+    }
+}
+
+/// Builds events for a job as the writer would (seq and hash chained), for
+/// filling a log quickly through the store.
+pub struct JobWriter {
+    pub state: JobState,
+}
+
+impl JobWriter {
+    pub fn new(job: Uuid) -> Self {
+        JobWriter {
+            state: JobState::genesis(job),
+        }
+    }
+
+    pub fn push(&mut self, rows: &mut Vec<EventRow>, at: DateTime<Utc>, body: EventBody) {
+        let mut event = Event {
+            position: 0,
+            job_id: self.state.job_id,
+            seq: self.state.head_seq + 1,
+            session_id: None,
+            at,
+            idempotency_key: None,
+            body,
+            hash: String::new(),
+        };
+        let mut row = EventRow::from_event(&event);
+        row.hash = event_hash(&self.state.head_hash, &row);
+        event.hash.clone_from(&row.hash);
+        self.state.apply(&event);
+        rows.push(row);
+    }
+}
+
+pub fn progress(p: f64) -> EventBody {
+    EventBody::ProgressReported(ProgressReported {
+        progress: p,
+        message: Some("Processing book 9 of 20".into()),
+        data: Some(json!({"book": 9, "shelf": "B"})),
+    })
+}
+
+pub fn created() -> EventBody {
+    EventBody::JobCreated(JobCreated { metadata: None })
+}
+
+/// Appends `rows` through the store in batches of `batch`.
+pub async fn append_all(
+    store: &Arc<dyn LogStore>,
+    rows: &[EventRow],
+    batch: usize,
+) -> anyhow::Result<()> {
+    for chunk in rows.chunks(batch) {
+        store.append(chunk).await?;
+    }
+    Ok(())
+}

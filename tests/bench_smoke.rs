@@ -1,0 +1,63 @@
+//! Every benchmark scenario runs in its smoke form, so none rots. The figures
+//! of a debug build mean nothing; what is checked is that each scenario runs to
+//! the end and that the fan-out lost nothing.
+
+async fn bench(scenario: &str) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rejoin"))
+        .args(["bench", scenario, "--smoke"])
+        .env("REJOIN_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bench {scenario} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn appends_smoke() {
+    let out = bench("appends").await;
+    for line in [
+        "raw inserts",
+        "64 concurrent appenders",
+        "1 appender",
+        "HTTP, 64 clients",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn resume_smoke() {
+    let out = bench("resume").await;
+    assert!(out.contains("replay of 1,000 missed events"), "{out}");
+}
+
+#[tokio::test]
+async fn replay_smoke() {
+    let out = bench("replay").await;
+    assert!(out.contains("apply alone"), "{out}");
+}
+
+#[tokio::test]
+async fn fanout_smoke() {
+    let out = bench("fanout").await;
+    assert!(
+        out.contains("failed 0, received 400, lost 0, out of order 0"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn idle_smoke() {
+    let out = bench("idle").await;
+    assert!(out.contains("KiB/connection"), "{out}");
+    assert!(
+        out.contains("10 of 20 further sockets refused with 503"),
+        "{out}"
+    );
+}
