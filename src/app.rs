@@ -60,9 +60,8 @@ impl Application {
         let secret_dir = log::sqlite::database_path(url)
             .map(|p| p.parent().map(|d| d.to_path_buf()).unwrap_or_default());
         let auth = Authority::from_args(&args.jwt, secret_dir.as_deref())?;
-        let listener = TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener =
+            listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         let engine_stop = CancellationToken::new();
         let settings = EngineSettings {
             grace,
@@ -147,6 +146,23 @@ impl Application {
         Ok(())
     }
 }
+
+/// Binds with a deep accept backlog: after a restart, thousands of clients
+/// reconnect at once, and a full backlog drops their SYNs, which costs each of
+/// them a one-second retransmission.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Pending connections the kernel may queue (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 8192;
 
 /// The open-file limit less what the database, HTTP requests and the accept
 /// loop need, so the server refuses sockets with 503 before `accept` fails.

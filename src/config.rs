@@ -268,6 +268,9 @@ pub enum BenchScenario {
     /// Idle sockets: server memory per connection against a bare server; the
     /// connection limit.
     Idle,
+    /// Reconnect storm: clients on live jobs, the server killed and restarted
+    /// under them.
+    Storm,
 }
 
 #[derive(Clone, Debug, Args)]

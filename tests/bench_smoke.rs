@@ -61,3 +61,10 @@ async fn idle_smoke() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn storm_smoke() {
+    let out = bench("storm").await;
+    assert!(out.contains("resumed 200 of 200"), "{out}");
+    assert!(out.contains("received exactly once by 200"), "{out}");
+}

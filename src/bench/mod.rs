@@ -10,6 +10,7 @@ mod fanout;
 pub mod idle;
 mod replay;
 mod resume;
+mod storm;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,6 +45,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchScenario::Resume => resume::run(&args).await?,
         BenchScenario::Replay => replay::run(&args).await?,
         BenchScenario::Idle => idle::run(&args).await?,
+        BenchScenario::Storm => storm::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

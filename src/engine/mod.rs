@@ -225,18 +225,26 @@ impl Engine {
                 "recording sessions left connected by the previous process as disconnected (1012 server restart)"
             );
         }
-        for (job, session, socket) in orphaned {
-            engine
-                .detach(
-                    job,
-                    session,
-                    socket,
-                    crate::ws::protocol::close::SERVICE_RESTART,
-                    crate::ws::protocol::close::SERVER_RESTART,
-                    None,
-                )
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // Concurrently, so the writer commits them in a few transactions.
+        let recorded =
+            futures_util::future::join_all(orphaned.into_iter().map(|(job, session, socket)| {
+                let engine = engine.clone();
+                async move {
+                    engine
+                        .detach(
+                            job,
+                            session,
+                            socket,
+                            crate::ws::protocol::close::SERVICE_RESTART,
+                            crate::ws::protocol::close::SERVER_RESTART,
+                            None,
+                        )
+                        .await
+                }
+            }))
+            .await;
+        if let Some(Err(e)) = recorded.into_iter().find(Result::is_err) {
+            return Err(StoreError::Unavailable(e.to_string()));
         }
         Ok((engine, EngineTasks { writer, scheduler }))
     }

@@ -132,26 +132,30 @@ where
     Tx: Sink<Message, Error = axum::Error> + Unpin,
     Rx: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let job_id = params.job_id;
-    let control = SocketControl::new(&params.shutdown);
+    let SocketParams {
+        job_id,
+        attach,
+        heartbeat_interval,
+        heartbeat_timeout,
+        send_queue,
+        shutdown,
+    } = params;
+    let control = SocketControl::new(&shutdown);
     let mut conn = Conn {
         tx,
         control: control.clone(),
         sent_through: 0,
     };
-    if params.shutdown.is_cancelled() {
+    if shutdown.is_cancelled() {
         conn.close(close::GOING_AWAY, close::SHUTTING_DOWN).await;
         return;
     }
-    let (queue_tx, mut queue) = mpsc::channel::<Arc<Event>>(params.send_queue.max(1));
+    let (queue_tx, mut queue) = mpsc::channel::<Arc<Event>>(send_queue.max(1));
     let registration = Registration {
         tx: queue_tx,
-        control: control.clone(),
+        control,
     };
-    let attached = match engine
-        .attach(job_id, params.attach.clone(), registration)
-        .await
-    {
+    let attached = match engine.attach(job_id, attach, registration).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(job = %job_id, error = %e, "socket not attached");
@@ -165,10 +169,26 @@ where
     tracing::debug!(job = %job_id, session = %session_id, socket, resumed = attached.plan.resumed, "socket attached");
 
     let mut acked: Option<i64> = None;
-    let ending = run(
-        &mut conn, &mut rx, &mut queue, &engine, &attached, &params, &mut acked,
-    )
-    .await;
+    // `greet` consumes the snapshot: an idle socket keeps none of it.
+    let ending = match greet(&mut conn, &engine, attached).await {
+        Err(ending) => ending,
+        Ok(()) => {
+            let heartbeat = Heartbeat {
+                interval: heartbeat_interval,
+                timeout: heartbeat_timeout,
+            };
+            live(
+                &mut conn,
+                &mut rx,
+                &mut queue,
+                &engine,
+                (job_id, session_id),
+                heartbeat,
+                &mut acked,
+            )
+            .await
+        }
+    };
 
     if let Some((code, reason)) = ending.send {
         conn.close(code, reason).await;
@@ -183,30 +203,37 @@ where
     }
 }
 
-async fn run<Tx, Rx>(
+#[derive(Clone, Copy)]
+struct Heartbeat {
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// The first message, then the replay of what the client missed, from the log,
+/// up to the snapshot. `Err` when the socket is to end (a finished job, a
+/// failed send).
+async fn greet<Tx>(
     conn: &mut Conn<Tx>,
-    rx: &mut Rx,
-    queue: &mut mpsc::Receiver<Arc<Event>>,
     engine: &Engine,
-    attached: &crate::engine::Attached,
-    params: &SocketParams,
-    acked: &mut Option<i64>,
-) -> Ending
+    attached: crate::engine::Attached,
+) -> Result<(), Ending>
 where
     Tx: Sink<Message, Error = axum::Error> + Unpin,
-    Rx: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let job_id = params.job_id;
-    let session_id = attached.plan.session_id;
-    let hello = match serde_json::to_string(&Hello::new(attached, engine.epoch())) {
+    let job_id = attached.snapshot.job_id;
+    let hello = match serde_json::to_string(&Hello::new(&attached, engine.epoch())) {
         Ok(h) => h,
-        Err(e) => return Ending::closed_by_server(close::INTERNAL_ERROR, leak_reason(e)),
+        Err(e) => {
+            return Err(Ending::closed_by_server(
+                close::INTERNAL_ERROR,
+                leak_reason(e),
+            ))
+        }
     };
-    if let Err(e) = conn.send(Message::Text(hello.into())).await {
-        return send_failed(e);
-    }
+    conn.send(Message::Text(hello.into()))
+        .await
+        .map_err(send_failed)?;
 
-    // Replay what the client missed, from the log, up to the snapshot.
     let head = attached.snapshot.head_seq;
     if let Some(mut after) = attached.plan.replay_after {
         let id = job_id.to_string();
@@ -216,7 +243,10 @@ where
                 Ok(_) => break,
                 Err(e) => {
                     tracing::error!(job = %job_id, error = %e, "replay failed");
-                    return Ending::closed_by_server(close::INTERNAL_ERROR, close::LOG_UNAVAILABLE);
+                    return Err(Ending::closed_by_server(
+                        close::INTERNAL_ERROR,
+                        close::LOG_UNAVAILABLE,
+                    ));
                 }
             };
             for row in &rows {
@@ -225,26 +255,36 @@ where
                     tracing::error!(job = %job_id, seq = row.seq, "undecodable event skipped in replay");
                     continue;
                 };
-                match conn.send_event(&event).await {
-                    Ok(true) => {
-                        return Ending::closed_by_server(close::NORMAL, close::JOB_FINISHED)
-                    }
-                    Ok(false) => {}
-                    Err(e) => return send_failed(e),
+                if conn.send_event(&event).await.map_err(send_failed)? {
+                    return Err(Ending::closed_by_server(close::NORMAL, close::JOB_FINISHED));
                 }
             }
         }
     }
     conn.sent_through = conn.sent_through.max(head);
     if attached.snapshot.status.is_terminal() {
-        return Ending::closed_by_server(close::NORMAL, close::JOB_FINISHED);
+        return Err(Ending::closed_by_server(close::NORMAL, close::JOB_FINISHED));
     }
+    Ok(())
+}
 
-    let mut heartbeat = tokio::time::interval_at(
-        Instant::now() + params.heartbeat_interval,
-        params.heartbeat_interval,
-    );
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+/// Live events and client messages until the socket ends.
+async fn live<Tx, Rx>(
+    conn: &mut Conn<Tx>,
+    rx: &mut Rx,
+    queue: &mut mpsc::Receiver<Arc<Event>>,
+    engine: &Engine,
+    (job_id, session_id): (JobId, SessionId),
+    heartbeat: Heartbeat,
+    acked: &mut Option<i64>,
+) -> Ending
+where
+    Tx: Sink<Message, Error = axum::Error> + Unpin,
+    Rx: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let mut ticks =
+        tokio::time::interval_at(Instant::now() + heartbeat.interval, heartbeat.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
 
     loop {
@@ -292,8 +332,8 @@ where
                     None => return Ending::dropped(close::ABNORMAL, close::CONNECTION_LOST),
                 }
             }
-            _ = heartbeat.tick() => {
-                if last_seen.elapsed() >= params.heartbeat_timeout {
+            _ = ticks.tick() => {
+                if last_seen.elapsed() >= heartbeat.timeout {
                     // A half-open connection: no close frame can reach it.
                     return Ending::dropped(close::ABNORMAL, close::HEARTBEAT_TIMEOUT);
                 }
