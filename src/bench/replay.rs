@@ -6,15 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use futures_util::TryStreamExt;
-use sqlx::Connection;
 use uuid::Uuid;
 
 use super::{append_all, created, progress, rate, JobWriter};
 use crate::config::BenchArgs;
 use crate::domain::World;
 use crate::log::sqlite::SqliteStore;
-use crate::log::{for_each_event, EventRow, LogStore};
+use crate::log::{for_each_event, LogStore};
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (jobs, per_job) = if args.smoke {
@@ -50,22 +48,36 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    // Baseline: stream every row, owned strings, no decoding.
-    let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+    // Baseline: one statement over every row into owned strings, no decoding.
+    let path = dir.path().join("replay.db");
     let started = Instant::now();
-    let mut scanned = 0u64;
-    {
-        let mut stream = sqlx::query_as::<_, EventRow>(
+    let scanned = tokio::task::spawn_blocking(move || -> rusqlite::Result<u64> {
+        let conn = rusqlite::Connection::open(path)?;
+        let mut stmt = conn.prepare(
             "SELECT position, job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash FROM events ORDER BY position",
-        )
-        .fetch(&mut conn);
-        while let Some(row) = stream.try_next().await? {
-            scanned += 1;
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut n = 0u64;
+        while let Some(r) = rows.next()? {
+            let row = (
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i32>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+            );
             std::hint::black_box(&row);
+            n += 1;
         }
-    }
+        Ok(n)
+    })
+    .await??;
     let scan_rate = scanned as f64 / started.elapsed().as_secs_f64();
-    conn.close().await?;
     println!(
         "  raw row scan                           {:>12} rows/s",
         rate(scan_rate)

@@ -8,6 +8,7 @@
 
 pub mod chain;
 pub mod sqlite;
+mod sqlite_scan;
 pub mod verify;
 
 use std::sync::Arc;

@@ -17,19 +17,19 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
+use super::sqlite_scan::Scanner;
 use super::{EventRow, LogStore, StoreError};
 
 /// Rows per INSERT statement: 10 columns each, far below SQLite's limit of
 /// 32,766 bound parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
-const COLUMNS: &str =
-    "position, job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash";
-
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<SqliteConnection>,
     readers: SqlitePool,
+    /// Bulk reads of events (see `sqlite_scan.rs`).
+    scanner: Scanner,
 }
 
 /// The file path a SQLite database URL names, if it names one.
@@ -81,6 +81,7 @@ impl SqliteStore {
             .await
             .map_err(open_err)?;
         Ok(SqliteStore {
+            scanner: Scanner::new(path.clone()),
             path,
             writer: Mutex::new(writer),
             readers,
@@ -172,14 +173,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn read_log(&self, after: i64, limit: u32) -> Result<Vec<EventRow>, StoreError> {
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-        ))
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(classify)
+        self.scanner.read_log(after, limit).await
     }
 
     async fn read_job(
@@ -189,16 +183,9 @@ impl LogStore for SqliteStore {
         through_seq: i64,
         limit: u32,
     ) -> Result<Vec<EventRow>, StoreError> {
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM events WHERE job_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
-        ))
-        .bind(job_id)
-        .bind(after_seq)
-        .bind(through_seq)
-        .bind(limit)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(classify)
+        self.scanner
+            .read_job(job_id, after_seq, through_seq, limit)
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
