@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -125,6 +126,13 @@ impl Application {
         let sockets = state.sockets.clone();
         let app = http::router(state);
         let closing = sockets.clone();
+        // No Nagle: progress messages are small and must leave at once (with
+        // Nagle, a replay of many small frames stalls on delayed ACKs).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

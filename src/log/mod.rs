@@ -141,24 +141,38 @@ pub async fn open(url: &str) -> Result<Arc<dyn LogStore>, StoreError> {
     Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
 }
 
-/// Reads the whole log in position order, page by page, handing each decoded
-/// event to `visit`.
+/// Reads the log after `after` in position order, page by page, handing each
+/// decoded event to `visit`. The next page is read (on a blocking thread) while
+/// this one is decoded and visited. Stops at the first page that is not full.
 pub async fn for_each_event(
     store: &dyn LogStore,
     after: i64,
     mut visit: impl FnMut(&EventRow, Event) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     const PAGE: u32 = 10_000;
-    let mut cursor = after;
+    let mut rows = store.read_log(after, PAGE).await?;
     loop {
-        let rows = store.read_log(cursor, PAGE).await?;
         let Some(last) = rows.last() else {
             return Ok(());
         };
-        cursor = last.position;
-        for row in &rows {
-            visit(row, row.decode_stored()?)?;
-        }
+        let cursor = last.position;
+        let full = rows.len() == PAGE as usize;
+        let next = async {
+            if full {
+                store.read_log(cursor, PAGE).await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let work = async {
+            for row in &rows {
+                visit(row, row.decode_stored()?)?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        let (next, done) = tokio::join!(next, work);
+        done?;
+        rows = next?;
     }
 }
 
