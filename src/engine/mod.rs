@@ -398,6 +398,12 @@ impl Engine {
         self.inner.hub.len()
     }
 
+    /// Whether the job exists (without copying its state).
+    pub fn job_exists(&self, job_id: JobId) -> bool {
+        let world = self.inner.world.read().unwrap_or_else(|p| p.into_inner());
+        world.jobs.get(&job_id).is_some_and(JobState::exists)
+    }
+
     /// The job's current state, if it exists.
     pub fn job(&self, job_id: JobId) -> Option<JobState> {
         let world = self.inner.world.read().unwrap_or_else(|p| p.into_inner());

@@ -115,7 +115,7 @@ pub async fn job_events(
     caller.require(&[Role::Service, Role::Support])?;
     let job_id = parse_job_id(&job_id)?;
     let q = page(query)?;
-    if state.engine.job(job_id).is_none() {
+    if !state.engine.job_exists(job_id) {
         return Err(ApiError::NotFound("job not found".into()));
     }
     let after = q.after.unwrap_or(0);

@@ -278,7 +278,7 @@ pub async fn refresh_token(
     let job_id = parse_job_id(&job_id)?;
     caller.require_or_client_of(&[Role::Service], job_id)?;
     let ttl = state.client_token_ttl(req.ttl_secs)?;
-    if state.engine.job(job_id).is_none() {
+    if !state.engine.job_exists(job_id) {
         return Err(ApiError::NotFound("job not found".into()));
     }
     // A refreshed client token keeps the subject of the one it replaces.

@@ -237,7 +237,7 @@ async fn upgrade(
 
 /// Records a refused attempt on a known job, within the rate limit.
 async fn reject(state: &AppState, job_id: JobId, reconnect: bool, err: &ApiError) {
-    if state.engine.job(job_id).is_none() {
+    if !state.engine.job_exists(job_id) {
         return;
     }
     let code = err.code();
@@ -324,7 +324,7 @@ fn check(
     if claims.job != Some(job_id) {
         return Err(ApiError::Forbidden("this token is for another job".into()));
     }
-    if state.engine.job(job_id).is_none() {
+    if !state.engine.job_exists(job_id) {
         return Err(ApiError::NotFound("job not found".into()));
     }
     let user_agent = headers

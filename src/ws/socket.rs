@@ -155,7 +155,9 @@ where
         tx: queue_tx,
         control,
     };
-    let attached = match engine.attach(job_id, attach, registration).await {
+    // The one-off steps are boxed so the long-lived task keeps only the live
+    // loop's state inline: idle sockets stay small.
+    let attached = match Box::pin(engine.attach(job_id, attach, registration)).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(job = %job_id, error = %e, "socket not attached");
@@ -170,7 +172,7 @@ where
 
     let mut acked: Option<i64> = None;
     // `greet` consumes the snapshot: an idle socket keeps none of it.
-    let ending = match greet(&mut conn, &engine, attached).await {
+    let ending = match Box::pin(greet(&mut conn, &engine, attached)).await {
         Err(ending) => ending,
         Ok(()) => {
             let heartbeat = Heartbeat {
@@ -191,12 +193,11 @@ where
     };
 
     if let Some((code, reason)) = ending.send {
-        conn.close(code, reason).await;
+        Box::pin(conn.close(code, reason)).await;
     }
     if let Some((code, reason)) = ending.record {
-        if let Err(e) = engine
-            .detach(job_id, session_id, socket, code, &reason, acked)
-            .await
+        if let Err(e) =
+            Box::pin(engine.detach(job_id, session_id, socket, code, &reason, acked)).await
         {
             tracing::warn!(job = %job_id, error = %e, "could not record the disconnect");
         }
@@ -328,7 +329,7 @@ where
                             .unwrap_or((close::NO_STATUS, String::new()));
                         return Ending::dropped(code, reason);
                     }
-                    Some(Err(e)) => return read_error(engine, job_id, session_id, e).await,
+                    Some(Err(e)) => return Box::pin(read_error(engine, job_id, session_id, e)).await,
                     None => return Ending::dropped(close::ABNORMAL, close::CONNECTION_LOST),
                 }
             }
