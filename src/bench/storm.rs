@@ -243,7 +243,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let steady_after = rss_kib(pid);
     println!("  resumed {} of {n}; event appended during the storm received exactly once by {exactly_once}", lat.len());
     println!("  restart to resume                      {}", lat.summary());
-    println!("  restart to resume, p95                 {}", super::ms(lat.percentile(95.0)));
+    println!(
+        "  restart to resume, p95                 {}",
+        super::ms(lat.percentile(95.0))
+    );
     attempts.sort_unstable();
     println!(
         "  attempts per client: median {}, max {}",
