@@ -138,13 +138,12 @@ async fn each_role_may_do_only_its_part() {
     assert_eq!(status, 403, "a client creating a job");
     for token in [client.clone(), app.token(Role::Support, None)] {
         let res = app
-            .http
-            .post(app.url(&format!("/v1/jobs/{job}/events")))
-            .bearer_auth(token)
-            .json(&json!({"type": "progress", "progress": 5}))
-            .send()
-            .await
-            .unwrap();
+            .post_as(
+                &format!("/v1/jobs/{job}/events"),
+                &token,
+                &json!({"type": "progress", "progress": 5}),
+            )
+            .await;
         assert_eq!(res.status(), 403);
     }
     assert_eq!(app.count_events().await, before);

@@ -35,12 +35,11 @@ async fn a_jobs_events_come_in_seq_order_after_a_cursor() {
     assert_eq!(events[0]["data"]["progress"], 2.0);
     assert_eq!(page["nextAfter"], 4);
     let res = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{job}/events")))
-        .bearer_auth(app.token(Role::Analytics, None))
-        .send()
-        .await
-        .unwrap();
+        .get_as(
+            &format!("/v1/jobs/{job}/events"),
+            &app.token(Role::Analytics, None),
+        )
+        .await;
     assert_eq!(res.status(), 403);
 }
 
@@ -85,12 +84,8 @@ async fn paging_the_global_log_while_appends_run_skips_and_repeats_nothing() {
     loop {
         let done = writer.is_finished();
         let page: Value = app
-            .http
-            .get(app.url(&format!("/v1/events?after={after}&limit=7")))
-            .bearer_auth(&analytics)
-            .send()
+            .get_as(&format!("/v1/events?after={after}&limit=7"), &analytics)
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -136,12 +131,8 @@ async fn paging_the_global_log_while_appends_run_skips_and_repeats_nothing() {
     assert_eq!(positions, (1..=total).collect::<Vec<_>>());
 
     let res = app
-        .http
-        .get(app.url("/v1/events"))
-        .bearer_auth(app.token(Role::Support, None))
-        .send()
-        .await
-        .unwrap();
+        .get_as("/v1/events", &app.token(Role::Support, None))
+        .await;
     assert_eq!(res.status(), 403);
 }
 

@@ -38,12 +38,11 @@ async fn the_history_tells_the_story_over_http_and_from_the_cli() {
     let job = story.job;
 
     let res = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{job}/history")))
-        .bearer_auth(app.token(Role::Support, None))
-        .send()
-        .await
-        .unwrap();
+        .get_as(
+            &format!("/v1/jobs/{job}/history"),
+            &app.token(Role::Support, None),
+        )
+        .await;
     assert_eq!(res.status(), 200);
     let h: Value = res.json().await.unwrap();
     assert_eq!(h["totalSessions"], 2);
@@ -144,13 +143,7 @@ async fn the_history_tells_the_story_over_http_and_from_the_cli() {
         app.token(Role::Analytics, None),
         app.token(Role::Client, Some(job)),
     ] {
-        let res = app
-            .http
-            .get(app.url(&format!("/v1/jobs/{job}/history")))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let res = app.get_as(&format!("/v1/jobs/{job}/history"), &token).await;
         assert_eq!(res.status(), 403);
     }
 

@@ -14,14 +14,7 @@ async fn creating_a_job_answers_201_then_200_for_the_same_id() {
     let app = spawn_app().await;
     let job = Uuid::new_v4();
     let body = json!({"jobId": job, "metadata": {"shelf": 3}, "clientTokenTtlSecs": 120});
-    let first = app
-        .http
-        .post(app.url("/v1/jobs"))
-        .bearer_auth(app.service())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let first = app.post_as("/v1/jobs", &app.service(), &body).await;
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
     assert_eq!(first["jobId"], job.to_string());
@@ -31,23 +24,10 @@ async fn creating_a_job_answers_201_then_200_for_the_same_id() {
         .ends_with(&format!("/ws/progress?jobId={job}")));
     // The client token is for this job and verifies against the server.
     let token = first["clientToken"].as_str().unwrap();
-    let state = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{job}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let state = app.get_as(&format!("/v1/jobs/{job}"), token).await;
     assert_eq!(state.status(), 200);
 
-    let again = app
-        .http
-        .post(app.url("/v1/jobs"))
-        .bearer_auth(app.service())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let again = app.post_as("/v1/jobs", &app.service(), &body).await;
     assert_eq!(again.status(), 200);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["jobId"], job.to_string());
@@ -231,13 +211,12 @@ async fn malformed_bodies_get_400_and_append_nothing() {
 
     // A bad job id, a bad idempotency key, a wrong content type.
     let res = app
-        .http
-        .post(app.url("/v1/jobs/not-a-uuid/events"))
-        .bearer_auth(app.service())
-        .json(&json!({"type": "progress", "progress": 1}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            "/v1/jobs/not-a-uuid/events",
+            &app.service(),
+            &json!({"type": "progress", "progress": 1}),
+        )
+        .await;
     assert_eq!(res.status(), 400);
     let res = app
         .http
@@ -266,22 +245,16 @@ async fn malformed_bodies_get_400_and_append_nothing() {
         .await;
     assert_eq!(res.status(), 404);
     let res = app
-        .http
-        .post(app.url("/v1/jobs"))
-        .bearer_auth(app.service())
-        .json(&json!({"jobId": "nope"}))
-        .send()
-        .await
-        .unwrap();
+        .post_as("/v1/jobs", &app.service(), &json!({"jobId": "nope"}))
+        .await;
     assert_eq!(res.status(), 400);
     let res = app
-        .http
-        .post(app.url("/v1/jobs"))
-        .bearer_auth(app.service())
-        .json(&json!({"clientTokenTtlSecs": 0}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            "/v1/jobs",
+            &app.service(),
+            &json!({"clientTokenTtlSecs": 0}),
+        )
+        .await;
     assert_eq!(res.status(), 400);
 
     assert_eq!(app.count_events().await, before);
@@ -332,12 +305,11 @@ async fn state_as_of_a_seq_is_the_fold_up_to_it() {
     assert_eq!(as_of(99).await.unwrap().status(), 400);
     // Clients may read the present, not the past.
     let res = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{job}?asOfSeq=1")))
-        .bearer_auth(app.token(Role::Client, Some(job)))
-        .send()
-        .await
-        .unwrap();
+        .get_as(
+            &format!("/v1/jobs/{job}?asOfSeq=1"),
+            &app.token(Role::Client, Some(job)),
+        )
+        .await;
     assert_eq!(res.status(), 403);
 }
 
@@ -382,13 +354,7 @@ async fn client_tokens_are_refreshed_for_their_own_job_only() {
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     let fresh = body["clientToken"].as_str().unwrap();
-    let res = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{job}")))
-        .bearer_auth(fresh)
-        .send()
-        .await
-        .unwrap();
+    let res = app.get_as(&format!("/v1/jobs/{job}"), fresh).await;
     assert_eq!(res.status(), 200);
 
     let res = app

@@ -378,3 +378,26 @@ pub async fn start_binary(mut cmd: tokio::process::Command) -> (tokio::process::
     let addr = line.rsplit("http://").next().unwrap().parse().unwrap();
     (child, addr)
 }
+
+impl TestApp {
+    /// GETs `path` with a bearer token.
+    pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs `body` as JSON to `path` with a bearer token.
+    pub async fn post_as(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
