@@ -147,7 +147,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             tokens.client(*job)
         );
         match tokio_tungstenite::connect_async(url).await {
-            Ok((ws, _)) => held.push(hold(ws)),
+            Ok((mut ws, _)) => {
+                // Wait for `connected`: the socket's task is running and counted
+                // before the next attempt.
+                ws.next().await;
+                held.push(hold(ws));
+            }
             Err(tokio_tungstenite::tungstenite::Error::Http(res)) if res.status() == 503 => {
                 refused += 1
             }
