@@ -13,19 +13,15 @@ fn main() {
 }
 
 fn progress_event(job: Uuid, seq: i64) -> Event {
+    let body = EventBody::ProgressReported(ProgressReported {
+        progress: 45.0,
+        message: Some("Processing book 9 of 20".into()),
+        data: Some(serde_json::json!({"book": 9, "shelf": "B"})),
+    });
     Event {
-        position: seq,
-        job_id: job,
         seq,
-        session_id: None,
-        at: Utc::now(),
-        idempotency_key: None,
-        body: EventBody::ProgressReported(ProgressReported {
-            progress: 45.0,
-            message: Some("Processing book 9 of 20".into()),
-            data: Some(serde_json::json!({"book": 9, "shelf": "B"})),
-        }),
         hash: "0".repeat(64),
+        ..Event::new(job, None, Utc::now(), body)
     }
 }
 

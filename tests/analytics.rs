@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Duration, Utc};
 use rejoin::domain::event::*;
 use rejoin::domain::{Event, EventBody, JobState};
-use rejoin::log::chain::event_hash;
+use rejoin::log::chain::seal;
 use rejoin::log::sqlite::SqliteStore;
 use rejoin::log::{EventRow, LogStore};
 use serde_json::Value;
@@ -58,21 +58,8 @@ impl Writer {
         at: DateTime<Utc>,
         body: EventBody,
     ) {
-        let mut event = Event {
-            position: 0,
-            job_id: state.job_id,
-            seq: state.head_seq + 1,
-            session_id: session,
-            at,
-            idempotency_key: None,
-            body,
-            hash: String::new(),
-        };
-        let mut row = EventRow::from_event(&event);
-        row.hash = event_hash(&state.head_hash, &row);
-        event.hash = row.hash.clone();
-        state.apply(&event);
-        self.rows.push(row);
+        let mut event = Event::new(state.job_id, session, at, body);
+        self.rows.push(seal(state, &mut event));
         self.expected.events += 1;
     }
 }

@@ -28,7 +28,7 @@ use crate::app::Application;
 use crate::config::{BenchArgs, BenchScenario, ServeArgs};
 use crate::domain::event::{JobCreated, ProgressReported};
 use crate::domain::{Event, EventBody, JobState};
-use crate::log::chain::event_hash;
+use crate::log::chain::seal;
 use crate::log::{EventRow, LogStore};
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -219,21 +219,8 @@ impl JobWriter {
     }
 
     pub fn push(&mut self, rows: &mut Vec<EventRow>, at: DateTime<Utc>, body: EventBody) {
-        let mut event = Event {
-            position: 0,
-            job_id: self.state.job_id,
-            seq: self.state.head_seq + 1,
-            session_id: None,
-            at,
-            idempotency_key: None,
-            body,
-            hash: String::new(),
-        };
-        let mut row = EventRow::from_event(&event);
-        row.hash = event_hash(&self.state.head_hash, &row);
-        event.hash.clone_from(&row.hash);
-        self.state.apply(&event);
-        rows.push(row);
+        let mut event = Event::new(self.state.job_id, None, at, body);
+        rows.push(seal(&mut self.state, &mut event));
     }
 }
 

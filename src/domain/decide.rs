@@ -347,14 +347,8 @@ mod tests {
         let mut state = JobState::genesis(id);
         for (i, body) in bodies.into_iter().enumerate() {
             state.apply(&Event {
-                position: i as i64 + 1,
-                job_id: id,
                 seq: i as i64 + 1,
-                session_id: None,
-                at: Utc::now(),
-                idempotency_key: None,
-                body,
-                hash: String::new(),
+                ..Event::new(id, None, Utc::now(), body)
             });
         }
         state
@@ -462,14 +456,8 @@ mod tests {
     fn apply_all(state: &mut JobState, planned: &[Planned], at: DateTime<Utc>) {
         for p in planned {
             state.apply(&Event {
-                position: 0,
-                job_id: state.job_id,
                 seq: state.head_seq + 1,
-                session_id: p.session_id,
-                at,
-                idempotency_key: None,
-                body: p.body.clone(),
-                hash: String::new(),
+                ..Event::new(state.job_id, p.session_id, at, p.body.clone())
             });
         }
     }

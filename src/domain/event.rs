@@ -37,6 +37,28 @@ pub struct Event {
     pub hash: String,
 }
 
+impl Event {
+    /// An event not yet in the log: its seq and hash are given when it is
+    /// sealed into its job's chain, its position when it is stored.
+    pub fn new(
+        job_id: JobId,
+        session_id: Option<SessionId>,
+        at: DateTime<Utc>,
+        body: EventBody,
+    ) -> Self {
+        Event {
+            position: 0,
+            job_id,
+            seq: 0,
+            session_id,
+            at,
+            idempotency_key: None,
+            body,
+            hash: String::new(),
+        }
+    }
+}
+
 /// What happened.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventBody {

@@ -23,7 +23,7 @@ use crate::domain::decide::{AttachPlan, Planned};
 use crate::domain::event::Disconnected;
 use crate::domain::state::{fingerprint, IdempotentAppend};
 use crate::domain::{decide, Command, Decision, Event, EventBody, JobId, JobState, World};
-use crate::log::chain::event_hash;
+use crate::log::chain::seal;
 use crate::log::{EventRow, LogStore};
 use crate::metrics::Metrics;
 use crate::scheduler::Deadline;
@@ -134,20 +134,9 @@ impl Writer {
                 let mut stage = |planned: Vec<Planned>, state: &mut JobState| {
                     let start = events.len();
                     for p in planned {
-                        let mut event = Event {
-                            position: 0,
-                            job_id: req.job_id,
-                            seq: state.head_seq + 1,
-                            session_id: p.session_id,
-                            at: now,
-                            idempotency_key: key.clone(),
-                            body: p.body,
-                            hash: String::new(),
-                        };
-                        let mut row = EventRow::from_event(&event);
-                        row.hash = event_hash(&state.head_hash, &row);
-                        event.hash.clone_from(&row.hash);
-                        state.apply(&event);
+                        let mut event = Event::new(req.job_id, p.session_id, now, p.body);
+                        event.idempotency_key.clone_from(&key);
+                        let row = seal(state, &mut event);
                         if let Some(k) = &key {
                             staged_keys.insert(
                                 (req.job_id, k.clone()),

@@ -5,6 +5,19 @@
 use sha2::{Digest, Sha256};
 
 use super::EventRow;
+use crate::domain::{Event, JobState};
+
+/// Adds `event` to the end of its job's chain: gives it the next seq and its
+/// hash, moves `state` past it, and returns the row to store. The writer seals
+/// every append this way, and so does anything that fills a log directly.
+pub fn seal(state: &mut JobState, event: &mut Event) -> EventRow {
+    event.seq = state.head_seq + 1;
+    let mut row = EventRow::from_event(event);
+    row.hash = event_hash(&state.head_hash, &row);
+    event.hash.clone_from(&row.hash);
+    state.apply(event);
+    row
+}
 
 /// The hash an event must carry, given its job's previous hash.
 pub fn event_hash(prev_hash: &str, row: &EventRow) -> String {
