@@ -185,9 +185,9 @@ impl Writer {
             let started = Instant::now();
             match self.store.append(&rows).await {
                 Ok(positions) => {
-                    let took = started.elapsed();
-                    self.stats.record_commit(rows.len(), took);
-                    self.metrics.observe_commit(rows.len(), took.as_secs_f64());
+                    self.stats.record_commit(rows.len());
+                    self.metrics
+                        .observe_commit(rows.len(), started.elapsed().as_secs_f64());
                     for (mut event, position) in events.into_iter().zip(positions) {
                         event.position = position;
                         committed.push(Arc::new(event));
@@ -202,7 +202,6 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, events = rows.len(), "append failed; batch refused");
-                    self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                     self.metrics.observe_failed_commit();
                     for (reply, _) in pending {
                         let _ = reply.send(Err(EngineError::Unavailable(e.to_string())));

@@ -53,7 +53,7 @@ pub struct PageQuery {
 }
 
 fn page(query: Result<Query<PageQuery>, QueryRejection>) -> Result<PageQuery, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let q = super::extract::query(query)?;
     if q.after.is_some_and(|a| a < 0) {
         return Err(ApiError::bad_request(
             "invalid_query",
@@ -252,7 +252,7 @@ pub async fn live_tail(
     query: Result<Query<TailQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Analytics, Role::Service])?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let q = super::extract::query(query)?;
     let head = state.engine.watch_head();
     let last_id = match headers.get("last-event-id") {
         Some(v) => Some(

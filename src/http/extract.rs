@@ -2,7 +2,8 @@
 //! the bearer token's claims, JSON bodies (size-limited), job ids.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -95,6 +96,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
     }
+}
+
+/// The parsed query string, or 400 `invalid_query` saying what was wrong.
+pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
 }
 
 /// Parses a job id from a path or query value.

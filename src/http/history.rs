@@ -73,7 +73,7 @@ pub async fn history(
 ) -> Result<Json<HistoryResponse>, ApiError> {
     caller.require(&[Role::Support, Role::Service])?;
     let job_id = parse_job_id(&job_id)?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let q = super::extract::query(query)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(

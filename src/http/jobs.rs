@@ -331,7 +331,7 @@ pub async fn get_job(
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Json<JobView>, ApiError> {
     let job_id = parse_job_id(&job_id)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let query = super::extract::query(query)?;
     let job = match query.as_of_seq {
         None => {
             caller.require_or_client_of(&[Role::Service, Role::Support], job_id)?;
@@ -345,8 +345,7 @@ pub async fn get_job(
                     "asOfSeq must be at least 1",
                 ));
             }
-            let head = state.engine.job(job_id).map(|j| j.head_seq);
-            match head {
+            match state.engine.head_seq(job_id) {
                 Some(head) if seq > head => {
                     return Err(ApiError::bad_request(
                         "invalid_query",

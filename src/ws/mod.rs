@@ -194,9 +194,8 @@ async fn upgrade(
         state.engine.metrics().observe_refused_at_capacity();
         return ApiError::TooManyConnections.into_response();
     }
-    let reconnect = query
-        .get(param::RECONNECT)
-        .is_some_and(|r| r == "true" || r == "1");
+    // For the rejection record; `check` refuses a malformed value.
+    let reconnect = reconnect_param(&query).unwrap_or(false);
     let accepted = match check(&state, job_id, &headers, &query) {
         Ok(a) => a,
         Err(err) => {
@@ -284,16 +283,7 @@ fn check(
             "the token is not a JWT",
         ));
     }
-    let reconnect = match query.get(param::RECONNECT).map(String::as_str) {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_reconnect",
-                "`reconnect` must be true or false",
-            ))
-        }
-    };
+    let reconnect = reconnect_param(query)?;
     let client_last_seq = match query.get(param::LAST_SEQ) {
         None => None,
         Some(s) => Some(s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
@@ -344,6 +334,18 @@ fn check(
         },
         offered_subprotocol: offered.contains(&SUBPROTOCOL),
     })
+}
+
+/// `reconnect=true|1|false|0`, absent meaning false.
+fn reconnect_param(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match query.get(param::RECONNECT).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_reconnect",
+            "`reconnect` must be true or false",
+        )),
+    }
 }
 
 /// Native clients send no Origin. Browsers may connect from the server's own
