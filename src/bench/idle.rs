@@ -7,46 +7,12 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-use super::{rate, BenchServer};
+use super::{create_job, rate, rss_kib, spawn_rejoin, BenchServer, Ws};
 use crate::config::BenchArgs;
 
-/// Resident set size of a process, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
-}
-
-/// Starts `rejoin ARGS…` and waits for the address on its first stdout line.
-async fn spawn(args: &[&str]) -> anyhow::Result<(Child, String)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(args)
-        .env("REJOIN_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let line = lines
-        .next_line()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no address"))?;
-    let addr = line.rsplit("http://").next().unwrap_or_default().to_owned();
-    Ok((child, addr))
-}
-
 /// Holds `sockets` open, answering pings, until the returned tasks are aborted.
-fn hold(
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> tokio::task::JoinHandle<()> {
+fn hold(ws: Ws) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ws = ws;
         while let Some(Ok(_)) = ws.next().await {}
@@ -62,7 +28,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let soak = args.soak_secs.map(Duration::from_secs).unwrap_or(soak);
 
     // The bare baseline.
-    let (bare, addr) = spawn(&["bench-bare-server"]).await?;
+    let (bare, addr) = spawn_rejoin(&["bench-bare-server"]).await?;
     let pid = bare.id().unwrap_or_default();
     let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(n);
@@ -81,7 +47,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let db = format!("sqlite://{}", dir.path().join("idle.db").display());
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let limit = (n + 10).to_string();
-    let (server, addr) = spawn(&[
+    let (server, addr) = spawn_rejoin(&[
         "serve",
         "--listen",
         "127.0.0.1:0",
@@ -98,20 +64,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let mut jobs = Vec::with_capacity(n + 20);
     for _ in 0..n + 20 {
-        let res = http
-            .post(format!("http://{addr}/v1/jobs"))
-            .bearer_auth(tokens.service())
-            .json(&json!({}))
-            .send()
-            .await?
-            .error_for_status()?;
-        let body: serde_json::Value = res.json().await?;
-        jobs.push(
-            body["jobId"]
-                .as_str()
-                .unwrap_or_default()
-                .parse::<uuid::Uuid>()?,
-        );
+        jobs.push(create_job(&http, &addr, &tokens.service()).await?);
     }
     let before = rss_kib(pid)?;
     let started = Instant::now();

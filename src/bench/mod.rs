@@ -161,16 +161,7 @@ impl BenchServer {
     }
 
     pub async fn create_job(&self, service: &str) -> anyhow::Result<Uuid> {
-        let res = self
-            .http
-            .post(self.url("/v1/jobs"))
-            .bearer_auth(service)
-            .json(&json!({}))
-            .send()
-            .await?
-            .error_for_status()?;
-        let body: serde_json::Value = res.json().await?;
-        Ok(body["jobId"].as_str().unwrap_or_default().parse()?)
+        create_job(&self.http, &self.addr.to_string(), service).await
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
@@ -182,6 +173,67 @@ impl BenchServer {
         }
         Ok(())
     }
+}
+
+/// A WebSocket client connection.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Creates a job on the server at `addr` and returns its id.
+pub async fn create_job(http: &reqwest::Client, addr: &str, service: &str) -> anyhow::Result<Uuid> {
+    let body: serde_json::Value = http
+        .post(format!("http://{addr}/v1/jobs"))
+        .bearer_auth(service)
+        .json(&json!({}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(body["jobId"].as_str().unwrap_or_default().parse()?)
+}
+
+/// The first text message of a socket, as JSON.
+pub async fn first_message(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
+    use futures_util::StreamExt;
+    loop {
+        match ws.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                return Ok(serde_json::from_str(t.as_str())?)
+            }
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!("no first message: {other:?}"),
+        }
+    }
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
+/// Starts `rejoin ARGS…` as its own process (for figures that must be its own,
+/// like memory, or to kill it) and waits for the address on its first line.
+pub async fn spawn_rejoin(args: &[&str]) -> anyhow::Result<(tokio::process::Child, String)> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .env("REJOIN_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let line = lines
+        .next_line()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the process printed no address"))?;
+    let addr = line.rsplit("http://").next().unwrap_or_default().to_owned();
+    Ok((child, addr))
 }
 
 /// Mints HS256 tokens for a server whose secret the bench chose.

@@ -10,13 +10,10 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::{append_all, created, progress, BenchServer, JobWriter, Latencies};
+use super::{append_all, created, first_message, progress, BenchServer, JobWriter, Latencies, Ws};
 use crate::config::BenchArgs;
 use crate::log::sqlite::SqliteStore;
 use crate::log::LogStore;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (lengths, samples, replays): (&[usize], usize, usize) = if args.smoke {
@@ -109,13 +106,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 async fn open(server: &BenchServer, query: &str) -> anyhow::Result<(Ws, serde_json::Value)> {
     let url = format!("ws://{}/ws/progress?{query}", server.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => return Ok((ws, serde_json::from_str(t.as_str())?)),
-            Some(Ok(_)) => continue,
-            other => anyhow::bail!("no first message: {other:?}"),
-        }
-    }
+    let hello = first_message(&mut ws).await?;
+    Ok((ws, hello))
 }
 
 async fn close(ws: &mut Ws) {

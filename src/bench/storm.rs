@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use rand_jitter::full_jitter;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::{rate, BenchServer, Latencies};
+use super::{create_job, first_message, rate, rss_kib, spawn_rejoin, BenchServer, Latencies};
 use crate::config::BenchArgs;
 
 mod rand_jitter {
@@ -31,40 +29,19 @@ mod rand_jitter {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-async fn serve(db: &str, secret: &str, listen: &str) -> anyhow::Result<Child> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "serve",
-            "--listen",
-            listen,
-            "--database-url",
-            db,
-            "--jwt-secret",
-            secret,
-            "--grace-secs",
-            "60",
-        ])
-        .env("REJOIN_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    lines
-        .next_line()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the server did not start"))?;
-    Ok(child)
+async fn serve(db: &str, secret: &str, listen: &str) -> anyhow::Result<tokio::process::Child> {
+    let args = [
+        "serve",
+        "--listen",
+        listen,
+        "--database-url",
+        db,
+        "--jwt-secret",
+        secret,
+        "--grace-secs",
+        "60",
+    ];
+    Ok(spawn_rejoin(&args).await?.0)
 }
 
 /// What one client saw.
@@ -89,16 +66,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let mut jobs = Vec::with_capacity(n);
     for _ in 0..n {
-        let body: serde_json::Value = http
-            .post(format!("http://{listen}/v1/jobs"))
-            .bearer_auth(tokens.service())
-            .json(&json!({}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        jobs.push(body["jobId"].as_str().unwrap_or_default().parse::<Uuid>()?);
+        jobs.push(create_job(&http, &listen, &tokens.service()).await?);
     }
 
     // Every client connects, then follows its job through the storm.
@@ -112,7 +80,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             tokens.client(*job)
         );
         let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
-        let hello = first(&mut ws).await?;
+        let hello = first_message(&mut ws).await?;
         let (epoch, session) = (hello["epoch"].clone(), hello["sessionId"].clone());
         let (restarted, handshakes, connected) =
             (restarted.clone(), handshakes.clone(), connected.clone());
@@ -139,7 +107,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     continue;
                 };
                 handshakes.fetch_add(1, Ordering::Relaxed);
-                let Ok(hello) = first(&mut ws).await else {
+                let Ok(hello) = first_message(&mut ws).await else {
                     continue;
                 };
                 if hello["sessionId"] != session || hello["resumed"] != true {
@@ -174,7 +142,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
         }));
     }
-    let steady = rss_kib(server.id().unwrap_or_default());
+    let steady = rss_kib(server.id().unwrap_or_default()).unwrap_or(0);
     println!("  {n} clients connected; server RSS {} KiB", steady);
 
     // Kill the server under them and start it again on the same port.
@@ -195,7 +163,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let peak = peak.clone();
         tokio::spawn(async move {
             loop {
-                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                peak.fetch_max(rss_kib(pid).unwrap_or(0), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
@@ -240,7 +208,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     sampler.abort();
     let peak = peak.load(Ordering::Relaxed);
-    let steady_after = rss_kib(pid);
+    let steady_after = rss_kib(pid).unwrap_or(0);
     println!("  resumed {} of {n}; event appended during the storm received exactly once by {exactly_once}", lat.len());
     println!("  restart to resume                      {}", lat.summary());
     println!(
@@ -264,18 +232,4 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     drop(server);
     Ok(())
-}
-
-async fn first(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> anyhow::Result<serde_json::Value> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
-            Some(Ok(_)) => continue,
-            other => anyhow::bail!("no first message: {other:?}"),
-        }
-    }
 }
