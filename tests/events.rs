@@ -262,15 +262,7 @@ async fn metrics_count_connects_by_outcome_replays_and_commits() {
         401
     );
 
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     for line in [
         r#"rejoin_connects_total{outcome="fresh"} 1"#,
         r#"rejoin_connects_total{outcome="resumed"} 1"#,

@@ -574,15 +574,7 @@ async fn at_the_connection_limit_new_sockets_get_503_until_one_closes() {
     let token = app.token(Role::Client, Some(jobs[2]));
     let query = format!("jobId={}&token={token}", jobs[2]);
     assert_eq!(refused_status(app.ws(&query).await), 503);
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("rejoin_refused_at_capacity_total 1"),
         "{metrics}"

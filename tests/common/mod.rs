@@ -380,6 +380,12 @@ pub async fn start_binary(mut cmd: tokio::process::Command) -> (tokio::process::
 }
 
 impl TestApp {
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let res = self.http.get(self.url("/metrics")).send().await.unwrap();
+        res.text().await.unwrap()
+    }
+
     /// GETs `path` with a bearer token.
     pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
         self.http
