@@ -177,8 +177,9 @@ impl Metrics {
         self.commit_seconds.observe(seconds);
     }
 
-    pub fn observe_refused_at_capacity(&self) {
-        self.refused_at_capacity.inc();
+    /// Counts a refusal at the connection limit; returns the total so far.
+    pub fn observe_refused_at_capacity(&self) -> u64 {
+        self.refused_at_capacity.inc() + 1
     }
 
     pub fn observe_failed_commit(&self) {

@@ -70,8 +70,6 @@ pub struct WsSettings {
 pub struct Sockets {
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
-    /// Upgrades refused at the connection limit.
-    pub refused: Arc<AtomicU64>,
     epoch: Instant,
     last_warned: Arc<AtomicU64>,
 }
@@ -81,7 +79,6 @@ impl Default for Sockets {
         Sockets {
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            refused: Arc::default(),
             epoch: Instant::now(),
             last_warned: Arc::default(),
         }
@@ -89,10 +86,9 @@ impl Default for Sockets {
 }
 
 impl Sockets {
-    /// Counts a refusal at the connection limit, logging at most one line every
-    /// ten seconds so a flood of refusals cannot flood the log.
-    fn refused_at_capacity(&self) {
-        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Logs a refusal at the connection limit (`refused` so far), at most one
+    /// line every ten seconds so a flood of refusals cannot flood the log.
+    fn refused_at_capacity(&self, refused: u64) {
         let now = self.epoch.elapsed().as_secs();
         let last = self.last_warned.load(Ordering::Relaxed);
         if (last == 0 || now >= last + 10)
@@ -190,8 +186,8 @@ async fn upgrade(
         Some(Ok(id)) => id,
     };
     if state.sockets.tracker.len() >= state.ws.max_connections {
-        state.sockets.refused_at_capacity();
-        state.engine.metrics().observe_refused_at_capacity();
+        let refused = state.engine.metrics().observe_refused_at_capacity();
+        state.sockets.refused_at_capacity(refused);
         return ApiError::TooManyConnections.into_response();
     }
     // For the rejection record; `check` refuses a malformed value.
