@@ -21,6 +21,7 @@ use crate::config::ServeArgs;
 use crate::engine::{Engine, EngineSettings, EngineTasks};
 use crate::http::{self, AppState, HttpSettings};
 use crate::log;
+use crate::ws::rate::ConnectRate;
 use crate::ws::{RejectionLog, Sockets, WsSettings};
 
 pub struct Application {
@@ -64,8 +65,12 @@ impl Application {
         let listener =
             listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         let engine_stop = CancellationToken::new();
+        if args.unsafe_ack_before_commit {
+            tracing::warn!("--unsafe-ack-before-commit: appends are answered before they are durable; acknowledged events WILL be lost in a crash");
+        }
         let settings = EngineSettings {
             grace,
+            unsafe_ack_before_commit: args.unsafe_ack_before_commit,
             ..EngineSettings::default()
         };
         let (engine, tasks) = Engine::start(store, clock, settings, engine_stop.clone()).await?;
@@ -88,6 +93,10 @@ impl Application {
             }),
             sockets: Sockets::default(),
             rejections: Arc::new(RejectionLog::new(Duration::from_secs(10))),
+            connect_rate: Arc::new(ConnectRate::new(
+                args.connect_rate_per_ip,
+                args.connect_burst_per_ip,
+            )),
             demo,
         };
         if demo.is_some() {

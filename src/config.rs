@@ -162,6 +162,22 @@ pub struct ServeArgs {
     #[arg(long, env = "REJOIN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// WebSocket connection attempts per second one client address earns
+    /// (beyond its burst); more get 429 with `Retry-After`. 0 turns the limit
+    /// off (behind a proxy every client shares its address).
+    #[arg(long, env = "REJOIN_CONNECT_RATE_PER_IP", default_value_t = 20.0)]
+    pub connect_rate_per_ip: f64,
+
+    /// Connection attempts one address may make at once.
+    #[arg(long, env = "REJOIN_CONNECT_BURST_PER_IP", default_value_t = 100)]
+    pub connect_burst_per_ip: u32,
+
+    /// Breaks durability on purpose: answers appends before they are
+    /// committed. Only for the crash harness's negative control, which must
+    /// see it lose events. Never set it anywhere else.
+    #[arg(long, hide = true)]
+    pub unsafe_ack_before_commit: bool,
+
     /// Demo mode: serve /demo, where anyone can start a simulated job and make
     /// the server drop its socket. Off by default; never for production.
     #[arg(long, env = "REJOIN_DEMO")]

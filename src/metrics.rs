@@ -44,6 +44,7 @@ pub struct Metrics {
     commit_seconds: Histogram,
     failed_commits: Counter,
     refused_at_capacity: Counter,
+    rate_limited: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -67,6 +68,7 @@ impl Default for Metrics {
             commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             failed_commits: Counter::default(),
             refused_at_capacity: Counter::default(),
+            rate_limited: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -124,6 +126,11 @@ impl Default for Metrics {
             "Socket upgrades refused with 503 at the connection limit",
             m.refused_at_capacity.clone(),
         );
+        registry.register(
+            "rejoin_connect_rate_limited",
+            "Socket upgrades refused with 429: too many attempts from one address",
+            m.rate_limited.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -178,6 +185,11 @@ impl Metrics {
     }
 
     /// Counts a refusal at the connection limit; returns the total so far.
+    /// Counts one upgrade refused by the per-address rate limit.
+    pub fn observe_rate_limited(&self) {
+        self.rate_limited.inc();
+    }
+
     pub fn observe_refused_at_capacity(&self) -> u64 {
         self.refused_at_capacity.inc() + 1
     }

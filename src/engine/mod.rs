@@ -92,6 +92,9 @@ pub struct EngineSettings {
     pub max_batch: usize,
     /// How long a session survives without a socket.
     pub grace: Duration,
+    /// Test-only: answer appends before their commit (see
+    /// `--unsafe-ack-before-commit`).
+    pub unsafe_ack_before_commit: bool,
 }
 
 impl Default for EngineSettings {
@@ -100,6 +103,7 @@ impl Default for EngineSettings {
             queue_capacity: 8192,
             max_batch: 1024,
             grace: Duration::from_secs(60),
+            unsafe_ack_before_commit: false,
         }
     }
 }
@@ -188,6 +192,7 @@ impl Engine {
             clock: clock.clone(),
             stats: stats.clone(),
             max_batch: settings.max_batch,
+            unsafe_ack_before_commit: settings.unsafe_ack_before_commit,
         };
         let writer = tokio::spawn(writer.run(rx, shutdown.clone()));
         let engine = Engine {

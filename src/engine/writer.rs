@@ -66,6 +66,8 @@ pub(crate) struct Writer {
     /// The position of the last committed event, for the live tails.
     pub head: watch::Sender<i64>,
     pub max_batch: usize,
+    /// Test-only: answer appends before the commit, then commit late.
+    pub unsafe_ack_before_commit: bool,
 }
 
 impl Writer {
@@ -178,6 +180,21 @@ impl Writer {
                 };
                 pending.push((req.reply, answer));
             }
+        }
+
+        if self.unsafe_ack_before_commit && !rows.is_empty() {
+            // The bug the crash harness must catch: an answer before the commit
+            // (as a write-behind buffer would give), the commit 50 ms later.
+            let (early, rest): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|(_, answer)| matches!(answer, Pending::Appended(_)));
+            pending = rest;
+            for (reply, answer) in early {
+                if let Pending::Appended(range) = answer {
+                    let _ = reply.send(Ok(Outcome::Appended(events[range].to_vec())));
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
 
         let mut committed: Vec<Arc<Event>> = Vec::with_capacity(events.len());

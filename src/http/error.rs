@@ -36,6 +36,10 @@ pub enum ApiError {
     /// The server holds as many sockets as it may.
     #[error("the server is at its connection limit; retry later")]
     TooManyConnections,
+    /// Too many connection attempts from one address; retry after the given
+    /// number of seconds.
+    #[error("too many connection attempts from this address; retry in {0} s")]
+    RateLimited(u64),
     /// The log cannot be written or read; the cause is logged, not returned.
     #[error("the event log is unavailable")]
     Unavailable(String),
@@ -67,6 +71,7 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,6 +92,7 @@ impl ApiError {
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Unavailable(_) => "log_unavailable",
             ApiError::TooManyConnections => "too_many_connections",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -108,6 +114,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::RateLimited(secs) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if status == StatusCode::UNAUTHORIZED {
             response

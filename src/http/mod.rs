@@ -57,6 +57,8 @@ pub struct AppState {
     pub ws: Arc<WsSettings>,
     pub sockets: Sockets,
     pub rejections: Arc<RejectionLog>,
+    /// Connection attempts per client address.
+    pub connect_rate: Arc<crate::ws::rate::ConnectRate>,
     /// Demo mode: how long a simulated job runs; `None` when off.
     pub demo: Option<std::time::Duration>,
 }

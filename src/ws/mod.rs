@@ -5,19 +5,22 @@
 //! 401 for a token that does not verify, 403 for a token of another job or a
 //! browser Origin outside the allowlist, 404 for an unknown job. Refusals on a
 //! known job are recorded as `connect_rejected`, at most one per job and reason
-//! per window, the rest counted into the next one recorded.
+//! per window, the rest counted into the next one recorded. An address making
+//! attempts faster than `--connect-rate-per-ip` gets 429 with `Retry-After`.
 
 pub mod protocol;
+pub mod rate;
 pub mod socket;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::header::{HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL, USER_AGENT};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -170,10 +173,15 @@ struct Accepted {
 
 async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Err(wait) = state.connect_rate.take(peer.ip(), Instant::now()) {
+        state.engine.metrics().observe_rate_limited();
+        return ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64).into_response();
+    }
     let job_id = match query.get(param::JOB_ID).map(|j| parse_job_id(j)) {
         None => {
             return ApiError::bad_request(

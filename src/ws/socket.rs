@@ -327,6 +327,9 @@ where
                         let (code, reason) = frame
                             .map(|f| (f.code, f.reason.to_string()))
                             .unwrap_or((close::NO_STATUS, String::new()));
+                        // Complete the closing handshake: the library has
+                        // queued the echo of the client's close frame.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.tx.flush()).await;
                         return Ending::dropped(code, reason);
                     }
                     Some(Err(e)) => return Box::pin(read_error(engine, job_id, session_id, e)).await,

@@ -1,0 +1,81 @@
+//! Connection attempts per client address: a token bucket per IP, so one
+//! address in a reconnect loop is answered 429 with `Retry-After` while every
+//! other client connects as usual.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Buckets idle this long are full again and are forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct ConnectRate {
+    /// Attempts per second an address earns back.
+    per_sec: f64,
+    /// Attempts an address may make at once.
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl ConnectRate {
+    /// `per_sec` of 0 turns the limit off.
+    pub fn new(per_sec: f64, burst: u32) -> Self {
+        ConnectRate {
+            per_sec,
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one attempt for `ip` at `now`; when none is left, how long until
+    /// one is.
+    pub fn take(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if self.per_sec <= 0.0 {
+            return Ok(());
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 10_000 {
+            buckets.retain(|_, (_, at)| now.duration_since(*at) < FORGET_AFTER);
+        }
+        let (tokens, at) = buckets.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / self.per_sec))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_sustained_rate_per_address() {
+        let rate = ConnectRate::new(2.0, 3);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(rate.take(a, t0).is_ok());
+        }
+        let wait = rate.take(a, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        assert!(rate.take(b, t0).is_ok(), "another address is not affected");
+        assert!(rate.take(a, t0 + Duration::from_millis(500)).is_ok());
+        assert!(rate.take(a, t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn zero_turns_it_off() {
+        let rate = ConnectRate::new(0.0, 1);
+        let ip: IpAddr = "::1".parse().unwrap();
+        for _ in 0..100 {
+            assert!(rate.take(ip, Instant::now()).is_ok());
+        }
+    }
+}
