@@ -1,0 +1,363 @@
+//! The crash harness. Round after round on one database: writers append as
+//! fast as the server answers and record every acknowledged event; clients are
+//! connected; the server is killed with SIGKILL at a random moment and started
+//! again. Then: every acknowledged event is in the log with its own payload,
+//! every job's seqs run 1, 2, 3, … with no gap and no duplicate, every session
+//! that was connected got `disconnected` 1012 and later its grace expiry, and
+//! `rejoin verify` passes.
+//!
+//! A negative control runs the same rounds against a server that answers
+//! before committing (`--unsafe-ack-before-commit`): the harness must see it
+//! lose events.
+//!
+//! CI runs a few rounds; the long form:
+//! `REJOIN_CRASH_ITERATIONS=200 cargo test --release --test crash_harness -- --nocapture`
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{mint, next_json, start_binary, ws_connect, PATIENCE, SECRET};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rejoin");
+const WRITERS: u64 = 8;
+const JOBS_PER_ROUND: usize = 4;
+
+fn iterations() -> usize {
+    std::env::var("REJOIN_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
+}
+
+async fn start(db: &Path, unsafe_ack: bool) -> (Child, SocketAddr) {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--grace-secs",
+        "1",
+    ])
+    .arg("--database-url")
+    .arg(format!("sqlite://{}", db.display()));
+    if unsafe_ack {
+        cmd.arg("--unsafe-ack-before-commit");
+    }
+    start_binary(cmd).await
+}
+
+fn token(role: &str, job: Option<Uuid>) -> String {
+    mint(
+        &json!({"sub": "harness", "role": role, "job": job, "exp": chrono::Utc::now().timestamp() + 3600}),
+    )
+}
+
+/// An append the server acknowledged with 201.
+#[derive(Clone, Debug)]
+struct Acked {
+    job: Uuid,
+    seq: i64,
+    writer: u64,
+    n: u64,
+}
+
+/// What one round saw.
+#[derive(Default, Debug)]
+struct Round {
+    acked: usize,
+    lost: Vec<Acked>,
+}
+
+/// Totals over the rounds, printed for docs/RELIABILITY.md.
+#[derive(Default, Debug)]
+struct Totals {
+    rounds: usize,
+    acked: usize,
+    lost: usize,
+    sessions: usize,
+}
+
+async fn create_job(http: &reqwest::Client, addr: SocketAddr) -> Uuid {
+    let res = http
+        .post(format!("http://{addr}/v1/jobs"))
+        .bearer_auth(token("service", None))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json::<Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// One round against the running `server`: load, SIGKILL, restart, check.
+/// Returns the restarted server for the next round.
+async fn round(
+    db: &Path,
+    server: (Child, SocketAddr),
+    unsafe_ack: bool,
+    totals: &mut Totals,
+) -> ((Child, SocketAddr), Round) {
+    let (mut child, addr) = server;
+    let http = reqwest::Client::new();
+    let mut jobs = Vec::new();
+    let mut sessions = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..JOBS_PER_ROUND {
+        let job = create_job(&http, addr).await;
+        if unsafe_ack {
+            // Answered before its commit: wait until the job is really there.
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            while http
+                .get(format!("http://{addr}/v1/jobs/{job}"))
+                .bearer_auth(token("service", None))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                != 200
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "job {job} never appeared"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let mut ws = ws_connect(
+            addr,
+            &format!("jobId={job}&token={}", token("client", Some(job))),
+        )
+        .await
+        .unwrap();
+        let hello = next_json(&mut ws).await;
+        sessions.push(hello["sessionId"].as_str().unwrap().to_owned());
+        jobs.push(job);
+        // Keep reading, so the server never closes a slow consumer.
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = ws.next().await {}
+        }));
+    }
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (http, jobs, acked) = (http.clone(), jobs.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let service = token("service", None);
+            for n in 0.. {
+                let job = jobs[(n as usize + w as usize) % jobs.len()];
+                let body = json!({"type": "progress", "progress": 10.0, "data": {"w": w, "n": n}});
+                let Ok(res) = http
+                    .post(format!("http://{addr}/v1/jobs/{job}/events"))
+                    .bearer_auth(&service)
+                    .json(&body)
+                    .send()
+                    .await
+                else {
+                    return; // the server is gone
+                };
+                if res.status() != 201 {
+                    return;
+                }
+                let Ok(v) = res.json::<Value>().await else {
+                    return;
+                };
+                let seq = v["seq"].as_i64().expect("a 201 names its seq");
+                acked.lock().unwrap().push(Acked {
+                    job,
+                    seq,
+                    writer: w,
+                    n,
+                });
+            }
+        }));
+    }
+
+    // A random moment, then SIGKILL.
+    let mut bytes = [0u8; 2];
+    getrandom::fill(&mut bytes).unwrap();
+    let after = 100 + u64::from(u16::from_le_bytes(bytes)) % 600;
+    tokio::time::sleep(Duration::from_millis(after)).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    for r in readers {
+        r.abort();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+
+    let (child, addr) = start(db, unsafe_ack).await;
+
+    // Every acknowledged event is there, with its own payload.
+    let log = read_log(db);
+    let mut result = Round {
+        acked: acked.len(),
+        lost: Vec::new(),
+    };
+    for a in &acked {
+        let stored = log.get(&(a.job, a.seq));
+        let ours = stored.is_some_and(|(kind, _, payload)| {
+            kind == "progress" && payload["data"] == json!({"w": a.writer, "n": a.n})
+        });
+        if !ours {
+            result.lost.push(a.clone());
+        }
+    }
+    totals.rounds += 1;
+    totals.acked += result.acked;
+    totals.lost += result.lost.len();
+    if unsafe_ack {
+        return ((child, addr), result);
+    }
+
+    // Every job's seqs: 1, 2, 3, … (none missing, none twice).
+    let mut seqs: HashMap<Uuid, Vec<i64>> = HashMap::new();
+    for (job, seq) in log.keys() {
+        seqs.entry(*job).or_default().push(*seq);
+    }
+    for (job, mut s) in seqs {
+        s.sort_unstable();
+        let expected: Vec<i64> = (1..=s.len() as i64).collect();
+        assert_eq!(s, expected, "job {job}'s seqs");
+    }
+
+    // Every connected session was recorded as closed by the restart (1012),
+    // then expired once its fresh grace window passed.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let log = read_log(db);
+        let mut expired = 0;
+        for session in &sessions {
+            let mine: Vec<&(String, Option<String>, Value)> = log
+                .values()
+                .filter(|(_, s, _)| s.as_deref() == Some(session))
+                .collect();
+            let closes: Vec<_> = mine.iter().filter(|e| e.0 == "disconnected").collect();
+            assert_eq!(closes.len(), 1, "one close for session {session}");
+            assert_eq!(closes[0].2["code"], 1012, "session {session}");
+            assert_eq!(closes[0].2["reason"], "server restart");
+            expired += mine.iter().filter(|e| e.0 == "grace_expired").count();
+        }
+        if expired == sessions.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "grace windows expired: {expired} of {}",
+            sessions.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    totals.sessions += sessions.len();
+
+    let verify = Command::new(BIN)
+        .arg("verify")
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", db.display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "rejoin verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    ((child, addr), result)
+}
+
+/// Every stored event by (job, seq): kind, session, payload.
+fn read_log(db: &Path) -> HashMap<(Uuid, i64), (String, Option<String>, Value)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT job_id, seq, kind, session_id, payload FROM events")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })
+        .unwrap();
+    let mut log = HashMap::new();
+    let mut seen = HashSet::new();
+    for row in rows {
+        let (job, seq, kind, session, payload) = row.unwrap();
+        let job: Uuid = job.parse().unwrap();
+        assert!(seen.insert((job, seq)), "({job}, {seq}) stored twice");
+        log.insert(
+            (job, seq),
+            (kind, session, serde_json::from_str(&payload).unwrap()),
+        );
+    }
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_event_is_lost_across_sigkills() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("harness.db");
+    let mut server = start(&db, false).await;
+    let mut totals = Totals::default();
+    for i in 0..iterations() {
+        let (next, round) = round(&db, server, false, &mut totals).await;
+        server = next;
+        assert!(
+            round.lost.is_empty(),
+            "round {i}: {} of {} acknowledged events lost, e.g. {:?}",
+            round.lost.len(),
+            round.acked,
+            &round.lost[..round.lost.len().min(3)]
+        );
+        assert!(round.acked > 0, "round {i} acknowledged nothing");
+    }
+    println!(
+        "crash harness: {} SIGKILL rounds, {} acknowledged events checked, {} lost, {} sessions recorded 1012 and expired",
+        totals.rounds, totals.acked, totals.lost, totals.sessions
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_catches_an_acknowledgement_before_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("control.db");
+    let mut server = start(&db, true).await;
+    let mut totals = Totals::default();
+    let mut caught = None;
+    for i in 0..10 {
+        let (next, round) = round(&db, server, true, &mut totals).await;
+        server = next;
+        if !round.lost.is_empty() {
+            caught = Some((i, round.lost.len(), round.acked));
+            break;
+        }
+    }
+    let (i, lost, acked) = caught.expect("acknowledging before the commit must lose events");
+    println!(
+        "negative control: loss detected in round {} ({lost} of {acked} acknowledged events lost)",
+        i + 1
+    );
+}
