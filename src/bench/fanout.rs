@@ -1,7 +1,8 @@
 //! Scenario 2, fan-out: WebSocket clients on their own jobs, progress POSTed at
 //! a fixed total rate; the time from sending each POST to its client receiving
-//! the event (durable in between), with loss and order checked. The baseline is
-//! a bare WebSocket round trip on loopback in the same run.
+//! the event (durable in between), with loss and order checked. The server runs
+//! as its own process. The baseline is a bare WebSocket round trip on loopback
+//! in the same run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{BenchServer, Latencies};
+use super::{create_job, spawn_rejoin, BenchServer, Latencies};
 use crate::config::BenchArgs;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -27,12 +28,31 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bare.summary()
     );
 
+    // The server runs as its own process, so its threads do not share a
+    // runtime with the 1,000 readers and the driver.
     let dir = tempfile::tempdir()?;
-    let server = BenchServer::start(&dir.path().join("fanout.db"), &[]).await?;
-    let service = server.token("service", None);
+    let db = format!("sqlite://{}", dir.path().join("fanout.db").display());
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let (server, addr) = spawn_rejoin(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db,
+        "--jwt-secret",
+        &secret,
+        "--connect-rate-per-ip",
+        "0",
+    ])
+    .await?;
+    let tokens = BenchServer::tokens(&secret);
+    let service = tokens.service();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
     let mut jobs = Vec::with_capacity(clients);
     for _ in 0..clients {
-        jobs.push(server.create_job(&service).await?);
+        jobs.push(create_job(&http, &addr, &service).await?);
     }
 
     let base = Instant::now();
@@ -42,9 +62,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut readers = Vec::new();
     for job in &jobs {
         let url = format!(
-            "ws://{}/ws/progress?jobId={job}&token={}",
-            server.addr,
-            server.token("client", Some(*job))
+            "ws://{addr}/ws/progress?jobId={job}&token={}",
+            tokens.client(*job)
         );
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
         ws.next().await; // connected
@@ -84,8 +103,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut posts = Vec::with_capacity(total);
     for i in 0..total {
         tick.tick().await;
-        let url = server.url(&format!("/v1/jobs/{}/events", jobs[i % clients]));
-        let (http, token, failures) = (server.http.clone(), service.clone(), failures.clone());
+        let url = format!("http://{addr}/v1/jobs/{}/events", jobs[i % clients]);
+        let (http, token, failures) = (http.clone(), service.clone(), failures.clone());
         posts.push(tokio::spawn(async move {
             let t = base.elapsed().as_nanos() as u64;
             let body = json!({"type": "progress", "progress": 50.0, "data": {"t": t}});
@@ -128,7 +147,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         (total as u64).saturating_sub(got),
         disorder.load(Ordering::Relaxed)
     );
-    server.stop().await
+    drop(server);
+    Ok(())
 }
 
 /// Round trips of a 150-byte text message through a bare tokio-tungstenite

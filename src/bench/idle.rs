@@ -55,6 +55,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         &db,
         "--jwt-secret",
         &secret,
+        "--connect-rate-per-ip",
+        "0",
         "--max-connections",
         &limit,
     ])

@@ -127,6 +127,8 @@ impl BenchServer {
             &url,
             "--jwt-secret",
             &secret,
+            "--connect-rate-per-ip",
+            "0",
         ];
         argv.extend_from_slice(extra);
         let app = Application::build(ServeArgs::from_args(argv)?).await?;
@@ -220,10 +222,18 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// Starts `rejoin ARGS…` as its own process (for figures that must be its own,
 /// like memory, or to kill it) and waits for the address on its first line.
 pub async fn spawn_rejoin(args: &[&str]) -> anyhow::Result<(tokio::process::Child, String)> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.args(args).env("REJOIN_LOG", "warn");
+    spawn_announcing(command).await
+}
+
+/// Starts a server process that prints `… http://ADDR` as its first line, and
+/// returns it with that address.
+pub async fn spawn_announcing(
+    mut command: tokio::process::Command,
+) -> anyhow::Result<(tokio::process::Child, String)> {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(args)
-        .env("REJOIN_LOG", "warn")
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -234,6 +244,27 @@ pub async fn spawn_rejoin(args: &[&str]) -> anyhow::Result<(tokio::process::Chil
         .ok_or_else(|| anyhow::anyhow!("the process printed no address"))?;
     let addr = line.rsplit("http://").next().unwrap_or_default().to_owned();
     Ok((child, addr))
+}
+
+/// A free loopback port, for a server that must come back on the same one.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A reconnect delay drawn uniformly from `[0, min(cap, base * 2^attempt))`
+/// ("full jitter"), as rejoin.js and a well-behaved mobile client wait.
+pub fn full_jitter(attempt: u32, base_ms: u64, cap_ms: u64) -> Duration {
+    let ceiling = cap_ms.min(base_ms.saturating_mul(1 << attempt.min(20)));
+    Duration::from_millis(random_below(ceiling.max(1)))
+}
+
+/// A random number in `[0, n)`.
+pub fn random_below(n: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes) % n.max(1)
 }
 
 /// Mints HS256 tokens for a server whose secret the bench chose.

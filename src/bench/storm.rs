@@ -11,23 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use rand_jitter::full_jitter;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::{create_job, first_message, rate, rss_kib, spawn_rejoin, BenchServer, Latencies};
+use super::{
+    create_job, first_message, free_port, full_jitter, rate, rss_kib, spawn_rejoin, BenchServer,
+    Latencies,
+};
 use crate::config::BenchArgs;
-
-mod rand_jitter {
-    /// A delay drawn uniformly from `[0, min(cap, base * 2^attempt))`.
-    pub fn full_jitter(attempt: u32, base_ms: u64, cap_ms: u64) -> std::time::Duration {
-        let ceiling = cap_ms.min(base_ms.saturating_mul(1 << attempt.min(20)));
-        let mut bytes = [0u8; 8];
-        let _ = getrandom::fill(&mut bytes);
-        std::time::Duration::from_millis(u64::from_le_bytes(bytes) % ceiling.max(1))
-    }
-}
 
 async fn serve(db: &str, secret: &str, listen: &str) -> anyhow::Result<tokio::process::Child> {
     let args = [
@@ -38,6 +30,8 @@ async fn serve(db: &str, secret: &str, listen: &str) -> anyhow::Result<tokio::pr
         db,
         "--jwt-secret",
         secret,
+        "--connect-rate-per-ip",
+        "0",
         "--grace-secs",
         "60",
     ];
@@ -58,10 +52,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let db = format!("sqlite://{}", dir.path().join("storm.db").display());
     let secret = Uuid::new_v4().simple().to_string();
     let tokens = BenchServer::tokens(&secret);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_port()?);
     let mut server = serve(&db, &secret, &listen).await?;
     let http = reqwest::Client::new();
     let mut jobs = Vec::with_capacity(n);
