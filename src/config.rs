@@ -287,6 +287,10 @@ pub enum BenchScenario {
     /// Reconnect storm: clients on live jobs, the server killed and restarted
     /// under them.
     Storm,
+    /// The peer: rejoin and a Socket.IO 4 server with connection-state
+    /// recovery side by side (fan-out, TCP-reset and silent drops, a restart,
+    /// idle memory). Needs Node.js and npm; installs the peer with `npm ci`.
+    Peer,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -299,4 +303,8 @@ pub struct BenchArgs {
     /// (default 600 s, 2 s with --smoke).
     #[arg(long)]
     pub soak_secs: Option<u64>,
+    /// For `peer`: the folder holding the Socket.IO server (default
+    /// `benches/socketio` in the source tree).
+    #[arg(long)]
+    pub peer_dir: Option<std::path::PathBuf>,
 }

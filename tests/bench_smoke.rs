@@ -68,3 +68,21 @@ async fn storm_smoke() {
     assert!(out.contains("resumed 200 of 200"), "{out}");
     assert!(out.contains("received exactly once by 200"), "{out}");
 }
+
+/// The Socket.IO peer side by side (needs Node.js and npm, which install it).
+/// rejoin must deliver every acknowledged event through resets, silent drops
+/// and a restart; what Socket.IO delivers is a measurement, not checked.
+#[tokio::test]
+async fn peer_smoke() {
+    let out = bench("peer").await;
+    let rejoin_rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("rejoin ") && l.contains("acknowledged"))
+        .collect();
+    assert_eq!(rejoin_rows.len(), 4, "{out}");
+    for row in rejoin_rows {
+        assert!(row.contains(", lost 0, duplicates 0,"), "{row}\n{out}");
+    }
+    assert!(out.contains("silent drops (half-open)"), "{out}");
+    assert!(out.contains("idle memory per connection"), "{out}");
+}

@@ -8,6 +8,7 @@
 mod appends;
 mod fanout;
 pub mod idle;
+mod peer;
 mod replay;
 mod resume;
 mod storm;
@@ -46,6 +47,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchScenario::Replay => replay::run(&args).await?,
         BenchScenario::Idle => idle::run(&args).await?,
         BenchScenario::Storm => storm::run(&args).await?,
+        BenchScenario::Peer => peer::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
