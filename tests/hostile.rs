@@ -134,8 +134,15 @@ async fn tokens_in_the_wrong_place_get_403_and_append_nothing() {
     let before = app.count_events().await;
     let client = app.token(Role::Client, Some(job));
     let progress = json!({"type": "progress", "progress": 50.0});
-    let res = app.post_as("/v1/jobs", &client, &json!({})).await;
-    assert_eq!(res.status(), 403, "a client creating a job");
+    // The role is checked before the body: even a malformed one gets 403.
+    for body in [json!({}), json!({"type": "progress"}), json!([1])] {
+        let res = app.post_as("/v1/jobs", &client, &body).await;
+        assert_eq!(res.status(), 403, "a client creating a job with {body}");
+        let res = app
+            .post_as(&format!("/v1/jobs/{job}/events"), &client, &body)
+            .await;
+        assert_eq!(res.status(), 403, "a client appending {body}");
+    }
     for (path, token) in [
         (format!("/v1/jobs/{job}/events"), client.clone()),
         (format!("/v1/jobs/{other}/events"), client.clone()),

@@ -49,6 +49,7 @@ pub struct PageQuery {
     pub after: Option<i64>,
     /// Page size: default 1000, at most 10,000 (for NDJSON: no default limit).
     #[serde(default)]
+    #[param(minimum = 1, value_type = Option<u64>)]
     pub limit: Option<u32>,
 }
 

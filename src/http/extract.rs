@@ -62,6 +62,20 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// A caller with a service token: refused (401/403) before the request's ids
+/// and body are looked at.
+pub struct ServiceCaller(pub Claims);
+
+impl FromRequestParts<AppState> for ServiceCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(&[Role::Service])?;
+        Ok(ServiceCaller(caller.0))
+    }
+}
+
 /// A JSON body parsed into `T`. An empty body parses as `{}`; bodies over the
 /// configured limit get 413; anything unparseable gets 400 naming the problem.
 pub struct JsonBody<T>(pub T);

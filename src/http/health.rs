@@ -41,7 +41,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+    responses((status = 200, description = "Prometheus metrics, OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let body = state.engine.metrics().render(state.engine.live_sockets());
     (

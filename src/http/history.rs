@@ -28,6 +28,7 @@ pub struct HistoryQuery {
     pub offset: Option<usize>,
     /// Sessions per page: default 100, at most 1000.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

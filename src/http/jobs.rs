@@ -13,7 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{parse_job_id, Caller, JsonBody};
+use super::extract::{parse_job_id, Caller, JsonBody, ServiceCaller};
 use super::AppState;
 use crate::auth::Role;
 use crate::domain::event::{
@@ -75,11 +75,10 @@ pub struct CreateJobResponse {
 )]
 pub async fn create_job(
     State(state): State<AppState>,
-    caller: Caller,
+    _service: ServiceCaller,
     headers: HeaderMap,
     JsonBody(req): JsonBody<CreateJobRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require(&[Role::Service])?;
     let ttl = state.client_token_ttl(req.client_token_ttl_secs)?;
     let job_id = req.job_id.unwrap_or_else(Uuid::new_v4);
     let outcome = state
@@ -213,12 +212,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 )]
 pub async fn append_event(
     State(state): State<AppState>,
-    caller: Caller,
+    _service: ServiceCaller,
     Path(job_id): Path<String>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<AppendRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require(&[Role::Service])?;
     let job_id = parse_job_id(&job_id)?;
     let key = idempotency_key(&headers)?;
     let outcome = state.engine.append(job_id, req.into(), key).await?;
