@@ -80,6 +80,7 @@ async fn job_state(http: &reqwest::Client, addr: SocketAddr, job: Uuid) -> Value
 async fn after_sigkill_sessions_are_recorded_as_server_restart_and_resume_or_expire_on_time() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("rejoin.db");
+    let url = format!("sqlite://{}", db.display());
     let http = reqwest::Client::new();
     let (mut first, addr) = start(&db, "2").await;
 
@@ -113,7 +114,7 @@ async fn after_sigkill_sessions_are_recorded_as_server_restart_and_resume_or_exp
 
     let (mut second, addr) = start(&db, "2").await;
     for job in [resuming, abandoned] {
-        let d = events_of(&db, job, "disconnected").await;
+        let d = events_of(&url, job, "disconnected").await;
         assert_eq!(d.len(), 1, "one disconnect for {job}");
         assert_eq!(d[0].payload["code"], 1012);
         assert_eq!(d[0].payload["reason"], "server restart");
@@ -142,13 +143,13 @@ async fn after_sigkill_sessions_are_recorded_as_server_restart_and_resume_or_exp
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let until: chrono::DateTime<chrono::Utc> = events_of(&db, abandoned, "disconnected").await[0]
+    let until: chrono::DateTime<chrono::Utc> = events_of(&url, abandoned, "disconnected").await[0]
         .payload["graceUntil"]
         .as_str()
         .unwrap()
         .parse()
         .unwrap();
-    let expired = events_of(&db, abandoned, "grace_expired").await;
+    let expired = events_of(&url, abandoned, "grace_expired").await;
     assert_eq!(expired.len(), 1);
     let late = expired[0].at - until;
     assert!(late >= chrono::Duration::zero(), "expired {late} early");
@@ -156,7 +157,7 @@ async fn after_sigkill_sessions_are_recorded_as_server_restart_and_resume_or_exp
         late < chrono::Duration::milliseconds(1500),
         "expired {late} late"
     );
-    assert!(events_of(&db, resuming, "grace_expired").await.is_empty());
+    assert!(events_of(&url, resuming, "grace_expired").await.is_empty());
 
     let pid = second.id().unwrap().to_string();
     assert!(std::process::Command::new("kill")

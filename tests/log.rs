@@ -6,46 +6,39 @@ mod common;
 
 use std::time::Duration;
 
-use common::spawn_app;
+use common::{spawn_app, Db};
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rejoin");
-
-async fn connect(db: &std::path::Path) -> sqlx::SqliteConnection {
-    sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn the_database_refuses_update_and_delete_on_events() {
     let app = spawn_app().await;
     let job = app.create_job().await;
     app.progress(job, 10.0).await;
-    let mut conn = connect(&app.db_path()).await;
-    let update = sqlx::query("UPDATE events SET payload = '{}' WHERE seq = 2")
-        .execute(&mut conn)
+    let mut db = Db::connect(&app.db_url()).await;
+    let update = db
+        .execute("UPDATE events SET payload = '{}' WHERE seq = 2")
         .await
         .unwrap_err();
-    assert!(update.to_string().contains("append-only"), "{update}");
-    let delete = sqlx::query("DELETE FROM events")
-        .execute(&mut conn)
+    assert!(update.contains("append-only"), "{update}");
+    let delete = db.execute("DELETE FROM events").await.unwrap_err();
+    assert!(delete.contains("append-only"), "{delete}");
+    let epoch = db
+        .execute("UPDATE log_meta SET epoch = 'x'")
         .await
         .unwrap_err();
-    assert!(delete.to_string().contains("append-only"), "{delete}");
-    let epoch = sqlx::query("UPDATE log_meta SET epoch = 'x'")
-        .execute(&mut conn)
-        .await
-        .unwrap_err();
-    assert!(epoch.to_string().contains("immutable"), "{epoch}");
+    assert!(epoch.contains("immutable"), "{epoch}");
+    if app.is_postgres() {
+        let truncate = db.execute("TRUNCATE events").await.unwrap_err();
+        assert!(truncate.contains("append-only"), "{truncate}");
+    }
     assert_eq!(app.count_events().await, 2);
 }
 
-async fn verify(db: &std::path::Path) -> (bool, String) {
+async fn verify(url: &str) -> (bool, String) {
     let out = tokio::process::Command::new(BIN)
-        .args(["verify", "--database-url"])
-        .arg(format!("sqlite://{}", db.display()))
+        .args(["verify", "--database-url", url])
         .output()
         .await
         .unwrap();
@@ -65,32 +58,31 @@ async fn verify_passes_on_a_good_log_and_names_the_first_tampered_event() {
         app.progress(b, p).await;
     }
     app.stop().await;
-    let db = app.db_path();
-    let (ok, out) = verify(&db).await;
+    let url = app.db_url();
+    let (ok, out) = verify(&url).await;
     assert!(ok, "{out}");
     assert!(out.contains("8 events in 2 jobs"), "{out}");
 
     // Tamper with job a's seq 3 (progress 20 -> 99), with the triggers dropped.
-    let mut conn = connect(&db).await;
-    sqlx::query("DROP TRIGGER events_refuse_update")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query(
-        "UPDATE events SET payload = replace(payload, '20.0', '99.0') WHERE job_id = ? AND seq = 3",
-    )
-    .bind(a.to_string())
-    .execute(&mut conn)
+    let mut db = Db::connect(&url).await;
+    let drop_trigger = if app.is_postgres() {
+        "DROP TRIGGER events_append_only ON events"
+    } else {
+        "DROP TRIGGER events_refuse_update"
+    };
+    db.execute(drop_trigger).await.unwrap();
+    db.execute(&format!(
+        "UPDATE events SET payload = replace(payload, '20.0', '99.0') WHERE job_id = '{a}' AND seq = 3"
+    ))
     .await
     .unwrap();
-    let position: i64 =
-        sqlx::query_scalar("SELECT position FROM events WHERE job_id = ? AND seq = 3")
-            .bind(a.to_string())
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-    conn.close().await.unwrap();
-    let (ok, out) = verify(&db).await;
+    let position = db
+        .scalar(&format!(
+            "SELECT position FROM events WHERE job_id = '{a}' AND seq = 3"
+        ))
+        .await;
+    db.close().await;
+    let (ok, out) = verify(&url).await;
     assert!(!ok, "verify must fail: {out}");
     assert!(
         out.contains(&format!("position {position} (job {a}, seq 3)")),
@@ -106,13 +98,22 @@ async fn concurrent_appends_share_commits_and_are_acknowledged_only_after_them()
     let commits_before = stats.commits.load(std::sync::atomic::Ordering::SeqCst);
     let events_before = stats.events.load(std::sync::atomic::Ordering::SeqCst);
 
-    // Hold SQLite's write lock from another connection: the writer's first
-    // commit waits on it while the other appends queue behind.
-    let mut blocker = connect(&app.db_path()).await;
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    // Hold the log's write lock from another connection (SQLite's, or the
+    // advisory lock PostgreSQL appends take): the writer's first commit waits
+    // on it while the other appends queue behind.
+    let mut blocker = Db::connect(&app.db_url()).await;
+    if app.is_postgres() {
+        blocker.execute("BEGIN").await.unwrap();
+        blocker
+            .execute(&format!(
+                "SELECT pg_advisory_xact_lock({})",
+                rejoin::log::postgres::APPEND_LOCK
+            ))
+            .await
+            .unwrap();
+    } else {
+        blocker.execute("BEGIN IMMEDIATE").await.unwrap();
+    }
 
     const N: usize = 64;
     let mut tasks = tokio::task::JoinSet::new();
@@ -159,7 +160,7 @@ async fn concurrent_appends_share_commits_and_are_acknowledged_only_after_them()
         commits_before
     );
 
-    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    blocker.execute("COMMIT").await.unwrap();
     let mut seqs = Vec::new();
     while let Some(seq) = tasks.join_next().await {
         seqs.push(seq.unwrap());
@@ -222,7 +223,11 @@ async fn the_binary_starts_with_no_configuration_and_stops_cleanly_on_sigterm() 
         .unwrap();
     assert!(status.success(), "exit status {status}");
     assert_eq!(
-        common::count_events(&cwd.path().join("sqlite/rejoin.db")).await,
+        common::count_events(&format!(
+            "sqlite://{}",
+            cwd.path().join("sqlite/rejoin.db").display()
+        ))
+        .await,
         1
     );
 }

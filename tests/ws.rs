@@ -507,7 +507,7 @@ async fn shutdown_closes_sockets_with_1001_and_records_it() {
     let job = app.create_job().await;
     let mut ws = app.ws_client(job).await;
     next_json(&mut ws).await;
-    let db = app.db_path();
+    let db = app.db_url();
     let _dir = app.dir.clone();
     let stopping = tokio::spawn(async move {
         app.stop().await;

@@ -25,13 +25,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Logs to stderr; `REJOIN_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+/// Logs to stderr; `REJOIN_LOG` (or `RUST_LOG`) sets the filter, default `info`
+/// (PostgreSQL notices such as "relation already exists, skipping" only from `warn`).
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("REJOIN_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".into());
+        .unwrap_or_else(|| "info,sqlx::postgres::notice=warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)

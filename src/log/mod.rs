@@ -7,6 +7,7 @@
 //! unique `(job_id, seq)` is the last line of defence against two writers.
 
 pub mod chain;
+pub mod postgres;
 pub mod sqlite;
 mod sqlite_scan;
 pub mod verify;
@@ -130,13 +131,12 @@ pub trait LogStore: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Opens the log named by a database URL: `sqlite://PATH`, `sqlite:PATH` or a
-/// bare file path.
+/// Opens the log named by a database URL: `postgres://…` (or `postgresql://…`)
+/// for PostgreSQL; `sqlite://PATH`, `sqlite:PATH` or a bare file path for
+/// SQLite.
 pub async fn open(url: &str) -> Result<Arc<dyn LogStore>, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StoreError::Open(
-            "PostgreSQL is not supported by this build yet; use a sqlite:// URL".into(),
-        ));
+    if postgres::is_postgres(url) {
+        return Ok(Arc::new(postgres::PostgresStore::open(url).await?));
     }
     Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
 }

@@ -1,5 +1,9 @@
-//! Shared test harness: a real server on a loopback port over a fresh SQLite
-//! file, real HTTP clients, and helpers to mint and send tokens.
+//! Shared test harness: a real server on a loopback port over a fresh
+//! database, real HTTP clients, and helpers to mint and send tokens.
+//!
+//! The database is a SQLite file in the test's temp directory, or, with
+//! `REJOIN_TEST_POSTGRES_URL` set (`.ci/run` sets it for its PostgreSQL pass),
+//! a fresh schema of its own on that PostgreSQL server.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -34,6 +38,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
     pub dir: Arc<tempfile::TempDir>,
+    /// The database URL the server was started on.
+    pub database_url: String,
     pub engine: Engine,
     pub extra_args: Vec<String>,
     stop: Option<oneshot::Sender<()>>,
@@ -45,12 +51,17 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The SQLite file (meaningful on the SQLite backend only).
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("rejoin.db")
     }
 
     pub fn db_url(&self) -> String {
-        format!("sqlite://{}", self.db_path().display())
+        self.database_url.clone()
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        rejoin::log::postgres::is_postgres(&self.database_url)
     }
 
     /// A token signed with the test server's secret.
@@ -112,9 +123,9 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
-    /// Rows in the events table, read straight from the database file.
+    /// Rows in the events table, read straight from the database.
     pub async fn count_events(&self) -> i64 {
-        count_events(&self.db_path()).await
+        count_events(&self.database_url).await
     }
 
     /// Stops the server gracefully and waits for it.
@@ -132,7 +143,7 @@ impl TestApp {
         self.stop().await;
         let dir = self.dir.clone();
         let extra = self.extra_args.clone();
-        spawn_in(dir, extra).await
+        spawn_on(dir, self.database_url.clone(), extra).await
     }
 }
 
@@ -153,15 +164,71 @@ pub fn mint(claims: &Value) -> String {
     .unwrap()
 }
 
-pub async fn count_events(db: &Path) -> i64 {
+/// Rows in the events table of the log at `url`.
+pub async fn count_events(url: &str) -> i64 {
+    let mut db = Db::connect(url).await;
+    db.scalar("SELECT count(*) FROM events").await
+}
+
+/// A fresh database for a test server: a SQLite file in `dir`, or a schema
+/// of its own on `REJOIN_TEST_POSTGRES_URL`'s server.
+pub async fn fresh_database(dir: &Path) -> String {
+    let Ok(server) = std::env::var("REJOIN_TEST_POSTGRES_URL") else {
+        return format!("sqlite://{}", dir.join("rejoin.db").display());
+    };
     use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+    let schema = format!("t_{}", Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("REJOIN_TEST_POSTGRES_URL answers");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
         .await
         .unwrap();
-    sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
+    let sep = if server.contains('?') { '&' } else { '?' };
+    format!("{server}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// A direct connection to a test database, for what the API cannot do
+/// (tamper with rows, hold the write lock).
+pub enum Db {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl Db {
+    pub async fn connect(url: &str) -> Db {
+        use sqlx::Connection;
+        if rejoin::log::postgres::is_postgres(url) {
+            Db::Postgres(sqlx::PgConnection::connect(url).await.unwrap())
+        } else {
+            Db::Sqlite(sqlx::SqliteConnection::connect(url).await.unwrap())
+        }
+    }
+
+    /// Runs one statement; the database's error message on failure.
+    pub async fn execute(&mut self, sql: &str) -> Result<u64, String> {
+        match self {
+            Db::Sqlite(c) => sqlx::query(sql).execute(c).await.map(|r| r.rows_affected()),
+            Db::Postgres(c) => sqlx::query(sql).execute(c).await.map(|r| r.rows_affected()),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    pub async fn scalar(&mut self, sql: &str) -> i64 {
+        match self {
+            Db::Sqlite(c) => sqlx::query_scalar(sql).fetch_one(c).await.unwrap(),
+            Db::Postgres(c) => sqlx::query_scalar(sql).fetch_one(c).await.unwrap(),
+        }
+    }
+
+    pub async fn close(self) {
+        use sqlx::Connection;
+        match self {
+            Db::Sqlite(c) => c.close().await.unwrap(),
+            Db::Postgres(c) => c.close().await.unwrap(),
+        }
+    }
 }
 
 /// Starts a server on port 0 over a fresh database in a temp directory.
@@ -175,8 +242,13 @@ pub async fn spawn_with(extra: &[&str]) -> TestApp {
 }
 
 pub async fn spawn_in(dir: Arc<tempfile::TempDir>, extra: Vec<String>) -> TestApp {
+    let db = fresh_database(dir.path()).await;
+    spawn_on(dir, db, extra).await
+}
+
+/// Starts a server on the database at `db`.
+pub async fn spawn_on(dir: Arc<tempfile::TempDir>, db: String, extra: Vec<String>) -> TestApp {
     init_logs();
-    let db = format!("sqlite://{}", dir.path().join("rejoin.db").display());
     let mut args: Vec<String> = [
         "--listen",
         "127.0.0.1:0",
@@ -201,6 +273,7 @@ pub async fn spawn_in(dir: Arc<tempfile::TempDir>, extra: Vec<String>) -> TestAp
         addr,
         http: reqwest::Client::new(),
         dir,
+        database_url: db,
         engine,
         extra_args: extra,
         stop: Some(stop),
@@ -257,7 +330,7 @@ impl TestApp {
 
     /// The job's events of one kind, from the database file.
     pub async fn events_of(&self, job: Uuid, kind: &str) -> Vec<LoggedEvent> {
-        events_of(&self.db_path(), job, kind).await
+        events_of(&self.database_url, job, kind).await
     }
 }
 
@@ -325,25 +398,24 @@ pub struct LoggedEvent {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
-pub async fn events_of(db: &Path, job: Uuid, kind: &str) -> Vec<LoggedEvent> {
-    use sqlx::{Connection, Row};
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    sqlx::query("SELECT seq, session_id, payload, at FROM events WHERE job_id = ? AND kind = ? ORDER BY seq")
-        .bind(job.to_string())
-        .bind(kind)
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| LoggedEvent {
-            seq: r.get("seq"),
-            session_id: r.get("session_id"),
-            payload: serde_json::from_str(r.get::<&str, _>("payload")).unwrap(),
-            at: r.get::<&str, _>("at").parse().unwrap(),
-        })
-        .collect()
+/// A job's stored events of one kind, in seq order, from the log at `url`.
+pub async fn events_of(url: &str, job: Uuid, kind: &str) -> Vec<LoggedEvent> {
+    let store = rejoin::log::open(url).await.unwrap();
+    let mut out = Vec::new();
+    rejoin::log::for_each_job_event(store.as_ref(), &job.to_string(), i64::MAX, |e| {
+        if e.body.kind() == kind {
+            out.push(LoggedEvent {
+                seq: e.seq,
+                session_id: e.session_id.map(|s| s.to_string()),
+                payload: serde_json::from_str(&e.body.encode()).unwrap(),
+                at: e.at,
+            });
+        }
+    })
+    .await
+    .unwrap();
+    store.close().await;
+    out
 }
 
 impl TestApp {
