@@ -50,6 +50,7 @@ impl Application {
         let heartbeat_interval =
             seconds("--heartbeat-interval-secs", args.heartbeat_interval_secs)?;
         let heartbeat_timeout = seconds("--heartbeat-timeout-secs", args.heartbeat_timeout_secs)?;
+        let node_lease = seconds("--node-lease-secs", args.node_lease_secs)?;
         anyhow::ensure!(args.send_queue > 0, "--send-queue must be at least 1");
         let demo = if args.demo {
             Some(seconds("--demo-duration-secs", args.demo_duration_secs)?)
@@ -71,6 +72,7 @@ impl Application {
         let settings = EngineSettings {
             grace,
             unsafe_ack_before_commit: args.unsafe_ack_before_commit,
+            node_lease,
             ..EngineSettings::default()
         };
         let (engine, tasks) = Engine::start(store, clock, settings, engine_stop.clone()).await?;
@@ -158,6 +160,9 @@ impl Application {
         engine_stop.cancel();
         tasks.scheduler.await.context("the scheduler panicked")?;
         tasks.writer.await.context("the log writer panicked")?;
+        if let Some(leases) = tasks.leases {
+            leases.await.context("the lease keeper panicked")?;
+        }
         store.close().await;
         tracing::info!("log flushed; bye");
         Ok(())

@@ -172,6 +172,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REJOIN_CONNECT_BURST_PER_IP", default_value_t = 100)]
     pub connect_burst_per_ip: u32,
 
+    /// On a PostgreSQL log shared by several nodes: seconds a node's lease
+    /// lasts without renewal. When a node's lease runs out (it died), another
+    /// node records its open sessions as disconnected (1012).
+    #[arg(long, env = "REJOIN_NODE_LEASE_SECS", default_value_t = 10.0)]
+    pub node_lease_secs: f64,
+
     /// Breaks durability on purpose: answers appends before they are
     /// committed. Only for the crash harness's negative control, which must
     /// see it lose events. Never set it anywhere else.

@@ -92,6 +92,7 @@ async fn generate(store: &SqliteStore) -> Expected {
                 sub: "c".into(),
                 last_seq: 0,
                 user_agent: None,
+                node: None,
             }),
         );
         w.expected.sessions += 1;
@@ -152,6 +153,7 @@ async fn generate(store: &SqliteStore) -> Expected {
                         client_epoch: None,
                         missed: 0,
                         user_agent: None,
+                        node: None,
                     }),
                 );
                 w.expected.reconnects += 1;

@@ -220,10 +220,12 @@ async fn round(
     }
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     if crash == Crash::PowerLoss {
-        let (end, cut) = tear_wal_tail(&db.with_extension("db-wal")).expect("a WAL to tear");
-        assert!(end > 32, "the WAL holds a valid commit");
-        totals.torn += 1;
-        totals.dropped_bytes += cut - end;
+        // Right after a checkpoint the WAL may hold no commit: everything is
+        // in the database file, and only a torn tail is written.
+        if let Some((end, cut)) = tear_wal_tail(&db.with_extension("db-wal")) {
+            totals.torn += usize::from(end > 32);
+            totals.dropped_bytes += cut - end;
+        }
     }
 
     let (child, addr) = start(db, unsafe_ack).await;
@@ -475,7 +477,7 @@ async fn no_acknowledged_event_is_lost_when_the_unsynced_tail_is_torn() {
         );
     }
     println!(
-        "power loss (torn WAL tail): {} rounds, {} acknowledged events checked, {} lost; {} WALs torn at a random point past their last commit ({} bytes of unsynced tail dropped in all)",
+        "power loss (torn WAL tail): {} rounds, {} acknowledged events checked, {} lost; {} WALs cut past a valid commit, {} bytes of unsynced tail dropped in all",
         totals.rounds, totals.acked, totals.lost, totals.torn, totals.dropped_bytes
     );
 }

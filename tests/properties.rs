@@ -157,6 +157,7 @@ fn run(ops: &[(usize, Op)], jobs: &[Uuid]) -> (Vec<EventRow>, World) {
                     client_epoch: reconnect.then(|| EPOCH.to_owned()),
                     log_epoch: EPOCH.into(),
                     user_agent: None,
+                    node: behind.is_positive().then(|| format!("node-{behind}")),
                 }),
                 None,
             ),

@@ -46,6 +46,9 @@ pub enum Command {
     },
     /// A grace deadline came. Ignored unless the session is still waiting.
     ExpireGrace { session_id: SessionId },
+    /// Nothing to decide: on a log shared by several nodes, the writer first
+    /// brings the job up to date from the log, which is all this asks for.
+    Refresh,
 }
 
 /// What a client asked for when its socket opened.
@@ -63,6 +66,8 @@ pub struct Attach {
     /// This log's epoch.
     pub log_epoch: String,
     pub user_agent: Option<String>,
+    /// The node that will hold the socket (on a shared log).
+    pub node: Option<String>,
 }
 
 /// How an attached socket is to be served.
@@ -139,6 +144,9 @@ pub fn decide(
     command: &Command,
     now: DateTime<Utc>,
 ) -> Result<Decision, DomainError> {
+    if let Command::Refresh = command {
+        return Ok(Decision::Nothing);
+    }
     if let Command::CreateJob { metadata } = command {
         if state.exists() {
             return Ok(Decision::AlreadyExists);
@@ -153,7 +161,7 @@ pub fn decide(
         return Err(DomainError::UnknownJob);
     }
     match command {
-        Command::CreateJob { .. } => unreachable!("handled above"),
+        Command::CreateJob { .. } | Command::Refresh => unreachable!("handled above"),
         Command::AppendJobEvent { body, .. } => {
             if let Some(prior) = prior {
                 return if prior.fingerprint == fingerprint(body) {
@@ -262,6 +270,7 @@ fn decide_attach(state: &JobState, a: &Attach, now: DateTime<Utc>) -> Decision {
                 sub: a.sub.clone(),
                 last_seq: state.last_seq,
                 user_agent: a.user_agent.clone(),
+                node: a.node.clone(),
             }),
         ));
         let plan = AttachPlan {
@@ -296,6 +305,7 @@ fn decide_attach(state: &JobState, a: &Attach, now: DateTime<Utc>) -> Decision {
             client_epoch: a.client_epoch.clone(),
             missed,
             user_agent: a.user_agent.clone(),
+            node: a.node.clone(),
         }),
     ));
     let plan = AttachPlan {
@@ -472,6 +482,7 @@ mod tests {
             client_epoch: Some(EPOCH.into()),
             log_epoch: EPOCH.into(),
             user_agent: None,
+            node: None,
         });
         (cmd, id)
     }
@@ -621,6 +632,7 @@ mod tests {
             client_epoch: Some("another-log".into()),
             log_epoch: EPOCH.into(),
             user_agent: None,
+            node: None,
         });
         let plan = when(&mut job, &cmd, t0).1.unwrap();
         assert!(!plan.resumed);

@@ -139,6 +139,9 @@ pub struct Connected {
     pub last_seq: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// The node holding the socket, on a log shared by several nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A socket closed; the session's grace window opened.
@@ -176,6 +179,9 @@ pub struct Reconnected {
     pub missed: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// The node holding the socket, on a log shared by several nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The job's open socket was closed because another connection took over.

@@ -63,11 +63,13 @@ pub struct SessionState {
     pub sockets: u32,
     pub last_connect_at: DateTime<Utc>,
     pub last_disconnect_at: Option<DateTime<Utc>>,
+    /// The node holding the socket, on a shared log (`None` on a log of one).
+    pub node: Option<String>,
 }
 
 impl SessionState {
     /// A session whose first socket opened at `at`.
-    fn start(session_id: SessionId, at: DateTime<Utc>) -> Self {
+    fn start(session_id: SessionId, at: DateTime<Utc>, node: Option<String>) -> Self {
         SessionState {
             session_id,
             started_at: at,
@@ -75,6 +77,7 @@ impl SessionState {
             sockets: 1,
             last_connect_at: at,
             last_disconnect_at: None,
+            node,
         }
     }
 }
@@ -198,10 +201,10 @@ impl JobState {
                 self.status = JobStatus::Cancelled;
                 self.cancel_reason = c.reason.clone();
             }
-            EventBody::Connected(_) => {
+            EventBody::Connected(c) => {
                 self.counts.connects += 1;
                 if let Some(id) = event.session_id {
-                    self.session = Some(SessionState::start(id, at));
+                    self.session = Some(SessionState::start(id, at, c.node.clone()));
                 }
             }
             EventBody::Reconnected(r) => {
@@ -212,9 +215,10 @@ impl JobState {
                         s.phase = SessionPhase::Connected;
                         s.sockets += 1;
                         s.last_connect_at = at;
+                        s.node.clone_from(&r.node);
                     }
                     _ => {
-                        self.session = Some(SessionState::start(id, at));
+                        self.session = Some(SessionState::start(id, at, r.node.clone()));
                     }
                 }
             }

@@ -25,6 +25,7 @@ use crate::log::{for_each_event, for_each_job_event, LogStore, StoreError};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, Deadline};
 use hub::{Hub, Registration};
+use uuid::Uuid;
 use writer::{WriteRequest, Writer};
 
 /// A socket attached to a job: how to serve it.
@@ -95,6 +96,8 @@ pub struct EngineSettings {
     /// Test-only: answer appends before their commit (see
     /// `--unsafe-ack-before-commit`).
     pub unsafe_ack_before_commit: bool,
+    /// On a shared log: how long a node's lease lasts without renewal.
+    pub node_lease: Duration,
 }
 
 impl Default for EngineSettings {
@@ -104,6 +107,7 @@ impl Default for EngineSettings {
             max_batch: 1024,
             grace: Duration::from_secs(60),
             unsafe_ack_before_commit: false,
+            node_lease: Duration::from_secs(10),
         }
     }
 }
@@ -124,12 +128,17 @@ struct Inner {
     grace: chrono::Duration,
     metrics: Arc<Metrics>,
     head: watch::Receiver<i64>,
+    /// This node's id, on a shared log.
+    node: Option<String>,
 }
 
 /// The engine's background tasks, stopped by the token given to `start`.
 pub struct EngineTasks {
     pub writer: JoinHandle<()>,
     pub scheduler: JoinHandle<()>,
+    /// On a shared log: keeps this node's lease and records the sessions of
+    /// nodes whose leases ran out.
+    pub leases: Option<JoinHandle<()>>,
 }
 
 impl Engine {
@@ -175,6 +184,17 @@ impl Engine {
                 }
             }
         }
+        let store_shared = store.shared();
+        // On a shared log this process is a node with a lease: taken before
+        // any socket can name it.
+        let node = if store_shared {
+            let id = Uuid::new_v4().to_string();
+            store.renew_lease(&id, settings.node_lease).await?;
+            tracing::info!(node = %id, "joined the shared log");
+            Some(id)
+        } else {
+            None
+        };
         let world = Arc::new(RwLock::new(world));
         let stats = Arc::new(WriterStats::default());
         let hub = Arc::new(Hub::default());
@@ -194,7 +214,16 @@ impl Engine {
             max_batch: settings.max_batch,
             unsafe_ack_before_commit: settings.unsafe_ack_before_commit,
         };
-        let writer = tokio::spawn(writer.run(rx, shutdown.clone()));
+        // On a shared log, a follower reads what other nodes append and the
+        // writer absorbs it between its own batches.
+        let absorb = if store.shared() {
+            let (absorb_tx, absorb_rx) = mpsc::channel(64);
+            tokio::spawn(follow(store.clone(), head, absorb_tx, shutdown.clone()));
+            Some(absorb_rx)
+        } else {
+            None
+        };
+        let writer = tokio::spawn(writer.run(rx, absorb, shutdown.clone()));
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -207,14 +236,28 @@ impl Engine {
                 grace: chrono::Duration::from_std(settings.grace).unwrap_or(chrono::Duration::MAX),
                 metrics,
                 head: head_rx,
+                node: node.clone(),
             }),
         };
         let scheduler = tokio::spawn(scheduler::run(
             engine.clone(),
             waiting,
             deadline_rx,
-            shutdown,
+            shutdown.clone(),
         ));
+        let leases = node.map(|node| {
+            tokio::spawn(keep_lease(
+                engine.clone(),
+                node,
+                settings.node_lease,
+                shutdown,
+            ))
+        });
+        if store_shared {
+            // Other nodes may hold these sessions' sockets; a node that died
+            // with sockets open is found by its lease, not by a restart.
+            orphaned.clear();
+        }
         if !orphaned.is_empty() {
             tracing::warn!(
                 sessions = orphaned.len(),
@@ -242,7 +285,14 @@ impl Engine {
         if let Some(Err(e)) = recorded.into_iter().find(Result::is_err) {
             return Err(StoreError::Unavailable(e.to_string()));
         }
-        Ok((engine, EngineTasks { writer, scheduler }))
+        Ok((
+            engine,
+            EngineTasks {
+                writer,
+                scheduler,
+                leases,
+            },
+        ))
     }
 
     /// Queues a command and waits until its events are durable.
@@ -409,6 +459,17 @@ impl Engine {
         self.head_seq(job_id).is_some()
     }
 
+    /// On a shared log, a job this node does not know may have been created
+    /// on another a moment ago: catch it up from the log before answering
+    /// 404. Nothing to do on a log of one, or for a known job.
+    pub async fn refresh_if_unknown(&self, job_id: JobId) {
+        if self.inner.store.shared() && !self.job_exists(job_id) {
+            if let Err(e) = self.execute(job_id, Command::Refresh, None).await {
+                tracing::warn!(error = %e, job = %job_id, "cannot refresh a job from the shared log");
+            }
+        }
+    }
+
     /// The job's current state, if it exists.
     pub fn job(&self, job_id: JobId) -> Option<JobState> {
         let world = self.inner.world.read().unwrap_or_else(|p| p.into_inner());
@@ -429,6 +490,11 @@ impl Engine {
         &self.inner.epoch
     }
 
+    /// This node's id on a shared log; `None` on a log of one.
+    pub fn node(&self) -> Option<&str> {
+        self.inner.node.as_deref()
+    }
+
     pub fn store(&self) -> &Arc<dyn LogStore> {
         &self.inner.store
     }
@@ -439,5 +505,129 @@ impl Engine {
 
     pub fn stats(&self) -> &WriterStats {
         &self.inner.stats
+    }
+}
+
+/// How often a follower reads the log when no notification came.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// Follows a shared log from `cursor`: reads what was appended after it
+/// (woken by the store's notifications, and every [`FOLLOW_POLL`] in case one
+/// was missed) and hands it to the writer, until `shutdown`.
+async fn follow(
+    store: Arc<dyn LogStore>,
+    mut cursor: i64,
+    absorb: mpsc::Sender<Vec<Event>>,
+    shutdown: CancellationToken,
+) {
+    let mut listener = None;
+    loop {
+        if listener.is_none() {
+            listener = match store.listen().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for other nodes' appends; polling");
+                    None
+                }
+            };
+        }
+        loop {
+            match store.read_log(cursor, 1000).await {
+                Ok(rows) if rows.is_empty() => break,
+                Ok(rows) => {
+                    cursor = rows.last().map_or(cursor, |r| r.position);
+                    let events = rows.iter().filter_map(|r| r.decode_stored().ok()).collect();
+                    if absorb.send(events).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the shared log");
+                    break;
+                }
+            }
+        }
+        let woke = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            woke = async {
+                match listener.as_mut() {
+                    Some(l) => tokio::time::timeout(FOLLOW_POLL, l.next()).await.unwrap_or(Ok(())),
+                    None => {
+                        tokio::time::sleep(FOLLOW_POLL).await;
+                        Ok(())
+                    }
+                }
+            } => woke,
+        };
+        if woke.is_err() {
+            listener = None;
+        }
+    }
+}
+
+/// On a shared log: renews this node's lease four times per lease, and
+/// records as disconnected (1012) the sessions held by nodes whose leases ran
+/// out: a node that died with sockets open. Every node does this; each
+/// session's record is decided against the log, so it is written once.
+/// Gives the lease up at shutdown.
+async fn keep_lease(engine: Engine, node: String, lease: Duration, shutdown: CancellationToken) {
+    let store = engine.store().clone();
+    let mut tick = tokio::time::interval(lease / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = store.renew_lease(&node, lease).await {
+            tracing::warn!(error = %e, "cannot renew this node's lease");
+            continue;
+        }
+        let live = match store.live_nodes().await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the nodes' leases");
+                continue;
+            }
+        };
+        let orphaned: Vec<(JobId, SessionId, u32)> = {
+            let world = engine.inner.world.read().unwrap_or_else(|p| p.into_inner());
+            world
+                .jobs
+                .values()
+                .filter_map(|job| {
+                    let s = job.session.as_ref()?;
+                    let held_by = s.node.as_deref()?;
+                    (s.phase == SessionPhase::Connected
+                        && held_by != node
+                        && !live.iter().any(|n| n == held_by))
+                    .then_some((job.job_id, s.session_id, s.sockets))
+                })
+                .collect()
+        };
+        if !orphaned.is_empty() {
+            tracing::warn!(
+                sessions = orphaned.len(),
+                "recording sessions of nodes whose leases ran out as disconnected (1012)"
+            );
+        }
+        for (job, session, socket) in orphaned {
+            if let Err(e) = engine
+                .detach(
+                    job,
+                    session,
+                    socket,
+                    crate::ws::protocol::close::SERVICE_RESTART,
+                    crate::ws::protocol::close::SERVER_RESTART,
+                    None,
+                )
+                .await
+            {
+                tracing::warn!(error = %e, %job, "cannot record a lost node's session");
+            }
+        }
+    }
+    if let Err(e) = store.end_lease(&node).await {
+        tracing::warn!(error = %e, "cannot give up this node's lease");
     }
 }

@@ -22,9 +22,11 @@ use crate::clock::Clock;
 use crate::domain::decide::{AttachPlan, Planned};
 use crate::domain::event::Disconnected;
 use crate::domain::state::{fingerprint, IdempotentAppend};
-use crate::domain::{decide, Command, Decision, Event, EventBody, JobId, JobState, World};
+use crate::domain::{
+    decide, Command, Decision, DomainError, Event, EventBody, JobId, JobState, World,
+};
 use crate::log::chain::seal;
-use crate::log::{EventRow, LogStore};
+use crate::log::{for_each_job_event_after, EventRow, LogStore, StoreError};
 use crate::metrics::Metrics;
 use crate::scheduler::Deadline;
 
@@ -46,7 +48,6 @@ enum Pending {
         plan: AttachPlan,
         snapshot: Box<JobState>,
         socket: u32,
-        registration: Option<Registration>,
     },
     AlreadyExists,
     Duplicate {
@@ -71,7 +72,14 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub async fn run(self, mut rx: mpsc::Receiver<WriteRequest>, shutdown: CancellationToken) {
+    /// Runs until `shutdown`, taking batches of requests and, on a shared log,
+    /// the events other nodes appended (`absorb`).
+    pub async fn run(
+        self,
+        mut rx: mpsc::Receiver<WriteRequest>,
+        mut absorb: Option<mpsc::Receiver<Vec<Event>>>,
+        shutdown: CancellationToken,
+    ) {
         let mut batch = Vec::with_capacity(self.max_batch);
         let mut closing = false;
         loop {
@@ -80,13 +88,17 @@ impl Writer {
             } else {
                 tokio::select! {
                     biased;
-                    n = rx.recv_many(&mut batch, self.max_batch) => n,
                     _ = shutdown.cancelled() => {
                         // Refuse new requests, then drain the queued ones.
                         rx.close();
                         closing = true;
                         continue;
                     }
+                    Some(events) = async { absorb.as_mut()?.recv().await } => {
+                        self.absorb(events).await;
+                        continue;
+                    }
+                    n = rx.recv_many(&mut batch, self.max_batch) => n,
                 }
             };
             if n == 0 {
@@ -94,12 +106,68 @@ impl Writer {
             }
             self.stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
             self.stats.taken.fetch_add(n as u64, Ordering::Relaxed);
-            self.process(&mut batch).await;
+            let requests = std::mem::replace(&mut batch, Vec::with_capacity(self.max_batch));
+            self.process(requests).await;
         }
         tracing::debug!("log writer stopped");
     }
 
-    async fn process(&self, batch: &mut Vec<WriteRequest>) {
+    /// Decides, commits and answers one batch. On a shared log another node
+    /// may have taken a seq this batch wanted: the jobs it touched are caught
+    /// up from the log and the batch decided again.
+    async fn process(&self, mut requests: Vec<WriteRequest>) {
+        const ATTEMPTS: usize = 8;
+        for attempt in 1..=ATTEMPTS {
+            match self.try_batch(&mut requests).await {
+                Ok(()) => return,
+                Err(touched) if attempt < ATTEMPTS => {
+                    tracing::debug!(
+                        jobs = touched.len(),
+                        attempt,
+                        "appended elsewhere first; catching up"
+                    );
+                    if let Err(e) = self.catch_up(&touched).await {
+                        return self.refuse(requests, &e.to_string());
+                    }
+                }
+                Err(_) => {
+                    return self.refuse(requests, "appends kept conflicting with other nodes'")
+                }
+            }
+        }
+    }
+
+    /// Answers every request with `log_unavailable`.
+    fn refuse(&self, requests: Vec<WriteRequest>, why: &str) {
+        for req in requests {
+            let _ = req
+                .reply
+                .send(Err(EngineError::Unavailable(why.to_owned())));
+        }
+    }
+
+    /// One attempt at a batch. `Err` carries the jobs it touched when the
+    /// store refused it as conflicting (nothing was answered or applied).
+    async fn try_batch(&self, requests: &mut Vec<WriteRequest>) -> Result<(), HashSet<JobId>> {
+        if self.store.shared() {
+            // Another node may have created the job or moved its session on:
+            // an attach, a refresh or an unknown job is decided on the log's
+            // latest word (appends find out by conflict, at no cost otherwise).
+            let stale: HashSet<JobId> = {
+                let world = self.world.read().unwrap_or_else(|p| p.into_inner());
+                requests
+                    .iter()
+                    .filter(|r| {
+                        matches!(r.command, Command::Attach(_) | Command::Refresh)
+                            || !world.jobs.get(&r.job_id).is_some_and(JobState::exists)
+                    })
+                    .map(|r| r.job_id)
+                    .collect()
+            };
+            if let Err(e) = self.catch_up(&stale).await {
+                tracing::warn!(error = %e, "cannot catch up from the shared log");
+            }
+        }
         let now = self.clock.now();
         // Copies of the jobs this batch touches, moved forward as it is decided.
         let mut staged: HashMap<JobId, JobState> = HashMap::new();
@@ -107,11 +175,11 @@ impl Writer {
         let mut staged_keys: HashMap<(JobId, String), IdempotentAppend> = HashMap::new();
         let mut events: Vec<Event> = Vec::new();
         let mut rows: Vec<EventRow> = Vec::new();
-        let mut pending = Vec::with_capacity(batch.len());
+        let mut answers: Vec<Result<Pending, DomainError>> = Vec::with_capacity(requests.len());
 
         {
             let world = self.world.read().unwrap_or_else(|p| p.into_inner());
-            for req in batch.drain(..) {
+            for req in requests.iter_mut() {
                 let state = staged.entry(req.job_id).or_insert_with(|| {
                     world
                         .jobs
@@ -155,43 +223,38 @@ impl Writer {
                     start..events.len()
                 };
                 let answer = match decide(state, prior.as_ref(), &req.command, now) {
-                    Err(e) => {
-                        let _ = req.reply.send(Err(EngineError::Domain(e)));
-                        continue;
-                    }
-                    Ok(Decision::AlreadyExists) => Pending::AlreadyExists,
-                    Ok(Decision::Duplicate { seq }) => Pending::Duplicate { seq },
-                    Ok(Decision::Nothing) => Pending::Nothing,
-                    Ok(Decision::Append(planned)) => Pending::Appended(stage(planned, state)),
+                    Err(e) => Err(e),
+                    Ok(Decision::AlreadyExists) => Ok(Pending::AlreadyExists),
+                    Ok(Decision::Duplicate { seq }) => Ok(Pending::Duplicate { seq }),
+                    Ok(Decision::Nothing) => Ok(Pending::Nothing),
+                    Ok(Decision::Append(planned)) => Ok(Pending::Appended(stage(planned, state))),
                     Ok(Decision::Attach {
                         events: planned,
                         plan,
                     }) => {
                         stage(planned, state);
                         let socket = state.session.as_ref().map_or(0, |s| s.sockets);
-                        Pending::Attached {
+                        Ok(Pending::Attached {
                             job_id: req.job_id,
                             plan,
                             snapshot: Box::new(state.clone()),
                             socket,
-                            registration: req.registration,
-                        }
+                        })
                     }
                 };
-                pending.push((req.reply, answer));
+                answers.push(answer);
             }
         }
 
         if self.unsafe_ack_before_commit && !rows.is_empty() {
             // The bug the crash harness must catch: an answer before the commit
             // (as a write-behind buffer would give), the commit 50 ms later.
-            let (early, rest): (Vec<_>, Vec<_>) = pending
-                .into_iter()
-                .partition(|(_, answer)| matches!(answer, Pending::Appended(_)));
-            pending = rest;
-            for (reply, answer) in early {
-                if let Pending::Appended(range) = answer {
-                    let _ = reply.send(Ok(Outcome::Appended(events[range].to_vec())));
+            for (req, answer) in requests.iter_mut().zip(&mut answers) {
+                if let Ok(Pending::Appended(range)) = answer {
+                    let (early, _) = oneshot::channel();
+                    let reply = std::mem::replace(&mut req.reply, early);
+                    let _ = reply.send(Ok(Outcome::Appended(events[range.clone()].to_vec())));
+                    *answer = Ok(Pending::Nothing);
                 }
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -217,55 +280,143 @@ impl Writer {
                     }
                     world.idempotency.extend(staged_keys);
                 }
+                Err(StoreError::Conflict(_)) if self.store.shared() => return Err(touched),
                 Err(e) => {
                     tracing::error!(error = %e, events = rows.len(), "append failed; batch refused");
                     self.metrics.observe_failed_commit();
-                    for (reply, _) in pending {
-                        let _ = reply.send(Err(EngineError::Unavailable(e.to_string())));
+                    for (req, answer) in requests.drain(..).zip(answers) {
+                        let error = match answer {
+                            Err(domain) => EngineError::Domain(domain),
+                            Ok(_) => EngineError::Unavailable(e.to_string()),
+                        };
+                        let _ = req.reply.send(Err(error));
                     }
-                    return;
+                    return Ok(());
                 }
             }
         }
 
-        self.after_commit(&committed);
-        for (reply, answer) in pending {
+        self.after_commit(&committed, true);
+        for (req, answer) in requests.drain(..).zip(answers) {
             let outcome = match answer {
-                Pending::Appended(range) => {
-                    Outcome::Appended(committed[range].iter().map(|e| Event::clone(e)).collect())
-                }
-                Pending::Attached {
+                Err(e) => Err(EngineError::Domain(e)),
+                Ok(Pending::Appended(range)) => Ok(Outcome::Appended(
+                    committed[range].iter().map(|e| Event::clone(e)).collect(),
+                )),
+                Ok(Pending::Attached {
                     job_id,
                     plan,
                     snapshot,
                     socket,
-                    registration,
-                } => {
-                    if let Some(reg) = registration {
+                }) => {
+                    if let Some(reg) = req.registration {
                         self.attach(job_id, &plan, &snapshot, socket, reg, &committed);
                     }
-                    Outcome::Attached(Box::new(Attached {
+                    Ok(Outcome::Attached(Box::new(Attached {
                         plan,
                         snapshot: *snapshot,
                         socket,
-                    }))
+                    })))
                 }
-                Pending::AlreadyExists => Outcome::AlreadyExists,
-                Pending::Duplicate { seq } => Outcome::Duplicate { seq },
-                Pending::Nothing => Outcome::Nothing,
+                Ok(Pending::AlreadyExists) => Ok(Outcome::AlreadyExists),
+                Ok(Pending::Duplicate { seq }) => Ok(Outcome::Duplicate { seq }),
+                Ok(Pending::Nothing) => Ok(Outcome::Nothing),
             };
-            let _ = reply.send(Ok(outcome));
+            let _ = req.reply.send(outcome);
         }
+        Ok(())
+    }
+
+    /// Reads from the log what other nodes appended to `jobs` since this
+    /// node's state of them, and absorbs it.
+    async fn catch_up(&self, jobs: &HashSet<JobId>) -> Result<(), StoreError> {
+        for job in jobs {
+            let head = self.head_seq(*job);
+            let mut events = Vec::new();
+            for_each_job_event_after(self.store.as_ref(), &job.to_string(), head, |e| {
+                events.push(e)
+            })
+            .await?;
+            self.apply_absorbed(events);
+        }
+        Ok(())
+    }
+
+    fn head_seq(&self, job: JobId) -> i64 {
+        let world = self.world.read().unwrap_or_else(|p| p.into_inner());
+        world.jobs.get(&job).map_or(0, |j| j.head_seq)
+    }
+
+    /// Events read from the shared log, in position order. Those this node
+    /// already has are skipped; a job whose next event is missing is caught up
+    /// from the log first.
+    async fn absorb(&self, events: Vec<Event>) {
+        let mut ready = Vec::with_capacity(events.len());
+        for event in events {
+            let head = self.head_seq(event.job_id);
+            if event.seq <= head {
+                continue;
+            }
+            if event.seq
+                > head
+                    + 1
+                    + ready
+                        .iter()
+                        .filter(|e: &&Event| e.job_id == event.job_id)
+                        .count() as i64
+            {
+                self.apply_absorbed(std::mem::take(&mut ready));
+                if let Err(e) = self.catch_up(&HashSet::from([event.job_id])).await {
+                    tracing::warn!(error = %e, job = %event.job_id, "cannot catch up a job from the log");
+                }
+                continue;
+            }
+            ready.push(event);
+        }
+        self.apply_absorbed(ready);
+    }
+
+    /// Applies events another node committed: the state moves on, job events
+    /// reach this node's live sockets, grace deadlines reach the scheduler, and
+    /// a socket another node took over is closed here.
+    fn apply_absorbed(&self, events: Vec<Event>) {
+        let mut fresh = Vec::with_capacity(events.len());
+        {
+            let mut world = self.world.write().unwrap_or_else(|p| p.into_inner());
+            for event in events {
+                let head = world.jobs.get(&event.job_id).map_or(0, |j| j.head_seq);
+                if event.seq == head + 1 {
+                    world.apply(&event);
+                    fresh.push(Arc::new(event));
+                }
+            }
+        }
+        for event in &fresh {
+            if matches!(
+                event.body,
+                EventBody::Connected(_) | EventBody::Reconnected(_)
+            ) {
+                self.hub.close(event.job_id, CloseReason::Replaced);
+            }
+        }
+        self.after_commit(&fresh, false);
     }
 
     /// Fans committed job events out to the sockets that were live before this
     /// batch, and hands new grace deadlines to the scheduler.
-    fn after_commit(&self, committed: &[Arc<Event>]) {
+    /// `own`: appended by this node (counted in its metrics).
+    fn after_commit(&self, committed: &[Arc<Event>], own: bool) {
         if let Some(last) = committed.last() {
-            self.head.send_replace(last.position);
+            self.head.send_if_modified(|head| {
+                let moved = last.position > *head;
+                *head = (*head).max(last.position);
+                moved
+            });
         }
         for event in committed {
-            self.metrics.observe(event);
+            if own {
+                self.metrics.observe(event);
+            }
             match &event.body {
                 body if body.is_job_event() => self.hub.publish(event),
                 EventBody::Disconnected(Disconnected { grace_until, .. }) => {

@@ -116,6 +116,7 @@ pub async fn job_events(
     caller.require(&[Role::Service, Role::Support])?;
     let job_id = parse_job_id(&job_id)?;
     let q = page(query)?;
+    state.engine.refresh_if_unknown(job_id).await;
     if !state.engine.job_exists(job_id) {
         return Err(ApiError::NotFound("job not found".into()));
     }

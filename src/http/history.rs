@@ -83,6 +83,7 @@ pub async fn history(
         ));
     }
     let offset = q.offset.unwrap_or(0);
+    state.engine.refresh_if_unknown(job_id).await;
     let job = state
         .engine
         .job(job_id)

@@ -276,6 +276,7 @@ pub async fn refresh_token(
     let job_id = parse_job_id(&job_id)?;
     caller.require_or_client_of(&[Role::Service], job_id)?;
     let ttl = state.client_token_ttl(req.ttl_secs)?;
+    state.engine.refresh_if_unknown(job_id).await;
     if !state.engine.job_exists(job_id) {
         return Err(ApiError::NotFound("job not found".into()));
     }
@@ -333,6 +334,7 @@ pub async fn get_job(
     let job = match query.as_of_seq {
         None => {
             caller.require_or_client_of(&[Role::Service, Role::Support], job_id)?;
+            state.engine.refresh_if_unknown(job_id).await;
             state.engine.job(job_id)
         }
         Some(seq) => {

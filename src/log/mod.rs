@@ -127,8 +127,42 @@ pub trait LogStore: Send + Sync + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Whether other processes append to this log too (several nodes on one
+    /// database): the engine then follows the log and retries conflicts.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// On a shared log: records that `node` is alive for `ttl` more.
+    async fn renew_lease(&self, _node: &str, _ttl: std::time::Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// On a shared log: the nodes whose leases have not run out.
+    async fn live_nodes(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// On a shared log: gives up `node`'s lease (a clean stop).
+    async fn end_lease(&self, _node: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// On a shared log: a stream that yields whenever another process may
+    /// have appended (a hint; the log is read to find out what).
+    async fn listen(&self) -> Result<Option<Box<dyn AppendListener>>, StoreError> {
+        Ok(None)
+    }
+
     /// Closes the connections after the last append.
     async fn close(&self);
+}
+
+/// Wakes a follower of a shared log.
+#[async_trait]
+pub trait AppendListener: Send {
+    /// Resolves at the next notification of an append.
+    async fn next(&mut self) -> Result<(), StoreError>;
 }
 
 /// Opens the log named by a database URL: `postgres://…` (or `postgresql://…`)
@@ -182,10 +216,30 @@ pub async fn for_each_job_event(
     store: &dyn LogStore,
     job_id: &str,
     through_seq: i64,
+    visit: impl FnMut(Event),
+) -> Result<(), StoreError> {
+    for_each_job_event_between(store, job_id, 0, through_seq, visit).await
+}
+
+/// Visits one job's events after `after_seq`, in seq order.
+pub async fn for_each_job_event_after(
+    store: &dyn LogStore,
+    job_id: &str,
+    after_seq: i64,
+    visit: impl FnMut(Event),
+) -> Result<(), StoreError> {
+    for_each_job_event_between(store, job_id, after_seq, i64::MAX, visit).await
+}
+
+async fn for_each_job_event_between(
+    store: &dyn LogStore,
+    job_id: &str,
+    after_seq: i64,
+    through_seq: i64,
     mut visit: impl FnMut(Event),
 ) -> Result<(), StoreError> {
     const PAGE: u32 = 10_000;
-    let mut after = 0;
+    let mut after = after_seq;
     loop {
         let rows = store.read_job(job_id, after, through_seq, PAGE).await?;
         let Some(last) = rows.last() else {

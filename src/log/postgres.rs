@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::{EventRow, LogStore, StoreError};
+use super::{AppendListener, EventRow, LogStore, StoreError};
 
 /// The channel `append` notifies with the last position it committed.
 pub const CHANNEL: &str = "rejoin_log";
@@ -227,7 +227,62 @@ impl LogStore for PostgresStore {
             .map_err(classify)
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn renew_lease(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO node_leases (node_id, lease_until) VALUES ($1, now() + make_interval(secs => $2))
+             ON CONFLICT (node_id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+        )
+        .bind(node)
+        .bind(ttl.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(classify)
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<String>, StoreError> {
+        // Leases long gone are forgotten on the way.
+        sqlx::query("DELETE FROM node_leases WHERE lease_until < now() - interval '1 day'")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        sqlx::query_scalar("SELECT node_id FROM node_leases WHERE lease_until > now()")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
+    async fn end_lease(&self, node: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM node_leases WHERE node_id = $1")
+            .bind(node)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    async fn listen(&self) -> Result<Option<Box<dyn AppendListener>>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(classify)?;
+        listener.listen(CHANNEL).await.map_err(classify)?;
+        Ok(Some(Box::new(Listener(listener))))
+    }
+
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+struct Listener(PgListener);
+
+#[async_trait]
+impl AppendListener for Listener {
+    async fn next(&mut self) -> Result<(), StoreError> {
+        self.0.recv().await.map(|_| ()).map_err(classify)
     }
 }

@@ -200,7 +200,14 @@ async fn upgrade(
     }
     // For the rejection record; `check` refuses a malformed value.
     let reconnect = reconnect_param(&query).unwrap_or(false);
-    let accepted = match check(&state, job_id, &headers, &query) {
+    let mut checked = check(&state, job_id, &headers, &query);
+    if matches!(checked, Err(ApiError::NotFound(_))) {
+        // On a shared log the job may have been created on another node a
+        // moment ago (only asked once the token has passed).
+        state.engine.refresh_if_unknown(job_id).await;
+        checked = check(&state, job_id, &headers, &query);
+    }
+    let accepted = match checked {
         Ok(a) => a,
         Err(err) => {
             reject(&state, job_id, reconnect, &err).await;
@@ -335,6 +342,7 @@ fn check(
             client_epoch,
             log_epoch: state.engine.epoch().to_owned(),
             user_agent,
+            node: state.engine.node().map(str::to_owned),
         },
         offered_subprotocol: offered.contains(&SUBPROTOCOL),
     })

@@ -1,0 +1,266 @@
+//! Two `rejoin serve` processes on one PostgreSQL log: an event posted to one
+//! reaches a client on the other; a client that drops from one resumes on the
+//! other; a reconnect to one replaces the socket held by the other; a grace
+//! window expires once, whichever node's scheduler gets there; a node killed
+//! with SIGKILL has its sessions recorded and expired by the other, once.
+//!
+//! Needs `REJOIN_TEST_POSTGRES_URL` (`.ci/run` sets it for its PostgreSQL
+//! pass); skipped without it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{events_of, mint, next_close, next_json, start_binary, ws_connect, PATIENCE, SECRET};
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rejoin");
+
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+}
+
+async fn node(url: &str) -> Node {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--grace-secs",
+        "1",
+        "--node-lease-secs",
+        "2",
+        "--database-url",
+        url,
+    ]);
+    let (child, addr) = start_binary(cmd).await;
+    Node { child, addr }
+}
+
+/// Two nodes on a fresh schema, or `None` without a PostgreSQL server.
+async fn cluster() -> Option<(String, Node, Node)> {
+    std::env::var_os("REJOIN_TEST_POSTGRES_URL")?;
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::fresh_database(dir.path()).await;
+    let a = node(&url).await;
+    let b = node(&url).await;
+    Some((url, a, b))
+}
+
+fn token(role: &str, job: Option<Uuid>) -> String {
+    mint(
+        &json!({"sub": "t", "role": role, "job": job, "exp": chrono::Utc::now().timestamp() + 600}),
+    )
+}
+
+async fn create_job(node: &Node) -> Uuid {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/jobs", node.addr))
+        .bearer_auth(token("service", None))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json::<Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn progress(node: &Node, job: Uuid, p: f64) -> i64 {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/jobs/{job}/events", node.addr))
+        .bearer_auth(token("service", None))
+        .json(&json!({"type": "progress", "progress": p}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    res.json::<Value>().await.unwrap()["seq"].as_i64().unwrap()
+}
+
+fn query(job: Uuid) -> String {
+    format!("jobId={job}&token={}", token("client", Some(job)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_posted_to_one_node_reaches_a_client_on_the_other() {
+    let Some((_, a, b)) = cluster().await else {
+        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+    };
+    let job = create_job(&a).await;
+    let mut ws = ws_connect(b.addr, &query(job)).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    for p in [10.0, 20.0, 30.0] {
+        let seq = progress(&a, job, p).await;
+        let event = next_json(&mut ws).await;
+        assert_eq!(event["seq"], seq);
+        assert_eq!(event["progress"], p);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drops_from_one_node_resumes_on_the_other() {
+    let Some((_, a, b)) = cluster().await else {
+        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+    };
+    let job = create_job(&a).await;
+    let mut ws = ws_connect(a.addr, &query(job)).await.unwrap();
+    let hello = next_json(&mut ws).await;
+    let last = progress(&a, job, 10.0).await;
+    assert_eq!(next_json(&mut ws).await["seq"], last);
+    drop(ws); // abrupt: no close frame
+              // Missed while away, posted to either node.
+    let missed = [progress(&b, job, 20.0).await, progress(&a, job, 30.0).await];
+
+    // The drop is recorded on A; B must see it before the resume can continue
+    // the session.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let state = loop {
+        let state: Value = reqwest::Client::new()
+            .get(format!("http://{}/v1/jobs/{job}", b.addr))
+            .bearer_auth(token("service", None))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if state["session"]["state"] == "grace" {
+            break state;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(state["session"]["sessionId"], hello["sessionId"]);
+    let resume = format!(
+        "{}&reconnect=true&lastSeq={last}&epoch={}",
+        query(job),
+        hello["epoch"].as_str().unwrap()
+    );
+    let mut ws = ws_connect(b.addr, &resume).await.unwrap();
+    let back = next_json(&mut ws).await;
+    assert_eq!(back["type"], "reconnected");
+    assert_eq!(back["resumed"], true);
+    assert_eq!(back["sessionId"], hello["sessionId"]);
+    assert_eq!(back["missed"], 2);
+    for seq in missed {
+        assert_eq!(next_json(&mut ws).await["seq"], seq);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_to_one_node_replaces_the_socket_held_by_the_other() {
+    let Some((url, a, b)) = cluster().await else {
+        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+    };
+    let job = create_job(&a).await;
+    let mut old = ws_connect(a.addr, &query(job)).await.unwrap();
+    let hello = next_json(&mut old).await;
+    let last = hello["lastSeq"].as_i64().unwrap();
+    // No waiting for B to hear of the connect: an attach is decided on the
+    // log's latest word.
+    let resume = format!(
+        "{}&reconnect=true&lastSeq={last}&epoch={}",
+        query(job),
+        hello["epoch"].as_str().unwrap()
+    );
+    let mut new = ws_connect(b.addr, &resume).await.unwrap();
+    let back = next_json(&mut new).await;
+    assert_eq!(back["type"], "reconnected");
+    assert_eq!(back["resumed"], true);
+    assert_eq!(
+        next_close(&mut old).await,
+        (1000, "Client reconnecting".to_owned())
+    );
+    // Recorded once, as replaced, and live events now go to the new socket.
+    assert_eq!(events_of(&url, job, "replaced").await.len(), 1);
+    let seq = progress(&a, job, 40.0).await;
+    assert_eq!(next_json(&mut new).await["seq"], seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grace_window_expires_once_whichever_node_gets_there() {
+    let Some((url, a, b)) = cluster().await else {
+        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+    };
+    let mut jobs = Vec::new();
+    for _ in 0..5 {
+        let job = create_job(&a).await;
+        let mut ws = ws_connect(b.addr, &query(job)).await.unwrap();
+        next_json(&mut ws).await;
+        ws.close(None).await.unwrap();
+        jobs.push(job);
+    }
+    // Both nodes hold each deadline (1 s); each window expires exactly once.
+    for job in &jobs {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while events_of(&url, *job, "grace_expired").await.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job} never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Give the slower scheduler its chance to try again, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for job in jobs {
+        assert_eq!(
+            events_of(&url, job, "grace_expired").await.len(),
+            1,
+            "job {job}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_sessions_are_recorded_and_expired_by_the_other_once() {
+    let Some((url, mut a, b)) = cluster().await else {
+        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+    };
+    let mut held = Vec::new();
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let job = create_job(&b).await;
+        let mut ws = ws_connect(a.addr, &query(job)).await.unwrap();
+        let hello = next_json(&mut ws).await;
+        jobs.push((job, hello["sessionId"].as_str().unwrap().to_owned()));
+        held.push(ws);
+    }
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+
+    // A's lease (2 s) runs out; B records each session as closed by a lost
+    // server (1012), then expires its grace window (1 s).
+    for (job, session) in &jobs {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while events_of(&url, *job, "grace_expired").await.is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job} never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let closes = events_of(&url, *job, "disconnected").await;
+        assert_eq!(closes.len(), 1, "job {job}: {closes:?}");
+        assert_eq!(closes[0].payload["code"], 1012);
+        assert_eq!(closes[0].session_id.as_deref(), Some(session.as_str()));
+    }
+    // A node started afterwards finds nothing left to record.
+    let c = node(&url).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (job, _) in &jobs {
+        assert_eq!(events_of(&url, *job, "disconnected").await.len(), 1);
+        assert_eq!(events_of(&url, *job, "grace_expired").await.len(), 1);
+    }
+    drop((held, b, c));
+}
