@@ -11,11 +11,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{append_all, created, progress, rate, BenchServer, JobWriter};
+use super::{append_all, created, database, progress, rate, BenchServer, JobWriter};
 use crate::clock::SystemClock;
 use crate::config::BenchArgs;
 use crate::engine::{Engine, EngineSettings};
-use crate::log::sqlite::SqliteStore;
 use crate::log::{EventRow, LogStore};
 
 const APPENDERS: usize = 64;
@@ -29,7 +28,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
 
     // Baseline: the same rows, 100 per transaction, straight into the store.
-    let raw: Arc<dyn LogStore> = Arc::new(SqliteStore::open(&db(&dir, "raw")).await?);
+    let raw = crate::log::open(&database(args, dir.path(), "raw").await?).await?;
     let rows = interleaved_rows(raw_n, 100);
     let started = Instant::now();
     append_all(&raw, &rows, 100).await?;
@@ -40,20 +39,25 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rate(raw_rate)
     );
 
-    let many = engine_rate(&db(&dir, "many"), APPENDERS, engine_n).await?;
+    let many = engine_rate(
+        &database(args, dir.path(), "many").await?,
+        APPENDERS,
+        engine_n,
+    )
+    .await?;
     println!(
         "  engine, {APPENDERS} concurrent appenders          {:>12} appends/s   {:.2} of raw",
         rate(many),
         many / raw_rate
     );
-    let one = engine_rate(&db(&dir, "one"), 1, single_n).await?;
+    let one = engine_rate(&database(args, dir.path(), "one").await?, 1, single_n).await?;
     println!(
         "  engine, 1 appender                     {:>12} appends/s   {APPENDERS} appenders = {:.1}x one",
         rate(one),
         many / one
     );
 
-    let server = BenchServer::start(&dir.path().join("http.db"), &[]).await?;
+    let server = BenchServer::start(&database(args, dir.path(), "http").await?, &[]).await?;
     let service = server.token("service", None);
     let mut jobs = Vec::new();
     for _ in 0..APPENDERS {
@@ -102,13 +106,6 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn db(dir: &tempfile::TempDir, name: &str) -> String {
-    format!(
-        "sqlite://{}",
-        dir.path().join(format!("{name}.db")).display()
-    )
-}
-
 /// `n` progress rows spread over `jobs` jobs, interleaved as live traffic is.
 fn interleaved_rows(n: usize, jobs: usize) -> Vec<EventRow> {
     let now = Utc::now();
@@ -126,7 +123,7 @@ fn interleaved_rows(n: usize, jobs: usize) -> Vec<EventRow> {
 /// Appends `total` events from `appenders` tasks, each on its own job and each
 /// waiting for every acknowledgement; returns appends per second.
 async fn engine_rate(url: &str, appenders: usize, total: usize) -> anyhow::Result<f64> {
-    let store: Arc<dyn LogStore> = Arc::new(SqliteStore::open(url).await?);
+    let store: Arc<dyn LogStore> = crate::log::open(url).await?;
     let stop = CancellationToken::new();
     let (engine, tasks) = Engine::start(
         store.clone(),

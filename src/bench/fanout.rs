@@ -31,7 +31,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // The server runs as its own process, so its threads do not share a
     // runtime with the 1,000 readers and the driver.
     let dir = tempfile::tempdir()?;
-    let db = format!("sqlite://{}", dir.path().join("fanout.db").display());
+    let db = super::database(args, dir.path(), "fanout").await?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let (server, addr) = spawn_rejoin(&[
         "serve",

@@ -39,7 +39,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         "release build"
     };
-    println!("rejoin bench {:?} ({mode}, {build})", args.scenario);
+    let backend = if args.postgres.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!(
+        "rejoin bench {:?} ({mode}, {build}, {backend})",
+        args.scenario
+    );
     match args.scenario {
         BenchScenario::Appends => appends::run(&args).await?,
         BenchScenario::Fanout => fanout::run(&args).await?,
@@ -50,6 +58,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchScenario::Peer => peer::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A fresh database for a scenario: a SQLite file `name`.db in `dir`, or,
+/// with `--postgres URL`, a new schema on that server.
+pub async fn database(args: &BenchArgs, dir: &Path, name: &str) -> anyhow::Result<String> {
+    let Some(server) = &args.postgres else {
+        return Ok(format!(
+            "sqlite://{}",
+            dir.join(format!("{name}.db")).display()
+        ));
+    };
+    use sqlx::Connection;
+    let schema = format!("bench_{name}_{}", Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(server).await?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    let sep = if server.contains('?') { '&' } else { '?' };
+    Ok(format!("{server}{sep}options=-c%20search_path%3D{schema}"))
 }
 
 /// Latency samples and their percentiles.
@@ -119,14 +147,13 @@ pub struct BenchServer {
 }
 
 impl BenchServer {
-    pub async fn start(db: &Path, extra: &[&str]) -> anyhow::Result<BenchServer> {
+    pub async fn start(url: &str, extra: &[&str]) -> anyhow::Result<BenchServer> {
         let secret = Uuid::new_v4().simple().to_string();
-        let url = format!("sqlite://{}", db.display());
         let mut argv = vec![
             "--listen",
             "127.0.0.1:0",
             "--database-url",
-            &url,
+            url,
             "--jwt-secret",
             &secret,
             "--connect-rate-per-ip",

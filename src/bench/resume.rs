@@ -12,7 +12,6 @@ use uuid::Uuid;
 
 use super::{append_all, created, first_message, progress, BenchServer, JobWriter, Latencies, Ws};
 use crate::config::BenchArgs;
-use crate::log::sqlite::SqliteStore;
 use crate::log::LogStore;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -22,9 +21,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         (&[10, 1_000, 100_000], 300, 20)
     };
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("resume.db");
-    let store: Arc<dyn LogStore> =
-        Arc::new(SqliteStore::open(&format!("sqlite://{}", db.display())).await?);
+    let db = super::database(args, dir.path(), "resume").await?;
+    let store: Arc<dyn LogStore> = crate::log::open(&db).await?;
     let now = Utc::now();
     let mut jobs = Vec::new();
     for &len in lengths {

@@ -49,7 +49,7 @@ struct Seen {
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let n = if args.smoke { 200 } else { 10_000 };
     let dir = tempfile::tempdir()?;
-    let db = format!("sqlite://{}", dir.path().join("storm.db").display());
+    let db = super::database(args, dir.path(), "storm").await?;
     let secret = Uuid::new_v4().simple().to_string();
     let tokens = BenchServer::tokens(&secret);
     let listen = format!("127.0.0.1:{}", free_port()?);
