@@ -309,9 +309,8 @@ pub struct BenchArgs {
     /// (default 600 s, 2 s with --smoke).
     #[arg(long)]
     pub soak_secs: Option<u64>,
-    /// Run against PostgreSQL at this URL instead of SQLite (appends,
-    /// fanout, resume, storm): each database the scenario needs is a fresh
-    /// schema there.
+    /// Run against PostgreSQL at this URL instead of SQLite (every scenario
+    /// but `peer`): each database the scenario needs is a fresh schema there.
     #[arg(long)]
     pub postgres: Option<String>,
     /// For `peer`: the folder holding the Socket.IO server (default

@@ -7,8 +7,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{events_of, mint, next_json, start_binary, ws_connect, PATIENCE, SECRET};
-use serde_json::{json, Value};
+use common::{
+    create_job_at, events_of, next_json, progress_at, start_binary, token_for, ws_connect,
+    PATIENCE, SECRET,
+};
+use serde_json::Value;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -31,43 +34,9 @@ async fn start(db: &std::path::Path, grace: &str) -> (Child, SocketAddr) {
     start_binary(cmd).await
 }
 
-fn token(role: &str, job: Option<Uuid>) -> String {
-    mint(
-        &json!({"sub": "t", "role": role, "job": job, "exp": chrono::Utc::now().timestamp() + 600}),
-    )
-}
-
-async fn create_job(http: &reqwest::Client, addr: SocketAddr) -> Uuid {
-    let res = http
-        .post(format!("http://{addr}/v1/jobs"))
-        .bearer_auth(token("service", None))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    res.json::<Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-async fn progress(http: &reqwest::Client, addr: SocketAddr, job: Uuid, p: f64) -> i64 {
-    let res = http
-        .post(format!("http://{addr}/v1/jobs/{job}/events"))
-        .bearer_auth(token("service", None))
-        .json(&json!({"type": "progress", "progress": p}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    res.json::<Value>().await.unwrap()["seq"].as_i64().unwrap()
-}
-
 async fn job_state(http: &reqwest::Client, addr: SocketAddr, job: Uuid) -> Value {
     http.get(format!("http://{addr}/v1/jobs/{job}"))
-        .bearer_auth(token("support", None))
+        .bearer_auth(token_for("support", None))
         .send()
         .await
         .unwrap()
@@ -84,11 +53,14 @@ async fn after_sigkill_sessions_are_recorded_as_server_restart_and_resume_or_exp
     let http = reqwest::Client::new();
     let (mut first, addr) = start(&db, "2").await;
 
-    let resuming = create_job(&http, addr).await;
-    let abandoned = create_job(&http, addr).await;
+    let resuming = create_job_at(&http, addr).await;
+    let abandoned = create_job_at(&http, addr).await;
     let mut ws = ws_connect(
         addr,
-        &format!("jobId={resuming}&token={}", token("client", Some(resuming))),
+        &format!(
+            "jobId={resuming}&token={}",
+            token_for("client", Some(resuming))
+        ),
     )
     .await
     .unwrap();
@@ -99,13 +71,13 @@ async fn after_sigkill_sessions_are_recorded_as_server_restart_and_resume_or_exp
         addr,
         &format!(
             "jobId={abandoned}&token={}",
-            token("client", Some(abandoned))
+            token_for("client", Some(abandoned))
         ),
     )
     .await
     .unwrap();
     next_json(&mut other).await;
-    progress(&http, addr, resuming, 40.0).await;
+    progress_at(&http, addr, resuming, 40.0).await;
     let last = next_json(&mut ws).await["seq"].as_i64().unwrap();
 
     first.start_kill().unwrap();
@@ -119,12 +91,12 @@ async fn after_sigkill_sessions_are_recorded_as_server_restart_and_resume_or_exp
         assert_eq!(d[0].payload["code"], 1012);
         assert_eq!(d[0].payload["reason"], "server restart");
     }
-    let missed = progress(&http, addr, resuming, 50.0).await;
+    let missed = progress_at(&http, addr, resuming, 50.0).await;
 
     // The client comes back to the new process and resumes its session.
     let query = format!(
         "jobId={resuming}&token={}&reconnect=true&lastSeq={last}&epoch={epoch}",
-        token("client", Some(resuming))
+        token_for("client", Some(resuming))
     );
     let mut ws = ws_connect(addr, &query).await.unwrap();
     let hello = next_json(&mut ws).await;

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{mint, next_json, start_binary, ws_connect, PATIENCE, SECRET};
+use common::{create_job_at, next_json, start_binary, token_for, ws_connect, PATIENCE, SECRET};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
@@ -55,12 +55,6 @@ async fn start(db: &Path, unsafe_ack: bool) -> (Child, SocketAddr) {
         cmd.arg("--unsafe-ack-before-commit");
     }
     start_binary(cmd).await
-}
-
-fn token(role: &str, job: Option<Uuid>) -> String {
-    mint(
-        &json!({"sub": "harness", "role": role, "job": job, "exp": chrono::Utc::now().timestamp() + 3600}),
-    )
 }
 
 /// How a round ends.
@@ -104,22 +98,6 @@ struct Totals {
     dropped_bytes: usize,
 }
 
-async fn create_job(http: &reqwest::Client, addr: SocketAddr) -> Uuid {
-    let res = http
-        .post(format!("http://{addr}/v1/jobs"))
-        .bearer_auth(token("service", None))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    res.json::<Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// One round against the running `server`: load, SIGKILL, restart, check.
 /// Returns the restarted server for the next round.
 async fn round(
@@ -135,13 +113,13 @@ async fn round(
     let mut sessions = Vec::new();
     let mut readers = Vec::new();
     for _ in 0..JOBS_PER_ROUND {
-        let job = create_job(&http, addr).await;
+        let job = create_job_at(&http, addr).await;
         if unsafe_ack {
             // Answered before its commit: wait until the job is really there.
             let deadline = tokio::time::Instant::now() + PATIENCE;
             while http
                 .get(format!("http://{addr}/v1/jobs/{job}"))
-                .bearer_auth(token("service", None))
+                .bearer_auth(token_for("service", None))
                 .send()
                 .await
                 .unwrap()
@@ -157,7 +135,7 @@ async fn round(
         }
         let mut ws = ws_connect(
             addr,
-            &format!("jobId={job}&token={}", token("client", Some(job))),
+            &format!("jobId={job}&token={}", token_for("client", Some(job))),
         )
         .await
         .unwrap();
@@ -175,7 +153,7 @@ async fn round(
     for w in 0..WRITERS {
         let (http, jobs, acked) = (http.clone(), jobs.clone(), acked.clone());
         writers.push(tokio::spawn(async move {
-            let service = token("service", None);
+            let service = token_for("service", None);
             for n in 0.. {
                 let job = jobs[(n as usize + w as usize) % jobs.len()];
                 let body = json!({"type": "progress", "progress": 10.0, "data": {"w": w, "n": n}});

@@ -12,8 +12,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{events_of, mint, next_close, next_json, start_binary, ws_connect, PATIENCE, SECRET};
-use serde_json::{json, Value};
+use common::{
+    create_job_at, events_of, next_close, next_json, progress_at, start_binary, token_for,
+    ws_connect, PATIENCE, SECRET,
+};
+use serde_json::Value;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -53,42 +56,8 @@ async fn cluster() -> Option<(String, Node, Node)> {
     Some((url, a, b))
 }
 
-fn token(role: &str, job: Option<Uuid>) -> String {
-    mint(
-        &json!({"sub": "t", "role": role, "job": job, "exp": chrono::Utc::now().timestamp() + 600}),
-    )
-}
-
-async fn create_job(node: &Node) -> Uuid {
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/v1/jobs", node.addr))
-        .bearer_auth(token("service", None))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    res.json::<Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-async fn progress(node: &Node, job: Uuid, p: f64) -> i64 {
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/v1/jobs/{job}/events", node.addr))
-        .bearer_auth(token("service", None))
-        .json(&json!({"type": "progress", "progress": p}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
-    res.json::<Value>().await.unwrap()["seq"].as_i64().unwrap()
-}
-
 fn query(job: Uuid) -> String {
-    format!("jobId={job}&token={}", token("client", Some(job)))
+    format!("jobId={job}&token={}", token_for("client", Some(job)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,11 +65,11 @@ async fn an_event_posted_to_one_node_reaches_a_client_on_the_other() {
     let Some((_, a, b)) = cluster().await else {
         return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
     };
-    let job = create_job(&a).await;
+    let job = create_job_at(&reqwest::Client::new(), a.addr).await;
     let mut ws = ws_connect(b.addr, &query(job)).await.unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "connected");
     for p in [10.0, 20.0, 30.0] {
-        let seq = progress(&a, job, p).await;
+        let seq = progress_at(&reqwest::Client::new(), a.addr, job, p).await;
         let event = next_json(&mut ws).await;
         assert_eq!(event["seq"], seq);
         assert_eq!(event["progress"], p);
@@ -112,14 +81,17 @@ async fn a_client_that_drops_from_one_node_resumes_on_the_other() {
     let Some((_, a, b)) = cluster().await else {
         return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
     };
-    let job = create_job(&a).await;
+    let job = create_job_at(&reqwest::Client::new(), a.addr).await;
     let mut ws = ws_connect(a.addr, &query(job)).await.unwrap();
     let hello = next_json(&mut ws).await;
-    let last = progress(&a, job, 10.0).await;
+    let last = progress_at(&reqwest::Client::new(), a.addr, job, 10.0).await;
     assert_eq!(next_json(&mut ws).await["seq"], last);
     drop(ws); // abrupt: no close frame
               // Missed while away, posted to either node.
-    let missed = [progress(&b, job, 20.0).await, progress(&a, job, 30.0).await];
+    let missed = [
+        progress_at(&reqwest::Client::new(), b.addr, job, 20.0).await,
+        progress_at(&reqwest::Client::new(), a.addr, job, 30.0).await,
+    ];
 
     // The drop is recorded on A; B must see it before the resume can continue
     // the session.
@@ -127,7 +99,7 @@ async fn a_client_that_drops_from_one_node_resumes_on_the_other() {
     let state = loop {
         let state: Value = reqwest::Client::new()
             .get(format!("http://{}/v1/jobs/{job}", b.addr))
-            .bearer_auth(token("service", None))
+            .bearer_auth(token_for("service", None))
             .send()
             .await
             .unwrap()
@@ -162,7 +134,7 @@ async fn a_reconnect_to_one_node_replaces_the_socket_held_by_the_other() {
     let Some((url, a, b)) = cluster().await else {
         return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
     };
-    let job = create_job(&a).await;
+    let job = create_job_at(&reqwest::Client::new(), a.addr).await;
     let mut old = ws_connect(a.addr, &query(job)).await.unwrap();
     let hello = next_json(&mut old).await;
     let last = hello["lastSeq"].as_i64().unwrap();
@@ -183,7 +155,7 @@ async fn a_reconnect_to_one_node_replaces_the_socket_held_by_the_other() {
     );
     // Recorded once, as replaced, and live events now go to the new socket.
     assert_eq!(events_of(&url, job, "replaced").await.len(), 1);
-    let seq = progress(&a, job, 40.0).await;
+    let seq = progress_at(&reqwest::Client::new(), a.addr, job, 40.0).await;
     assert_eq!(next_json(&mut new).await["seq"], seq);
 }
 
@@ -194,7 +166,7 @@ async fn a_grace_window_expires_once_whichever_node_gets_there() {
     };
     let mut jobs = Vec::new();
     for _ in 0..5 {
-        let job = create_job(&a).await;
+        let job = create_job_at(&reqwest::Client::new(), a.addr).await;
         let mut ws = ws_connect(b.addr, &query(job)).await.unwrap();
         next_json(&mut ws).await;
         ws.close(None).await.unwrap();
@@ -230,7 +202,7 @@ async fn a_killed_nodes_sessions_are_recorded_and_expired_by_the_other_once() {
     let mut held = Vec::new();
     let mut jobs = Vec::new();
     for _ in 0..3 {
-        let job = create_job(&b).await;
+        let job = create_job_at(&reqwest::Client::new(), b.addr).await;
         let mut ws = ws_connect(a.addr, &query(job)).await.unwrap();
         let hello = next_json(&mut ws).await;
         jobs.push((job, hello["sessionId"].as_str().unwrap().to_owned()));

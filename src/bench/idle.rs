@@ -44,7 +44,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     // rejoin, as its own process, with authenticated sockets on their own jobs.
     let dir = tempfile::tempdir()?;
-    let db = format!("sqlite://{}", dir.path().join("idle.db").display());
+    let db = super::database(args, dir.path(), "idle").await?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let limit = (n + 10).to_string();
     let (server, addr) = spawn_rejoin(&[

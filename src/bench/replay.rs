@@ -11,7 +11,6 @@ use uuid::Uuid;
 use super::{append_all, created, progress, rate, JobWriter};
 use crate::config::BenchArgs;
 use crate::domain::World;
-use crate::log::sqlite::SqliteStore;
 use crate::log::{for_each_event, LogStore};
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -21,8 +20,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         (1_000, 1_000)
     };
     let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("replay.db").display());
-    let store: Arc<dyn LogStore> = Arc::new(SqliteStore::open(&url).await?);
+    let url = super::database(args, dir.path(), "replay").await?;
+    let store: Arc<dyn LogStore> = crate::log::open(&url).await?;
 
     let started = Instant::now();
     let now = Utc::now();
@@ -49,34 +48,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     // Baseline: one statement over every row into owned strings, no decoding.
-    let path = dir.path().join("replay.db");
     let started = Instant::now();
-    let scanned = tokio::task::spawn_blocking(move || -> rusqlite::Result<u64> {
-        let conn = rusqlite::Connection::open(path)?;
-        let mut stmt = conn.prepare(
-            "SELECT position, job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash FROM events ORDER BY position",
-        )?;
-        let mut rows = stmt.query([])?;
-        let mut n = 0u64;
-        while let Some(r) = rows.next()? {
-            let row = (
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, i32>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, Option<String>>(7)?,
-                r.get::<_, String>(8)?,
-                r.get::<_, String>(9)?,
-            );
-            std::hint::black_box(&row);
-            n += 1;
-        }
-        Ok(n)
-    })
-    .await??;
+    let scanned = raw_scan(&url).await?;
     let scan_rate = scanned as f64 / started.elapsed().as_secs_f64();
     println!(
         "  raw row scan                           {:>12} rows/s",
@@ -117,4 +90,63 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     store.close().await;
     Ok(())
+}
+
+const SCAN: &str = "SELECT position, job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash FROM events ORDER BY position";
+
+/// Every row of the log read into owned values, nothing decoded: rusqlite on
+/// SQLite, one streamed sqlx query on PostgreSQL.
+async fn raw_scan(url: &str) -> anyhow::Result<u64> {
+    if crate::log::postgres::is_postgres(url) {
+        use futures_util::TryStreamExt;
+        use sqlx::{Connection, Row};
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        let mut rows = sqlx::query(SCAN).fetch(&mut conn);
+        let mut n = 0u64;
+        while let Some(r) = rows.try_next().await? {
+            let row = (
+                r.try_get::<i64, _>(0)?,
+                r.try_get::<String, _>(1)?,
+                r.try_get::<i64, _>(2)?,
+                r.try_get::<Option<String>, _>(3)?,
+                r.try_get::<String, _>(4)?,
+                r.try_get::<i32, _>(5)?,
+                r.try_get::<String, _>(6)?,
+                r.try_get::<Option<String>, _>(7)?,
+                r.try_get::<String, _>(8)?,
+                r.try_get::<String, _>(9)?,
+            );
+            std::hint::black_box(&row);
+            n += 1;
+        }
+        return Ok(n);
+    }
+    let path = crate::log::sqlite::database_path(url)
+        .ok_or_else(|| anyhow::anyhow!("not a SQLite URL: {url}"))?;
+    Ok(
+        tokio::task::spawn_blocking(move || -> rusqlite::Result<u64> {
+            let conn = rusqlite::Connection::open(path)?;
+            let mut stmt = conn.prepare(SCAN)?;
+            let mut rows = stmt.query([])?;
+            let mut n = 0u64;
+            while let Some(r) = rows.next()? {
+                let row = (
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i32>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                );
+                std::hint::black_box(&row);
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await??,
+    )
 }

@@ -264,25 +264,7 @@ impl Engine {
                 "recording sessions left connected by the previous process as disconnected (1012 server restart)"
             );
         }
-        // Concurrently, so the writer commits them in a few transactions.
-        let recorded =
-            futures_util::future::join_all(orphaned.into_iter().map(|(job, session, socket)| {
-                let engine = engine.clone();
-                async move {
-                    engine
-                        .detach(
-                            job,
-                            session,
-                            socket,
-                            crate::ws::protocol::close::SERVICE_RESTART,
-                            crate::ws::protocol::close::SERVER_RESTART,
-                            None,
-                        )
-                        .await
-                }
-            }))
-            .await;
-        if let Some(Err(e)) = recorded.into_iter().find(Result::is_err) {
+        if let Err(e) = engine.record_lost(orphaned).await {
             return Err(StoreError::Unavailable(e.to_string()));
         }
         Ok((
@@ -490,6 +472,26 @@ impl Engine {
         &self.inner.epoch
     }
 
+    /// Records sessions whose sockets died with their server (this process's
+    /// predecessor, or a node whose lease ran out) as disconnected with 1012
+    /// `server restart`. Concurrently, so the writer commits them in a few
+    /// transactions; a session that moved on meanwhile is left alone.
+    async fn record_lost(&self, sessions: Vec<(JobId, SessionId, u32)>) -> Result<(), EngineError> {
+        let recorded =
+            futures_util::future::join_all(sessions.into_iter().map(|(job, session, socket)| {
+                self.detach(
+                    job,
+                    session,
+                    socket,
+                    crate::ws::protocol::close::SERVICE_RESTART,
+                    crate::ws::protocol::close::SERVER_RESTART,
+                    None,
+                )
+            }))
+            .await;
+        recorded.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+    }
+
     /// This node's id on a shared log; `None` on a log of one.
     pub fn node(&self) -> Option<&str> {
         self.inner.node.as_deref()
@@ -611,20 +613,8 @@ async fn keep_lease(engine: Engine, node: String, lease: Duration, shutdown: Can
                 "recording sessions of nodes whose leases ran out as disconnected (1012)"
             );
         }
-        for (job, session, socket) in orphaned {
-            if let Err(e) = engine
-                .detach(
-                    job,
-                    session,
-                    socket,
-                    crate::ws::protocol::close::SERVICE_RESTART,
-                    crate::ws::protocol::close::SERVER_RESTART,
-                    None,
-                )
-                .await
-            {
-                tracing::warn!(error = %e, %job, "cannot record a lost node's session");
-            }
+        if let Err(e) = engine.record_lost(orphaned).await {
+            tracing::warn!(error = %e, "cannot record a lost node's sessions");
         }
     }
     if let Err(e) = store.end_lease(&node).await {

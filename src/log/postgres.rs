@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{Postgres, Row};
 
 use super::{AppendListener, EventRow, LogStore, StoreError};
 
@@ -95,6 +95,20 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    async fn fetch_rows(
+        &self,
+        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(to_row)
+            .collect::<Result<_, _>>()
+            .map_err(classify)
+    }
 }
 
 fn classify(e: sqlx::Error) -> StoreError {
@@ -143,21 +157,7 @@ impl LogStore for PostgresStore {
             .map_err(classify)?;
         let mut positions = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut insert: QueryBuilder<Postgres> = QueryBuilder::new(
-                "INSERT INTO events (job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash) ",
-            );
-            insert.push_values(chunk, |mut b, row| {
-                b.push_bind(row.job_id.as_str())
-                    .push_bind(row.seq)
-                    .push_bind(row.session_id.as_deref())
-                    .push_bind(row.kind.as_str())
-                    .push_bind(row.schema_version)
-                    .push_bind(row.payload.as_str())
-                    .push_bind(row.idempotency_key.as_deref())
-                    .push_bind(row.at.as_str())
-                    .push_bind(row.hash.as_str());
-            });
-            insert.push(" RETURNING position");
+            let mut insert = super::insert_events::<Postgres>(chunk);
             let returned = insert.build().fetch_all(&mut *tx).await.map_err(classify)?;
             // Identity values are drawn in VALUES order; RETURNING's order is
             // not promised, so sort.
@@ -182,18 +182,10 @@ impl LogStore for PostgresStore {
     }
 
     async fn read_log(&self, after: i64, limit: u32) -> Result<Vec<EventRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
-        ))
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?
-        .iter()
-        .map(to_row)
-        .collect::<Result<_, _>>()
-        .map_err(classify)
+        let sql =
+            format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
+        self.fetch_rows(sqlx::query(&sql).bind(after).bind(i64::from(limit)))
+            .await
     }
 
     async fn read_job(
@@ -203,20 +195,15 @@ impl LogStore for PostgresStore {
         through_seq: i64,
         limit: u32,
     ) -> Result<Vec<EventRow>, StoreError> {
-        sqlx::query(&format!(
+        let sql = format!(
             "SELECT {COLUMNS} FROM events WHERE job_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
-        ))
-        .bind(job_id)
-        .bind(after_seq)
-        .bind(through_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?
-        .iter()
-        .map(to_row)
-        .collect::<Result<_, _>>()
-        .map_err(classify)
+        );
+        let query = sqlx::query(&sql)
+            .bind(job_id)
+            .bind(after_seq)
+            .bind(through_seq)
+            .bind(i64::from(limit));
+        self.fetch_rows(query).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

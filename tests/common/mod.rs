@@ -479,3 +479,42 @@ impl TestApp {
             .unwrap()
     }
 }
+
+// ---- Helpers for servers started as processes (by address) ----
+
+/// A token for `role` (and `job`) signed with the test secret.
+pub fn token_for(role: &str, job: Option<Uuid>) -> String {
+    mint(
+        &json!({"sub": "t", "role": role, "job": job, "exp": chrono::Utc::now().timestamp() + 600}),
+    )
+}
+
+/// Creates a job on the server at `addr`.
+pub async fn create_job_at(http: &reqwest::Client, addr: SocketAddr) -> Uuid {
+    let res = http
+        .post(format!("http://{addr}/v1/jobs"))
+        .bearer_auth(token_for("service", None))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json::<Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Appends progress `p` to `job` on the server at `addr`; its seq.
+pub async fn progress_at(http: &reqwest::Client, addr: SocketAddr, job: Uuid, p: f64) -> i64 {
+    let res = http
+        .post(format!("http://{addr}/v1/jobs/{job}/events"))
+        .bearer_auth(token_for("service", None))
+        .json(&json!({"type": "progress", "progress": p}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    res.json::<Value>().await.unwrap()["seq"].as_i64().unwrap()
+}
