@@ -8,30 +8,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    create_job_at, events_of, next_json, progress_at, start_binary, token_for, ws_connect,
-    PATIENCE, SECRET,
+    create_job_at, events_of, next_json, progress_at, serve_binary, token_for, ws_connect, PATIENCE,
 };
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use uuid::Uuid;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rejoin");
 
 /// Starts `rejoin serve` on port 0 and waits for the address it prints.
 async fn start(db: &std::path::Path, grace: &str) -> (Child, SocketAddr) {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--grace-secs",
-        grace,
-    ])
-    .arg("--database-url")
-    .arg(format!("sqlite://{}", db.display()));
-    start_binary(cmd).await
+    serve_binary(
+        &format!("sqlite://{}", db.display()),
+        &["--grace-secs", grace],
+    )
+    .await
 }
 
 async fn job_state(http: &reqwest::Client, addr: SocketAddr, job: Uuid) -> Value {

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{create_job_at, next_json, start_binary, token_for, ws_connect, PATIENCE, SECRET};
+use common::{create_job_at, next_json, serve_binary, token_for, ws_connect, PATIENCE};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
@@ -39,22 +39,11 @@ fn iterations() -> usize {
 }
 
 async fn start(db: &Path, unsafe_ack: bool) -> (Child, SocketAddr) {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--grace-secs",
-        "1",
-    ])
-    .arg("--database-url")
-    .arg(format!("sqlite://{}", db.display()));
+    let mut extra = vec!["--grace-secs", "1"];
     if unsafe_ack {
-        cmd.arg("--unsafe-ack-before-commit");
+        extra.push("--unsafe-ack-before-commit");
     }
-    start_binary(cmd).await
+    serve_binary(&format!("sqlite://{}", db.display()), &extra).await
 }
 
 /// How a round ends.

@@ -13,14 +13,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    create_job_at, events_of, next_close, next_json, progress_at, start_binary, token_for,
-    ws_connect, PATIENCE, SECRET,
+    create_job_at, events_of, next_close, next_json, progress_at, serve_binary, token_for,
+    ws_connect, PATIENCE,
 };
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use uuid::Uuid;
-
-const BIN: &str = env!("CARGO_BIN_EXE_rejoin");
 
 struct Node {
     child: Child,
@@ -28,21 +26,8 @@ struct Node {
 }
 
 async fn node(url: &str) -> Node {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--grace-secs",
-        "1",
-        "--node-lease-secs",
-        "2",
-        "--database-url",
-        url,
-    ]);
-    let (child, addr) = start_binary(cmd).await;
+    let extra = ["--grace-secs", "1", "--node-lease-secs", "2"];
+    let (child, addr) = serve_binary(url, &extra).await;
     Node { child, addr }
 }
 

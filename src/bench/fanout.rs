@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{create_job, spawn_rejoin, BenchServer, Latencies};
+use super::{create_job, serve_args, spawn_rejoin, BenchServer, Latencies};
 use crate::config::BenchArgs;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -33,18 +33,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = super::database(args, dir.path(), "fanout").await?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
-    let (server, addr) = spawn_rejoin(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        &db,
-        "--jwt-secret",
-        &secret,
-        "--connect-rate-per-ip",
-        "0",
-    ])
-    .await?;
+    let (server, addr) = spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &[])).await?;
     let tokens = BenchServer::tokens(&secret);
     let service = tokens.service();
     let http = reqwest::Client::builder()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::{create_job, rate, rss_kib, spawn_rejoin, BenchServer, Ws};
+use super::{create_job, rate, rss_kib, serve_args, spawn_rejoin, BenchServer, Ws};
 use crate::config::BenchArgs;
 
 /// Holds `sockets` open, answering pings, until the returned tasks are aborted.
@@ -47,19 +47,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let db = super::database(args, dir.path(), "idle").await?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let limit = (n + 10).to_string();
-    let (server, addr) = spawn_rejoin(&[
-        "serve",
-        "--listen",
+    let (server, addr) = spawn_rejoin(&serve_args(
         "127.0.0.1:0",
-        "--database-url",
         &db,
-        "--jwt-secret",
         &secret,
-        "--connect-rate-per-ip",
-        "0",
-        "--max-connections",
-        &limit,
-    ])
+        &["--max-connections", &limit],
+    ))
     .await?;
     let pid = server.id().unwrap_or_default();
     let tokens = BenchServer::tokens(&secret);

@@ -256,6 +256,30 @@ pub async fn spawn_rejoin(args: &[&str]) -> anyhow::Result<(tokio::process::Chil
     spawn_announcing(command).await
 }
 
+/// The command line of a bench's `rejoin serve`: `listen`, the log at `db`,
+/// tokens signed with `secret`, no per-address limit (every client is on
+/// loopback), then `extra`.
+pub fn serve_args<'a>(
+    listen: &'a str,
+    db: &'a str,
+    secret: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        listen,
+        "--database-url",
+        db,
+        "--jwt-secret",
+        secret,
+        "--connect-rate-per-ip",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Starts a server process that prints `… http://ADDR` as its first line, and
 /// returns it with that address.
 pub async fn spawn_announcing(

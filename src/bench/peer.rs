@@ -364,18 +364,8 @@ async fn spawn(
     let command = match kind {
         Kind::Rejoin => {
             let mut c = Command::new(std::env::current_exe()?);
-            c.args([
-                "serve",
-                "--listen",
-                addr,
-                "--database-url",
-                db,
-                "--jwt-secret",
-                secret,
-                "--connect-rate-per-ip",
-                "0",
-            ])
-            .env("REJOIN_LOG", "error");
+            c.args(super::serve_args(addr, db, secret, &[]))
+                .env("REJOIN_LOG", "error");
             c
         }
         Kind::SocketIo => {

@@ -22,19 +22,7 @@ use super::{
 use crate::config::BenchArgs;
 
 async fn serve(db: &str, secret: &str, listen: &str) -> anyhow::Result<tokio::process::Child> {
-    let args = [
-        "serve",
-        "--listen",
-        listen,
-        "--database-url",
-        db,
-        "--jwt-secret",
-        secret,
-        "--connect-rate-per-ip",
-        "0",
-        "--grace-secs",
-        "60",
-    ];
+    let args = super::serve_args(listen, db, secret, &["--grace-secs", "60"]);
     Ok(spawn_rejoin(&args).await?.0)
 }
 

@@ -482,6 +482,19 @@ impl TestApp {
 
 // ---- Helpers for servers started as processes (by address) ----
 
+/// Starts `rejoin serve` on port 0 over `database_url`, with the test secret
+/// and `extra` flags, and waits for the address it prints.
+pub async fn serve_binary(
+    database_url: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, SocketAddr) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rejoin"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+        .args(["--database-url", database_url])
+        .args(extra);
+    start_binary(cmd).await
+}
+
 /// A token for `role` (and `job`) signed with the test secret.
 pub fn token_for(role: &str, job: Option<Uuid>) -> String {
     mint(
