@@ -244,25 +244,19 @@ async fn an_eddsa_deployment_verifies_with_its_public_key_and_refuses_hs256() {
         "{err}"
     );
 
-    let args = rejoin::config::ServeArgs::from_args([
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        &db,
-        "--jwt-algorithm",
-        "EdDSA",
-        "--jwt-public-key",
-        &public,
-        "--jwt-private-key",
-        &private,
-    ])
-    .unwrap();
-    let app = rejoin::app::Application::build(args).await.unwrap();
-    let addr = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run(async {
-        let _ = stopped.await;
-    }));
+    let server = common::KeyedServer::start(
+        dir.path(),
+        &[
+            "--jwt-algorithm",
+            "EdDSA",
+            "--jwt-public-key",
+            &public,
+            "--jwt-private-key",
+            &private,
+        ],
+    )
+    .await;
+    let addr = server.addr;
     let http = reqwest::Client::new();
     let key = jsonwebtoken::EncodingKey::from_ed_pem(&std::fs::read(&private).unwrap()).unwrap();
     let claims = json!({"sub": "svc", "role": "service", "exp": now() + 600});
@@ -305,6 +299,5 @@ async fn an_eddsa_deployment_verifies_with_its_public_key_and_refuses_hs256() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(create(confused).await.unwrap().status(), 401);
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -380,15 +380,20 @@ fn read_log(db: &Path) -> HashMap<(Uuid, i64), (String, Option<String>, Value)> 
     log
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_acknowledged_event_is_lost_across_sigkills() {
+/// Runs `rounds` rounds ending in `crash` on a fresh database; stops at the
+/// first round that lost an acknowledged event when `stop_at_loss`, and
+/// otherwise asserts that none did.
+async fn rounds(crash: Crash, rounds: usize, stop_at_loss: bool) -> (Totals, Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("harness.db");
-    let mut server = start(&db, false).await;
+    let mut server = start(&db, crash == Crash::UnsafeAck).await;
     let mut totals = Totals::default();
-    for i in 0..iterations() {
-        let (next, round) = round(&db, server, Crash::Kill, &mut totals).await;
+    for i in 0..rounds {
+        let (next, round) = round(&db, server, crash, &mut totals).await;
         server = next;
+        if stop_at_loss && !round.lost.is_empty() {
+            return (totals, Some(i));
+        }
         assert!(
             round.lost.is_empty(),
             "round {i}: {} of {} acknowledged events lost, e.g. {:?}",
@@ -398,6 +403,12 @@ async fn no_acknowledged_event_is_lost_across_sigkills() {
         );
         assert!(round.acked > 0, "round {i} acknowledged nothing");
     }
+    (totals, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_event_is_lost_across_sigkills() {
+    let (totals, _) = rounds(Crash::Kill, iterations(), false).await;
     println!(
         "crash harness: {} SIGKILL rounds, {} acknowledged events checked, {} lost, {} sessions recorded 1012 and expired",
         totals.rounds, totals.acked, totals.lost, totals.sessions
@@ -406,43 +417,19 @@ async fn no_acknowledged_event_is_lost_across_sigkills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_harness_catches_an_acknowledgement_before_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("control.db");
-    let mut server = start(&db, true).await;
-    let mut totals = Totals::default();
-    let mut caught = None;
-    for i in 0..10 {
-        let (next, round) = round(&db, server, Crash::UnsafeAck, &mut totals).await;
-        server = next;
-        if !round.lost.is_empty() {
-            caught = Some((i, round.lost.len(), round.acked));
-            break;
-        }
-    }
-    let (i, lost, acked) = caught.expect("acknowledging before the commit must lose events");
+    let (totals, caught) = rounds(Crash::UnsafeAck, 10, true).await;
+    let round = caught.expect("acknowledging before the commit must lose events");
     println!(
-        "negative control: loss detected in round {} ({lost} of {acked} acknowledged events lost)",
-        i + 1
+        "negative control: loss detected in round {} ({} of {} acknowledged events lost)",
+        round + 1,
+        totals.lost,
+        totals.acked
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_event_is_lost_when_the_unsynced_tail_is_torn() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("power.db");
-    let mut server = start(&db, false).await;
-    let mut totals = Totals::default();
-    for i in 0..iterations() {
-        let (next, round) = round(&db, server, Crash::PowerLoss, &mut totals).await;
-        server = next;
-        assert!(
-            round.lost.is_empty(),
-            "round {i}: {} of {} acknowledged events lost, e.g. {:?}",
-            round.lost.len(),
-            round.acked,
-            &round.lost[..round.lost.len().min(3)]
-        );
-    }
+    let (totals, _) = rounds(Crash::PowerLoss, iterations(), false).await;
     println!(
         "power loss (torn WAL tail): {} rounds, {} acknowledged events checked, {} lost; {} WALs cut past a valid commit, {} bytes of unsynced tail dropped in all",
         totals.rounds, totals.acked, totals.lost, totals.torn, totals.dropped_bytes

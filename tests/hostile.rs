@@ -31,26 +31,19 @@ async fn an_rs256_deployment_refuses_hs256_signed_with_its_public_key() {
     let public = format!("{fixtures}/rsa-public.pem");
     let private = format!("{fixtures}/rsa-private.pem");
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("r.db").display());
-    let args = rejoin::config::ServeArgs::from_args([
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        &db,
-        "--jwt-algorithm",
-        "RS256",
-        "--jwt-public-key",
-        &public,
-        "--jwt-private-key",
-        &private,
-    ])
-    .unwrap();
-    let app = rejoin::app::Application::build(args).await.unwrap();
-    let addr = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run(async {
-        let _ = stopped.await;
-    }));
+    let server = common::KeyedServer::start(
+        dir.path(),
+        &[
+            "--jwt-algorithm",
+            "RS256",
+            "--jwt-public-key",
+            &public,
+            "--jwt-private-key",
+            &private,
+        ],
+    )
+    .await;
+    let addr = server.addr;
     let claims =
         json!({"sub": "svc", "role": "service", "exp": chrono::Utc::now().timestamp() + 600});
     let sign = |alg, key: &jsonwebtoken::EncodingKey| {
@@ -76,8 +69,7 @@ async fn an_rs256_deployment_refuses_hs256_signed_with_its_public_key() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_token");
     assert_eq!(create(good).await.unwrap().status(), 201);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -231,6 +231,37 @@ impl Db {
     }
 }
 
+/// A server built from its full command line (for key setups the test
+/// secret cannot give), on port 0 over a SQLite file in `dir`, signed with
+/// `jwt` (e.g. `["--jwt-algorithm", "RS256", "--jwt-public-key", PATH]`).
+pub struct KeyedServer {
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl KeyedServer {
+    pub async fn start(dir: &Path, jwt: &[&str]) -> KeyedServer {
+        let db = format!("sqlite://{}", dir.join("keyed.db").display());
+        let mut args = vec!["--listen", "127.0.0.1:0", "--database-url", &db];
+        args.extend_from_slice(jwt);
+        let app = Application::build(ServeArgs::from_args(args).unwrap())
+            .await
+            .unwrap();
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        KeyedServer { addr, stop, handle }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
 /// Starts a server on port 0 over a fresh database in a temp directory.
 pub async fn spawn_app() -> TestApp {
     spawn_with(&[]).await
