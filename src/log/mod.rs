@@ -158,35 +158,6 @@ pub trait LogStore: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// The multi-row `INSERT` of `rows` into `events`, returning their
-/// positions: the same statement on every backend.
-pub(crate) fn insert_events<'a, DB>(rows: &'a [EventRow]) -> sqlx::QueryBuilder<'a, DB>
-where
-    DB: sqlx::Database,
-    DB::Arguments<'a>: Default,
-    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    i32: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut insert = sqlx::QueryBuilder::new(
-        "INSERT INTO events (job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash) ",
-    );
-    insert.push_values(rows, |mut b, row| {
-        b.push_bind(row.job_id.as_str())
-            .push_bind(row.seq)
-            .push_bind(row.session_id.as_deref())
-            .push_bind(row.kind.as_str())
-            .push_bind(row.schema_version)
-            .push_bind(row.payload.as_str())
-            .push_bind(row.idempotency_key.as_deref())
-            .push_bind(row.at.as_str())
-            .push_bind(row.hash.as_str());
-    });
-    insert.push(" RETURNING position");
-    insert
-}
-
 /// Wakes a follower of a shared log.
 #[async_trait]
 pub trait AppendListener: Send {

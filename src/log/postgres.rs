@@ -1,11 +1,12 @@
 //! The PostgreSQL backend, for several nodes sharing one log.
 //!
-//! Every append is one transaction that first takes a transaction-scoped
-//! advisory lock: appends from all nodes are serialised, so positions commit
-//! in the order they were assigned and a reader paging by position never
-//! skips a row that commits late. The transaction ends with a `NOTIFY` on
-//! [`CHANNEL`] carrying the last position, delivered at commit, which wakes
-//! the other nodes' tails. A commit is durable before `append` returns: the
+//! Every append is one statement, and so one round trip and one transaction:
+//! `rejoin_append` (migration 0003) takes a transaction-scoped advisory lock,
+//! so appends from all nodes are serialised, positions commit in the order
+//! they were assigned and a reader paging by position never skips a row that
+//! commits late; inserts the rows; and sends a `NOTIFY` on [`CHANNEL`]
+//! carrying the last position, delivered at commit, which wakes the other
+//! nodes' followers. A commit is durable before `append` returns: the
 //! store refuses to open on a server with `fsync` or `synchronous_commit` off.
 
 use std::time::Duration;
@@ -21,8 +22,6 @@ pub const CHANNEL: &str = "rejoin_log";
 
 /// The advisory lock key appends hold (any constant; "rejoin" in ASCII).
 pub const APPEND_LOCK: i64 = 0x72_65_6a_6f_69_6e;
-
-const ROWS_PER_STATEMENT: usize = 1000;
 
 const COLUMNS: &str =
     "position, job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash";
@@ -149,35 +148,44 @@ impl LogStore for PostgresStore {
     }
 
     async fn append(&self, rows: &[EventRow]) -> Result<Vec<i64>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(APPEND_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let mut positions = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = super::insert_events::<Postgres>(chunk);
-            let returned = insert.build().fetch_all(&mut *tx).await.map_err(classify)?;
-            // Identity values are drawn in VALUES order; RETURNING's order is
-            // not promised, so sort.
-            let mut chunk_positions: Vec<i64> = returned
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<_, _>>()
-                .map_err(classify)?;
-            chunk_positions.sort_unstable();
-            positions.extend(chunk_positions);
+        if rows.is_empty() {
+            return Ok(Vec::new());
         }
-        if let Some(last) = positions.last() {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(last.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
+        // One statement, so one round trip and its own transaction: the lock,
+        // the insert and the notification are in `rejoin_append` (migration
+        // 0003), which returns the positions in order.
+        let text = |f: fn(&EventRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+        let positions: Vec<i64> = sqlx::query_scalar(
+            "SELECT * FROM rejoin_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(APPEND_LOCK)
+        .bind(text(|r| &r.job_id))
+        .bind(rows.iter().map(|r| r.seq).collect::<Vec<i64>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.session_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(text(|r| &r.kind))
+        .bind(rows.iter().map(|r| r.schema_version).collect::<Vec<i32>>())
+        .bind(text(|r| &r.payload))
+        .bind(
+            rows.iter()
+                .map(|r| r.idempotency_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(text(|r| &r.at))
+        .bind(text(|r| &r.hash))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        if positions.len() != rows.len() {
+            return Err(StoreError::Unavailable(format!(
+                "appended {} rows but got {} positions back",
+                rows.len(),
+                positions.len()
+            )));
         }
-        tx.commit().await.map_err(classify)?;
         Ok(positions)
     }
 

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{Connection, Row, Sqlite};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
 use super::sqlite_scan::Scanner;
@@ -124,6 +124,26 @@ fn classify(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// The multi-row `INSERT` of `rows` into `events`, returning their positions.
+fn insert_events(rows: &[EventRow]) -> QueryBuilder<'_, Sqlite> {
+    let mut insert = QueryBuilder::new(
+        "INSERT INTO events (job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash) ",
+    );
+    insert.push_values(rows, |mut b, row| {
+        b.push_bind(row.job_id.as_str())
+            .push_bind(row.seq)
+            .push_bind(row.session_id.as_deref())
+            .push_bind(row.kind.as_str())
+            .push_bind(row.schema_version)
+            .push_bind(row.payload.as_str())
+            .push_bind(row.idempotency_key.as_deref())
+            .push_bind(row.at.as_str())
+            .push_bind(row.hash.as_str());
+    });
+    insert.push(" RETURNING position");
+    insert
+}
+
 #[async_trait]
 impl LogStore for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -142,7 +162,7 @@ impl LogStore for SqliteStore {
         let mut tx = conn.begin().await.map_err(classify)?;
         let mut positions = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = super::insert_events::<Sqlite>(chunk);
+            let mut insert = insert_events(chunk);
             let returned = insert.build().fetch_all(&mut *tx).await.map_err(classify)?;
             // One writer inserts each statement's rows in VALUES order with
             // increasing rowids; RETURNING's order is unspecified, so sort.
