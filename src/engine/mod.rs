@@ -538,7 +538,14 @@ async fn follow(
                 Ok(rows) if rows.is_empty() => break,
                 Ok(rows) => {
                     cursor = rows.last().map_or(cursor, |r| r.position);
-                    let events = rows.iter().filter_map(|r| r.decode_stored().ok()).collect();
+                    let events = rows
+                        .iter()
+                        .filter_map(|r| {
+                            r.decode_stored()
+                                .map_err(|e| tracing::error!(error = %e, "skipping an event another node wrote"))
+                                .ok()
+                        })
+                        .collect();
                     if absorb.send(events).await.is_err() {
                         return;
                     }

@@ -348,39 +348,22 @@ impl Writer {
     }
 
     /// Events read from the shared log, in position order. Those this node
-    /// already has are skipped; a job whose next event is missing is caught up
-    /// from the log first.
+    /// already has are skipped; a job whose next event is missing (this node
+    /// fell behind on it) is caught up from the log.
     async fn absorb(&self, events: Vec<Event>) {
-        let mut ready = Vec::with_capacity(events.len());
-        for event in events {
-            let head = self.head_seq(event.job_id);
-            if event.seq <= head {
-                continue;
-            }
-            if event.seq
-                > head
-                    + 1
-                    + ready
-                        .iter()
-                        .filter(|e: &&Event| e.job_id == event.job_id)
-                        .count() as i64
-            {
-                self.apply_absorbed(std::mem::take(&mut ready));
-                if let Err(e) = self.catch_up(&HashSet::from([event.job_id])).await {
-                    tracing::warn!(error = %e, job = %event.job_id, "cannot catch up a job from the log");
-                }
-                continue;
-            }
-            ready.push(event);
+        let behind = self.apply_absorbed(events);
+        if let Err(e) = self.catch_up(&behind).await {
+            tracing::warn!(error = %e, "cannot catch up from the shared log");
         }
-        self.apply_absorbed(ready);
     }
 
-    /// Applies events another node committed: the state moves on, job events
-    /// reach this node's live sockets, grace deadlines reach the scheduler, and
-    /// a socket another node took over is closed here.
-    fn apply_absorbed(&self, events: Vec<Event>) {
+    /// Applies events another node committed, each in its job's order: the
+    /// state moves on, job events reach this node's live sockets, grace
+    /// deadlines reach the scheduler, and a socket another node took over is
+    /// closed here. Returns the jobs whose next event was not among them.
+    fn apply_absorbed(&self, events: Vec<Event>) -> HashSet<JobId> {
         let mut fresh = Vec::with_capacity(events.len());
+        let mut behind = HashSet::new();
         {
             let mut world = self.world.write().unwrap_or_else(|p| p.into_inner());
             for event in events {
@@ -388,6 +371,8 @@ impl Writer {
                 if event.seq == head + 1 {
                     world.apply(&event);
                     fresh.push(Arc::new(event));
+                } else if event.seq > head + 1 {
+                    behind.insert(event.job_id);
                 }
             }
         }
@@ -400,6 +385,7 @@ impl Writer {
             }
         }
         self.after_commit(&fresh, false);
+        behind
     }
 
     /// Fans committed job events out to the sockets that were live before this
