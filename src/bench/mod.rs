@@ -69,15 +69,7 @@ pub async fn database(args: &BenchArgs, dir: &Path, name: &str) -> anyhow::Resul
             dir.join(format!("{name}.db")).display()
         ));
     };
-    use sqlx::Connection;
-    let schema = format!("bench_{name}_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(server).await?;
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await?;
-    let sep = if server.contains('?') { '&' } else { '?' };
-    Ok(format!("{server}{sep}options=-c%20search_path%3D{schema}"))
+    Ok(crate::log::postgres::fresh_schema(server, &format!("bench_{name}")).await?)
 }
 
 /// Latency samples and their percentiles.
@@ -149,18 +141,9 @@ pub struct BenchServer {
 impl BenchServer {
     pub async fn start(url: &str, extra: &[&str]) -> anyhow::Result<BenchServer> {
         let secret = Uuid::new_v4().simple().to_string();
-        let mut argv = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            url,
-            "--jwt-secret",
-            &secret,
-            "--connect-rate-per-ip",
-            "0",
-        ];
-        argv.extend_from_slice(extra);
-        let app = Application::build(ServeArgs::from_args(argv)?).await?;
+        // The same command line as a spawned server's, less the subcommand.
+        let argv = serve_args("127.0.0.1:0", url, &secret, extra);
+        let app = Application::build(ServeArgs::from_args(&argv[1..])?).await?;
         let addr = app.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run(async {

@@ -167,8 +167,11 @@ impl Engine {
             "state rebuilt from the log"
         );
         // Sessions waiting in a grace window: the scheduler's first deadlines.
-        // Sessions the log shows connected lost their sockets with the previous
-        // process: they are recorded as disconnected below.
+        // On a log of one, sessions the log shows connected lost their sockets
+        // with the previous process: they are recorded as disconnected below.
+        // On a shared log other nodes may hold them; a node that died with
+        // sockets open is found by its lease instead (`keep_lease`).
+        let store_shared = store.shared();
         let mut waiting = Vec::new();
         let mut orphaned = Vec::new();
         for job in world.jobs.values() {
@@ -179,12 +182,14 @@ impl Engine {
                         job_id: job.job_id,
                         session_id: s.session_id,
                     }),
-                    SessionPhase::Connected => orphaned.push((job.job_id, s.session_id, s.sockets)),
+                    SessionPhase::Connected if !store_shared => {
+                        orphaned.push((job.job_id, s.session_id, s.sockets))
+                    }
+                    SessionPhase::Connected => {}
                     SessionPhase::Ended { .. } => {}
                 }
             }
         }
-        let store_shared = store.shared();
         // On a shared log this process is a node with a lease: taken before
         // any socket can name it.
         let node = if store_shared {
@@ -253,11 +258,6 @@ impl Engine {
                 shutdown,
             ))
         });
-        if store_shared {
-            // Other nodes may hold these sessions' sockets; a node that died
-            // with sockets open is found by its lease, not by a restart.
-            orphaned.clear();
-        }
         if !orphaned.is_empty() {
             tracing::warn!(
                 sessions = orphaned.len(),

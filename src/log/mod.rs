@@ -158,6 +158,17 @@ pub trait LogStore: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// A database error as the store reports it: a unique violation is a
+/// conflicting append, anything else makes the log unavailable.
+pub(crate) fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_owned())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
 /// Wakes a follower of a shared log.
 #[async_trait]
 pub trait AppendListener: Send {

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
-use super::{AppendListener, EventRow, LogStore, StoreError};
+use super::{classify, AppendListener, EventRow, LogStore, StoreError};
 
 /// The channel `append` notifies with the last position it committed.
 pub const CHANNEL: &str = "rejoin_log";
@@ -33,6 +33,23 @@ pub struct PostgresStore {
 
 pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Creates a schema named `prefix_<random>` on the server at `url` and
+/// returns a URL whose connections use it (`search_path`): a fresh, separate
+/// log on a shared server, for tests and benchmarks.
+pub async fn fresh_schema(url: &str, prefix: &str) -> Result<String, StoreError> {
+    use sqlx::Connection;
+    let schema = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let open = |e: sqlx::Error| StoreError::Open(format!("{}: {e}", redacted(url)));
+    let mut conn = sqlx::PgConnection::connect(url).await.map_err(open)?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .map_err(open)?;
+    conn.close().await.map_err(open)?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{sep}options=-c%20search_path%3D{schema}"))
 }
 
 /// The URL without its password, for messages.
@@ -107,15 +124,6 @@ impl PostgresStore {
             .map(to_row)
             .collect::<Result<_, _>>()
             .map_err(classify)
-    }
-}
-
-fn classify(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict(db.message().to_owned())
-        }
-        _ => StoreError::Unavailable(e.to_string()),
     }
 }
 

@@ -18,7 +18,7 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
 use super::sqlite_scan::Scanner;
-use super::{EventRow, LogStore, StoreError};
+use super::{classify, EventRow, LogStore, StoreError};
 
 /// Rows per INSERT statement: 10 columns each, far below SQLite's limit of
 /// 32,766 bound parameters.
@@ -113,15 +113,6 @@ async fn check_durability(conn: &mut SqliteConnection, path: &Path) -> Result<()
     }
     tracing::debug!(path = %path.display(), "SQLite journal_mode=wal synchronous=FULL");
     Ok(())
-}
-
-fn classify(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict(db.message().to_owned())
-        }
-        _ => StoreError::Unavailable(e.to_string()),
-    }
 }
 
 /// The multi-row `INSERT` of `rows` into `events`, returning their positions.

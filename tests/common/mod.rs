@@ -176,17 +176,9 @@ pub async fn fresh_database(dir: &Path) -> String {
     let Ok(server) = std::env::var("REJOIN_TEST_POSTGRES_URL") else {
         return format!("sqlite://{}", dir.join("rejoin.db").display());
     };
-    use sqlx::Connection;
-    let schema = format!("t_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&server)
+    rejoin::log::postgres::fresh_schema(&server, "t")
         .await
-        .expect("REJOIN_TEST_POSTGRES_URL answers");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let sep = if server.contains('?') { '&' } else { '?' };
-    format!("{server}{sep}options=-c%20search_path%3D{schema}")
+        .expect("REJOIN_TEST_POSTGRES_URL answers")
 }
 
 /// A direct connection to a test database, for what the API cannot do
