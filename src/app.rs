@@ -3,7 +3,7 @@
 //! (so the port is known before anything runs); [`Application::run`] serves
 //! until the given shutdown future resolves, then stops in order: no new
 //! connections, every socket closed with 1001 and its close recorded, the
-//! writer drained, the database closed.
+//! writer drained, a checkpoint written, the database closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +51,7 @@ impl Application {
             seconds("--heartbeat-interval-secs", args.heartbeat_interval_secs)?;
         let heartbeat_timeout = seconds("--heartbeat-timeout-secs", args.heartbeat_timeout_secs)?;
         let node_lease = seconds("--node-lease-secs", args.node_lease_secs)?;
+        let checkpoint_every = seconds("--checkpoint-every-secs", args.checkpoint_every_secs)?;
         anyhow::ensure!(args.send_queue > 0, "--send-queue must be at least 1");
         let demo = if args.demo {
             Some(seconds("--demo-duration-secs", args.demo_duration_secs)?)
@@ -73,6 +74,9 @@ impl Application {
             grace,
             unsafe_ack_before_commit: args.unsafe_ack_before_commit,
             node_lease,
+            job_cache_entries: args.job_cache_entries,
+            checkpoint_every_events: args.checkpoint_every_events,
+            checkpoint_every,
             ..EngineSettings::default()
         };
         let (engine, tasks) = Engine::start(store, clock, settings, engine_stop.clone()).await?;
@@ -134,6 +138,7 @@ impl Application {
             engine_stop,
         } = self;
         let store = state.engine.store().clone();
+        let engine = state.engine.clone();
         let sockets = state.sockets.clone();
         let app = http::router(state);
         let closing = sockets.clone();
@@ -160,6 +165,15 @@ impl Application {
         engine_stop.cancel();
         tasks.scheduler.await.context("the scheduler panicked")?;
         tasks.writer.await.context("the log writer panicked")?;
+        tasks
+            .checkpoints
+            .await
+            .context("the checkpoint writer panicked")?;
+        // The next start folds nothing: every event is in this checkpoint.
+        match engine.checkpoint_now().await {
+            Ok(h) => tracing::info!(position = h.position, jobs = h.jobs, "checkpoint written"),
+            Err(e) => tracing::warn!(error = %e, "cannot write the shutdown checkpoint"),
+        }
         if let Some(leases) = tasks.leases {
             leases.await.context("the lease keeper panicked")?;
         }

@@ -33,6 +33,9 @@ pub enum CliCommand {
     /// Fold the log (all of it, from a position, or one job) into NDJSON events
     /// or a summary.
     Replay(ReplayArgs),
+    /// Write a checkpoint of the log's live state now, list the checkpoints,
+    /// or delete them (they are derived: a start without one folds the log).
+    Checkpoint(CheckpointArgs),
     /// Run a benchmark scenario against a server on a temporary database.
     Bench(BenchArgs),
     /// The idle benchmark's baseline: a bare tokio-tungstenite server.
@@ -178,6 +181,27 @@ pub struct ServeArgs {
     #[arg(long, env = "REJOIN_NODE_LEASE_SECS", default_value_t = 10.0)]
     pub node_lease_secs: f64,
 
+    /// Finished jobs kept in memory for quick reads, besides the live ones
+    /// (not finished, or with a session connected or in grace, which are
+    /// always held). Others are read back from the log by index when asked
+    /// for.
+    #[arg(long, env = "REJOIN_JOB_CACHE_ENTRIES", default_value_t = 10_000)]
+    pub job_cache_entries: usize,
+
+    /// Write a checkpoint of the live state after this many events (0: only
+    /// by time). A start folds only the events after the newest checkpoint.
+    #[arg(
+        long,
+        env = "REJOIN_CHECKPOINT_EVERY_EVENTS",
+        default_value_t = 100_000
+    )]
+    pub checkpoint_every_events: u64,
+
+    /// Write a checkpoint this many seconds after the last one, if any event
+    /// came since. One is also written at every graceful shutdown.
+    #[arg(long, env = "REJOIN_CHECKPOINT_EVERY_SECS", default_value_t = 300.0)]
+    pub checkpoint_every_secs: f64,
+
     /// Breaks durability on purpose: answers appends before they are
     /// committed. Only for the crash harness's negative control, which must
     /// see it lose events. Never set it anywhere else.
@@ -214,6 +238,18 @@ pub struct TokenArgs {
 
     #[command(flatten)]
     pub jwt: JwtArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct CheckpointArgs {
+    /// List the checkpoints instead of writing one.
+    #[arg(long, conflicts_with = "delete")]
+    pub list: bool,
+    /// Delete every checkpoint instead of writing one.
+    #[arg(long)]
+    pub delete: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -297,6 +333,10 @@ pub enum BenchScenario {
     /// recovery side by side (fan-out, TCP-reset and silent drops, a restart,
     /// idle memory). Needs Node.js and npm; installs the peer with `npm ci`.
     Peer,
+    /// Start-up as history grows: logs of 20,000, 200,000 and 1,000,000
+    /// finished jobs plus 1,000 live ones, started without and with a
+    /// checkpoint; RSS; cold reads of finished jobs.
+    Startup,
 }
 
 #[derive(Clone, Debug, Args)]

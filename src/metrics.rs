@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
 use crate::domain::{Event, EventBody};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,6 +33,11 @@ struct Kind {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldAs {
+    held: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     connections: Gauge,
@@ -45,6 +52,14 @@ pub struct Metrics {
     failed_commits: Counter,
     refused_at_capacity: Counter,
     rate_limited: Counter,
+    jobs_in_memory: Family<HeldAs, Gauge>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    checkpoint_position: Gauge,
+    checkpoint_age: Gauge<f64, AtomicU64>,
+    /// When the last checkpoint was made, in Unix milliseconds (0: none).
+    checkpoint_at_ms: AtomicI64,
+    startup_folded: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -69,6 +84,13 @@ impl Default for Metrics {
             failed_commits: Counter::default(),
             refused_at_capacity: Counter::default(),
             rate_limited: Counter::default(),
+            jobs_in_memory: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            checkpoint_position: Gauge::default(),
+            checkpoint_age: Gauge::default(),
+            checkpoint_at_ms: AtomicI64::new(0),
+            startup_folded: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -130,6 +152,36 @@ impl Default for Metrics {
             "rejoin_connect_rate_limited",
             "Socket upgrades refused with 429: too many attempts from one address",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "rejoin_jobs_in_memory",
+            "Jobs held in memory: live (not finished, or a session connected or in grace) and cached (recently used finished jobs)",
+            m.jobs_in_memory.clone(),
+        );
+        registry.register(
+            "rejoin_job_cache_hits",
+            "Finished jobs found in the cache",
+            m.cache_hits.clone(),
+        );
+        registry.register(
+            "rejoin_job_cache_misses",
+            "Jobs not held in memory, read back from the log by index",
+            m.cache_misses.clone(),
+        );
+        registry.register(
+            "rejoin_checkpoint_position",
+            "Log position of the newest checkpoint this server wrote or started from (0: none)",
+            m.checkpoint_position.clone(),
+        );
+        registry.register(
+            "rejoin_checkpoint_age_seconds",
+            "Seconds since that checkpoint was made (0: none)",
+            m.checkpoint_age.clone(),
+        );
+        registry.register(
+            "rejoin_startup_events_folded",
+            "Events folded at start-up after the checkpoint (the whole log without one)",
+            m.startup_folded.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -198,9 +250,50 @@ impl Metrics {
         self.failed_commits.inc();
     }
 
-    /// The text exposition, with the live connection count as of now.
-    pub fn render(&self, connections: usize) -> String {
+    /// A job found in memory: counted as a cache hit when it was a cached
+    /// finished job (live jobs are always held).
+    pub fn observe_job_lookup(&self, held: crate::engine::jobs::Held) {
+        if held == crate::engine::jobs::Held::Cached {
+            self.cache_hits.inc();
+        }
+    }
+
+    /// A job read back from the log.
+    pub fn observe_job_loaded(&self) {
+        self.cache_misses.inc();
+    }
+
+    pub fn observe_checkpoint(&self, header: &crate::log::CheckpointHeader) {
+        self.checkpoint_position.set(header.position);
+        if let Ok(at) = crate::domain::event::parse_time(&header.created_at) {
+            self.checkpoint_at_ms
+                .store(at.timestamp_millis(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn observe_startup(&self, folded: u64) {
+        self.startup_folded.set(folded as i64);
+    }
+
+    /// The text exposition, with the live connection count and the jobs in
+    /// memory as of `now`.
+    pub fn render(
+        &self,
+        connections: usize,
+        (live, cached): (usize, usize),
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> String {
         self.connections.set(connections as i64);
+        for (held, n) in [("live", live), ("cached", cached)] {
+            self.jobs_in_memory
+                .get_or_create(&HeldAs { held })
+                .set(n as i64);
+        }
+        let at = self.checkpoint_at_ms.load(Ordering::Relaxed);
+        if at > 0 {
+            let age = (now.timestamp_millis() - at).max(0) as f64 / 1000.0;
+            self.checkpoint_age.set(age);
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -44,6 +44,17 @@ async fn replay_smoke() {
 }
 
 #[tokio::test]
+async fn startup_smoke() {
+    let out = bench("startup").await;
+    assert!(out.contains("from the checkpoint:"), "{out}");
+    // The start from a checkpoint written at a graceful stop folds nothing.
+    assert!(
+        out.contains("RSS") && out.contains(", 0 events folded"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
 async fn fanout_smoke() {
     let out = bench("fanout").await;
     assert!(

@@ -4,7 +4,8 @@
 //! again. Then: every acknowledged event is in the log with its own payload,
 //! every job's seqs run 1, 2, 3, … with no gap and no duplicate, every session
 //! that was connected got `disconnected` 1012 and later its grace expiry, and
-//! `rejoin verify` passes.
+//! `rejoin verify` passes. Checkpoints are written throughout, and each
+//! restart starts from the newest one.
 //!
 //! A negative control runs the same rounds against a server that answers
 //! before committing (`--unsafe-ack-before-commit`): the harness must see it
@@ -39,7 +40,9 @@ fn iterations() -> usize {
 }
 
 async fn start(db: &Path, unsafe_ack: bool) -> (Child, SocketAddr) {
-    let mut extra = vec!["--grace-secs", "1"];
+    // Checkpoints are written all along (every 100 events), so a crash can
+    // land before, during or after one.
+    let mut extra = vec!["--grace-secs", "1", "--checkpoint-every-events", "100"];
     if unsafe_ack {
         extra.push("--unsafe-ack-before-commit");
     }

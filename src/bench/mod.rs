@@ -11,6 +11,7 @@ pub mod idle;
 mod peer;
 mod replay;
 mod resume;
+mod startup;
 mod storm;
 
 use std::net::SocketAddr;
@@ -56,6 +57,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchScenario::Idle => idle::run(&args).await?,
         BenchScenario::Storm => storm::run(&args).await?,
         BenchScenario::Peer => peer::run(&args).await?,
+        BenchScenario::Startup => startup::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -339,6 +341,18 @@ impl JobWriter {
 
     pub fn push(&mut self, rows: &mut Vec<EventRow>, at: DateTime<Utc>, body: EventBody) {
         let mut event = Event::new(self.state.job_id, None, at, body);
+        rows.push(seal(&mut self.state, &mut event));
+    }
+
+    /// An event of one of the job's sessions.
+    pub fn push_session(
+        &mut self,
+        rows: &mut Vec<EventRow>,
+        at: DateTime<Utc>,
+        session: Uuid,
+        body: EventBody,
+    ) {
+        let mut event = Event::new(self.state.job_id, Some(session), at, body);
         rows.push(seal(&mut self.state, &mut event));
     }
 }

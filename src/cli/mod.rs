@@ -1,5 +1,6 @@
 //! The command-line subcommands. Each is a thin shell over the library.
 
+mod checkpoint;
 pub mod history;
 mod replay;
 mod serve;
@@ -18,6 +19,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::Verify(args) => verify::run(args).await,
         CliCommand::History(args) => history::run(args).await,
         CliCommand::Replay(args) => replay::run(args).await,
+        CliCommand::Checkpoint(args) => checkpoint::run(args).await,
         CliCommand::Bench(args) => crate::bench::run(args).await,
         CliCommand::BenchBareServer => crate::bench::idle::bare_server()
             .await

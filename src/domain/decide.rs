@@ -46,9 +46,6 @@ pub enum Command {
     },
     /// A grace deadline came. Ignored unless the session is still waiting.
     ExpireGrace { session_id: SessionId },
-    /// Nothing to decide: on a log shared by several nodes, the writer first
-    /// brings the job up to date from the log, which is all this asks for.
-    Refresh,
 }
 
 /// What a client asked for when its socket opened.
@@ -144,9 +141,6 @@ pub fn decide(
     command: &Command,
     now: DateTime<Utc>,
 ) -> Result<Decision, DomainError> {
-    if let Command::Refresh = command {
-        return Ok(Decision::Nothing);
-    }
     if let Command::CreateJob { metadata } = command {
         if state.exists() {
             return Ok(Decision::AlreadyExists);
@@ -161,7 +155,7 @@ pub fn decide(
         return Err(DomainError::UnknownJob);
     }
     match command {
-        Command::CreateJob { .. } | Command::Refresh => unreachable!("handled above"),
+        Command::CreateJob { .. } => unreachable!("handled above"),
         Command::AppendJobEvent { body, .. } => {
             if let Some(prior) = prior {
                 return if prior.fingerprint == fingerprint(body) {

@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::event::{Event, EventBody, FailureInfo, JobId, SessionId};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Pending,
@@ -43,7 +43,7 @@ impl JobStatus {
 }
 
 /// Where a session stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionPhase {
     /// A socket is open.
     Connected,
@@ -54,7 +54,7 @@ pub enum SessionPhase {
 }
 
 /// One client's logical attachment to a job, across its sockets.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionState {
     pub session_id: SessionId,
     pub started_at: DateTime<Utc>,
@@ -82,7 +82,7 @@ impl SessionState {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionCounts {
     pub connects: u64,
@@ -94,8 +94,13 @@ pub struct ConnectionCounts {
     pub grace_expiries: u64,
 }
 
+/// The version of the fold below. Checkpoints (derived snapshots of
+/// `JobState`s) carry it, and one written by another version is ignored: bump
+/// it whenever `apply` or the fields of the state change meaning.
+pub const FOLD_VERSION: i32 = 1;
+
 /// A job as the log tells it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobState {
     pub job_id: JobId,
     pub created_at: Option<DateTime<Utc>>,
@@ -159,6 +164,20 @@ impl JobState {
     /// A job exists once its `job_created` event is in the log.
     pub fn exists(&self) -> bool {
         self.created_at.is_some()
+    }
+
+    /// Whether the server must keep the job at hand: it has not finished, or
+    /// a session is connected or waiting in its grace window (a deadline is
+    /// pending). Anything else can be read back from the log when asked for.
+    pub fn is_live(&self) -> bool {
+        if !self.exists() {
+            return false;
+        }
+        !self.status.is_terminal()
+            || self
+                .session
+                .as_ref()
+                .is_some_and(|s| !matches!(s.phase, SessionPhase::Ended { .. }))
     }
 
     /// Moves the state past one event.

@@ -5,11 +5,14 @@
 //! durably, applied to the [`World`], and only then answered. Reads clone state
 //! out of the `World` under a short read lock; they never wait for the writer.
 
+mod checkpoint;
 pub mod hub;
+pub mod jobs;
+pub mod recover;
 mod writer;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -19,14 +22,16 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::domain::decide::{Attach, AttachPlan};
 use crate::domain::{
-    Command, DomainError, Event, EventBody, JobId, JobState, SessionId, SessionPhase, World,
+    Command, DomainError, Event, EventBody, JobId, JobState, SessionId, SessionPhase,
 };
-use crate::log::{for_each_event, for_each_job_event, LogStore, StoreError};
+use crate::log::{for_each_job_event, CheckpointHeader, LogStore, StoreError};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, Deadline};
+pub use checkpoint::{write as write_checkpoint, Snapshot};
 use hub::{Hub, Registration};
+use jobs::{load_job, JobTable};
 use uuid::Uuid;
-use writer::{WriteRequest, Writer};
+use writer::{CheckpointPolicy, WriteRequest, Writer};
 
 /// A socket attached to a job: how to serve it.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,6 +103,12 @@ pub struct EngineSettings {
     pub unsafe_ack_before_commit: bool,
     /// On a shared log: how long a node's lease lasts without renewal.
     pub node_lease: Duration,
+    /// Finished jobs kept in memory besides the live ones.
+    pub job_cache_entries: usize,
+    /// A checkpoint after this many events (0: only by time).
+    pub checkpoint_every_events: u64,
+    /// A checkpoint this long after the last, if anything happened since.
+    pub checkpoint_every: Duration,
 }
 
 impl Default for EngineSettings {
@@ -108,8 +119,22 @@ impl Default for EngineSettings {
             grace: Duration::from_secs(60),
             unsafe_ack_before_commit: false,
             node_lease: Duration::from_secs(10),
+            job_cache_entries: 10_000,
+            checkpoint_every_events: 100_000,
+            checkpoint_every: Duration::from_secs(300),
         }
     }
+}
+
+/// How the state was rebuilt at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Startup {
+    /// The checkpoint's position, when one was used.
+    pub checkpoint: Option<i64>,
+    /// Events folded after it (or from the start of the log).
+    pub folded: u64,
+    /// Why newer checkpoints were ignored.
+    pub ignored: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -119,7 +144,9 @@ pub struct Engine {
 
 struct Inner {
     store: Arc<dyn LogStore>,
-    world: Arc<RwLock<World>>,
+    jobs: Arc<Mutex<JobTable>>,
+    /// Every event up to this position is applied to `jobs`.
+    applied: Arc<AtomicI64>,
     tx: mpsc::Sender<WriteRequest>,
     epoch: String,
     clock: Arc<dyn Clock>,
@@ -130,20 +157,24 @@ struct Inner {
     head: watch::Receiver<i64>,
     /// This node's id, on a shared log.
     node: Option<String>,
+    startup: Startup,
 }
 
 /// The engine's background tasks, stopped by the token given to `start`.
 pub struct EngineTasks {
     pub writer: JoinHandle<()>,
     pub scheduler: JoinHandle<()>,
+    /// Writes the checkpoints the writer hands it; ends after the writer.
+    pub checkpoints: JoinHandle<()>,
     /// On a shared log: keeps this node's lease and records the sessions of
     /// nodes whose leases ran out.
     pub leases: Option<JoinHandle<()>>,
 }
 
 impl Engine {
-    /// Rebuilds the state from the log and starts the writer. The writer stops
-    /// when `shutdown` is cancelled, after answering what was already queued.
+    /// Rebuilds the state from the newest checkpoint and the log after it,
+    /// and starts the writer. The writer stops when `shutdown` is cancelled,
+    /// after answering what was already queued.
     pub async fn start(
         store: Arc<dyn LogStore>,
         clock: Arc<dyn Clock>,
@@ -151,48 +182,23 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<(Engine, EngineTasks), StoreError> {
         let epoch = store.epoch().await?;
-        let mut world = World::default();
-        let mut count = 0u64;
-        let mut head = 0;
-        for_each_event(store.as_ref(), 0, |_, event| {
-            head = event.position;
-            world.apply(&event);
-            count += 1;
-            Ok(())
-        })
-        .await?;
-        tracing::info!(
-            events = count,
-            jobs = world.jobs.len(),
-            "state rebuilt from the log"
-        );
-        // Sessions waiting in a grace window: the scheduler's first deadlines.
-        // On a log of one, sessions the log shows connected lost their sockets
-        // with the previous process: they are recorded as disconnected below.
-        // On a shared log other nodes may hold them; a node that died with
-        // sockets open is found by its lease instead (`keep_lease`).
-        let store_shared = store.shared();
-        let mut waiting = Vec::new();
-        let mut orphaned = Vec::new();
-        for job in world.jobs.values() {
-            if let Some(s) = &job.session {
-                match s.phase {
-                    SessionPhase::Grace { until } => waiting.push(Deadline {
-                        at: until,
-                        job_id: job.job_id,
-                        session_id: s.session_id,
-                    }),
-                    SessionPhase::Connected if !store_shared => {
-                        orphaned.push((job.job_id, s.session_id, s.sockets))
-                    }
-                    SessionPhase::Connected => {}
-                    SessionPhase::Ended { .. } => {}
-                }
-            }
+        let recovered =
+            recover::recover(store.as_ref(), &epoch, settings.job_cache_entries).await?;
+        let metrics = Arc::new(Metrics::default());
+        metrics.observe_startup(recovered.folded);
+        if let Some(h) = &recovered.checkpoint {
+            metrics.observe_checkpoint(h);
         }
+        let startup = Startup {
+            checkpoint: recovered.checkpoint.as_ref().map(|h| h.position),
+            folded: recovered.folded,
+            ignored: recovered.ignored,
+        };
+        let head = recovered.position;
+        let (waiting, orphaned) = sessions_to_resume(&recovered.table, store.shared());
         // On a shared log this process is a node with a lease: taken before
         // any socket can name it.
-        let node = if store_shared {
+        let node = if store.shared() {
             let id = Uuid::new_v4().to_string();
             store.renew_lease(&id, settings.node_lease).await?;
             tracing::info!(node = %id, "joined the shared log");
@@ -200,18 +206,20 @@ impl Engine {
         } else {
             None
         };
-        let world = Arc::new(RwLock::new(world));
+        let jobs = Arc::new(Mutex::new(recovered.table));
+        let applied = Arc::new(AtomicI64::new(head));
         let stats = Arc::new(WriterStats::default());
         let hub = Arc::new(Hub::default());
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let (deadline_tx, deadline_rx) = mpsc::unbounded_channel();
-        let metrics = Arc::new(Metrics::default());
         let (head_tx, head_rx) = watch::channel(head);
+        let (checkpoint_tx, checkpoint_rx) = mpsc::channel(1);
         let writer = Writer {
             metrics: metrics.clone(),
             head: head_tx,
             store: store.clone(),
-            world: world.clone(),
+            jobs: jobs.clone(),
+            applied: applied.clone(),
             hub: hub.clone(),
             deadlines: deadline_tx,
             clock: clock.clone(),
@@ -228,11 +236,18 @@ impl Engine {
         } else {
             None
         };
-        let writer = tokio::spawn(writer.run(rx, absorb, shutdown.clone()));
+        let initial_checkpoint = checkpoint_tx.clone();
+        let policy = CheckpointPolicy {
+            every_events: settings.checkpoint_every_events,
+            every: settings.checkpoint_every,
+            tx: checkpoint_tx,
+        };
+        let writer = tokio::spawn(writer.run(rx, absorb, policy, shutdown.clone()));
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
-                world,
+                jobs,
+                applied,
                 tx,
                 epoch,
                 clock,
@@ -242,8 +257,15 @@ impl Engine {
                 metrics,
                 head: head_rx,
                 node: node.clone(),
+                startup,
             }),
         };
+        if engine.inner.startup.checkpoint.is_none() || engine.inner.startup.folded > 0 {
+            // The next start, even after a crash, folds only what follows.
+            let _ = initial_checkpoint.try_send(engine.snapshot());
+        }
+        drop(initial_checkpoint);
+        let checkpoints = tokio::spawn(engine.clone().write_checkpoints(checkpoint_rx));
         let scheduler = tokio::spawn(scheduler::run(
             engine.clone(),
             waiting,
@@ -272,6 +294,7 @@ impl Engine {
             EngineTasks {
                 writer,
                 scheduler,
+                checkpoints,
                 leases,
             },
         ))
@@ -426,36 +449,106 @@ impl Engine {
         self.inner.hub.len()
     }
 
-    /// The seq of the job's last event, if the job exists (without copying its
-    /// state).
-    pub fn head_seq(&self, job_id: JobId) -> Option<i64> {
-        let world = self.inner.world.read().unwrap_or_else(|p| p.into_inner());
-        world
-            .jobs
-            .get(&job_id)
-            .filter(|j| j.exists())
-            .map(|j| j.head_seq)
+    fn table(&self) -> std::sync::MutexGuard<'_, JobTable> {
+        self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn job_exists(&self, job_id: JobId) -> bool {
-        self.head_seq(job_id).is_some()
-    }
-
-    /// On a shared log, a job this node does not know may have been created
-    /// on another a moment ago: catch it up from the log before answering
-    /// 404. Nothing to do on a log of one, or for a known job.
-    pub async fn refresh_if_unknown(&self, job_id: JobId) {
-        if self.inner.store.shared() && !self.job_exists(job_id) {
-            if let Err(e) = self.execute(job_id, Command::Refresh, None).await {
-                tracing::warn!(error = %e, job = %job_id, "cannot refresh a job from the shared log");
+    /// The job's current state, if it exists: from memory, or read back from
+    /// the log (by index) and kept in the cache of finished jobs.
+    pub async fn job(&self, job_id: JobId) -> Result<Option<Arc<JobState>>, StoreError> {
+        let token = {
+            let mut table = self.table();
+            if let Some((job, held)) = table.get(job_id) {
+                self.inner.metrics.observe_job_lookup(held);
+                return Ok(Some(job));
+            }
+            table.begin_load(job_id)
+        };
+        self.inner.metrics.observe_job_loaded();
+        let loaded = load_job(self.inner.store.as_ref(), job_id).await;
+        let mut table = self.table();
+        match loaded {
+            Ok(state) if state.exists() => {
+                let state = Arc::new(state);
+                table.finish_load(token, state.clone());
+                Ok(Some(state))
+            }
+            Ok(_) => {
+                table.cancel_load(job_id, token);
+                Ok(None)
+            }
+            Err(e) => {
+                table.cancel_load(job_id, token);
+                Err(e)
             }
         }
     }
 
-    /// The job's current state, if it exists.
-    pub fn job(&self, job_id: JobId) -> Option<JobState> {
-        let world = self.inner.world.read().unwrap_or_else(|p| p.into_inner());
-        world.jobs.get(&job_id).filter(|j| j.exists()).cloned()
+    /// The seq of the job's last event, if the job exists.
+    pub async fn head_seq(&self, job_id: JobId) -> Result<Option<i64>, StoreError> {
+        Ok(self.job(job_id).await?.map(|j| j.head_seq))
+    }
+
+    pub async fn job_exists(&self, job_id: JobId) -> Result<bool, StoreError> {
+        Ok(self.job(job_id).await?.is_some())
+    }
+
+    /// Jobs held in memory: (live, cached).
+    pub fn jobs_in_memory(&self) -> (usize, usize) {
+        let table = self.table();
+        (table.live_count(), table.cached_count())
+    }
+
+    /// How the state was rebuilt at start.
+    pub fn startup(&self) -> &Startup {
+        &self.inner.startup
+    }
+
+    /// Every live job as of the last applied position.
+    pub fn snapshot(&self) -> Snapshot {
+        writer::snapshot(&self.inner.jobs, &self.inner.applied)
+    }
+
+    /// Writes a checkpoint of the live state now (at shutdown, after the
+    /// writer has stopped; or from `rejoin checkpoint`).
+    pub async fn checkpoint_now(&self) -> Result<CheckpointHeader, StoreError> {
+        let header = checkpoint::write(
+            self.inner.store.as_ref(),
+            &self.inner.epoch,
+            self.snapshot(),
+            self.inner.clock.now(),
+        )
+        .await?;
+        self.inner.metrics.observe_checkpoint(&header);
+        Ok(header)
+    }
+
+    /// The checkpoint task: writes each snapshot the writer hands it, one at
+    /// a time, until the writer stops.
+    async fn write_checkpoints(self, mut snapshots: mpsc::Receiver<Snapshot>) {
+        while let Some(snapshot) = snapshots.recv().await {
+            let started = std::time::Instant::now();
+            let jobs = snapshot.jobs.len();
+            match checkpoint::write(
+                self.inner.store.as_ref(),
+                &self.inner.epoch,
+                snapshot,
+                self.inner.clock.now(),
+            )
+            .await
+            {
+                Ok(h) => {
+                    self.inner.metrics.observe_checkpoint(&h);
+                    tracing::info!(
+                        position = h.position,
+                        jobs,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "checkpoint written"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot write a checkpoint"),
+            }
+        }
     }
 
     /// The job's state as it stood at `seq`, folded from the log.
@@ -510,6 +603,34 @@ impl Engine {
     }
 }
 
+/// Sessions waiting in a grace window (the scheduler's first deadlines), and,
+/// on a log of one, sessions the log shows connected: their sockets died with
+/// the previous process, and they are recorded as disconnected. On a shared
+/// log other nodes may hold them; a node that died with sockets open is found
+/// by its lease instead (`keep_lease`). Only live jobs have either.
+fn sessions_to_resume(
+    table: &JobTable,
+    shared: bool,
+) -> (Vec<Deadline>, Vec<(JobId, SessionId, u32)>) {
+    let mut waiting = Vec::new();
+    let mut orphaned = Vec::new();
+    for job in table.live() {
+        let Some(s) = &job.session else { continue };
+        match s.phase {
+            SessionPhase::Grace { until } => waiting.push(Deadline {
+                at: until,
+                job_id: job.job_id,
+                session_id: s.session_id,
+            }),
+            SessionPhase::Connected if !shared => {
+                orphaned.push((job.job_id, s.session_id, s.sockets))
+            }
+            SessionPhase::Connected | SessionPhase::Ended { .. } => {}
+        }
+    }
+    (waiting, orphaned)
+}
+
 /// How often a follower reads the log when no notification came.
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
@@ -519,7 +640,7 @@ const FOLLOW_POLL: Duration = Duration::from_secs(1);
 async fn follow(
     store: Arc<dyn LogStore>,
     mut cursor: i64,
-    absorb: mpsc::Sender<Vec<Event>>,
+    absorb: mpsc::Sender<writer::Absorbed>,
     shutdown: CancellationToken,
 ) {
     let mut listener = None;
@@ -546,7 +667,7 @@ async fn follow(
                                 .ok()
                         })
                         .collect();
-                    if absorb.send(events).await.is_err() {
+                    if absorb.send((events, cursor)).await.is_err() {
                         return;
                     }
                 }
@@ -600,10 +721,9 @@ async fn keep_lease(engine: Engine, node: String, lease: Duration, shutdown: Can
             }
         };
         let orphaned: Vec<(JobId, SessionId, u32)> = {
-            let world = engine.inner.world.read().unwrap_or_else(|p| p.into_inner());
-            world
-                .jobs
-                .values()
+            let table = engine.table();
+            table
+                .live()
                 .filter_map(|job| {
                     let s = job.session.as_ref()?;
                     let held_by = s.node.as_deref()?;

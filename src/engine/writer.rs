@@ -1,30 +1,38 @@
 //! The single writer: group commit.
 //!
 //! Every change to the log goes through one task. It takes whatever requests are
-//! queued (up to a batch limit), decides each against the state as it will be
-//! after the requests before it, appends all resulting events in one
-//! transaction, and only after the commit applies them to the in-memory state,
-//! hands job events to the live sockets and answers each request. A failed
-//! commit answers every request of the batch with an error and leaves the state
-//! untouched.
+//! queued (up to a batch limit) and handles them in named steps:
+//!
+//! 1. [`Writer::prepare`]: the jobs the batch touches, from memory or read
+//!    back from the log by index (a finished job, an unknown id), and what
+//!    its idempotency keys produced before, looked up in the log;
+//! 2. [`Writer::stage`]: each request decided against the state as it will be
+//!    after the requests before it, its events sealed into their chains;
+//! 3. [`Writer::commit`]: all the batch's events appended in one transaction;
+//! 4. only then the states stored, job events handed to the live sockets and
+//!    each request answered ([`Writer::answer`]).
+//!
+//! A failed commit answers every request of the batch with an error and
+//! leaves the state untouched.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::checkpoint::Snapshot;
 use super::hub::{CloseReason, Hub, Registration};
+use super::jobs::{load_job, JobTable, Logged};
+use super::recover::makes_live;
 use super::{Attached, EngineError, Outcome, WriterStats};
 use crate::clock::Clock;
 use crate::domain::decide::{AttachPlan, Planned};
 use crate::domain::event::Disconnected;
 use crate::domain::state::{fingerprint, IdempotentAppend};
-use crate::domain::{
-    decide, Command, Decision, DomainError, Event, EventBody, JobId, JobState, World,
-};
+use crate::domain::{decide, Command, Decision, DomainError, Event, EventBody, JobId, JobState};
 use crate::log::chain::seal;
 use crate::log::{for_each_job_event_after, EventRow, LogStore, StoreError};
 use crate::metrics::Metrics;
@@ -56,9 +64,57 @@ enum Pending {
     Nothing,
 }
 
+/// What a batch needs before it is decided.
+struct Prepared {
+    /// The state of every job the batch names, as the log has it.
+    jobs: HashMap<JobId, JobState>,
+    /// Jobs read back from the log for this batch (not held before).
+    loaded: HashSet<JobId>,
+    /// What each keyed append's key produced before, from the log.
+    priors: HashMap<(JobId, String), IdempotentAppend>,
+}
+
+/// A batch decided: the events to append and how to answer each request.
+struct Staged {
+    states: HashMap<JobId, JobState>,
+    touched: HashSet<JobId>,
+    loaded: HashSet<JobId>,
+    events: Vec<Event>,
+    rows: Vec<EventRow>,
+    answers: Vec<Result<Pending, DomainError>>,
+}
+
+/// When to take a checkpoint: after so many events, or so long after the
+/// last one if anything happened since.
+pub(crate) struct CheckpointPolicy {
+    pub every_events: u64,
+    pub every: Duration,
+    pub tx: mpsc::Sender<Snapshot>,
+}
+
+struct CheckpointDue {
+    policy: CheckpointPolicy,
+    since_events: u64,
+    last: Instant,
+}
+
+impl CheckpointDue {
+    fn due(&self) -> bool {
+        self.since_events > 0
+            && ((self.policy.every_events > 0 && self.since_events >= self.policy.every_events)
+                || self.last.elapsed() >= self.policy.every)
+    }
+
+    /// When the time trigger fires next, if anything waits for it.
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        (self.since_events > 0)
+            .then(|| tokio::time::Instant::from_std(self.last + self.policy.every))
+    }
+}
+
 pub(crate) struct Writer {
     pub store: Arc<dyn LogStore>,
-    pub world: Arc<RwLock<World>>,
+    pub jobs: Arc<Mutex<JobTable>>,
     pub hub: Arc<Hub>,
     pub deadlines: mpsc::UnboundedSender<Deadline>,
     pub clock: Arc<dyn Clock>,
@@ -66,26 +122,44 @@ pub(crate) struct Writer {
     pub metrics: Arc<Metrics>,
     /// The position of the last committed event, for the live tails.
     pub head: watch::Sender<i64>,
+    /// Every event up to this position is applied (what a checkpoint covers).
+    pub applied: Arc<AtomicI64>,
     pub max_batch: usize,
     /// Test-only: answer appends before the commit, then commit late.
     pub unsafe_ack_before_commit: bool,
 }
 
+/// Events another node appended, read by the follower, and the position it
+/// read through.
+pub(crate) type Absorbed = (Vec<Event>, i64);
+
 impl Writer {
+    fn table(&self) -> std::sync::MutexGuard<'_, JobTable> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs until `shutdown`, taking batches of requests and, on a shared log,
     /// the events other nodes appended (`absorb`).
     pub async fn run(
         self,
         mut rx: mpsc::Receiver<WriteRequest>,
-        mut absorb: Option<mpsc::Receiver<Vec<Event>>>,
+        mut absorb: Option<mpsc::Receiver<Absorbed>>,
+        checkpoints: CheckpointPolicy,
         shutdown: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(self.max_batch);
         let mut closing = false;
+        let mut due = CheckpointDue {
+            policy: checkpoints,
+            since_events: 0,
+            last: Instant::now(),
+        };
         loop {
+            let committed_before = self.stats.events.load(Ordering::Relaxed);
             let n = if closing {
                 rx.recv_many(&mut batch, self.max_batch).await
             } else {
+                let timer = due.next_deadline();
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => {
@@ -94,11 +168,17 @@ impl Writer {
                         closing = true;
                         continue;
                     }
-                    Some(events) = async { absorb.as_mut()?.recv().await } => {
-                        self.absorb(events).await;
+                    Some((events, through)) = async { absorb.as_mut()?.recv().await } => {
+                        due.since_events += events.len() as u64;
+                        self.absorb(events, through).await;
+                        self.maybe_checkpoint(&mut due);
                         continue;
                     }
                     n = rx.recv_many(&mut batch, self.max_batch) => n,
+                    _ = async { tokio::time::sleep_until(timer?).await; Some(()) }, if timer.is_some() => {
+                        self.maybe_checkpoint(&mut due);
+                        continue;
+                    }
                 }
             };
             if n == 0 {
@@ -108,8 +188,30 @@ impl Writer {
             self.stats.taken.fetch_add(n as u64, Ordering::Relaxed);
             let requests = std::mem::replace(&mut batch, Vec::with_capacity(self.max_batch));
             self.process(requests).await;
+            due.since_events += self.stats.events.load(Ordering::Relaxed) - committed_before;
+            if !closing {
+                self.maybe_checkpoint(&mut due);
+            }
         }
         tracing::debug!("log writer stopped");
+    }
+
+    /// Hands a snapshot of the live jobs to the checkpoint task when one is
+    /// due and the last one is written (a snapshot copies pointers, not
+    /// states; encoding and writing happen there).
+    fn maybe_checkpoint(&self, due: &mut CheckpointDue) {
+        if !due.due() {
+            return;
+        }
+        let snapshot = self.snapshot();
+        if due.policy.tx.try_send(snapshot).is_ok() {
+            due.since_events = 0;
+            due.last = Instant::now();
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        snapshot(&self.jobs, &self.applied)
     }
 
     /// Decides, commits and answers one batch. On a shared log another node
@@ -149,154 +251,154 @@ impl Writer {
     /// One attempt at a batch. `Err` carries the jobs it touched when the
     /// store refused it as conflicting (nothing was answered or applied).
     async fn try_batch(&self, requests: &mut Vec<WriteRequest>) -> Result<(), HashSet<JobId>> {
+        let prepared = match self.prepare(requests).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the jobs of a batch; batch refused");
+                self.refuse(std::mem::take(requests), &e.to_string());
+                return Ok(());
+            }
+        };
+        let now = self.clock.now();
+        let mut staged = stage(requests, prepared, now);
+        if self.unsafe_ack_before_commit && !staged.rows.is_empty() {
+            ack_before_commit(requests, &mut staged).await;
+        }
+        let committed = match self.commit(&staged).await {
+            Ok(committed) => committed,
+            Err(StoreError::Conflict(_)) if self.store.shared() => return Err(staged.touched),
+            Err(e) => {
+                tracing::error!(error = %e, events = staged.rows.len(), "append failed; batch refused");
+                self.metrics.observe_failed_commit();
+                for (req, answer) in requests.drain(..).zip(staged.answers) {
+                    let error = match answer {
+                        Err(domain) => EngineError::Domain(domain),
+                        Ok(_) => EngineError::Unavailable(e.to_string()),
+                    };
+                    let _ = req.reply.send(Err(error));
+                }
+                return Ok(());
+            }
+        };
+        self.store_states(&mut staged);
+        self.after_commit(&committed, true);
+        self.answer(requests, staged.answers, &committed);
+        Ok(())
+    }
+
+    /// Step 1: the state of every job the batch names and its keys' earlier
+    /// answers. Jobs not held are read back from the log whole; on a shared
+    /// log, the jobs of attaches are first brought up to the log's latest
+    /// word (appends find out by conflict, at no cost otherwise).
+    async fn prepare(&self, requests: &[WriteRequest]) -> Result<Prepared, StoreError> {
         if self.store.shared() {
-            // Another node may have created the job or moved its session on:
-            // an attach, a refresh or an unknown job is decided on the log's
-            // latest word (appends find out by conflict, at no cost otherwise).
-            let stale: HashSet<JobId> = {
-                let world = self.world.read().unwrap_or_else(|p| p.into_inner());
-                requests
-                    .iter()
-                    .filter(|r| {
-                        matches!(r.command, Command::Attach(_) | Command::Refresh)
-                            || !world.jobs.get(&r.job_id).is_some_and(JobState::exists)
-                    })
-                    .map(|r| r.job_id)
-                    .collect()
-            };
+            let stale: HashSet<JobId> = requests
+                .iter()
+                .filter(|r| matches!(r.command, Command::Attach(_)))
+                .map(|r| r.job_id)
+                .collect();
             if let Err(e) = self.catch_up(&stale).await {
                 tracing::warn!(error = %e, "cannot catch up from the shared log");
             }
         }
-        let now = self.clock.now();
-        // Copies of the jobs this batch touches, moved forward as it is decided.
-        let mut staged: HashMap<JobId, JobState> = HashMap::new();
-        let mut touched: HashSet<JobId> = HashSet::new();
-        let mut staged_keys: HashMap<(JobId, String), IdempotentAppend> = HashMap::new();
-        let mut events: Vec<Event> = Vec::new();
-        let mut rows: Vec<EventRow> = Vec::new();
-        let mut answers: Vec<Result<Pending, DomainError>> = Vec::with_capacity(requests.len());
-
+        let mut jobs = HashMap::new();
+        let mut missing = Vec::new();
         {
-            let world = self.world.read().unwrap_or_else(|p| p.into_inner());
-            for req in requests.iter_mut() {
-                let state = staged.entry(req.job_id).or_insert_with(|| {
-                    world
-                        .jobs
-                        .get(&req.job_id)
-                        .cloned()
-                        .unwrap_or_else(|| JobState::genesis(req.job_id))
-                });
-                let key = match &req.command {
-                    Command::AppendJobEvent {
-                        idempotency_key: Some(k),
-                        ..
-                    } => Some(k.clone()),
-                    _ => None,
-                };
-                let prior = key.as_ref().and_then(|k| {
-                    let id = (req.job_id, k.clone());
-                    staged_keys
-                        .get(&id)
-                        .or_else(|| world.idempotency.get(&id))
-                        .copied()
-                });
-                let mut stage = |planned: Vec<Planned>, state: &mut JobState| {
-                    let start = events.len();
-                    for p in planned {
-                        let mut event = Event::new(req.job_id, p.session_id, now, p.body);
-                        event.idempotency_key.clone_from(&key);
-                        let row = seal(state, &mut event);
-                        if let Some(k) = &key {
-                            staged_keys.insert(
-                                (req.job_id, k.clone()),
-                                IdempotentAppend {
-                                    seq: event.seq,
-                                    fingerprint: fingerprint(&event.body),
-                                },
-                            );
-                        }
-                        events.push(event);
-                        rows.push(row);
-                    }
-                    touched.insert(req.job_id);
-                    start..events.len()
-                };
-                let answer = match decide(state, prior.as_ref(), &req.command, now) {
-                    Err(e) => Err(e),
-                    Ok(Decision::AlreadyExists) => Ok(Pending::AlreadyExists),
-                    Ok(Decision::Duplicate { seq }) => Ok(Pending::Duplicate { seq }),
-                    Ok(Decision::Nothing) => Ok(Pending::Nothing),
-                    Ok(Decision::Append(planned)) => Ok(Pending::Appended(stage(planned, state))),
-                    Ok(Decision::Attach {
-                        events: planned,
-                        plan,
-                    }) => {
-                        stage(planned, state);
-                        let socket = state.session.as_ref().map_or(0, |s| s.sockets);
-                        Ok(Pending::Attached {
-                            job_id: req.job_id,
-                            plan,
-                            snapshot: Box::new(state.clone()),
-                            socket,
-                        })
-                    }
-                };
-                answers.push(answer);
-            }
-        }
-
-        if self.unsafe_ack_before_commit && !rows.is_empty() {
-            // The bug the crash harness must catch: an answer before the commit
-            // (as a write-behind buffer would give), the commit 50 ms later.
-            for (req, answer) in requests.iter_mut().zip(&mut answers) {
-                if let Ok(Pending::Appended(range)) = answer {
-                    let (early, _) = oneshot::channel();
-                    let reply = std::mem::replace(&mut req.reply, early);
-                    let _ = reply.send(Ok(Outcome::Appended(events[range.clone()].to_vec())));
-                    *answer = Ok(Pending::Nothing);
+            let mut table = self.table();
+            for req in requests {
+                if jobs.contains_key(&req.job_id) || missing.contains(&req.job_id) {
+                    continue;
                 }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-
-        let mut committed: Vec<Arc<Event>> = Vec::with_capacity(events.len());
-        if !rows.is_empty() {
-            let started = Instant::now();
-            match self.store.append(&rows).await {
-                Ok(positions) => {
-                    self.stats.record_commit(rows.len());
-                    self.metrics
-                        .observe_commit(rows.len(), started.elapsed().as_secs_f64());
-                    for (mut event, position) in events.into_iter().zip(positions) {
-                        event.position = position;
-                        committed.push(Arc::new(event));
+                match table.get(req.job_id) {
+                    Some((job, held)) => {
+                        self.metrics.observe_job_lookup(held);
+                        jobs.insert(req.job_id, JobState::clone(&job));
                     }
-                    let mut world = self.world.write().unwrap_or_else(|p| p.into_inner());
-                    for id in touched {
-                        if let Some(state) = staged.remove(&id) {
-                            world.jobs.insert(id, state);
-                        }
-                    }
-                    world.idempotency.extend(staged_keys);
-                }
-                Err(StoreError::Conflict(_)) if self.store.shared() => return Err(touched),
-                Err(e) => {
-                    tracing::error!(error = %e, events = rows.len(), "append failed; batch refused");
-                    self.metrics.observe_failed_commit();
-                    for (req, answer) in requests.drain(..).zip(answers) {
-                        let error = match answer {
-                            Err(domain) => EngineError::Domain(domain),
-                            Ok(_) => EngineError::Unavailable(e.to_string()),
-                        };
-                        let _ = req.reply.send(Err(error));
-                    }
-                    return Ok(());
+                    None => missing.push(req.job_id),
                 }
             }
         }
+        for id in &missing {
+            self.metrics.observe_job_loaded();
+            jobs.insert(*id, load_job(self.store.as_ref(), *id).await?);
+        }
+        let mut keys: HashMap<JobId, Vec<&str>> = HashMap::new();
+        for req in requests {
+            if let Command::AppendJobEvent {
+                idempotency_key: Some(k),
+                ..
+            } = &req.command
+            {
+                keys.entry(req.job_id).or_default().push(k);
+            }
+        }
+        let mut priors = HashMap::new();
+        for (job, keys) in keys {
+            for row in self.store.find_keyed(&job.to_string(), &keys).await? {
+                let event = row.decode_stored()?;
+                if let Some(key) = event.idempotency_key.clone() {
+                    priors.insert(
+                        (job, key),
+                        IdempotentAppend {
+                            seq: event.seq,
+                            fingerprint: fingerprint(&event.body),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(Prepared {
+            jobs,
+            loaded: missing.into_iter().collect(),
+            priors,
+        })
+    }
 
-        self.after_commit(&committed, true);
+    /// Step 3: appends the batch's events in one transaction; returns them
+    /// with their positions.
+    async fn commit(&self, staged: &Staged) -> Result<Vec<Arc<Event>>, StoreError> {
+        if staged.rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let positions = self.store.append(&staged.rows).await?;
+        self.stats.record_commit(staged.rows.len());
+        self.metrics
+            .observe_commit(staged.rows.len(), started.elapsed().as_secs_f64());
+        if !self.store.shared() {
+            if let Some(last) = positions.last() {
+                self.applied.fetch_max(*last, Ordering::Relaxed);
+            }
+        }
+        Ok(staged
+            .events
+            .iter()
+            .zip(positions)
+            .map(|(event, position)| {
+                let mut event = event.clone();
+                event.position = position;
+                Arc::new(event)
+            })
+            .collect())
+    }
+
+    /// Stores the committed states, and the jobs read back for the batch.
+    fn store_states(&self, staged: &mut Staged) {
+        let mut table = self.table();
+        for id in staged.touched.iter().chain(&staged.loaded) {
+            if let Some(state) = staged.states.remove(id) {
+                table.put(Arc::new(state));
+            }
+        }
+    }
+
+    /// Step 4: answers each request; attached sockets are registered first.
+    fn answer(
+        &self,
+        requests: &mut Vec<WriteRequest>,
+        answers: Vec<Result<Pending, DomainError>>,
+        committed: &[Arc<Event>],
+    ) {
         for (req, answer) in requests.drain(..).zip(answers) {
             let outcome = match answer {
                 Err(e) => Err(EngineError::Domain(e)),
@@ -310,7 +412,7 @@ impl Writer {
                     socket,
                 }) => {
                     if let Some(reg) = req.registration {
-                        self.attach(job_id, &plan, &snapshot, socket, reg, &committed);
+                        self.attach(job_id, &plan, &snapshot, socket, reg, committed);
                     }
                     Ok(Outcome::Attached(Box::new(Attached {
                         plan,
@@ -324,14 +426,13 @@ impl Writer {
             };
             let _ = req.reply.send(outcome);
         }
-        Ok(())
     }
 
     /// Reads from the log what other nodes appended to `jobs` since this
-    /// node's state of them, and absorbs it.
+    /// node's state of them (all of a job not held), and absorbs it.
     async fn catch_up(&self, jobs: &HashSet<JobId>) -> Result<(), StoreError> {
         for job in jobs {
-            let head = self.head_seq(*job);
+            let head = self.table().peek(*job).map_or(0, |j| j.head_seq);
             let mut events = Vec::new();
             for_each_job_event_after(self.store.as_ref(), &job.to_string(), head, |e| {
                 events.push(e)
@@ -342,37 +443,40 @@ impl Writer {
         Ok(())
     }
 
-    fn head_seq(&self, job: JobId) -> i64 {
-        let world = self.world.read().unwrap_or_else(|p| p.into_inner());
-        world.jobs.get(&job).map_or(0, |j| j.head_seq)
-    }
-
-    /// Events read from the shared log, in position order. Those this node
-    /// already has are skipped; a job whose next event is missing (this node
-    /// fell behind on it) is caught up from the log.
-    async fn absorb(&self, events: Vec<Event>) {
+    /// Events read from the shared log, in position order, through position
+    /// `through`. Those this node already has are skipped; a job whose next
+    /// event is missing (this node fell behind on it), or a job not held that
+    /// an event makes live again, is read back from the log.
+    async fn absorb(&self, events: Vec<Event>, through: i64) {
         let behind = self.apply_absorbed(events);
-        if let Err(e) = self.catch_up(&behind).await {
-            tracing::warn!(error = %e, "cannot catch up from the shared log");
+        match self.catch_up(&behind).await {
+            Ok(()) => {
+                self.applied.fetch_max(through, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot catch up from the shared log"),
         }
     }
 
     /// Applies events another node committed, each in its job's order: the
     /// state moves on, job events reach this node's live sockets, grace
     /// deadlines reach the scheduler, and a socket another node took over is
-    /// closed here. Returns the jobs whose next event was not among them.
+    /// closed here. Returns the jobs to read back from the log.
     fn apply_absorbed(&self, events: Vec<Event>) -> HashSet<JobId> {
         let mut fresh = Vec::with_capacity(events.len());
         let mut behind = HashSet::new();
         {
-            let mut world = self.world.write().unwrap_or_else(|p| p.into_inner());
+            let mut table = self.table();
             for event in events {
-                let head = world.jobs.get(&event.job_id).map_or(0, |j| j.head_seq);
-                if event.seq == head + 1 {
-                    world.apply(&event);
-                    fresh.push(Arc::new(event));
-                } else if event.seq > head + 1 {
-                    behind.insert(event.job_id);
+                match table.apply_logged(&event) {
+                    Logged::Applied => fresh.push(Arc::new(event)),
+                    Logged::Known => {}
+                    Logged::Behind => {
+                        behind.insert(event.job_id);
+                    }
+                    Logged::Unheld if makes_live(&event.body) => {
+                        behind.insert(event.job_id);
+                    }
+                    Logged::Unheld => {}
                 }
             }
         }
@@ -442,4 +546,126 @@ impl Writer {
         }
         self.hub.register(job_id, plan.session_id, socket, reg);
     }
+}
+
+/// Every live job as of the last applied position.
+pub(crate) fn snapshot(jobs: &Mutex<JobTable>, applied: &AtomicI64) -> Snapshot {
+    let table = jobs.lock().unwrap_or_else(|p| p.into_inner());
+    Snapshot {
+        position: applied.load(Ordering::Relaxed),
+        jobs: table.live().cloned().collect(),
+    }
+}
+
+/// Step 2: decides each request against the state as it will be after the
+/// requests before it, sealing the events it appends into their chains.
+fn stage(
+    requests: &[WriteRequest],
+    prepared: Prepared,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Staged {
+    let Prepared {
+        jobs: mut states,
+        loaded,
+        mut priors,
+    } = prepared;
+    let mut staged = Staged {
+        states: HashMap::new(),
+        touched: HashSet::new(),
+        loaded,
+        events: Vec::new(),
+        rows: Vec::new(),
+        answers: Vec::with_capacity(requests.len()),
+    };
+    for req in requests {
+        let state = states
+            .get_mut(&req.job_id)
+            .expect("prepare reads every job the batch names");
+        let key = match &req.command {
+            Command::AppendJobEvent {
+                idempotency_key: Some(k),
+                ..
+            } => Some(k.clone()),
+            _ => None,
+        };
+        let prior = key
+            .as_ref()
+            .and_then(|k| priors.get(&(req.job_id, k.clone())).copied());
+        let answer = match decide(state, prior.as_ref(), &req.command, now) {
+            Err(e) => Err(e),
+            Ok(Decision::AlreadyExists) => Ok(Pending::AlreadyExists),
+            Ok(Decision::Duplicate { seq }) => Ok(Pending::Duplicate { seq }),
+            Ok(Decision::Nothing) => Ok(Pending::Nothing),
+            Ok(Decision::Append(planned)) => {
+                let range =
+                    staged.seal(req.job_id, planned, key.as_deref(), state, &mut priors, now);
+                Ok(Pending::Appended(range))
+            }
+            Ok(Decision::Attach {
+                events: planned,
+                plan,
+            }) => {
+                staged.seal(req.job_id, planned, None, state, &mut priors, now);
+                let socket = state.session.as_ref().map_or(0, |s| s.sockets);
+                Ok(Pending::Attached {
+                    job_id: req.job_id,
+                    plan,
+                    snapshot: Box::new(state.clone()),
+                    socket,
+                })
+            }
+        };
+        staged.answers.push(answer);
+    }
+    staged.states = states;
+    staged
+}
+
+impl Staged {
+    /// Seals `planned` into the job's chain (moving `state` past them) and
+    /// returns their range in the batch. A keyed append's key is remembered,
+    /// so a retry later in the same batch finds it.
+    fn seal(
+        &mut self,
+        job_id: JobId,
+        planned: Vec<Planned>,
+        key: Option<&str>,
+        state: &mut JobState,
+        priors: &mut HashMap<(JobId, String), IdempotentAppend>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> std::ops::Range<usize> {
+        let start = self.events.len();
+        for p in planned {
+            let mut event = Event::new(job_id, p.session_id, now, p.body);
+            event.idempotency_key = key.map(str::to_owned);
+            let row = seal(state, &mut event);
+            if let Some(k) = key {
+                priors.insert(
+                    (job_id, k.to_owned()),
+                    IdempotentAppend {
+                        seq: event.seq,
+                        fingerprint: fingerprint(&event.body),
+                    },
+                );
+            }
+            self.events.push(event);
+            self.rows.push(row);
+        }
+        self.touched.insert(job_id);
+        start..self.events.len()
+    }
+}
+
+/// The bug the crash harness must catch: an answer before the commit (as a
+/// write-behind buffer would give), the commit 50 ms later.
+async fn ack_before_commit(requests: &mut [WriteRequest], staged: &mut Staged) {
+    for (req, answer) in requests.iter_mut().zip(&mut staged.answers) {
+        if let Ok(Pending::Appended(range)) = answer {
+            let (early, _) = oneshot::channel();
+            let reply = std::mem::replace(&mut req.reply, early);
+            let _ = reply.send(Ok(Outcome::Appended(staged.events[range.clone()].to_vec())));
+            *answer = Ok(Pending::Nothing);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }

@@ -116,8 +116,7 @@ pub async fn job_events(
     caller.require(&[Role::Service, Role::Support])?;
     let job_id = parse_job_id(&job_id)?;
     let q = page(query)?;
-    state.engine.refresh_if_unknown(job_id).await;
-    if !state.engine.job_exists(job_id) {
+    if !state.engine.job_exists(job_id).await? {
         return Err(ApiError::NotFound("job not found".into()));
     }
     let after = q.after.unwrap_or(0);

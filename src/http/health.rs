@@ -43,7 +43,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus metrics, OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let body = state.engine.metrics().render(state.engine.live_sockets());
+    let engine = &state.engine;
+    let body = engine.metrics().render(
+        engine.live_sockets(),
+        engine.jobs_in_memory(),
+        engine.clock().now(),
+    );
     (
         [(
             CONTENT_TYPE,

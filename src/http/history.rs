@@ -83,10 +83,10 @@ pub async fn history(
         ));
     }
     let offset = q.offset.unwrap_or(0);
-    state.engine.refresh_if_unknown(job_id).await;
     let job = state
         .engine
         .job(job_id)
+        .await?
         .ok_or_else(|| ApiError::NotFound("job not found".into()))?;
     let history = state.engine.history(job_id).await?;
     let total_sessions = history.sessions.len();

@@ -276,8 +276,7 @@ pub async fn refresh_token(
     let job_id = parse_job_id(&job_id)?;
     caller.require_or_client_of(&[Role::Service], job_id)?;
     let ttl = state.client_token_ttl(req.ttl_secs)?;
-    state.engine.refresh_if_unknown(job_id).await;
-    if !state.engine.job_exists(job_id) {
+    if !state.engine.job_exists(job_id).await? {
         return Err(ApiError::NotFound("job not found".into()));
     }
     // A refreshed client token keeps the subject of the one it replaces.
@@ -334,8 +333,7 @@ pub async fn get_job(
     let job = match query.as_of_seq {
         None => {
             caller.require_or_client_of(&[Role::Service, Role::Support], job_id)?;
-            state.engine.refresh_if_unknown(job_id).await;
-            state.engine.job(job_id)
+            state.engine.job(job_id).await?.map(|j| JobState::clone(&j))
         }
         Some(seq) => {
             caller.require(&[Role::Service, Role::Support])?;
@@ -345,7 +343,7 @@ pub async fn get_job(
                     "asOfSeq must be at least 1",
                 ));
             }
-            match state.engine.head_seq(job_id) {
+            match state.engine.head_seq(job_id).await? {
                 Some(head) if seq > head => {
                     return Err(ApiError::bad_request(
                         "invalid_query",

@@ -124,8 +124,34 @@ pub trait LogStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<EventRow>, StoreError>;
 
+    /// The events of `job_id` carrying one of `keys` as their
+    /// `Idempotency-Key` (by index, never a scan).
+    async fn find_keyed(&self, job_id: &str, keys: &[&str]) -> Result<Vec<EventRow>, StoreError>;
+
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The checkpoints' headers, newest position first.
+    async fn checkpoints(&self) -> Result<Vec<CheckpointHeader>, StoreError>;
+
+    /// A checkpoint's part bodies, in part order.
+    async fn checkpoint_parts(&self, id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Stores one part of a checkpoint, in a transaction of its own.
+    async fn write_checkpoint_part(
+        &self,
+        id: &str,
+        part: i32,
+        body: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a checkpoint's header, written after all its parts: from then
+    /// on the checkpoint can be loaded.
+    async fn write_checkpoint_header(&self, header: &CheckpointHeader) -> Result<(), StoreError>;
+
+    /// Deletes every checkpoint but those in `keep`, and parts no header
+    /// names (left by a writer that stopped half-way).
+    async fn delete_checkpoints_except(&self, keep: &[&str]) -> Result<(), StoreError>;
 
     /// Whether other processes append to this log too (several nodes on one
     /// database): the engine then follows the log and retries conflicts.
@@ -156,6 +182,26 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// Closes the connections after the last append.
     async fn close(&self);
+}
+
+/// A checkpoint as listed: what it covers and how to check it. Its parts
+/// hold the job states (see `engine/checkpoint.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointHeader {
+    pub id: String,
+    /// Every event up to this position is folded in.
+    pub position: i64,
+    /// The hash of the event at `position` ("" at position 0).
+    pub position_hash: String,
+    /// The epoch of the log it was made from.
+    pub epoch: String,
+    pub fold_version: i32,
+    /// RFC 3339.
+    pub created_at: String,
+    pub jobs: i64,
+    pub parts: i32,
+    /// SHA-256 (hex) over the parts' bodies in order.
+    pub digest: String,
 }
 
 /// A database error as the store reports it: a unique violation is a

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
-use super::{classify, AppendListener, EventRow, LogStore, StoreError};
+use super::{classify, AppendListener, CheckpointHeader, EventRow, LogStore, StoreError};
 
 /// The channel `append` notifies with the last position it committed.
 pub const CHANNEL: &str = "rejoin_log";
@@ -28,7 +28,6 @@ const COLUMNS: &str =
 
 pub struct PostgresStore {
     pool: PgPool,
-    options: PgConnectOptions,
 }
 
 pub fn is_postgres(url: &str) -> bool {
@@ -76,7 +75,7 @@ impl PostgresStore {
             .max_connections(8)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
+            .connect_with(options)
             .await
             .map_err(|e| StoreError::Open(format!("{shown}: {e}")))?;
         sqlx::migrate!("migrations/postgres")
@@ -100,16 +99,7 @@ impl PostgresStore {
                 )));
             }
         }
-        Ok(PostgresStore { pool, options })
-    }
-
-    /// Connection options, for a dedicated `LISTEN` connection.
-    pub fn connect_options(&self) -> &PgConnectOptions {
-        &self.options
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+        Ok(PostgresStore { pool })
     }
 
     async fn fetch_rows(
@@ -222,12 +212,111 @@ impl LogStore for PostgresStore {
         self.fetch_rows(query).await
     }
 
+    async fn find_keyed(&self, job_id: &str, keys: &[&str]) -> Result<Vec<EventRow>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE job_id = $1 AND idempotency_key = ANY($2) ORDER BY seq"
+        );
+        self.fetch_rows(sqlx::query(&sql).bind(job_id).bind(keys))
+            .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
             .map(|_| ())
             .map_err(classify)
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<CheckpointHeader>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, position, position_hash, epoch, fold_version, created_at, jobs, parts, digest
+             FROM checkpoints ORDER BY position DESC, created_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(|r| {
+                Ok(CheckpointHeader {
+                    id: r.try_get(0)?,
+                    position: r.try_get(1)?,
+                    position_hash: r.try_get(2)?,
+                    epoch: r.try_get(3)?,
+                    fold_version: r.try_get(4)?,
+                    created_at: r.try_get(5)?,
+                    jobs: r.try_get(6)?,
+                    parts: r.try_get(7)?,
+                    digest: r.try_get(8)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    async fn checkpoint_parts(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT body FROM checkpoint_parts WHERE checkpoint_id = $1 ORDER BY part",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)
+    }
+
+    async fn write_checkpoint_part(
+        &self,
+        id: &str,
+        part: i32,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO checkpoint_parts (checkpoint_id, part, body) VALUES ($1, $2, $3)
+             ON CONFLICT (checkpoint_id, part) DO UPDATE SET body = EXCLUDED.body",
+        )
+        .bind(id)
+        .bind(part)
+        .bind(body)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(classify)
+    }
+
+    async fn write_checkpoint_header(&self, h: &CheckpointHeader) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO checkpoints
+             (id, position, position_hash, epoch, fold_version, created_at, jobs, parts, digest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&h.id)
+        .bind(h.position)
+        .bind(&h.position_hash)
+        .bind(&h.epoch)
+        .bind(h.fold_version)
+        .bind(&h.created_at)
+        .bind(h.jobs)
+        .bind(h.parts)
+        .bind(&h.digest)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(classify)
+    }
+
+    async fn delete_checkpoints_except(&self, keep: &[&str]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM checkpoints WHERE NOT (id = ANY($1))")
+            .bind(keep)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        sqlx::query(
+            "DELETE FROM checkpoint_parts WHERE checkpoint_id NOT IN (SELECT id FROM checkpoints)",
+        )
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(classify)
     }
 
     fn shared(&self) -> bool {

@@ -18,7 +18,7 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
 use super::sqlite_scan::Scanner;
-use super::{classify, EventRow, LogStore, StoreError};
+use super::{classify, CheckpointHeader, EventRow, LogStore, StoreError};
 
 /// Rows per INSERT statement: 10 columns each, far below SQLite's limit of
 /// 32,766 bound parameters.
@@ -185,12 +185,116 @@ impl LogStore for SqliteStore {
             .await
     }
 
+    async fn find_keyed(&self, job_id: &str, keys: &[&str]) -> Result<Vec<EventRow>, StoreError> {
+        self.scanner.find_keyed(job_id, keys).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.readers)
             .await
             .map(|_| ())
             .map_err(classify)
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<CheckpointHeader>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, position, position_hash, epoch, fold_version, created_at, jobs, parts, digest
+             FROM checkpoints ORDER BY position DESC, created_at DESC",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(|r| {
+                Ok(CheckpointHeader {
+                    id: r.try_get(0)?,
+                    position: r.try_get(1)?,
+                    position_hash: r.try_get(2)?,
+                    epoch: r.try_get(3)?,
+                    fold_version: r.try_get(4)?,
+                    created_at: r.try_get(5)?,
+                    jobs: r.try_get(6)?,
+                    parts: r.try_get(7)?,
+                    digest: r.try_get(8)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(classify)
+    }
+
+    async fn checkpoint_parts(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT body FROM checkpoint_parts WHERE checkpoint_id = ? ORDER BY part",
+        )
+        .bind(id)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(classify)
+    }
+
+    async fn write_checkpoint_part(
+        &self,
+        id: &str,
+        part: i32,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        // On the writer's connection, between its batches: one short
+        // transaction per part, so appends wait at most one part's write.
+        let mut conn = self.writer.lock().await;
+        sqlx::query(
+            "INSERT OR REPLACE INTO checkpoint_parts (checkpoint_id, part, body) VALUES (?, ?, ?)",
+        )
+        .bind(id)
+        .bind(part)
+        .bind(body)
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(classify)
+    }
+
+    async fn write_checkpoint_header(&self, h: &CheckpointHeader) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().await;
+        sqlx::query(
+            "INSERT OR REPLACE INTO checkpoints
+             (id, position, position_hash, epoch, fold_version, created_at, jobs, parts, digest)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&h.id)
+        .bind(h.position)
+        .bind(&h.position_hash)
+        .bind(&h.epoch)
+        .bind(h.fold_version)
+        .bind(&h.created_at)
+        .bind(h.jobs)
+        .bind(h.parts)
+        .bind(&h.digest)
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(classify)
+    }
+
+    async fn delete_checkpoints_except(&self, keep: &[&str]) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().await;
+        let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM checkpoints");
+        if !keep.is_empty() {
+            delete.push(" WHERE id NOT IN (");
+            let mut ids = delete.separated(", ");
+            for id in keep {
+                ids.push_bind(*id);
+            }
+            delete.push(")");
+        }
+        delete.build().execute(&mut *conn).await.map_err(classify)?;
+        sqlx::query(
+            "DELETE FROM checkpoint_parts WHERE checkpoint_id NOT IN (SELECT id FROM checkpoints)",
+        )
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(classify)
     }
 
     async fn close(&self) {

@@ -94,6 +94,28 @@ impl Scanner {
         })
         .await
     }
+
+    pub async fn find_keyed(
+        &self,
+        job_id: &str,
+        keys: &[&str],
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let job_id = job_id.to_owned();
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM events WHERE job_id = ?1 AND idempotency_key = ?2"
+            ))?;
+            let mut out = Vec::new();
+            for key in &keys {
+                for r in stmt.query_map((&job_id, key), row)? {
+                    out.push(r?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {

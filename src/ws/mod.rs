@@ -200,14 +200,7 @@ async fn upgrade(
     }
     // For the rejection record; `check` refuses a malformed value.
     let reconnect = reconnect_param(&query).unwrap_or(false);
-    let mut checked = check(&state, job_id, &headers, &query);
-    if matches!(checked, Err(ApiError::NotFound(_))) {
-        // On a shared log the job may have been created on another node a
-        // moment ago (only asked once the token has passed).
-        state.engine.refresh_if_unknown(job_id).await;
-        checked = check(&state, job_id, &headers, &query);
-    }
-    let accepted = match checked {
+    let accepted = match check(&state, job_id, &headers, &query).await {
         Ok(a) => a,
         Err(err) => {
             reject(&state, job_id, reconnect, &err).await;
@@ -247,7 +240,7 @@ async fn upgrade(
 
 /// Records a refused attempt on a known job, within the rate limit.
 async fn reject(state: &AppState, job_id: JobId, reconnect: bool, err: &ApiError) {
-    if !state.engine.job_exists(job_id) {
+    if !matches!(state.engine.job_exists(job_id).await, Ok(true)) {
         return;
     }
     let code = err.code();
@@ -265,7 +258,7 @@ async fn reject(state: &AppState, job_id: JobId, reconnect: bool, err: &ApiError
     }
 }
 
-fn check(
+async fn check(
     state: &AppState,
     job_id: JobId,
     headers: &HeaderMap,
@@ -325,7 +318,9 @@ fn check(
     if claims.job != Some(job_id) {
         return Err(ApiError::Forbidden("this token is for another job".into()));
     }
-    if !state.engine.job_exists(job_id) {
+    // Read from memory, or from the log by index (a finished job, a job
+    // created on another node a moment ago).
+    if !state.engine.job_exists(job_id).await? {
         return Err(ApiError::NotFound("job not found".into()));
     }
     let user_agent = headers

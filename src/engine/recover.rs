@@ -1,0 +1,107 @@
+//! Start-up: the held jobs rebuilt from the newest usable checkpoint and the
+//! events after it, or from the whole log when there is none.
+//!
+//! Events are applied by [`JobTable::apply_logged`], the rule the follower
+//! uses for other nodes' events too: an event a held job already has is
+//! skipped, the next one is applied, and an event of a job not held is
+//! skipped unless it makes the job live again (a socket, a grace window), in
+//! which case the job is read back from the log whole. Finished jobs leave
+//! the live set as they finish, so memory stays bounded by live work even
+//! while the whole log is folded.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::checkpoint;
+use super::jobs::{load_job, JobTable, Logged};
+use crate::domain::{EventBody, JobId};
+use crate::log::{for_each_event, CheckpointHeader, LogStore, StoreError};
+
+/// What start-up rebuilt.
+#[derive(Debug)]
+pub struct Recovered {
+    pub table: JobTable,
+    /// Every event up to this position is applied.
+    pub position: i64,
+    /// Events folded after the checkpoint (or from the start).
+    pub folded: u64,
+    /// The checkpoint started from, if any.
+    pub checkpoint: Option<CheckpointHeader>,
+    /// Why newer checkpoints were ignored.
+    pub ignored: Vec<String>,
+}
+
+/// Whether an event of a job this server does not hold makes it live again,
+/// so the job must be read back: a socket opened or a grace window began.
+pub fn makes_live(body: &EventBody) -> bool {
+    matches!(
+        body,
+        EventBody::Connected(_) | EventBody::Reconnected(_) | EventBody::Disconnected(_)
+    )
+}
+
+pub async fn recover(
+    store: &dyn LogStore,
+    epoch: &str,
+    cache_entries: usize,
+) -> Result<Recovered, StoreError> {
+    let started = Instant::now();
+    let mut table = JobTable::new(cache_entries);
+    let (loaded, ignored) = checkpoint::load_newest(store, epoch).await?;
+    let (from, header) = match loaded {
+        Some(cp) => {
+            for job in cp.jobs {
+                table.put(std::sync::Arc::new(job));
+            }
+            (cp.header.position, Some(cp.header))
+        }
+        None => {
+            if ignored.is_empty() {
+                tracing::info!("no checkpoint: folding the whole log");
+            } else {
+                tracing::warn!(
+                    ignored = ignored.len(),
+                    "no usable checkpoint: folding the whole log"
+                );
+            }
+            (0, None)
+        }
+    };
+    let mut position = from;
+    let mut folded = 0u64;
+    let mut to_load: HashSet<JobId> = HashSet::new();
+    for_each_event(store, from, |_, event| {
+        position = event.position;
+        folded += 1;
+        match table.apply_logged(&event) {
+            Logged::Unheld if makes_live(&event.body) => {
+                to_load.insert(event.job_id);
+            }
+            // Not expected on a log read in order; read the job back whole.
+            Logged::Behind => {
+                to_load.insert(event.job_id);
+            }
+            _ => {}
+        }
+        Ok(())
+    })
+    .await?;
+    for id in to_load {
+        table.put(std::sync::Arc::new(load_job(store, id).await?));
+    }
+    tracing::info!(
+        checkpoint = header.as_ref().map(|h| h.position),
+        events = folded,
+        live = table.live_count(),
+        cached = table.cached_count(),
+        seconds = started.elapsed().as_secs_f64(),
+        "state rebuilt from the log"
+    );
+    Ok(Recovered {
+        table,
+        position,
+        folded,
+        checkpoint: header,
+        ignored,
+    })
+}
