@@ -10,8 +10,9 @@
 //!   and the pure decisions of what a command appends. No I/O, no clock.
 //! - [`log`]: durable storage behind the [`log::LogStore`] trait (SQLite in
 //!   `log/sqlite.rs`), the per-job hash chain and `verify`.
-//! - [`engine`]: the in-memory fold kept current by the single writer, which
-//!   group-commits every change to the log.
+//! - [`engine`]: the live jobs (and a bounded cache of finished ones) kept
+//!   current by the single writer, which group-commits every change to the
+//!   log; checkpoints and start-up.
 //! - [`auth`]: tokens and roles.
 //! - [`engine::hub`]: the live sockets and the fan-out of committed events.
 //! - [`scheduler`]: the grace scheduler, sleeping until the next deadline.

@@ -9,7 +9,6 @@ mod common;
 use std::time::Duration;
 
 use common::{next_close, next_json, spawn_on, spawn_with, Db, TestApp, PATIENCE};
-use rejoin::auth::Role;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -23,19 +22,22 @@ async fn read(app: &TestApp, path: &str) -> (u16, Value) {
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
-/// A finished job: created, two progress events (the first keyed), completed.
-async fn finished_job(app: &TestApp, key: &str) -> Uuid {
-    let job = app.create_job().await;
-    let res = app
-        .http
+/// Posts the job's first progress event with `key` as its Idempotency-Key.
+async fn post_keyed(app: &TestApp, job: Uuid, key: &str) -> reqwest::Response {
+    app.http
         .post(app.url(&format!("/v1/jobs/{job}/events")))
         .bearer_auth(app.service())
         .header("Idempotency-Key", key)
         .json(&json!({"type": "progress", "progress": 10, "message": "ten"}))
         .send()
         .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+        .unwrap()
+}
+
+/// A finished job: created, two progress events (the first keyed), completed.
+async fn finished_job(app: &TestApp, key: &str) -> Uuid {
+    let job = app.create_job().await;
+    assert_eq!(post_keyed(app, job, key).await.status(), 201);
     app.progress(job, 50.0).await;
     let res = app
         .post_event(job, json!({"type": "completed", "result": {"books": 3}}))
@@ -53,15 +55,7 @@ async fn answers(app: &TestApp, job: Uuid, key: &str) -> Vec<(u16, Value)> {
         read(app, &format!("/v1/jobs/{job}/history")).await,
     ];
     // An idempotent retry of the first, keyed append: its first answer.
-    let res = app
-        .http
-        .post(app.url(&format!("/v1/jobs/{job}/events")))
-        .bearer_auth(app.service())
-        .header("Idempotency-Key", key)
-        .json(&json!({"type": "progress", "progress": 10, "message": "ten"}))
-        .send()
-        .await
-        .unwrap();
+    let res = post_keyed(app, job, key).await;
     assert_eq!(res.headers()["idempotent-replayed"], "true");
     out.push((res.status().as_u16(), res.json().await.unwrap()));
     // A new event on a finished job: 409.
@@ -87,11 +81,7 @@ async fn job_in_grace(app: &TestApp) -> Uuid {
 }
 
 async fn metric(app: &TestApp, line_start: &str) -> f64 {
-    let text = app.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{line_start}` in /metrics:\n{text}"))
+    common::metric_at(&app.http, app.addr, line_start).await
 }
 
 async fn restart_after(app: &mut TestApp, change: &[&str]) -> TestApp {
@@ -209,17 +199,8 @@ async fn a_reconnect_to_a_finished_job_read_back_from_the_log_gets_its_end() {
     let mut app = restart_after(&mut app, &[]).await;
     let (live, cached) = app.engine.jobs_in_memory();
     assert_eq!((live, cached), (0, 0), "a checkpoint holds only live jobs");
-    let epoch = app.get_json("/readyz", None).await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let token = app.token(Role::Client, Some(job));
-    let mut ws = app
-        .ws(&format!(
-            "jobId={job}&token={token}&reconnect=true&lastSeq=2&epoch={epoch}"
-        ))
-        .await
-        .unwrap();
+    let epoch = app.epoch().await;
+    let mut ws = app.ws_reconnect(job, 2, &epoch).await;
     let hello = next_json(&mut ws).await;
     assert_eq!(hello["type"], "reconnected");
     assert_eq!(hello["status"], "completed");
@@ -282,22 +263,6 @@ async fn jobs_held_in_memory_stay_within_the_cache_setting() {
     app.stop().await;
 }
 
-/// A metric of the server at `addr`.
-async fn metric_at(http: &reqwest::Client, addr: std::net::SocketAddr, line_start: &str) -> f64 {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{line_start}` in /metrics"))
-}
-
 #[tokio::test]
 async fn after_a_crash_a_start_folds_only_what_follows_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -312,7 +277,7 @@ async fn after_a_crash_a_start_folds_only_what_follows_the_last_checkpoint() {
     }
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let position = loop {
-        let position = metric_at(&http, addr, "rejoin_checkpoint_position ").await;
+        let position = common::metric_at(&http, addr, "rejoin_checkpoint_position ").await;
         if position >= 30.0 {
             break position;
         }
@@ -326,7 +291,7 @@ async fn after_a_crash_a_start_folds_only_what_follows_the_last_checkpoint() {
     server.kill().await.unwrap();
     let total = common::count_events(&db).await as f64;
     let (mut server, addr) = common::serve_binary(&db, &args).await;
-    let folded = metric_at(&http, addr, "rejoin_startup_events_folded ").await;
+    let folded = common::metric_at(&http, addr, "rejoin_startup_events_folded ").await;
     assert!(
         folded <= total - position,
         "folded {folded} of {total} events; a checkpoint was at {position}"

@@ -249,13 +249,7 @@ async fn metrics_count_connects_by_outcome_replays_and_commits() {
         .await;
     app.progress(job, 5.0).await;
     app.progress(job, 6.0).await;
-    let token = app.token(Role::Client, Some(job));
-    let mut ws = app
-        .ws(&format!(
-            "jobId={job}&token={token}&reconnect=true&lastSeq=0&epoch={epoch}"
-        ))
-        .await
-        .unwrap();
+    let mut ws = app.ws_reconnect(job, 0, &epoch).await;
     assert_eq!(next_json(&mut ws).await["missed"], 2);
     assert_eq!(
         common::refused_status(app.ws(&format!("jobId={job}&token=a.b.c")).await),

@@ -221,3 +221,58 @@ async fn a_killed_nodes_sessions_are_recorded_and_expired_by_the_other_once() {
     }
     drop((held, b, c));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_starts_from_a_checkpoint_and_the_tail() {
+    let Some((url, a, mut b)) = cluster().await else {
+        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+    };
+    let http = reqwest::Client::new();
+    let running = create_job_at(&http, a.addr).await;
+    progress_at(&http, a.addr, running, 10.0).await;
+    let finished = create_job_at(&http, b.addr).await;
+    let res = http
+        .post(format!("http://{}/v1/jobs/{finished}/events", b.addr))
+        .bearer_auth(token_for("service", None))
+        .json(&serde_json::json!({"type": "completed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    // B's graceful stop writes a checkpoint of the shared log's live state.
+    common::terminate(&mut b.child).await;
+    let tail = [
+        progress_at(&http, a.addr, running, 20.0).await,
+        progress_at(&http, a.addr, running, 30.0).await,
+    ];
+
+    let c = node(&url).await;
+    let position = common::metric_at(&http, c.addr, "rejoin_checkpoint_position ").await;
+    assert!(position > 0.0, "C started from a checkpoint");
+    let folded = common::metric_at(&http, c.addr, "rejoin_startup_events_folded ").await;
+    assert!(
+        folded >= 2.0,
+        "C folded the tail after it ({folded} events)"
+    );
+    assert!(folded < 8.0, "and only the tail ({folded} events)");
+    let state = |job: Uuid| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{}/v1/jobs/{job}", c.addr))
+                .bearer_auth(token_for("service", None))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(state(running).await["lastSeq"], tail[1]);
+    assert_eq!(state(finished).await["status"], "completed");
+    // And it follows the log from there: A's next event reaches C's client.
+    let mut ws = ws_connect(c.addr, &query(running)).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["lastSeq"], tail[1]);
+    let seq = progress_at(&http, a.addr, running, 40.0).await;
+    assert_eq!(next_json(&mut ws).await["seq"], seq);
+}

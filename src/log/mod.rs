@@ -204,6 +204,31 @@ pub struct CheckpointHeader {
     pub digest: String,
 }
 
+/// Both backends list checkpoints with this query.
+pub(crate) const LIST_CHECKPOINTS: &str =
+    "SELECT id, position, position_hash, epoch, fold_version, created_at, jobs, parts, digest
+     FROM checkpoints ORDER BY position DESC, created_at DESC";
+
+/// A row of [`LIST_CHECKPOINTS`].
+pub(crate) type CheckpointRow = (String, i64, String, String, i32, String, i64, i32, String);
+
+impl From<CheckpointRow> for CheckpointHeader {
+    fn from(r: CheckpointRow) -> Self {
+        let (id, position, position_hash, epoch, fold_version, created_at, jobs, parts, digest) = r;
+        CheckpointHeader {
+            id,
+            position,
+            position_hash,
+            epoch,
+            fold_version,
+            created_at,
+            jobs,
+            parts,
+            digest,
+        }
+    }
+}
+
 /// A database error as the store reports it: a unique violation is a
 /// conflicting append, anything else makes the log unavailable.
 pub(crate) fn classify(e: sqlx::Error) -> StoreError {

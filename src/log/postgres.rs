@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
-use super::{classify, AppendListener, CheckpointHeader, EventRow, LogStore, StoreError};
+use super::{
+    classify, AppendListener, CheckpointHeader, CheckpointRow, EventRow, LogStore, StoreError,
+    LIST_CHECKPOINTS,
+};
 
 /// The channel `append` notifies with the last position it committed.
 pub const CHANNEL: &str = "rejoin_log";
@@ -229,29 +232,11 @@ impl LogStore for PostgresStore {
     }
 
     async fn checkpoints(&self) -> Result<Vec<CheckpointHeader>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, position, position_hash, epoch, fold_version, created_at, jobs, parts, digest
-             FROM checkpoints ORDER BY position DESC, created_at DESC",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
-        rows.iter()
-            .map(|r| {
-                Ok(CheckpointHeader {
-                    id: r.try_get(0)?,
-                    position: r.try_get(1)?,
-                    position_hash: r.try_get(2)?,
-                    epoch: r.try_get(3)?,
-                    fold_version: r.try_get(4)?,
-                    created_at: r.try_get(5)?,
-                    jobs: r.try_get(6)?,
-                    parts: r.try_get(7)?,
-                    digest: r.try_get(8)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(classify)
+        let rows: Vec<CheckpointRow> = sqlx::query_as(LIST_CHECKPOINTS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(rows.into_iter().map(CheckpointHeader::from).collect())
     }
 
     async fn checkpoint_parts(&self, id: &str) -> Result<Vec<String>, StoreError> {

@@ -18,7 +18,9 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
 use super::sqlite_scan::Scanner;
-use super::{classify, CheckpointHeader, EventRow, LogStore, StoreError};
+use super::{
+    classify, CheckpointHeader, CheckpointRow, EventRow, LogStore, StoreError, LIST_CHECKPOINTS,
+};
 
 /// Rows per INSERT statement: 10 columns each, far below SQLite's limit of
 /// 32,766 bound parameters.
@@ -198,29 +200,11 @@ impl LogStore for SqliteStore {
     }
 
     async fn checkpoints(&self) -> Result<Vec<CheckpointHeader>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, position, position_hash, epoch, fold_version, created_at, jobs, parts, digest
-             FROM checkpoints ORDER BY position DESC, created_at DESC",
-        )
-        .fetch_all(&self.readers)
-        .await
-        .map_err(classify)?;
-        rows.iter()
-            .map(|r| {
-                Ok(CheckpointHeader {
-                    id: r.try_get(0)?,
-                    position: r.try_get(1)?,
-                    position_hash: r.try_get(2)?,
-                    epoch: r.try_get(3)?,
-                    fold_version: r.try_get(4)?,
-                    created_at: r.try_get(5)?,
-                    jobs: r.try_get(6)?,
-                    parts: r.try_get(7)?,
-                    digest: r.try_get(8)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(classify)
+        let rows: Vec<CheckpointRow> = sqlx::query_as(LIST_CHECKPOINTS)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(classify)?;
+        Ok(rows.into_iter().map(CheckpointHeader::from).collect())
     }
 
     async fn checkpoint_parts(&self, id: &str) -> Result<Vec<String>, StoreError> {

@@ -330,6 +330,24 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Reopens `job`'s socket with `reconnect=true`, `lastSeq` and `epoch`.
+    pub async fn ws_reconnect(&self, job: Uuid, last_seq: i64, epoch: &str) -> Ws {
+        let token = self.token(Role::Client, Some(job));
+        self.ws(&format!(
+            "jobId={job}&token={token}&reconnect=true&lastSeq={last_seq}&epoch={epoch}"
+        ))
+        .await
+        .unwrap()
+    }
+
+    /// The log's epoch, from `/readyz`.
+    pub async fn epoch(&self) -> String {
+        self.get_json("/readyz", None).await["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Waits until `check` holds for the job's state, polling the API.
     pub async fn wait_for_job(
         &self,
@@ -553,4 +571,34 @@ pub async fn progress_at(http: &reqwest::Client, addr: SocketAddr, job: Uuid, p:
         .unwrap();
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
     res.json::<Value>().await.unwrap()["seq"].as_i64().unwrap()
+}
+
+/// The value of the `/metrics` line that starts with `line_start` (a name
+/// with its labels and the space after them) on the server at `addr`.
+pub async fn metric_at(http: &reqwest::Client, addr: SocketAddr, line_start: &str) -> f64 {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{line_start}` in /metrics:\n{text}"))
+}
+
+/// Stops a server process with SIGTERM (a graceful stop) and waits for its
+/// exit, which must be 0.
+pub async fn terminate(child: &mut tokio::process::Child) {
+    let pid = child.id().expect("the server is running");
+    // SAFETY: sends a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("the server exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
 }
