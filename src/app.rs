@@ -14,15 +14,16 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Authority;
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeArgs;
 use crate::engine::{Engine, EngineSettings, EngineTasks};
+use crate::http::rate::ConnectRate;
+use crate::http::upgrade::{RejectionLog, UpgradeSettings};
 use crate::http::{self, AppState, HttpSettings};
 use crate::log;
-use crate::ws::rate::ConnectRate;
-use crate::ws::{RejectionLog, Sockets, WsSettings};
 
 pub struct Application {
     listener: TcpListener,
@@ -89,7 +90,7 @@ impl Application {
                 client_token_ttl_secs: args.client_token_ttl_secs,
                 max_client_token_ttl_secs: args.max_client_token_ttl_secs,
             }),
-            ws: Arc::new(WsSettings {
+            upgrade: Arc::new(UpgradeSettings {
                 heartbeat_interval,
                 heartbeat_timeout,
                 allowed_origins: args.allowed_origins.clone(),
@@ -97,7 +98,9 @@ impl Application {
                 send_queue: args.send_queue,
                 max_connections: args.max_connections.unwrap_or_else(default_max_connections),
             }),
-            sockets: Sockets::default(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            capacity_warning: Arc::default(),
             rejections: Arc::new(RejectionLog::new(Duration::from_secs(10))),
             connect_rate: Arc::new(ConnectRate::new(
                 args.connect_rate_per_ip,
@@ -139,9 +142,8 @@ impl Application {
         } = self;
         let store = state.engine.store().clone();
         let engine = state.engine.clone();
-        let sockets = state.sockets.clone();
+        let (sockets, closing) = (state.tasks.clone(), state.shutdown.clone());
         let app = http::router(state);
-        let closing = sockets.clone();
         // No Nagle: progress messages are small and must leave at once (with
         // Nagle, a replay of many small frames stalls on delayed ACKs).
         let listener = listener.tap_io(|tcp| {
@@ -156,11 +158,13 @@ impl Application {
         .with_graceful_shutdown(async move {
             shutdown.await;
             // Upgraded sockets are not axum's to wait for: close them now.
-            closing.shutdown.cancel();
+            closing.cancel();
         })
         .await
         .context("serving HTTP")?;
-        sockets.close_all().await;
+        // Every socket closes with 1001 and records its close; wait for all.
+        sockets.close();
+        sockets.wait().await;
         tracing::info!("sockets closed; draining the log writer");
         engine_stop.cancel();
         tasks.scheduler.await.context("the scheduler panicked")?;

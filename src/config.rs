@@ -2,12 +2,11 @@
 //! variable beside it. `rejoin --help` and `rejoin serve --help` document each.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
-use crate::auth::{Role, Secret};
+use crate::auth::{JwtArgs, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,67 +35,20 @@ pub enum CliCommand {
     /// Write a checkpoint of the log's live state now, list the checkpoints,
     /// or delete them (they are derived: a start without one folds the log).
     Checkpoint(CheckpointArgs),
-    /// Run a benchmark scenario against a server on a temporary database.
-    Bench(BenchArgs),
-    /// The idle benchmark's baseline: a bare tokio-tungstenite server.
-    #[command(hide = true)]
-    BenchBareServer,
 }
 
 #[derive(Clone, Debug, Args)]
 pub struct DatabaseArgs {
     /// Where the log lives: a SQLite file (`sqlite://PATH`, `sqlite:PATH` or a
-    /// plain path). Created, with its migrations applied, on first start.
+    /// plain path), created with its migrations on first start; or a
+    /// PostgreSQL database (`postgres://USER@HOST/DB`), migrated on start,
+    /// which several nodes may share.
     #[arg(
         long,
         env = "REJOIN_DATABASE_URL",
         default_value = "sqlite://sqlite/rejoin.db"
     )]
     pub database_url: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum JwtAlgorithm {
-    #[value(name = "HS256")]
-    Hs256,
-    #[value(name = "RS256")]
-    Rs256,
-    #[value(name = "ES256")]
-    Es256,
-    #[value(name = "EdDSA")]
-    EdDsa,
-}
-
-#[derive(Clone, Debug, Args)]
-pub struct JwtArgs {
-    /// The algorithm every token must use; never taken from the token.
-    #[arg(
-        long,
-        env = "REJOIN_JWT_ALGORITHM",
-        value_enum,
-        default_value = "HS256"
-    )]
-    pub jwt_algorithm: JwtAlgorithm,
-    /// HS256 shared secret (at least 16 bytes). Without it, a random secret is
-    /// generated once and kept in `jwt-secret` beside the SQLite database.
-    #[arg(long, env = "REJOIN_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<Secret>,
-    /// PEM public key that verifies RS256/ES256/EdDSA tokens minted elsewhere.
-    #[arg(long, env = "REJOIN_JWT_PUBLIC_KEY")]
-    pub jwt_public_key: Option<PathBuf>,
-    /// PEM private key, to mint client tokens with RS256/ES256/EdDSA. Without
-    /// it such a server verifies tokens but mints none.
-    #[arg(long, env = "REJOIN_JWT_PRIVATE_KEY")]
-    pub jwt_private_key: Option<PathBuf>,
-    /// Required `iss` claim, when set.
-    #[arg(long, env = "REJOIN_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` claim, when set.
-    #[arg(long, env = "REJOIN_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    /// Clock leeway, in seconds, when checking `exp` and `nbf`.
-    #[arg(long, env = "REJOIN_JWT_LEEWAY_SECS", default_value_t = 5)]
-    pub jwt_leeway_secs: u64,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -311,50 +263,4 @@ pub struct ReplayArgs {
     pub format: ReplayFormat,
     #[command(flatten)]
     pub database: DatabaseArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BenchScenario {
-    /// Durable appends: 64 appenders vs raw batched inserts, one appender, HTTP.
-    Appends,
-    /// Fan-out: progress POSTed to jobs watched over WebSockets, POST to receipt.
-    Fanout,
-    /// Resume at the head for logs of 10, 1,000 and 100,000 events; a 1,000-event replay.
-    Resume,
-    /// Fold a stored log of 1,000,000 events into state.
-    Replay,
-    /// Idle sockets: server memory per connection against a bare server; the
-    /// connection limit.
-    Idle,
-    /// Reconnect storm: clients on live jobs, the server killed and restarted
-    /// under them.
-    Storm,
-    /// The peer: rejoin and a Socket.IO 4 server with connection-state
-    /// recovery side by side (fan-out, TCP-reset and silent drops, a restart,
-    /// idle memory). Needs Node.js and npm; installs the peer with `npm ci`.
-    Peer,
-    /// Start-up as history grows: logs of 20,000, 200,000 and 1,000,000
-    /// finished jobs plus 1,000 live ones, started without and with a
-    /// checkpoint; RSS; cold reads of finished jobs.
-    Startup,
-}
-
-#[derive(Clone, Debug, Args)]
-pub struct BenchArgs {
-    pub scenario: BenchScenario,
-    /// A few seconds' version of the scenario (CI runs this so none rots).
-    #[arg(long)]
-    pub smoke: bool,
-    /// For `idle`: how long to watch memory while the sockets sit idle
-    /// (default 600 s, 2 s with --smoke).
-    #[arg(long)]
-    pub soak_secs: Option<u64>,
-    /// Run against PostgreSQL at this URL instead of SQLite (every scenario
-    /// but `peer`): each database the scenario needs is a fresh schema there.
-    #[arg(long)]
-    pub postgres: Option<String>,
-    /// For `peer`: the folder holding the Socket.IO server (default
-    /// `benches/socketio` in the source tree).
-    #[arg(long)]
-    pub peer_dir: Option<std::path::PathBuf>,
 }

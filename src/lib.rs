@@ -6,29 +6,33 @@
 //!
 //! # Layout
 //!
+//! Lowest layer first; each module uses only those before it (checked by
+//! `tests/layers.rs`):
+//!
 //! - [`domain`]: the event catalogue, the pure fold of job and session state,
-//!   and the pure decisions of what a command appends. No I/O, no clock.
+//!   the pure decisions of what a command appends, the close codes the log
+//!   records. No I/O, no clock.
+//! - [`clock`]: injected time.
 //! - [`log`]: durable storage behind the [`log::LogStore`] trait (SQLite in
-//!   `log/sqlite.rs`), the per-job hash chain and `verify`.
+//!   `log/sqlite.rs`, PostgreSQL for several nodes in `log/postgres.rs`), the
+//!   per-job hash chain, `verify` and the checkpoints' tables.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`auth`]: tokens, roles and their settings.
 //! - [`engine`]: the live jobs (and a bounded cache of finished ones) kept
 //!   current by the single writer, which group-commits every change to the
-//!   log; checkpoints and start-up.
-//! - [`auth`]: tokens and roles.
-//! - [`engine::hub`]: the live sockets and the fan-out of committed events.
-//! - [`scheduler`]: the grace scheduler, sleeping until the next deadline.
-//! - [`ws`]: the WebSocket endpoint: checks before the upgrade, the protocol,
-//!   one task per socket.
-//! - [`http`]: the HTTP routes, their extractors and the API error type.
-//! - [`bench`]: `rejoin bench`, the load generator and its scenarios.
-//! - [`app`]: builds and runs the server; [`config`]: the command line;
-//!   [`cli`]: the subcommands; [`clock`]: injected time.
+//!   log; the grace scheduler; checkpoints and start-up; the live sockets
+//!   and fan-out ([`engine::hub`]); on a shared log, membership.
+//! - [`ws`]: the WebSocket protocol and one task per upgraded socket.
+//! - [`http`]: the HTTP routes (the upgrade's checks among them), their
+//!   extractors and the API error type.
+//! - [`config`]: the command line; [`app`]: builds and runs the server and
+//!   owns its lifecycle; [`cli`]: the subcommands.
 //!
 //! Data flows one way: request → decide → append (durable) → apply to the
 //! in-memory state → answer. Nothing is acknowledged before it is in the log.
 
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -37,5 +41,4 @@ pub mod engine;
 pub mod http;
 pub mod log;
 pub mod metrics;
-pub mod scheduler;
 pub mod ws;

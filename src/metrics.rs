@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use crate::domain::{Event, EventBody};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
+struct ConnectOutcome {
     outcome: String,
 }
 
@@ -41,7 +41,7 @@ struct HeldAs {
 pub struct Metrics {
     registry: Registry,
     connections: Gauge,
-    connects: Family<Outcome, Counter>,
+    connects: Family<ConnectOutcome, Counter>,
     rejected: Family<Reason, Counter>,
     disconnects: Family<Code, Counter>,
     replayed: Counter,
@@ -198,7 +198,7 @@ impl Metrics {
             .inc();
         let outcome = |o: &str| {
             self.connects
-                .get_or_create(&Outcome {
+                .get_or_create(&ConnectOutcome {
                     outcome: o.to_owned(),
                 })
                 .inc();
@@ -250,12 +250,10 @@ impl Metrics {
         self.failed_commits.inc();
     }
 
-    /// A job found in memory: counted as a cache hit when it was a cached
-    /// finished job (live jobs are always held).
-    pub fn observe_job_lookup(&self, held: crate::engine::jobs::Held) {
-        if held == crate::engine::jobs::Held::Cached {
-            self.cache_hits.inc();
-        }
+    /// A finished job found in the cache (live jobs are always held, and
+    /// not counted).
+    pub fn observe_cache_hit(&self) {
+        self.cache_hits.inc();
     }
 
     /// A job read back from the log.

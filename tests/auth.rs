@@ -244,7 +244,7 @@ async fn an_eddsa_deployment_verifies_with_its_public_key_and_refuses_hs256() {
         "{err}"
     );
 
-    let server = common::KeyedServer::start(
+    let mut server = common::KeyedServer::start(
         dir.path(),
         &[
             "--jwt-algorithm",
@@ -299,5 +299,5 @@ async fn an_eddsa_deployment_verifies_with_its_public_key_and_refuses_hs256() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(create(confused).await.unwrap().status(), 401);
-    server.stop().await;
+    server.stop().await.unwrap();
 }

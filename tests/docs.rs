@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use rejoin::ws::param;
+use rejoin::ws::protocol::param;
 use rejoin::ws::protocol::{close, error_code, CLIENT_MESSAGES, SERVER_MESSAGES};
 
 fn doc(name: &str) -> String {

@@ -31,7 +31,7 @@ async fn an_rs256_deployment_refuses_hs256_signed_with_its_public_key() {
     let public = format!("{fixtures}/rsa-public.pem");
     let private = format!("{fixtures}/rsa-private.pem");
     let dir = tempfile::tempdir().unwrap();
-    let server = common::KeyedServer::start(
+    let mut server = common::KeyedServer::start(
         dir.path(),
         &[
             "--jwt-algorithm",
@@ -69,7 +69,7 @@ async fn an_rs256_deployment_refuses_hs256_signed_with_its_public_key() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_token");
     assert_eq!(create(good).await.unwrap().status(), 201);
-    server.stop().await;
+    server.stop().await.unwrap();
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //! `exp`, `sub` and `role` are required; `iss`/`aud` are checked when configured.
 
 mod secret;
+mod settings;
 
 use std::path::Path;
 
@@ -14,8 +15,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config::{JwtAlgorithm, JwtArgs};
 pub use secret::{load_or_create_secret, Secret};
+pub use settings::{JwtAlgorithm, JwtArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

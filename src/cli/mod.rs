@@ -20,10 +20,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::History(args) => history::run(args).await,
         CliCommand::Replay(args) => replay::run(args).await,
         CliCommand::Checkpoint(args) => checkpoint::run(args).await,
-        CliCommand::Bench(args) => crate::bench::run(args).await,
-        CliCommand::BenchBareServer => crate::bench::idle::bare_server()
-            .await
-            .map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -13,8 +13,8 @@ use super::event::{
 use super::state::{fingerprint, IdempotentAppend, JobState, JobStatus, SessionPhase};
 
 /// Close code and reason sent to a socket that another connection replaced.
-pub const REPLACED_CODE: u16 = 1000;
-pub const REPLACED_REASON: &str = "Client reconnecting";
+pub const REPLACED_CODE: u16 = super::close::NORMAL;
+pub const REPLACED_REASON: &str = super::close::REPLACED;
 
 /// A request to change a job.
 #[derive(Clone, Debug)]

@@ -31,7 +31,7 @@ pub struct Entry {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum SessionState {
+pub enum SessionStatus {
     Connected,
     Grace,
     Ended,
@@ -43,7 +43,7 @@ pub enum SessionState {
 pub struct SessionHistory {
     pub session_id: uuid::Uuid,
     pub started_at: DateTime<Utc>,
-    pub state: SessionState,
+    pub state: SessionStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grace_until: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,12 +134,12 @@ impl HistoryBuilder {
                         self.history.totals.resumed += 1;
                         let since = self.open_since.insert(id, at);
                         let s = &mut self.history.sessions[i];
-                        if s.state == SessionState::Grace {
+                        if s.state == SessionStatus::Grace {
                             if let Some(since) = since {
                                 s.disconnected_ms += ms(since, at);
                             }
                         }
-                        s.state = SessionState::Connected;
+                        s.state = SessionStatus::Connected;
                         s.grace_until = None;
                         s.sockets += 1;
                         s.resumes += 1;
@@ -152,13 +152,13 @@ impl HistoryBuilder {
             }
             EventBody::Disconnected(d) => {
                 self.history.totals.disconnects += 1;
-                if d.reason == "heartbeat timeout" {
+                if d.reason == super::close::HEARTBEAT_TIMEOUT {
                     self.history.totals.heartbeat_timeouts += 1;
                 }
                 let since = self.open_since.insert(id, at);
                 if let Some(s) = self.session(id) {
                     s.disconnects += 1;
-                    s.state = SessionState::Grace;
+                    s.state = SessionStatus::Grace;
                     s.grace_until = Some(d.grace_until);
                     if let Some(since) = since {
                         s.connected_ms += ms(since, at);
@@ -181,7 +181,7 @@ impl HistoryBuilder {
                     if let Some(since) = since {
                         s.disconnected_ms += ms(since, at);
                     }
-                    s.state = SessionState::Ended;
+                    s.state = SessionStatus::Ended;
                     s.ended_at = Some(at);
                     s.end_reason = Some("grace_expired");
                 }
@@ -201,14 +201,14 @@ impl HistoryBuilder {
     /// A new session; any earlier one still open is superseded.
     fn start(&mut self, id: SessionId, at: DateTime<Utc>) {
         for s in &mut self.history.sessions {
-            if s.state != SessionState::Ended {
+            if s.state != SessionStatus::Ended {
                 if let Some(since) = self.open_since.remove(&s.session_id) {
                     match s.state {
-                        SessionState::Connected => s.connected_ms += ms(since, at),
+                        SessionStatus::Connected => s.connected_ms += ms(since, at),
                         _ => s.disconnected_ms += ms(since, at),
                     }
                 }
-                s.state = SessionState::Ended;
+                s.state = SessionStatus::Ended;
                 s.ended_at = Some(at);
                 s.end_reason = Some("superseded");
             }
@@ -219,7 +219,7 @@ impl HistoryBuilder {
         self.history.sessions.push(SessionHistory {
             session_id: id,
             started_at: at,
-            state: SessionState::Connected,
+            state: SessionStatus::Connected,
             grace_until: None,
             ended_at: None,
             end_reason: None,
@@ -238,9 +238,9 @@ impl HistoryBuilder {
         for s in &mut self.history.sessions {
             if let Some(since) = self.open_since.get(&s.session_id) {
                 match s.state {
-                    SessionState::Connected => s.connected_ms += ms(*since, now),
-                    SessionState::Grace => s.disconnected_ms += ms(*since, now),
-                    SessionState::Ended => {}
+                    SessionStatus::Connected => s.connected_ms += ms(*since, now),
+                    SessionStatus::Grace => s.disconnected_ms += ms(*since, now),
+                    SessionStatus::Ended => {}
                 }
             }
         }

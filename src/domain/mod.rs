@@ -1,6 +1,7 @@
 //! The domain: events, the pure fold of job and session state, and the pure
 //! decisions of what a command appends. Nothing here does I/O or reads a clock.
 
+pub mod close;
 pub mod decide;
 pub mod event;
 pub mod history;

@@ -9,6 +9,7 @@ mod checkpoint;
 pub mod hub;
 pub mod jobs;
 pub mod recover;
+mod scheduler;
 mod writer;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -20,16 +21,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::domain::close;
 use crate::domain::decide::{Attach, AttachPlan};
 use crate::domain::{
     Command, DomainError, Event, EventBody, JobId, JobState, SessionId, SessionPhase,
 };
 use crate::log::{for_each_job_event, CheckpointHeader, LogStore, StoreError};
 use crate::metrics::Metrics;
-use crate::scheduler::{self, Deadline};
 pub use checkpoint::{write as write_checkpoint, Snapshot};
 use hub::{Hub, Registration};
 use jobs::{load_job, JobTable};
+use scheduler::Deadline;
 use uuid::Uuid;
 use writer::{CheckpointPolicy, WriteRequest, Writer};
 
@@ -147,7 +149,7 @@ struct Inner {
     jobs: Arc<Mutex<JobTable>>,
     /// Every event up to this position is applied to `jobs`.
     applied: Arc<AtomicI64>,
-    tx: mpsc::Sender<WriteRequest>,
+    queue: Queue,
     epoch: String,
     clock: Arc<dyn Clock>,
     stats: Arc<WriterStats>,
@@ -158,6 +160,38 @@ struct Inner {
     /// This node's id, on a shared log.
     node: Option<String>,
     startup: Startup,
+}
+
+/// The writer's queue: the one way to ask for a change.
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<WriteRequest>,
+    stats: Arc<WriterStats>,
+}
+
+impl Queue {
+    /// Queues a command and waits until its events are durable.
+    async fn execute(
+        &self,
+        job_id: JobId,
+        command: Command,
+        registration: Option<Registration>,
+    ) -> Result<Outcome, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest {
+            job_id,
+            command,
+            registration,
+            reply,
+        };
+        let stopping = || EngineError::Unavailable("the server is shutting down".into());
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(request).await.is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(stopping());
+        }
+        answer.await.map_err(|_| stopping())?
+    }
 }
 
 /// The engine's background tasks, stopped by the token given to `start`.
@@ -248,7 +282,10 @@ impl Engine {
                 store,
                 jobs,
                 applied,
-                tx,
+                queue: Queue {
+                    tx,
+                    stats: stats.clone(),
+                },
                 epoch,
                 clock,
                 stats,
@@ -267,7 +304,10 @@ impl Engine {
         drop(initial_checkpoint);
         let checkpoints = tokio::spawn(engine.clone().write_checkpoints(checkpoint_rx));
         let scheduler = tokio::spawn(scheduler::run(
-            engine.clone(),
+            scheduler::Expiry {
+                queue: engine.inner.queue.clone(),
+                clock: engine.inner.clock.clone(),
+            },
             waiting,
             deadline_rx,
             shutdown.clone(),
@@ -307,20 +347,10 @@ impl Engine {
         command: Command,
         registration: Option<Registration>,
     ) -> Result<Outcome, EngineError> {
-        let (reply, answer) = oneshot::channel();
-        let request = WriteRequest {
-            job_id,
-            command,
-            registration,
-            reply,
-        };
-        let stopping = || EngineError::Unavailable("the server is shutting down".into());
-        self.inner.stats.queued.fetch_add(1, Ordering::Relaxed);
-        if self.inner.tx.send(request).await.is_err() {
-            self.inner.stats.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(stopping());
-        }
-        answer.await.map_err(|_| stopping())?
+        self.inner
+            .queue
+            .execute(job_id, command, registration)
+            .await
     }
 
     /// Creates a job (or finds it).
@@ -459,7 +489,9 @@ impl Engine {
         let token = {
             let mut table = self.table();
             if let Some((job, held)) = table.get(job_id) {
-                self.inner.metrics.observe_job_lookup(held);
+                if held == jobs::Held::Cached {
+                    self.inner.metrics.observe_cache_hit();
+                }
                 return Ok(Some(job));
             }
             table.begin_load(job_id)
@@ -576,8 +608,8 @@ impl Engine {
                     job,
                     session,
                     socket,
-                    crate::ws::protocol::close::SERVICE_RESTART,
-                    crate::ws::protocol::close::SERVER_RESTART,
+                    close::SERVICE_RESTART,
+                    close::SERVER_RESTART,
                     None,
                 )
             }))

@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::Snapshot;
 use super::hub::{CloseReason, Hub, Registration};
-use super::jobs::{load_job, JobTable, Logged};
+use super::jobs::{load_job, Held, JobTable, Logged};
 use super::recover::makes_live;
+use super::scheduler::Deadline;
 use super::{Attached, EngineError, Outcome, WriterStats};
 use crate::clock::Clock;
 use crate::domain::decide::{AttachPlan, Planned};
@@ -36,7 +37,6 @@ use crate::domain::{decide, Command, Decision, DomainError, Event, EventBody, Jo
 use crate::log::chain::seal;
 use crate::log::{for_each_job_event_after, EventRow, LogStore, StoreError};
 use crate::metrics::Metrics;
-use crate::scheduler::Deadline;
 
 /// One queued command and where to send its answer.
 pub(crate) struct WriteRequest {
@@ -311,7 +311,9 @@ impl Writer {
                 }
                 match table.get(req.job_id) {
                     Some((job, held)) => {
-                        self.metrics.observe_job_lookup(held);
+                        if held == Held::Cached {
+                            self.metrics.observe_cache_hit();
+                        }
                         jobs.insert(req.job_id, JobState::clone(&job));
                     }
                     None => missing.push(req.job_id),

@@ -97,8 +97,8 @@ async fn start_job(
         state.engine.clock().now(),
     )?;
     let engine = state.engine.clone();
-    let stop = state.sockets.shutdown.clone();
-    state.sockets.tracker.spawn(async move {
+    let stop = state.shutdown.clone();
+    state.tasks.spawn(async move {
         tokio::select! {
             _ = simulate(engine, job_id, duration) => {}
             _ = stop.cancelled() => {}

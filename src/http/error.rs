@@ -5,7 +5,6 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::domain::DomainError;
@@ -108,7 +107,13 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let status = self.status_code();
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        // The documented body itself (`ErrorBody` is also the OpenAPI schema).
+        let body = super::ErrorBody {
+            error: super::ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response

@@ -275,7 +275,7 @@ pub async fn live_tail(
         state.engine.store().clone(),
         head,
         start,
-        state.sockets.shutdown.clone(),
+        state.shutdown.clone(),
     );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

@@ -10,7 +10,9 @@ mod health;
 pub mod history;
 pub mod jobs;
 pub mod openapi;
+pub mod rate;
 mod support;
+pub mod upgrade;
 
 use std::sync::Arc;
 
@@ -20,10 +22,13 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::auth::Authority;
 use crate::engine::Engine;
-use crate::ws::{self, RejectionLog, Sockets, WsSettings};
 use error::ApiError;
+use upgrade::{CapacityWarning, RejectionLog, UpgradeSettings};
 
 /// The body of every error answer.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -54,11 +59,17 @@ pub struct AppState {
     pub engine: Engine,
     pub auth: Arc<Authority>,
     pub settings: Arc<HttpSettings>,
-    pub ws: Arc<WsSettings>,
-    pub sockets: Sockets,
+    pub upgrade: Arc<UpgradeSettings>,
+    /// The socket tasks (and the demo's jobs), which the app closes and waits
+    /// for at shutdown (axum's graceful shutdown does not wait for upgraded
+    /// connections).
+    pub tasks: TaskTracker,
+    /// Cancelled when the server stops: sockets close with 1001, tails end.
+    pub shutdown: CancellationToken,
     pub rejections: Arc<RejectionLog>,
+    pub capacity_warning: Arc<CapacityWarning>,
     /// Connection attempts per client address.
-    pub connect_rate: Arc<crate::ws::rate::ConnectRate>,
+    pub connect_rate: Arc<rate::ConnectRate>,
     /// Demo mode: how long a simulated job runs; `None` when off.
     pub demo: Option<std::time::Duration>,
 }
@@ -114,7 +125,7 @@ pub fn router(state: AppState) -> Router {
         .merge(client::router())
         .merge(demo::router())
         .merge(openapi::router())
-        .merge(ws::router())
+        .merge(upgrade::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))

@@ -1,7 +1,8 @@
 //! The log: durable, append-only storage of events.
 //!
-//! [`LogStore`] is the one interface to it, with a backend per database
-//! (`sqlite.rs` now). Stores keep rows as they are written ([`EventRow`]); the
+//! [`LogStore`] is the one interface to it, with a backend per database:
+//! `sqlite.rs` (embedded, one process per log) and `postgres.rs` (a log
+//! shared by several nodes), chosen by [`open`] from the database URL. Stores keep rows as they are written ([`EventRow`]); the
 //! domain's typed [`Event`] is converted at this boundary. A store never decides
 //! anything: seqs and hashes arrive computed by the writer, and the database's
 //! unique `(job_id, seq)` is the last line of defence against two writers.
@@ -19,7 +20,7 @@ use async_trait::async_trait;
 use crate::domain::event::{format_time, parse_time, DecodeError, Event, EventBody};
 
 /// One event as stored.
-#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EventRow {
     /// Global position; assigned by the database on insert (0 before).
     pub position: i64,

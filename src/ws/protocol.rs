@@ -11,49 +11,24 @@ use crate::domain::event::FailureInfo;
 use crate::domain::{Event, EventBody, JobState, JobStatus};
 use crate::engine::Attached;
 
-/// Close codes the server sends or records.
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    pub const NO_STATUS: u16 = 1005;
-    pub const ABNORMAL: u16 = 1006;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL_ERROR: u16 = 1011;
-    pub const SERVICE_RESTART: u16 = 1012;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+/// Close codes the server sends or records (they are the domain's: the log
+/// records them).
+pub use crate::domain::close;
 
-    pub const JOB_FINISHED: &str = "job finished";
-    pub const SHUTTING_DOWN: &str = "server shutting down";
-    pub const SEND_QUEUE_FULL: &str = "send queue full";
-    pub const HEARTBEAT_TIMEOUT: &str = "heartbeat timeout";
-    pub const CONNECTION_LOST: &str = "connection lost";
-    pub const BINARY: &str = "binary frames are not supported";
-    pub const TOO_BIG_REASON: &str = "message too big";
-    pub const LOG_UNAVAILABLE: &str = "event log unavailable";
-    pub const DROPPED: &str = "dropped by the server (demo)";
-    pub const SERVER_RESTART: &str = "server restart";
-    pub const REPLACED: &str = crate::domain::decide::REPLACED_REASON;
-
-    /// Every close frame the server sends, as (code, reason).
-    pub const SENT: &[(u16, &str)] = &[
-        (NORMAL, JOB_FINISHED),
-        (NORMAL, REPLACED),
-        (GOING_AWAY, SHUTTING_DOWN),
-        (UNSUPPORTED_DATA, BINARY),
-        (TOO_BIG, TOO_BIG_REASON),
-        (INTERNAL_ERROR, LOG_UNAVAILABLE),
-        (TRY_AGAIN_LATER, SEND_QUEUE_FULL),
-    ];
-
-    /// Closes the server records but cannot send: the connection is gone.
-    pub const RECORDED_ONLY: &[(u16, &str)] = &[
-        (ABNORMAL, CONNECTION_LOST),
-        (ABNORMAL, HEARTBEAT_TIMEOUT),
-        (ABNORMAL, DROPPED),
-        (SERVICE_RESTART, SERVER_RESTART),
-    ];
+/// The query parameters of `/ws/progress`.
+pub mod param {
+    pub const JOB_ID: &str = "jobId";
+    pub const TOKEN: &str = "token";
+    pub const RECONNECT: &str = "reconnect";
+    pub const LAST_SEQ: &str = "lastSeq";
+    pub const EPOCH: &str = "epoch";
+    pub const ALL: &[&str] = &[JOB_ID, TOKEN, RECONNECT, LAST_SEQ, EPOCH];
 }
+
+/// The subprotocol browsers offer beside `bearer.<token>`; the server echoes it.
+pub const SUBPROTOCOL: &str = "rejoin";
+/// The prefix of the subprotocol that carries a browser's token.
+pub const BEARER_PREFIX: &str = "bearer.";
 
 /// The `type`s of the messages the server sends.
 pub const SERVER_MESSAGES: &[&str] = &[
@@ -241,12 +216,12 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, BadMessage> {
             .map(|seq| ClientMessage::Ack { seq })
             .ok_or_else(|| {
                 bad(
-                    "invalid_message",
+                    error_code::INVALID_MESSAGE,
                     "`ack` needs a non-negative integer `seq`",
                 )
             }),
         _ => Err(BadMessage {
-            code: "unknown_type",
+            code: error_code::UNKNOWN_TYPE,
             message: "known types are `ping` and `ack`".to_owned(),
         }),
     }

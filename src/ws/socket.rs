@@ -227,7 +227,7 @@ where
         Err(e) => {
             return Err(Ending::closed_by_server(
                 close::INTERNAL_ERROR,
-                leak_reason(e),
+                logged_internal_error(e),
             ))
         }
     };
@@ -391,7 +391,9 @@ async fn read_error(
     Ending::dropped(close::ABNORMAL, format!("socket error: {message}"))
 }
 
-fn leak_reason(e: serde_json::Error) -> &'static str {
+/// Logs why the first message could not be encoded, and gives the generic
+/// close reason the client gets instead (the cause stays in the server's log).
+fn logged_internal_error(e: serde_json::Error) -> &'static str {
     tracing::error!(error = %e, "could not encode the first message");
     "internal error"
 }

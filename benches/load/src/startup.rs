@@ -16,10 +16,10 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{created, progress, rate, rss_kib, serve_args, spawn_rejoin, JobWriter, Latencies};
-use crate::config::BenchArgs;
-use crate::domain::event::{Connected, Disconnected, GraceExpired, JobCompleted};
-use crate::domain::EventBody;
-use crate::log::{EventRow, LogStore};
+use crate::BenchArgs;
+use rejoin::domain::event::{Connected, Disconnected, GraceExpired, JobCompleted};
+use rejoin::domain::EventBody;
+use rejoin::log::{EventRow, LogStore};
 
 /// One start measured.
 struct Start {
@@ -40,7 +40,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let url = super::database(args, dir.path(), "startup").await?;
         let started = Instant::now();
         let (events, sample) = generate(&url, finished, live).await?;
-        let bytes = crate::log::sqlite::database_path(&url).map(|p| {
+        let bytes = rejoin::log::sqlite::database_path(&url).map(|p| {
             let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
             size(&p) + size(&p.with_extension("db-wal"))
         });
@@ -91,8 +91,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 /// Fills the log; returns the number of events and some finished jobs to
 /// read cold.
 async fn generate(url: &str, finished: usize, live: usize) -> anyhow::Result<(u64, Vec<Uuid>)> {
-    let store: Arc<dyn LogStore> = crate::log::open(url).await?;
-    let at = crate::domain::event::to_log_precision(Utc::now() - chrono::Duration::hours(1));
+    let store: Arc<dyn LogStore> = rejoin::log::open(url).await?;
+    let at = rejoin::domain::event::to_log_precision(Utc::now() - chrono::Duration::hours(1));
     let mut rows: Vec<EventRow> = Vec::with_capacity(60_000);
     let mut events = 0u64;
     let mut sample = Vec::new();
@@ -224,7 +224,7 @@ async fn cold_reads(
     sample: &[Uuid],
 ) -> anyhow::Result<(Latencies, Latencies)> {
     let http = reqwest::Client::new();
-    let token = super::BenchServer::tokens(secret).mint("support", None);
+    let token = super::Tokens::new(secret).mint("support", None);
     let mut out = [Latencies::default(), Latencies::default()];
     for (lat, suffix) in out.iter_mut().zip(["", "/history"]) {
         for job in sample {

@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{append_all, created, database, progress, rate, BenchServer, JobWriter};
-use crate::clock::SystemClock;
-use crate::config::BenchArgs;
-use crate::engine::{Engine, EngineSettings};
-use crate::log::{EventRow, LogStore};
+use crate::BenchArgs;
+use rejoin::clock::SystemClock;
+use rejoin::engine::{Engine, EngineSettings};
+use rejoin::log::{EventRow, LogStore};
 
 const APPENDERS: usize = 64;
 
@@ -28,7 +28,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
 
     // Baseline: the same rows, 100 per transaction, straight into the store.
-    let raw = crate::log::open(&database(args, dir.path(), "raw").await?).await?;
+    let raw = rejoin::log::open(&database(args, dir.path(), "raw").await?).await?;
     let rows = interleaved_rows(raw_n, 100);
     let started = Instant::now();
     append_all(&raw, &rows, 100).await?;
@@ -123,7 +123,7 @@ fn interleaved_rows(n: usize, jobs: usize) -> Vec<EventRow> {
 /// Appends `total` events from `appenders` tasks, each on its own job and each
 /// waiting for every acknowledgement; returns appends per second.
 async fn engine_rate(url: &str, appenders: usize, total: usize) -> anyhow::Result<f64> {
-    let store: Arc<dyn LogStore> = crate::log::open(url).await?;
+    let store: Arc<dyn LogStore> = rejoin::log::open(url).await?;
     let stop = CancellationToken::new();
     let (engine, tasks) = Engine::start(
         store.clone(),

@@ -1,10 +1,13 @@
 //! Every benchmark scenario runs in its smoke form, so none rots. The figures
 //! of a debug build mean nothing; what is checked is that each scenario runs to
 //! the end and that the fan-out lost nothing.
+//!
+//! The scenarios run the `rejoin` binary built beside `rejoin-bench`, which
+//! `cargo test --workspace` builds (it is the server package's binary).
 
 async fn bench(scenario: &str) -> String {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rejoin"))
-        .args(["bench", scenario, "--smoke"])
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rejoin-bench"))
+        .args([scenario, "--smoke"])
         .env("REJOIN_LOG", "warn")
         .output()
         .await

@@ -16,10 +16,10 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::{
-    create_job, first_message, free_port, full_jitter, rate, rss_kib, spawn_rejoin, BenchServer,
-    Latencies,
+    create_job, first_message, free_port, full_jitter, rate, rss_kib, spawn_rejoin, Latencies,
+    Tokens,
 };
-use crate::config::BenchArgs;
+use crate::BenchArgs;
 
 async fn serve(db: &str, secret: &str, listen: &str) -> anyhow::Result<tokio::process::Child> {
     let args = super::serve_args(listen, db, secret, &["--grace-secs", "60"]);
@@ -39,7 +39,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = super::database(args, dir.path(), "storm").await?;
     let secret = Uuid::new_v4().simple().to_string();
-    let tokens = BenchServer::tokens(&secret);
+    let tokens = Tokens::new(&secret);
     let listen = format!("127.0.0.1:{}", free_port()?);
     let mut server = serve(&db, &secret, &listen).await?;
     let http = reqwest::Client::new();

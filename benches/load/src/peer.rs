@@ -35,9 +35,9 @@ use uuid::Uuid;
 
 use super::{
     create_job, free_port, full_jitter, ms, random_below, rate, rss_kib, spawn_announcing,
-    BenchServer, Latencies, Tokens, Ws,
+    Latencies, Tokens, Ws,
 };
-use crate::config::BenchArgs;
+use crate::BenchArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -56,7 +56,7 @@ impl Kind {
 
 /// How a client loses its socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Drop {
+enum DropKind {
     /// The connection is reset (RST): the server learns at once.
     Reset,
     /// The socket is abandoned, still open: the server learns nothing until
@@ -120,7 +120,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         put(&mut table, "fan-out delivered", i, report.delivered());
         server.stop().await;
 
-        for mode in [Drop::Reset, Drop::Silent] {
+        for mode in [DropKind::Reset, DropKind::Silent] {
             let (n, per_sec, secs) = sizes.drops;
             let mut server = Server::start(kind, &dir).await?;
             let report = load(
@@ -135,8 +135,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .await?;
             println!("  {:<9} {mode:?} drops: {}", kind.name(), report.line());
             let label = match mode {
-                Drop::Reset => "drops by TCP reset every 2-5 s: delivered",
-                Drop::Silent => "silent drops (half-open) every 2-5 s: delivered",
+                DropKind::Reset => "drops by TCP reset every 2-5 s: delivered",
+                DropKind::Silent => "silent drops (half-open) every 2-5 s: delivered",
             };
             put(&mut table, label, i, report.delivered());
             server.stop().await;
@@ -211,7 +211,7 @@ fn peer_dir(args: &BenchArgs) -> anyhow::Result<PathBuf> {
         Some(dir) => vec![dir.clone()],
         None => vec![
             PathBuf::from("benches/socketio"),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/socketio"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../socketio"),
         ],
     };
     candidates
@@ -283,7 +283,7 @@ impl Server {
             kind,
             peer_dir: peer_dir.to_owned(),
             addr,
-            tokens: BenchServer::tokens(&secret),
+            tokens: Tokens::new(&secret),
             secret,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(256)
@@ -363,7 +363,7 @@ async fn spawn(
 ) -> anyhow::Result<Child> {
     let command = match kind {
         Kind::Rejoin => {
-            let mut c = Command::new(std::env::current_exe()?);
+            let mut c = Command::new(super::rejoin_binary()?);
             c.args(super::serve_args(addr, db, secret, &[]))
                 .env("REJOIN_LOG", "error");
             c
@@ -528,14 +528,14 @@ async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
 
 /// Loses the socket the way `mode` says. A silently dropped socket is kept
 /// open in `abandoned` until the run ends.
-fn lose(ws: Ws, mode: Drop, abandoned: &mut Vec<Ws>) {
+fn lose(ws: Ws, mode: DropKind, abandoned: &mut Vec<Ws>) {
     match mode {
-        Drop::Reset => {
+        DropKind::Reset => {
             if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
                 let _ = tcp.set_zero_linger();
             }
         }
-        Drop::Silent => abandoned.push(ws),
+        DropKind::Silent => abandoned.push(ws),
     }
 }
 
@@ -583,7 +583,7 @@ async fn load(
     n: usize,
     per_sec: u64,
     secs: u64,
-    drops: Option<Drop>,
+    drops: Option<DropKind>,
     restart: bool,
     settle: Duration,
 ) -> anyhow::Result<Report> {

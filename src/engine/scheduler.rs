@@ -14,8 +14,27 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{JobId, SessionId};
-use crate::engine::{Engine, EngineError};
+use std::sync::Arc;
+
+use super::{EngineError, Queue};
+use crate::clock::Clock;
+use crate::domain::{Command, JobId, SessionId};
+
+/// What the scheduler may do: read the clock and ask the writer to expire a
+/// session's grace window (which `decide` refuses unless it is due).
+pub(super) struct Expiry {
+    pub queue: Queue,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Expiry {
+    async fn expire(&self, d: &Deadline) -> Result<(), EngineError> {
+        let command = Command::ExpireGrace {
+            session_id: d.session_id,
+        };
+        self.queue.execute(d.job_id, command, None).await.map(drop)
+    }
+}
 
 /// A session's grace window closes at `at`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,8 +47,8 @@ pub struct Deadline {
 /// Retry delay when the log cannot be written.
 const RETRY: Duration = Duration::from_secs(1);
 
-pub async fn run(
-    engine: Engine,
+pub(super) async fn run(
+    expiry: Expiry,
     initial: Vec<Deadline>,
     mut incoming: mpsc::UnboundedReceiver<Deadline>,
     shutdown: CancellationToken,
@@ -37,7 +56,7 @@ pub async fn run(
     let mut deadlines: BTreeSet<Deadline> = initial.into_iter().collect();
     loop {
         let wait = deadlines.first().map(|d| {
-            (d.at - engine.clock().now())
+            (d.at - expiry.clock.now())
                 .to_std()
                 .unwrap_or(Duration::ZERO)
         });
@@ -48,10 +67,10 @@ pub async fn run(
                 None => break,
             },
             _ = sleep_or_forever(wait) => {
-                let now = engine.clock().now();
+                let now = expiry.clock.now();
                 while let Some(d) = deadlines.first().copied().filter(|d| d.at <= now) {
                     deadlines.pop_first();
-                    match engine.expire_grace(d.job_id, d.session_id).await {
+                    match expiry.expire(&d).await {
                         Ok(_) => {}
                         Err(EngineError::Unavailable(e)) => {
                             tracing::warn!(error = %e, job = %d.job_id, "cannot expire grace window yet; retrying");

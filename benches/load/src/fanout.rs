@@ -12,8 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{create_job, serve_args, spawn_rejoin, BenchServer, Latencies};
-use crate::config::BenchArgs;
+use super::{create_job, serve_args, spawn_rejoin, Latencies, Tokens};
+use crate::BenchArgs;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (clients, per_sec, secs) = if args.smoke {
@@ -34,7 +34,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let db = super::database(args, dir.path(), "fanout").await?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let (server, addr) = spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &[])).await?;
-    let tokens = BenchServer::tokens(&secret);
+    let tokens = Tokens::new(&secret);
     let service = tokens.service();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)

@@ -1,9 +1,11 @@
-//! `rejoin bench SCENARIO`: the load generator. Each scenario drives rejoin
-//! over its real interfaces (or the store, for the log's own figures), runs a
-//! baseline side by side in the same process, and prints figures and ratios.
-//! `--smoke` shrinks every scenario to seconds, for CI.
+//! `rejoin-bench SCENARIO`: the load generator, a binary of its own beside
+//! the server. Each scenario drives rejoin over its real interfaces (or the
+//! store, for the log's own figures), runs a baseline side by side in the
+//! same run, and prints figures and ratios. `--smoke` shrinks every scenario
+//! to seconds, for CI.
 //!
-//! Run it on a release build: `cargo run --release -- bench appends`.
+//! Run it on a release build: `cargo build --release --workspace &&
+//! ./target/release/rejoin-bench appends`.
 
 mod appends;
 mod fanout;
@@ -15,25 +17,51 @@ mod startup;
 mod storm;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use clap::{Parser, ValueEnum};
 use serde_json::json;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::app::Application;
-use crate::config::{BenchArgs, BenchScenario, ServeArgs};
-use crate::domain::event::{JobCreated, ProgressReported};
-use crate::domain::{Event, EventBody, JobState};
-use crate::log::chain::seal;
-use crate::log::{EventRow, LogStore};
+use rejoin::domain::event::{JobCreated, ProgressReported};
+use rejoin::domain::{Event, EventBody, JobState};
+use rejoin::log::chain::seal;
+use rejoin::log::{EventRow, LogStore};
+pub use rejoin_testkit::{
+    first_message, free_port, rss_kib, serve_args, spawn_announcing, InProcess, Tokens, Ws,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // The idle scenario's baseline runs as this program's hidden mode.
+    let bare = std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "bare-server");
+    let result = if bare {
+        idle::bare_server().await.map(|()| ExitCode::SUCCESS)
+    } else {
+        match BenchArgs::try_parse() {
+            Ok(args) => run(args).await,
+            Err(e) => e.exit(),
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rejoin-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.rejoin {
+        let _ = REJOIN_BIN.set(path.clone());
+    }
     let mode = if args.smoke { "smoke" } else { "full" };
     let build = if cfg!(debug_assertions) {
         "debug build: figures are not meaningful"
@@ -71,7 +99,7 @@ pub async fn database(args: &BenchArgs, dir: &Path, name: &str) -> anyhow::Resul
             dir.join(format!("{name}.db")).display()
         ));
     };
-    Ok(crate::log::postgres::fresh_schema(server, &format!("bench_{name}")).await?)
+    Ok(rejoin::log::postgres::fresh_schema(server, &format!("bench_{name}")).await?)
 }
 
 /// Latency samples and their percentiles.
@@ -131,13 +159,13 @@ pub fn rate(per_sec: f64) -> String {
     out
 }
 
-/// A rejoin server in this process, on a temp database, port 0.
+/// A rejoin server in this process, on a temp database, port 0, with a
+/// secret of its own.
 pub struct BenchServer {
     pub addr: SocketAddr,
     pub secret: String,
     pub http: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    server: InProcess,
 }
 
 impl BenchServer {
@@ -145,31 +173,19 @@ impl BenchServer {
         let secret = Uuid::new_v4().simple().to_string();
         // The same command line as a spawned server's, less the subcommand.
         let argv = serve_args("127.0.0.1:0", url, &secret, extra);
-        let app = Application::build(ServeArgs::from_args(&argv[1..])?).await?;
-        let addr = app.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app.run(async {
-            let _ = stopped.await;
-        }));
+        let server = InProcess::start(&argv[1..]).await?;
         Ok(BenchServer {
-            addr,
+            addr: server.addr,
             secret,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(256)
                 .build()?,
-            stop: Some(stop),
-            handle: Some(handle),
+            server,
         })
     }
 
     pub fn token(&self, role: &str, job: Option<Uuid>) -> String {
-        Self::tokens(&self.secret).mint(role, job)
-    }
-
-    pub fn tokens(secret: &str) -> Tokens {
-        Tokens {
-            key: jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-        }
+        Tokens::new(&self.secret).mint(role, job)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -181,114 +197,42 @@ impl BenchServer {
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            h.await??;
-        }
-        Ok(())
+        self.server.stop().await
     }
 }
-
-/// A WebSocket client connection.
-pub type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Creates a job on the server at `addr` and returns its id.
 pub async fn create_job(http: &reqwest::Client, addr: &str, service: &str) -> anyhow::Result<Uuid> {
-    let body: serde_json::Value = http
-        .post(format!("http://{addr}/v1/jobs"))
-        .bearer_auth(service)
-        .json(&json!({}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(body["jobId"].as_str().unwrap_or_default().parse()?)
+    rejoin_testkit::create_job_with(http, addr, service).await
 }
 
-/// The first text message of a socket, as JSON.
-pub async fn first_message(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
-    use futures_util::StreamExt;
-    loop {
-        match ws.next().await {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
-                return Ok(serde_json::from_str(t.as_str())?)
-            }
-            Some(Ok(_)) => continue,
-            other => anyhow::bail!("no first message: {other:?}"),
-        }
+/// The `rejoin` server binary: `--rejoin PATH`, or the one built beside this
+/// load generator (`target/release/rejoin` beside `target/release/rejoin-bench`).
+pub fn rejoin_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = REJOIN_BIN.get() {
+        return Ok(path.clone());
     }
+    let me = std::env::current_exe()?;
+    let beside = me.with_file_name("rejoin");
+    anyhow::ensure!(
+        beside.exists(),
+        "no rejoin binary at {}: build it (cargo build --release --workspace) or pass --rejoin PATH",
+        beside.display()
+    );
+    Ok(beside)
 }
 
-/// Resident set size of a process, in KiB.
-pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
-}
+static REJOIN_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
-/// Starts `rejoin ARGS…` as its own process (for figures that must be its own,
-/// like memory, or to kill it) and waits for the address on its first line.
-pub async fn spawn_rejoin(args: &[&str]) -> anyhow::Result<(tokio::process::Child, String)> {
-    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+/// Starts the `rejoin` binary with `args` as its own process (for figures
+/// that must be its own, like memory, or to kill it) and waits for the
+/// address on its first line.
+pub async fn spawn_rejoin<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    let mut command = tokio::process::Command::new(rejoin_binary()?);
     command.args(args).env("REJOIN_LOG", "warn");
     spawn_announcing(command).await
-}
-
-/// The command line of a bench's `rejoin serve`: `listen`, the log at `db`,
-/// tokens signed with `secret`, no per-address limit (every client is on
-/// loopback), then `extra`.
-pub fn serve_args<'a>(
-    listen: &'a str,
-    db: &'a str,
-    secret: &'a str,
-    extra: &[&'a str],
-) -> Vec<&'a str> {
-    let mut args = vec![
-        "serve",
-        "--listen",
-        listen,
-        "--database-url",
-        db,
-        "--jwt-secret",
-        secret,
-        "--connect-rate-per-ip",
-        "0",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
-/// Starts a server process that prints `… http://ADDR` as its first line, and
-/// returns it with that address.
-pub async fn spawn_announcing(
-    mut command: tokio::process::Command,
-) -> anyhow::Result<(tokio::process::Child, String)> {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let line = lines
-        .next_line()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the process printed no address"))?;
-    let addr = line.rsplit("http://").next().unwrap_or_default().to_owned();
-    Ok((child, addr))
-}
-
-/// A free loopback port, for a server that must come back on the same one.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A reconnect delay drawn uniformly from `[0, min(cap, base * 2^attempt))`
@@ -303,27 +247,6 @@ pub fn random_below(n: u64) -> u64 {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
     u64::from_le_bytes(bytes) % n.max(1)
-}
-
-/// Mints HS256 tokens for a server whose secret the bench chose.
-pub struct Tokens {
-    key: jsonwebtoken::EncodingKey,
-}
-
-impl Tokens {
-    pub fn mint(&self, role: &str, job: Option<Uuid>) -> String {
-        let claims = json!({"sub": "bench", "role": role, "job": job, "exp": Utc::now().timestamp() + 86_400});
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.key)
-            .expect("signing with an HMAC key cannot fail")
-    }
-
-    pub fn service(&self) -> String {
-        self.mint("service", None)
-    }
-
-    pub fn client(&self, job: Uuid) -> String {
-        self.mint("client", Some(job))
-    }
 }
 
 /// Builds events for a job as the writer would (seq and hash chained), for
@@ -379,4 +302,59 @@ pub async fn append_all(
         store.append(chunk).await?;
     }
     Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchScenario {
+    /// Durable appends: 64 appenders vs raw batched inserts, one appender, HTTP.
+    Appends,
+    /// Fan-out: progress POSTed to jobs watched over WebSockets, POST to receipt.
+    Fanout,
+    /// Resume at the head for logs of 10, 1,000 and 100,000 events; a 1,000-event replay.
+    Resume,
+    /// Fold a stored log of 1,000,000 events into state.
+    Replay,
+    /// Idle sockets: server memory per connection against a bare server; the
+    /// connection limit.
+    Idle,
+    /// Reconnect storm: clients on live jobs, the server killed and restarted
+    /// under them.
+    Storm,
+    /// The peer: rejoin and a Socket.IO 4 server with connection-state
+    /// recovery side by side (fan-out, TCP-reset and silent drops, a restart,
+    /// idle memory). Needs Node.js and npm; installs the peer with `npm ci`.
+    Peer,
+    /// Start-up as history grows: logs of 20,000, 200,000 and 1,000,000
+    /// finished jobs plus 1,000 live ones, started without and with a
+    /// checkpoint; RSS; cold reads of finished jobs.
+    Startup,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "rejoin-bench",
+    version,
+    about = "rejoin's load generator: each scenario against its own server on a temporary database"
+)]
+pub struct BenchArgs {
+    pub scenario: BenchScenario,
+    /// A few seconds' version of the scenario (CI runs this so none rots).
+    #[arg(long)]
+    pub smoke: bool,
+    /// For `idle`: how long to watch memory while the sockets sit idle
+    /// (default 600 s, 2 s with --smoke).
+    #[arg(long)]
+    pub soak_secs: Option<u64>,
+    /// Run against PostgreSQL at this URL instead of SQLite (every scenario
+    /// but `peer`): each database the scenario needs is a fresh schema there.
+    #[arg(long)]
+    pub postgres: Option<String>,
+    /// For `peer`: the folder holding the Socket.IO server (default
+    /// `benches/socketio` in the source tree).
+    #[arg(long)]
+    pub peer_dir: Option<std::path::PathBuf>,
+    /// The `rejoin` binary to run the servers with (default: the one beside
+    /// this program).
+    #[arg(long)]
+    pub rejoin: Option<PathBuf>,
 }

@@ -9,9 +9,9 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{append_all, created, progress, rate, JobWriter};
-use crate::config::BenchArgs;
-use crate::domain::World;
-use crate::log::{for_each_event, LogStore};
+use crate::BenchArgs;
+use rejoin::domain::World;
+use rejoin::log::{for_each_event, LogStore};
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (jobs, per_job) = if args.smoke {
@@ -21,7 +21,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let url = super::database(args, dir.path(), "replay").await?;
-    let store: Arc<dyn LogStore> = crate::log::open(&url).await?;
+    let store: Arc<dyn LogStore> = rejoin::log::open(&url).await?;
 
     let started = Instant::now();
     let now = Utc::now();
@@ -97,7 +97,7 @@ const SCAN: &str = "SELECT position, job_id, seq, session_id, kind, schema_versi
 /// Every row of the log read into owned values, nothing decoded: rusqlite on
 /// SQLite, one streamed sqlx query on PostgreSQL.
 async fn raw_scan(url: &str) -> anyhow::Result<u64> {
-    if crate::log::postgres::is_postgres(url) {
+    if rejoin::log::postgres::is_postgres(url) {
         use futures_util::TryStreamExt;
         use sqlx::{Connection, Row};
         let mut conn = sqlx::PgConnection::connect(url).await?;
@@ -121,7 +121,7 @@ async fn raw_scan(url: &str) -> anyhow::Result<u64> {
         }
         return Ok(n);
     }
-    let path = crate::log::sqlite::database_path(url)
+    let path = rejoin::log::sqlite::database_path(url)
         .ok_or_else(|| anyhow::anyhow!("not a SQLite URL: {url}"))?;
     Ok(
         tokio::task::spawn_blocking(move || -> rusqlite::Result<u64> {

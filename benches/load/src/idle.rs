@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::{create_job, rate, rss_kib, serve_args, spawn_rejoin, BenchServer, Ws};
-use crate::config::BenchArgs;
+use super::{create_job, rate, rss_kib, serve_args, spawn_rejoin, Tokens, Ws};
+use crate::BenchArgs;
 
 /// Holds `sockets` open, answering pings, until the returned tasks are aborted.
 fn hold(ws: Ws) -> tokio::task::JoinHandle<()> {
@@ -28,7 +28,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let soak = args.soak_secs.map(Duration::from_secs).unwrap_or(soak);
 
     // The bare baseline.
-    let (bare, addr) = spawn_rejoin(&["bench-bare-server"]).await?;
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.arg("bare-server");
+    let (bare, addr) = super::spawn_announcing(command).await?;
     let pid = bare.id().unwrap_or_default();
     let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(n);
@@ -55,7 +57,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     ))
     .await?;
     let pid = server.id().unwrap_or_default();
-    let tokens = BenchServer::tokens(&secret);
+    let tokens = Tokens::new(&secret);
     let http = reqwest::Client::new();
     let mut jobs = Vec::with_capacity(n + 20);
     for _ in 0..n + 20 {
@@ -127,7 +129,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rejoin bench-bare-server`: the baseline, a bare tokio-tungstenite server
+/// `rejoin-bench bare-server`: the baseline, a bare tokio-tungstenite server
 /// with the same small buffers, printing its address like `rejoin serve`.
 pub async fn bare_server() -> anyhow::Result<()> {
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;

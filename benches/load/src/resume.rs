@@ -11,8 +11,8 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::{append_all, created, first_message, progress, BenchServer, JobWriter, Latencies, Ws};
-use crate::config::BenchArgs;
-use crate::log::LogStore;
+use crate::BenchArgs;
+use rejoin::log::LogStore;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (lengths, samples, replays): (&[usize], usize, usize) = if args.smoke {
@@ -22,7 +22,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let db = super::database(args, dir.path(), "resume").await?;
-    let store: Arc<dyn LogStore> = crate::log::open(&db).await?;
+    let store: Arc<dyn LogStore> = rejoin::log::open(&db).await?;
     let now = Utc::now();
     let mut jobs = Vec::new();
     for &len in lengths {

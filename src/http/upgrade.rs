@@ -1,0 +1,351 @@
+//! `GET /ws/progress`: the checks before the upgrade (HTTP work), then one
+//! tracked task per socket (`ws::socket`) speaking the protocol of
+//! `ws::protocol`.
+//!
+//! Before the upgrade: 400 for a missing or malformed `jobId`/`token`/`lastSeq`,
+//! 401 for a token that does not verify, 403 for a token of another job or a
+//! browser Origin outside the allowlist, 404 for an unknown job. Refusals on a
+//! known job are recorded as `connect_rejected`, at most one per job and reason
+//! per window, the rest counted into the next one recorded. An address making
+//! attempts faster than `--connect-rate-per-ip` gets 429 with `Retry-After`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::header::{HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL, USER_AGENT};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::parse_job_id;
+use super::AppState;
+use crate::auth::Role;
+use crate::domain::decide::Attach;
+use crate::domain::event::ConnectRejected;
+use crate::domain::{EventBody, JobId};
+use crate::ws::protocol::{param, BEARER_PREFIX, SUBPROTOCOL};
+use crate::ws::socket::{self, SocketParams};
+
+/// Settings of the upgrade and of the sockets it starts.
+#[derive(Clone, Debug)]
+pub struct UpgradeSettings {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    /// Browser origins allowed besides the server's own; `*` allows any.
+    pub allowed_origins: Vec<String>,
+    pub max_frame_bytes: usize,
+    pub send_queue: usize,
+    /// Most open sockets; further upgrades get 503 before any work is done.
+    pub max_connections: usize,
+}
+
+/// Logs refusals at the connection limit at most once every ten seconds, so
+/// a flood of refusals cannot flood the log.
+#[derive(Debug)]
+pub struct CapacityWarning {
+    started: Instant,
+    last_warned: AtomicU64,
+}
+
+impl Default for CapacityWarning {
+    fn default() -> Self {
+        CapacityWarning {
+            started: Instant::now(),
+            last_warned: AtomicU64::new(0),
+        }
+    }
+}
+
+impl CapacityWarning {
+    /// A refusal at the connection limit, `refused` so far.
+    fn refused(&self, refused: u64) {
+        let now = self.started.elapsed().as_secs();
+        let last = self.last_warned.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + 10)
+            && self
+                .last_warned
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                refused,
+                "at the connection limit: refusing new sockets with 503"
+            );
+        }
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ws/progress", get(upgrade))
+}
+
+/// Per (job, reason): when a rejection was last recorded, and how many were
+/// skipped since.
+type Seen = HashMap<(JobId, &'static str), (Instant, u64)>;
+
+/// Rate limit for `connect_rejected`: one per (job, reason) per window.
+#[derive(Debug)]
+pub struct RejectionLog {
+    window: Duration,
+    seen: Mutex<Seen>,
+}
+
+impl RejectionLog {
+    pub fn new(window: Duration) -> Self {
+        RejectionLog {
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(suppressed)` when this rejection is to be recorded, carrying how
+    /// many were skipped since the last one; `None` to skip it.
+    fn admit(&self, job: JobId, code: &'static str) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if seen.len() > 10_000 {
+            seen.retain(|_, (at, _)| now.duration_since(*at) < self.window);
+        }
+        match seen.get_mut(&(job, code)) {
+            Some((at, skipped)) if now.duration_since(*at) < self.window => {
+                *skipped += 1;
+                None
+            }
+            Some(entry) => {
+                let skipped = entry.1;
+                *entry = (now, 0);
+                Some(skipped)
+            }
+            None => {
+                seen.insert((job, code), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// A checked upgrade request.
+struct Accepted {
+    job_id: JobId,
+    attach: Attach,
+    offered_subprotocol: bool,
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Err(wait) = state.connect_rate.take(peer.ip(), Instant::now()) {
+        state.engine.metrics().observe_rate_limited();
+        return ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64).into_response();
+    }
+    let job_id = match query.get(param::JOB_ID).map(|j| parse_job_id(j)) {
+        None => {
+            return ApiError::bad_request(
+                "missing_job_id",
+                "the `jobId` query parameter is required",
+            )
+            .into_response()
+        }
+        Some(Err(e)) => return e.into_response(),
+        Some(Ok(id)) => id,
+    };
+    if state.tasks.len() >= state.upgrade.max_connections {
+        let refused = state.engine.metrics().observe_refused_at_capacity();
+        state.capacity_warning.refused(refused);
+        return ApiError::TooManyConnections.into_response();
+    }
+    // For the rejection record; `check` refuses a malformed value.
+    let reconnect = reconnect_param(&query).unwrap_or(false);
+    let accepted = match check(&state, job_id, &headers, &query).await {
+        Ok(a) => a,
+        Err(err) => {
+            reject(&state, job_id, reconnect, &err).await;
+            return err.into_response();
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let settings = state.upgrade.clone();
+    let params = SocketParams {
+        job_id: accepted.job_id,
+        attach: accepted.attach,
+        heartbeat_interval: settings.heartbeat_interval,
+        heartbeat_timeout: settings.heartbeat_timeout,
+        send_queue: settings.send_queue,
+        shutdown: state.shutdown.clone(),
+    };
+    let mut ws = ws
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(settings.max_frame_bytes)
+        .max_frame_size(settings.max_frame_bytes);
+    if accepted.offered_subprotocol {
+        ws = ws.protocols([SUBPROTOCOL]);
+    }
+    let engine = state.engine.clone();
+    let tracker = state.tasks.clone();
+    ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
+        .on_upgrade(move |socket| {
+            let (tx, rx) = socket.split();
+            tracker.track_future(socket::serve(tx, rx, engine, params))
+        })
+}
+
+/// Records a refused attempt on a known job, within the rate limit.
+async fn reject(state: &AppState, job_id: JobId, reconnect: bool, err: &ApiError) {
+    if !matches!(state.engine.job_exists(job_id).await, Ok(true)) {
+        return;
+    }
+    let code = err.code();
+    let Some(suppressed) = state.rejections.admit(job_id, code) else {
+        return;
+    };
+    let body = EventBody::ConnectRejected(ConnectRejected {
+        status: err.status_code().as_u16(),
+        code: code.to_owned(),
+        reconnect,
+        suppressed,
+    });
+    if let Err(e) = state.engine.record(job_id, None, body).await {
+        tracing::warn!(job = %job_id, error = %e, "could not record a rejected connect");
+    }
+}
+
+async fn check(
+    state: &AppState,
+    job_id: JobId,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Accepted, ApiError> {
+    let offered: Vec<&str> = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let token = query
+        .get(param::TOKEN)
+        .map(String::as_str)
+        .or_else(|| offered.iter().find_map(|p| p.strip_prefix(BEARER_PREFIX)))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_token",
+                "a token is required: the `token` query parameter or a `bearer.<token>` subprotocol",
+            )
+        })?;
+    if token.split('.').count() != 3 || token.len() > 8192 {
+        return Err(ApiError::bad_request(
+            "malformed_token",
+            "the token is not a JWT",
+        ));
+    }
+    let reconnect = reconnect_param(query)?;
+    let client_last_seq = match query.get(param::LAST_SEQ) {
+        None => None,
+        Some(s) => Some(s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_last_seq",
+                "`lastSeq` must be a non-negative integer",
+            )
+        })?),
+    };
+    let client_epoch = match query.get(param::EPOCH) {
+        Some(e) if e.len() > 64 => {
+            return Err(ApiError::bad_request(
+                "invalid_epoch",
+                "`epoch` is too long",
+            ))
+        }
+        other => other.cloned(),
+    };
+
+    let claims = state.auth.verify(token).map_err(ApiError::from)?;
+    check_origin(headers, &state.upgrade.allowed_origins)?;
+    if claims.role != Role::Client {
+        return Err(ApiError::Forbidden(format!(
+            "sockets are opened with client tokens, not {} tokens",
+            claims.role.as_str()
+        )));
+    }
+    if claims.job != Some(job_id) {
+        return Err(ApiError::Forbidden("this token is for another job".into()));
+    }
+    // Read from memory, or from the log by index (a finished job, a job
+    // created on another node a moment ago).
+    if !state.engine.job_exists(job_id).await? {
+        return Err(ApiError::NotFound("job not found".into()));
+    }
+    let user_agent = headers
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(200).collect());
+    Ok(Accepted {
+        job_id,
+        attach: Attach {
+            new_session_id: Uuid::new_v4(),
+            sub: claims.sub,
+            reconnect,
+            client_last_seq,
+            client_epoch,
+            log_epoch: state.engine.epoch().to_owned(),
+            user_agent,
+            node: state.engine.node().map(str::to_owned),
+        },
+        offered_subprotocol: offered.contains(&SUBPROTOCOL),
+    })
+}
+
+/// `reconnect=true|1|false|0`, absent meaning false.
+fn reconnect_param(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match query.get(param::RECONNECT).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_reconnect",
+            "`reconnect` must be true or false",
+        )),
+    }
+}
+
+/// Native clients send no Origin. Browsers may connect from the server's own
+/// origin or from one on the allowlist.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+    let own = host.is_some_and(|h| {
+        origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(h))
+    });
+    let listed = allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+    if own || listed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "origin `{origin}` is not allowed"
+        )))
+    }
+}

@@ -1,0 +1,33 @@
+//! rejoin's test kit: what the integration tests and the load generator
+//! (`benches/load`) both need to drive a real server over its real
+//! interfaces. One place per concern:
+//!
+//! - [`tokens`]: signing tokens (one [`Tokens`] type; the tests' secret).
+//! - [`process`]: `rejoin serve` as its own process: its command line, start,
+//!   address, graceful stop, memory.
+//! - [`server`]: a server in this process on port 0 ([`TestApp`],
+//!   [`InProcess`]).
+//! - [`socket`]: WebSocket clients and reading their messages.
+//! - [`client`]: HTTP helpers by address (jobs, progress, metrics).
+//! - [`db`]: fresh databases (SQLite files or PostgreSQL schemas) and direct
+//!   reads of the log.
+
+pub mod client;
+pub mod db;
+pub mod process;
+pub mod server;
+pub mod socket;
+pub mod tokens;
+
+pub use client::{create_job_at, create_job_with, metric_at, progress_at};
+pub use db::{count_events, events_of, fresh_database, Db, LoggedEvent};
+pub use process::{
+    free_port, rss_kib, serve_args, serve_binary_at, spawn_announcing, start_binary, terminate,
+};
+pub use server::{
+    init_logs, spawn_app, spawn_in, spawn_on, spawn_with, InProcess, KeyedServer, TestApp,
+};
+pub use socket::{
+    first_message, next_close, next_json, refused_status, send_text, ws_connect, Ws, PATIENCE,
+};
+pub use tokens::{mint, token_for, Tokens, SECRET};

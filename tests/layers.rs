@@ -1,0 +1,132 @@
+//! The layers point one way. Every module of `src/` may use only the modules
+//! listed before it in [`LAYERS`]; so no module imports one that imports it
+//! back. Read from the source itself: every `crate::…` path (in `use` lines,
+//! grouped imports and inline paths) in each file, attributed to the
+//! top-level module the file belongs to.
+//!
+//! `cargo test --test layers` checks it; a new module must be placed in the
+//! list, which is the architecture's order (docs/ARCHITECTURE.md).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Lowest first: each may use those before it.
+const LAYERS: &[&str] = &[
+    "domain", "clock", "log", "metrics", "auth", "engine", "ws", "http", "config", "app", "cli",
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level modules named by `crate::` paths in `source`.
+fn crate_paths(source: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let code: String = source
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // `crate::{a, b::c, d::{e, f}}`: the first name of each item.
+            let mut depth = 0;
+            let mut item_start = true;
+            let mut name = String::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && (c.is_alphanumeric() || c == '_') => name.push(c),
+                    _ if item_start && !name.is_empty() => {
+                        out.insert(std::mem::take(&mut name));
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+            }
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        } else {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_module_uses_only_the_layers_below_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let rank = |m: &str| LAYERS.iter().position(|l| *l == m);
+    let mut wrong = Vec::new();
+    let mut seen = BTreeSet::new();
+    for file in &files {
+        let relative = file.strip_prefix(&src).unwrap();
+        let first = relative.components().next().unwrap();
+        let module = first
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_owned();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let own = rank(&module)
+            .unwrap_or_else(|| panic!("src/{module} is not in LAYERS: place it in the order"));
+        seen.insert(module.clone());
+        for used in crate_paths(&std::fs::read_to_string(file).unwrap()) {
+            if used == module {
+                continue;
+            }
+            match rank(&used) {
+                Some(r) if r < own => {}
+                Some(_) => wrong.push(format!(
+                    "{} uses crate::{used}, a layer above or beside `{module}`",
+                    relative.display()
+                )),
+                None => wrong.push(format!(
+                    "{} uses crate::{used}, which is not in LAYERS",
+                    relative.display()
+                )),
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "layers point one way:\n{}",
+        wrong.join("\n")
+    );
+    for layer in LAYERS {
+        assert!(
+            seen.contains(*layer),
+            "LAYERS names `{layer}`, which src/ lacks"
+        );
+    }
+}
+
+#[test]
+fn the_checker_sees_every_form_of_path() {
+    let source = "use crate::domain::{a, b};\nuse crate::{log::X, engine::{Y, Z}, clock};\nfn f() { crate::metrics::m(); }\n// crate::app in a comment\n";
+    let found: Vec<String> = crate_paths(source).into_iter().collect();
+    assert_eq!(found, ["clock", "domain", "engine", "log", "metrics"]);
+}
