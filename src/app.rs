@@ -61,7 +61,7 @@ impl Application {
         };
 
         let url = &args.database.database_url;
-        let store = log::open(url).await?;
+        let mut store = log::open(url).await?;
         let secret_dir = log::sqlite::database_path(url)
             .map(|p| p.parent().map(|d| d.to_path_buf()).unwrap_or_default());
         let auth = Authority::from_args(&args.jwt, secret_dir.as_deref())?;
@@ -70,10 +70,10 @@ impl Application {
         let engine_stop = CancellationToken::new();
         if args.unsafe_ack_before_commit {
             tracing::warn!("--unsafe-ack-before-commit: appends are answered before they are durable; acknowledged events WILL be lost in a crash");
+            store = log::write_behind::WriteBehind::wrap(store);
         }
         let settings = EngineSettings {
             grace,
-            unsafe_ack_before_commit: args.unsafe_ack_before_commit,
             node_lease,
             job_cache_entries: args.job_cache_entries,
             checkpoint_every_events: args.checkpoint_every_events,

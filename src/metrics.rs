@@ -60,6 +60,7 @@ pub struct Metrics {
     /// When the last checkpoint was made, in Unix milliseconds (0: none).
     checkpoint_at_ms: AtomicI64,
     startup_folded: Gauge,
+    lease_checks: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -91,6 +92,7 @@ impl Default for Metrics {
             checkpoint_age: Gauge::default(),
             checkpoint_at_ms: AtomicI64::new(0),
             startup_folded: Gauge::default(),
+            lease_checks: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -183,6 +185,11 @@ impl Default for Metrics {
             "Events folded at start-up after the checkpoint (the whole log without one)",
             m.startup_folded.clone(),
         );
+        registry.register(
+            "rejoin_lease_checks",
+            "On a shared log: rounds in which this node renewed its lease and looked for nodes whose leases ran out",
+            m.lease_checks.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -267,6 +274,12 @@ impl Metrics {
             self.checkpoint_at_ms
                 .store(at.timestamp_millis(), Ordering::Relaxed);
         }
+    }
+
+    /// A round of the lease keeper completed (lease renewed, dead nodes'
+    /// sessions recorded).
+    pub fn observe_lease_check(&self) {
+        self.lease_checks.inc();
     }
 
     pub fn observe_startup(&self, folded: u64) {

@@ -41,6 +41,27 @@ async fn cluster() -> Option<(String, Node, Node)> {
     Some((url, a, b))
 }
 
+/// Waits until the node at `addr` shows `job`'s session in `state`.
+async fn wait_for_session(addr: SocketAddr, job: Uuid, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let job_state: Value = reqwest::Client::new()
+            .get(format!("http://{addr}/v1/jobs/{job}"))
+            .bearer_auth(token_for("service", None))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job_state["session"]["state"] == state {
+            return job_state;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job_state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn query(job: Uuid) -> String {
     format!("jobId={job}&token={}", token_for("client", Some(job)))
 }
@@ -80,23 +101,7 @@ async fn a_client_that_drops_from_one_node_resumes_on_the_other() {
 
     // The drop is recorded on A; B must see it before the resume can continue
     // the session.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let state = loop {
-        let state: Value = reqwest::Client::new()
-            .get(format!("http://{}/v1/jobs/{job}", b.addr))
-            .bearer_auth(token_for("service", None))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if state["session"]["state"] == "grace" {
-            break state;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{state}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let state = wait_for_session(b.addr, job, "grace").await;
     assert_eq!(state["session"]["sessionId"], hello["sessionId"]);
     let resume = format!(
         "{}&reconnect=true&lastSeq={last}&epoch={}",
@@ -168,8 +173,13 @@ async fn a_grace_window_expires_once_whichever_node_gets_there() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // Give the slower scheduler its chance to try again, then count.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once both nodes hold every session as ended, neither scheduler can
+    // record another expiry (decide refuses an ended session): then count.
+    for job in &jobs {
+        for node in [&a, &b] {
+            wait_for_session(node.addr, *job, "ended").await;
+        }
+    }
     for job in jobs {
         assert_eq!(
             events_of(&url, job, "grace_expired").await.len(),
@@ -212,9 +222,18 @@ async fn a_killed_nodes_sessions_are_recorded_and_expired_by_the_other_once() {
         assert_eq!(closes[0].payload["code"], 1012);
         assert_eq!(closes[0].session_id.as_deref(), Some(session.as_str()));
     }
-    // A node started afterwards finds nothing left to record.
+    // A node started afterwards finds nothing left to record: counted after
+    // its lease keeper has looked twice.
     let c = node(&url).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while common::metric_at(&http, c.addr, "rejoin_lease_checks_total ").await < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "C's lease keeper never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for (job, _) in &jobs {
         assert_eq!(events_of(&url, *job, "disconnected").await.len(), 1);
         assert_eq!(events_of(&url, *job, "grace_expired").await.len(), 1);

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{ReplayArgs, ReplayFormat};
 use crate::domain::summary::{Summary, SummaryBuilder};
-use crate::log::{EventEnvelope, EventRow};
+use crate::log::{EventEnvelope, Pages};
 
 /// Prints `replayed N events` to a terminal's stderr about once a second.
 struct Progress {
@@ -48,19 +48,11 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut summary = SummaryBuilder::default();
     let mut progress = Progress::new();
     let mut count = 0u64;
-    let mut cursor = args.from;
-    let job = args.job.map(|j| j.to_string());
-    loop {
-        let rows: Vec<EventRow> = match &job {
-            Some(id) => store.read_job(id, cursor, i64::MAX, 10_000).await?,
-            None => store.read_log(cursor, 10_000).await?,
-        };
-        let Some(last) = rows.last() else { break };
-        cursor = if job.is_some() {
-            last.seq
-        } else {
-            last.position
-        };
+    let mut pages = match args.job {
+        Some(job) => Pages::job(store.as_ref(), &job.to_string(), args.from, i64::MAX),
+        None => Pages::log(store.as_ref(), args.from),
+    };
+    while let Some(rows) = pages.next().await? {
         for row in rows {
             count += 1;
             match args.format {
@@ -69,10 +61,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                     out.write_all(b"\n")?;
                 }
                 ReplayFormat::Summary | ReplayFormat::Json => {
-                    let event = row.decode().map_err(|e| {
-                        anyhow::anyhow!("event at position {} cannot be decoded: {e}", row.position)
-                    })?;
-                    summary.apply(&event);
+                    summary.apply(&row.decode_stored()?);
                 }
             }
         }

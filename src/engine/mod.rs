@@ -8,6 +8,7 @@
 mod checkpoint;
 pub mod hub;
 pub mod jobs;
+mod membership;
 pub mod recover;
 mod scheduler;
 mod writer;
@@ -100,9 +101,6 @@ pub struct EngineSettings {
     pub max_batch: usize,
     /// How long a session survives without a socket.
     pub grace: Duration,
-    /// Test-only: answer appends before their commit (see
-    /// `--unsafe-ack-before-commit`).
-    pub unsafe_ack_before_commit: bool,
     /// On a shared log: how long a node's lease lasts without renewal.
     pub node_lease: Duration,
     /// Finished jobs kept in memory besides the live ones.
@@ -119,7 +117,6 @@ impl Default for EngineSettings {
             queue_capacity: 8192,
             max_batch: 1024,
             grace: Duration::from_secs(60),
-            unsafe_ack_before_commit: false,
             node_lease: Duration::from_secs(10),
             job_cache_entries: 10_000,
             checkpoint_every_events: 100_000,
@@ -259,13 +256,17 @@ impl Engine {
             clock: clock.clone(),
             stats: stats.clone(),
             max_batch: settings.max_batch,
-            unsafe_ack_before_commit: settings.unsafe_ack_before_commit,
         };
         // On a shared log, a follower reads what other nodes append and the
         // writer absorbs it between its own batches.
         let absorb = if store.shared() {
             let (absorb_tx, absorb_rx) = mpsc::channel(64);
-            tokio::spawn(follow(store.clone(), head, absorb_tx, shutdown.clone()));
+            tokio::spawn(membership::follow(
+                store.clone(),
+                head,
+                absorb_tx,
+                shutdown.clone(),
+            ));
             Some(absorb_rx)
         } else {
             None
@@ -313,7 +314,7 @@ impl Engine {
             shutdown.clone(),
         ));
         let leases = node.map(|node| {
-            tokio::spawn(keep_lease(
+            tokio::spawn(membership::keep_lease(
                 engine.clone(),
                 node,
                 settings.node_lease,
@@ -661,122 +662,4 @@ fn sessions_to_resume(
         }
     }
     (waiting, orphaned)
-}
-
-/// How often a follower reads the log when no notification came.
-const FOLLOW_POLL: Duration = Duration::from_secs(1);
-
-/// Follows a shared log from `cursor`: reads what was appended after it
-/// (woken by the store's notifications, and every [`FOLLOW_POLL`] in case one
-/// was missed) and hands it to the writer, until `shutdown`.
-async fn follow(
-    store: Arc<dyn LogStore>,
-    mut cursor: i64,
-    absorb: mpsc::Sender<writer::Absorbed>,
-    shutdown: CancellationToken,
-) {
-    let mut listener = None;
-    loop {
-        if listener.is_none() {
-            listener = match store.listen().await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for other nodes' appends; polling");
-                    None
-                }
-            };
-        }
-        loop {
-            match store.read_log(cursor, 1000).await {
-                Ok(rows) if rows.is_empty() => break,
-                Ok(rows) => {
-                    cursor = rows.last().map_or(cursor, |r| r.position);
-                    let events = rows
-                        .iter()
-                        .filter_map(|r| {
-                            r.decode_stored()
-                                .map_err(|e| tracing::error!(error = %e, "skipping an event another node wrote"))
-                                .ok()
-                        })
-                        .collect();
-                    if absorb.send((events, cursor)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the shared log");
-                    break;
-                }
-            }
-        }
-        let woke = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            woke = async {
-                match listener.as_mut() {
-                    Some(l) => tokio::time::timeout(FOLLOW_POLL, l.next()).await.unwrap_or(Ok(())),
-                    None => {
-                        tokio::time::sleep(FOLLOW_POLL).await;
-                        Ok(())
-                    }
-                }
-            } => woke,
-        };
-        if woke.is_err() {
-            listener = None;
-        }
-    }
-}
-
-/// On a shared log: renews this node's lease four times per lease, and
-/// records as disconnected (1012) the sessions held by nodes whose leases ran
-/// out: a node that died with sockets open. Every node does this; each
-/// session's record is decided against the log, so it is written once.
-/// Gives the lease up at shutdown.
-async fn keep_lease(engine: Engine, node: String, lease: Duration, shutdown: CancellationToken) {
-    let store = engine.store().clone();
-    let mut tick = tokio::time::interval(lease / 4);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = store.renew_lease(&node, lease).await {
-            tracing::warn!(error = %e, "cannot renew this node's lease");
-            continue;
-        }
-        let live = match store.live_nodes().await {
-            Ok(live) => live,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the nodes' leases");
-                continue;
-            }
-        };
-        let orphaned: Vec<(JobId, SessionId, u32)> = {
-            let table = engine.table();
-            table
-                .live()
-                .filter_map(|job| {
-                    let s = job.session.as_ref()?;
-                    let held_by = s.node.as_deref()?;
-                    (s.phase == SessionPhase::Connected
-                        && held_by != node
-                        && !live.iter().any(|n| n == held_by))
-                    .then_some((job.job_id, s.session_id, s.sockets))
-                })
-                .collect()
-        };
-        if !orphaned.is_empty() {
-            tracing::warn!(
-                sessions = orphaned.len(),
-                "recording sessions of nodes whose leases ran out as disconnected (1012)"
-            );
-        }
-        if let Err(e) = engine.record_lost(orphaned).await {
-            tracing::warn!(error = %e, "cannot record a lost node's sessions");
-        }
-    }
-    if let Err(e) = store.end_lease(&node).await {
-        tracing::warn!(error = %e, "cannot give up this node's lease");
-    }
 }

@@ -125,8 +125,6 @@ pub(crate) struct Writer {
     /// Every event up to this position is applied (what a checkpoint covers).
     pub applied: Arc<AtomicI64>,
     pub max_batch: usize,
-    /// Test-only: answer appends before the commit, then commit late.
-    pub unsafe_ack_before_commit: bool,
 }
 
 /// Events another node appended, read by the follower, and the position it
@@ -261,9 +259,6 @@ impl Writer {
         };
         let now = self.clock.now();
         let mut staged = stage(requests, prepared, now);
-        if self.unsafe_ack_before_commit && !staged.rows.is_empty() {
-            ack_before_commit(requests, &mut staged).await;
-        }
         let committed = match self.commit(&staged).await {
             Ok(committed) => committed,
             Err(StoreError::Conflict(_)) if self.store.shared() => return Err(staged.touched),
@@ -656,18 +651,4 @@ impl Staged {
         self.touched.insert(job_id);
         start..self.events.len()
     }
-}
-
-/// The bug the crash harness must catch: an answer before the commit (as a
-/// write-behind buffer would give), the commit 50 ms later.
-async fn ack_before_commit(requests: &mut [WriteRequest], staged: &mut Staged) {
-    for (req, answer) in requests.iter_mut().zip(&mut staged.answers) {
-        if let Ok(Pending::Appended(range)) = answer {
-            let (early, _) = oneshot::channel();
-            let reply = std::mem::replace(&mut req.reply, early);
-            let _ = reply.send(Ok(Outcome::Appended(staged.events[range.clone()].to_vec())));
-            *answer = Ok(Pending::Nothing);
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }

@@ -27,7 +27,7 @@ use super::error::ApiError;
 use super::extract::{parse_job_id, Caller};
 use super::AppState;
 use crate::auth::Role;
-use crate::log::{EventEnvelope, EventRow, LogStore, StoreError};
+use crate::log::{EventEnvelope, EventRow, LogStore, Pages, StoreError};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -79,12 +79,8 @@ pub struct EventPage {
     pub next_after: i64,
 }
 
-fn to_page(
-    rows: Vec<EventRow>,
-    after: i64,
-    cursor: fn(&EventRow) -> i64,
-) -> Result<EventPage, ApiError> {
-    let next_after = rows.last().map_or(after, cursor);
+/// A page of rows; `next_after` is the reader's cursor after it.
+fn to_page(rows: Vec<EventRow>, next_after: i64) -> Result<EventPage, ApiError> {
     let events = rows
         .into_iter()
         .map(EventEnvelope::try_from)
@@ -121,12 +117,10 @@ pub async fn job_events(
     }
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
-    let rows = state
-        .engine
-        .store()
-        .read_job(&job_id.to_string(), after, i64::MAX, limit)
-        .await?;
-    Ok(Json(to_page(rows, after, |r| r.seq)?))
+    let store = state.engine.store().as_ref();
+    let mut page = Pages::job(store, &job_id.to_string(), after, i64::MAX).page_size(limit);
+    let rows = page.next().await?.unwrap_or_default();
+    Ok(Json(to_page(rows, page.cursor())?))
 }
 
 /// The global log by position. With `Accept: application/x-ndjson` it is
@@ -169,12 +163,14 @@ pub async fn global_log(
         return Ok(res);
     }
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
-    let rows = state.engine.store().read_log(after, limit).await?;
-    Ok(Json(to_page(rows, after, |r| r.position)?).into_response())
+    let mut page = Pages::log(state.engine.store().as_ref(), after).page_size(limit);
+    let rows = page.next().await?.unwrap_or_default();
+    Ok(Json(to_page(rows, page.cursor())?).into_response())
 }
 
 /// The log from `after` through `until` as NDJSON lines, at most `limit`,
-/// read a page at a time.
+/// read a page at a time. A failed read or a payload that is not JSON ends
+/// the body with an error (the client sees a truncated stream).
 fn ndjson(
     store: std::sync::Arc<dyn LogStore>,
     after: i64,
@@ -188,37 +184,39 @@ fn ndjson(
                 return None;
             }
             let take = left.min(u64::from(DEFAULT_PAGE)) as u32;
-            match store.read_log(cursor, take).await {
-                Ok(rows) if rows.is_empty() => None,
-                Ok(rows) => {
-                    let mut out = String::with_capacity(rows.len() * 256);
-                    let mut next = cursor;
-                    let mut sent = 0u64;
-                    for row in rows.into_iter().take_while(|r| r.position <= until) {
-                        next = row.position;
-                        sent += 1;
-                        match EventEnvelope::try_from(row).map(|e| serde_json::to_string(&e)) {
-                            Ok(Ok(line)) => {
-                                out.push_str(&line);
-                                out.push('\n');
-                            }
-                            _ => {
-                                return Some((
-                                    Err(std::io::Error::other("undecodable event")),
-                                    (until, 0),
-                                ))
-                            }
-                        }
+            let mut page = Pages::log(store.as_ref(), cursor).page_size(take);
+            let rows = match page.next().await {
+                Ok(Some(rows)) => rows,
+                Ok(None) => return None,
+                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), (until, 0))),
+            };
+            let mut out = String::with_capacity(rows.len() * 256);
+            let mut next = cursor;
+            let mut sent = 0u64;
+            for row in rows.into_iter().take_while(|r| r.position <= until) {
+                next = row.position;
+                sent += 1;
+                match envelope_json(row) {
+                    Ok(line) => {
+                        out.push_str(&line);
+                        out.push('\n');
                     }
-                    if sent == 0 {
-                        return None;
-                    }
-                    Some((Ok(out), (next, left - sent)))
+                    Err(e) => return Some((Err(std::io::Error::other(e.to_string())), (until, 0))),
                 }
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), (until, 0))),
             }
+            if sent == 0 {
+                return None;
+            }
+            Some((Ok(out), (next, left - sent)))
         }
     })
+}
+
+/// A row as its envelope's JSON.
+fn envelope_json(row: EventRow) -> Result<String, StoreError> {
+    let envelope = EventEnvelope::try_from(row)?;
+    // An envelope of strings, numbers and a raw JSON payload always encodes.
+    Ok(serde_json::to_string(&envelope).expect("an envelope encodes"))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -288,6 +286,26 @@ struct Tail {
     cursor: i64,
     ready: VecDeque<EventRow>,
     shutdown: CancellationToken,
+    /// Set after an error event: the stream ends.
+    done: bool,
+}
+
+impl Tail {
+    fn ended(mut self) -> Self {
+        self.ready.clear();
+        self.done = true;
+        self
+    }
+}
+
+/// The tail's last event when the log cannot be read: an SSE `error` event
+/// saying why (the cause is logged), after which the stream ends; the client
+/// reconnects with `Last-Event-ID`.
+fn tail_error(e: &StoreError) -> SseEvent {
+    tracing::error!(error = %e, "the live tail cannot read the log");
+    SseEvent::default()
+        .event("error")
+        .data(r#"{"code":"log_unavailable","message":"the event log cannot be read; reconnect with Last-Event-ID"}"#)
 }
 
 /// Reads the log after `cursor` whenever the committed head moves past it.
@@ -305,23 +323,31 @@ fn tail(
         cursor,
         ready: VecDeque::new(),
         shutdown,
+        done: false,
     };
     futures_util::stream::unfold(state, |mut t| async move {
         loop {
             if let Some(row) = t.ready.pop_front() {
                 let id = row.position.to_string();
-                let data = EventEnvelope::try_from(row)
-                    .ok()
-                    .and_then(|e| serde_json::to_string(&e).ok())?;
-                return Some((Ok(SseEvent::default().id(id).data(data)), t));
+                return match envelope_json(row) {
+                    Ok(data) => Some((Ok(SseEvent::default().id(id).data(data)), t)),
+                    Err(e) => Some((Ok(tail_error(&e)), t.ended())),
+                };
+            }
+            if t.done {
+                return None;
             }
             let target = *t.head.borrow_and_update();
             if t.cursor < target {
-                let rows = t.store.read_log(t.cursor, DEFAULT_PAGE).await.ok()?;
-                if let Some(last) = rows.last() {
-                    t.cursor = last.position;
-                    t.ready.extend(rows);
-                    continue;
+                let mut page = Pages::log(t.store.as_ref(), t.cursor).page_size(DEFAULT_PAGE);
+                match page.next().await {
+                    Ok(Some(rows)) => {
+                        t.cursor = page.cursor();
+                        t.ready.extend(rows);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Some((Ok(tail_error(&e)), t.ended())),
                 }
             }
             tokio::select! {

@@ -8,16 +8,19 @@
 //! unique `(job_id, seq)` is the last line of defence against two writers.
 
 pub mod chain;
+pub mod pages;
 pub mod postgres;
 pub mod sqlite;
 mod sqlite_scan;
 pub mod verify;
+pub mod write_behind;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::domain::event::{format_time, parse_time, DecodeError, Event, EventBody};
+pub use pages::Pages;
 
 /// One event as stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -258,43 +261,30 @@ pub async fn open(url: &str) -> Result<Arc<dyn LogStore>, StoreError> {
     Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
 }
 
-/// Reads the log after `after` in position order, page by page, handing each
-/// decoded event to `visit`. The next page is read (on a blocking thread) while
-/// this one is decoded and visited. Stops at the first page that is not full.
+/// Visits every event after position `after`, in order, decoded. The next
+/// page is read while this one is decoded and visited (the start-up fold).
 pub async fn for_each_event(
     store: &dyn LogStore,
     after: i64,
     mut visit: impl FnMut(&EventRow, Event) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    const PAGE: u32 = 10_000;
-    let mut rows = store.read_log(after, PAGE).await?;
-    loop {
-        let Some(last) = rows.last() else {
-            return Ok(());
-        };
-        let cursor = last.position;
-        let full = rows.len() == PAGE as usize;
-        let next = async {
-            if full {
-                store.read_log(cursor, PAGE).await
-            } else {
-                Ok(Vec::new())
-            }
-        };
+    let mut pages = Pages::log(store, after);
+    let mut rows = pages.next().await?;
+    while let Some(page) = rows {
         let work = async {
-            for row in &rows {
+            for row in &page {
                 visit(row, row.decode_stored()?)?;
             }
             Ok::<(), StoreError>(())
         };
-        let (next, done) = tokio::join!(next, work);
+        let (next, done) = tokio::join!(pages.next(), work);
         done?;
         rows = next?;
     }
+    Ok(())
 }
 
-/// Reads one job's events with `seq <= through_seq`, in order, page by page,
-/// handing each decoded event to `visit`.
+/// Visits one job's events with `seq <= through_seq`, in order, decoded.
 pub async fn for_each_job_event(
     store: &dyn LogStore,
     job_id: &str,
@@ -321,18 +311,11 @@ async fn for_each_job_event_between(
     through_seq: i64,
     mut visit: impl FnMut(Event),
 ) -> Result<(), StoreError> {
-    const PAGE: u32 = 10_000;
-    let mut after = after_seq;
-    loop {
-        let rows = store.read_job(job_id, after, through_seq, PAGE).await?;
-        let Some(last) = rows.last() else {
-            return Ok(());
-        };
-        after = last.seq;
-        for row in &rows {
-            visit(row.decode_stored()?);
-        }
+    let mut pages = Pages::job(store, job_id, after_seq, through_seq);
+    while let Some(events) = pages.next_events().await? {
+        events.into_iter().for_each(&mut visit);
     }
+    Ok(())
 }
 
 /// An event as the read APIs and `replay --format ndjson` print it: the stored

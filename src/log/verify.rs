@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::chain::event_hash;
-use super::{EventRow, LogStore, StoreError};
+use super::{EventRow, LogStore, Pages, StoreError};
 
 /// The first event that breaks its job's chain, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,15 +26,11 @@ pub struct Report {
 /// hash of its content chained to the previous event's hash. Stops at the first
 /// event that fails.
 pub async fn verify(store: &dyn LogStore) -> Result<Report, StoreError> {
-    const PAGE: u32 = 10_000;
     // job -> (last seq, last hash)
     let mut heads: HashMap<String, (i64, String)> = HashMap::new();
     let mut report = Report::default();
-    let mut cursor = 0;
-    loop {
-        let rows = store.read_log(cursor, PAGE).await?;
-        let Some(last) = rows.last() else { break };
-        cursor = last.position;
+    let mut pages = Pages::log(store, 0);
+    while let Some(rows) = pages.next().await? {
         for row in rows {
             report.events += 1;
             let (prev_seq, prev_hash) = heads

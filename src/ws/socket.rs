@@ -19,6 +19,7 @@ use crate::domain::event::WsErrored;
 use crate::domain::{Event, EventBody, JobId, SessionId};
 use crate::engine::hub::{CloseReason, Registration, SocketControl};
 use crate::engine::Engine;
+use crate::log::Pages;
 
 /// How one socket is to be served.
 #[derive(Clone, Debug)]
@@ -236,12 +237,13 @@ where
         .map_err(send_failed)?;
 
     let head = attached.snapshot.head_seq;
-    if let Some(mut after) = attached.plan.replay_after {
+    if let Some(after) = attached.plan.replay_after {
         let id = job_id.to_string();
-        while after < head {
-            let rows = match engine.store().read_job(&id, after, head, 1000).await {
-                Ok(rows) if !rows.is_empty() => rows,
-                Ok(_) => break,
+        let mut pages = Pages::job(engine.store().as_ref(), &id, after, head).page_size(1000);
+        loop {
+            let events = match pages.next_events().await {
+                Ok(Some(events)) => events,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::error!(job = %job_id, error = %e, "replay failed");
                     return Err(Ending::closed_by_server(
@@ -250,13 +252,8 @@ where
                     ));
                 }
             };
-            for row in &rows {
-                after = row.seq;
-                let Ok(event) = row.decode() else {
-                    tracing::error!(job = %job_id, seq = row.seq, "undecodable event skipped in replay");
-                    continue;
-                };
-                if conn.send_event(&event).await.map_err(send_failed)? {
+            for event in &events {
+                if conn.send_event(event).await.map_err(send_failed)? {
                     return Err(Ending::closed_by_server(close::NORMAL, close::JOB_FINISHED));
                 }
             }
