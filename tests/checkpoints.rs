@@ -296,15 +296,8 @@ async fn after_a_crash_a_start_folds_only_what_follows_the_last_checkpoint() {
         folded <= total - position,
         "folded {folded} of {total} events; a checkpoint was at {position}"
     );
-    let state: Value = http
-        .get(format!("http://{addr}/v1/jobs/{job}"))
-        .bearer_auth(common::token_for("service", None))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let service = common::token_for("service", None);
+    let state = common::get_json_at(&http, addr, &format!("/v1/jobs/{job}"), Some(&service)).await;
     assert_eq!(state["lastSeq"], last);
     assert_eq!(state["progress"], 34.0);
     server.kill().await.unwrap();

@@ -275,15 +275,7 @@ async fn metrics_count_connects_by_outcome_replays_and_commits() {
 #[tokio::test]
 async fn the_openapi_document_lists_every_http_route() {
     let app = spawn_app().await;
-    let doc: Value = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = common::get_json_at(&app.http, app.addr, "/openapi.json", None).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths: BTreeSet<&str> = doc["paths"]
         .as_object()

@@ -59,16 +59,14 @@ async fn an_rs256_deployment_refuses_hs256_signed_with_its_public_key() {
     );
     let http = reqwest::Client::new();
     let create = |token: String| {
-        http.post(format!("http://{addr}/v1/jobs"))
-            .bearer_auth(token)
-            .json(&json!({}))
-            .send()
+        let http = http.clone();
+        async move { common::post_json_at(&http, addr, "/v1/jobs", &token, &json!({})).await }
     };
-    let res = create(confused).await.unwrap();
+    let res = create(confused).await;
     assert_eq!(res.status(), 401);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_token");
-    assert_eq!(create(good).await.unwrap().status(), 201);
+    assert_eq!(create(good).await.status(), 201);
     server.stop().await.unwrap();
 }
 

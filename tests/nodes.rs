@@ -45,15 +45,10 @@ async fn cluster() -> Option<(String, Node, Node)> {
 async fn wait_for_session(addr: SocketAddr, job: Uuid, state: &str) -> Value {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let job_state: Value = reqwest::Client::new()
-            .get(format!("http://{addr}/v1/jobs/{job}"))
-            .bearer_auth(token_for("service", None))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let service = token_for("service", None);
+        let path = format!("/v1/jobs/{job}");
+        let job_state =
+            common::get_json_at(&reqwest::Client::new(), addr, &path, Some(&service)).await;
         if job_state["session"]["state"] == state {
             return job_state;
         }
@@ -274,18 +269,11 @@ async fn a_node_that_joins_starts_from_a_checkpoint_and_the_tail() {
         "C folded the tail after it ({folded} events)"
     );
     assert!(folded < 8.0, "and only the tail ({folded} events)");
+    let service = token_for("service", None);
     let state = |job: Uuid| {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://{}/v1/jobs/{job}", c.addr))
-                .bearer_auth(token_for("service", None))
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
+        let (http, service) = (http.clone(), service.clone());
+        let path = format!("/v1/jobs/{job}");
+        async move { common::get_json_at(&http, c.addr, &path, Some(&service)).await }
     };
     assert_eq!(state(running).await["lastSeq"], tail[1]);
     assert_eq!(state(finished).await["status"], "completed");

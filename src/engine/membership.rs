@@ -12,6 +12,21 @@ use super::{writer, Engine};
 use crate::domain::{JobId, SessionId, SessionPhase};
 use crate::log::{LogStore, Pages};
 
+/// On a shared log, this process becomes a node: a fresh id whose lease is
+/// taken before any socket can name it. `None` on a log of one.
+pub(super) async fn join(
+    store: &dyn LogStore,
+    lease: Duration,
+) -> Result<Option<String>, crate::log::StoreError> {
+    if !store.shared() {
+        return Ok(None);
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    store.renew_lease(&id, lease).await?;
+    tracing::info!(node = %id, "joined the shared log");
+    Ok(Some(id))
+}
+
 /// How often a follower reads the log when no notification came.
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
 

@@ -33,7 +33,6 @@ pub use checkpoint::{write as write_checkpoint, Snapshot};
 use hub::{Hub, Registration};
 use jobs::{load_job, JobTable};
 use scheduler::Deadline;
-use uuid::Uuid;
 use writer::{CheckpointPolicy, WriteRequest, Writer};
 
 /// A socket attached to a job: how to serve it.
@@ -191,6 +190,12 @@ impl Queue {
     }
 }
 
+/// The ends of the engine's channels its tasks take at start.
+struct Wiring {
+    requests: mpsc::Receiver<WriteRequest>,
+    head: watch::Sender<i64>,
+}
+
 /// The engine's background tasks, stopped by the token given to `start`.
 pub struct EngineTasks {
     pub writer: JoinHandle<()>,
@@ -215,6 +220,34 @@ impl Engine {
         let epoch = store.epoch().await?;
         let recovered =
             recover::recover(store.as_ref(), &epoch, settings.job_cache_entries).await?;
+        let (waiting, orphaned) = sessions_to_resume(&recovered.table, store.shared());
+        // On a shared log this process is a node with a lease: taken before
+        // any socket can name it.
+        let node = membership::join(store.as_ref(), settings.node_lease).await?;
+        let (engine, wiring) = Engine::assemble(store, clock, &settings, epoch, recovered, node);
+        let tasks = engine.spawn_tasks(wiring, waiting, &settings, shutdown);
+        if !orphaned.is_empty() {
+            tracing::warn!(
+                sessions = orphaned.len(),
+                "recording sessions left connected by the previous process as disconnected (1012 server restart)"
+            );
+        }
+        if let Err(e) = engine.record_lost(orphaned).await {
+            return Err(StoreError::Unavailable(e.to_string()));
+        }
+        Ok((engine, tasks))
+    }
+
+    /// The engine over the rebuilt state, and the ends of its channels that
+    /// its tasks take.
+    fn assemble(
+        store: Arc<dyn LogStore>,
+        clock: Arc<dyn Clock>,
+        settings: &EngineSettings,
+        epoch: String,
+        recovered: recover::Recovered,
+        node: Option<String>,
+    ) -> (Engine, Wiring) {
         let metrics = Arc::new(Metrics::default());
         metrics.observe_startup(recovered.folded);
         if let Some(h) = &recovered.checkpoint {
@@ -226,63 +259,14 @@ impl Engine {
             ignored: recovered.ignored,
         };
         let head = recovered.position;
-        let (waiting, orphaned) = sessions_to_resume(&recovered.table, store.shared());
-        // On a shared log this process is a node with a lease: taken before
-        // any socket can name it.
-        let node = if store.shared() {
-            let id = Uuid::new_v4().to_string();
-            store.renew_lease(&id, settings.node_lease).await?;
-            tracing::info!(node = %id, "joined the shared log");
-            Some(id)
-        } else {
-            None
-        };
-        let jobs = Arc::new(Mutex::new(recovered.table));
-        let applied = Arc::new(AtomicI64::new(head));
         let stats = Arc::new(WriterStats::default());
-        let hub = Arc::new(Hub::default());
-        let (tx, rx) = mpsc::channel(settings.queue_capacity);
-        let (deadline_tx, deadline_rx) = mpsc::unbounded_channel();
+        let (tx, requests) = mpsc::channel(settings.queue_capacity);
         let (head_tx, head_rx) = watch::channel(head);
-        let (checkpoint_tx, checkpoint_rx) = mpsc::channel(1);
-        let writer = Writer {
-            metrics: metrics.clone(),
-            head: head_tx,
-            store: store.clone(),
-            jobs: jobs.clone(),
-            applied: applied.clone(),
-            hub: hub.clone(),
-            deadlines: deadline_tx,
-            clock: clock.clone(),
-            stats: stats.clone(),
-            max_batch: settings.max_batch,
-        };
-        // On a shared log, a follower reads what other nodes append and the
-        // writer absorbs it between its own batches.
-        let absorb = if store.shared() {
-            let (absorb_tx, absorb_rx) = mpsc::channel(64);
-            tokio::spawn(membership::follow(
-                store.clone(),
-                head,
-                absorb_tx,
-                shutdown.clone(),
-            ));
-            Some(absorb_rx)
-        } else {
-            None
-        };
-        let initial_checkpoint = checkpoint_tx.clone();
-        let policy = CheckpointPolicy {
-            every_events: settings.checkpoint_every_events,
-            every: settings.checkpoint_every,
-            tx: checkpoint_tx,
-        };
-        let writer = tokio::spawn(writer.run(rx, absorb, policy, shutdown.clone()));
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
-                jobs,
-                applied,
+                jobs: Arc::new(Mutex::new(recovered.table)),
+                applied: Arc::new(AtomicI64::new(head)),
                 queue: Queue {
                     tx,
                     stats: stats.clone(),
@@ -290,68 +274,95 @@ impl Engine {
                 epoch,
                 clock,
                 stats,
-                hub,
+                hub: Arc::new(Hub::default()),
                 grace: chrono::Duration::from_std(settings.grace).unwrap_or(chrono::Duration::MAX),
                 metrics,
                 head: head_rx,
-                node: node.clone(),
+                node,
                 startup,
             }),
         };
-        if engine.inner.startup.checkpoint.is_none() || engine.inner.startup.folded > 0 {
+        (
+            engine,
+            Wiring {
+                requests,
+                head: head_tx,
+            },
+        )
+    }
+
+    /// Starts the writer (and, on a shared log, the follower feeding it), the
+    /// checkpoint task, the grace scheduler and, on a shared log, the lease
+    /// keeper.
+    fn spawn_tasks(
+        &self,
+        wiring: Wiring,
+        waiting: Vec<Deadline>,
+        settings: &EngineSettings,
+        shutdown: CancellationToken,
+    ) -> EngineTasks {
+        let inner = &self.inner;
+        let (deadline_tx, deadline_rx) = mpsc::unbounded_channel();
+        let (checkpoint_tx, checkpoint_rx) = mpsc::channel(1);
+        let writer = Writer {
+            metrics: inner.metrics.clone(),
+            head: wiring.head,
+            store: inner.store.clone(),
+            jobs: inner.jobs.clone(),
+            applied: inner.applied.clone(),
+            hub: inner.hub.clone(),
+            deadlines: deadline_tx,
+            clock: inner.clock.clone(),
+            stats: inner.stats.clone(),
+            max_batch: settings.max_batch,
+        };
+        // On a shared log, a follower reads what other nodes append and the
+        // writer absorbs it between its own batches.
+        let absorb = inner.store.shared().then(|| {
+            let (absorb_tx, absorb_rx) = mpsc::channel(64);
+            let from = inner.applied.load(Ordering::Relaxed);
+            tokio::spawn(membership::follow(
+                inner.store.clone(),
+                from,
+                absorb_tx,
+                shutdown.clone(),
+            ));
+            absorb_rx
+        });
+        if inner.startup.checkpoint.is_none() || inner.startup.folded > 0 {
             // The next start, even after a crash, folds only what follows.
-            let _ = initial_checkpoint.try_send(engine.snapshot());
+            let _ = checkpoint_tx.try_send(self.snapshot());
         }
-        drop(initial_checkpoint);
-        let checkpoints = tokio::spawn(engine.clone().write_checkpoints(checkpoint_rx));
+        let policy = CheckpointPolicy {
+            every_events: settings.checkpoint_every_events,
+            every: settings.checkpoint_every,
+            tx: checkpoint_tx,
+        };
+        let writer = tokio::spawn(writer.run(wiring.requests, absorb, policy, shutdown.clone()));
+        let checkpoints = tokio::spawn(self.clone().write_checkpoints(checkpoint_rx));
         let scheduler = tokio::spawn(scheduler::run(
             scheduler::Expiry {
-                queue: engine.inner.queue.clone(),
-                clock: engine.inner.clock.clone(),
+                queue: inner.queue.clone(),
+                clock: inner.clock.clone(),
             },
             waiting,
             deadline_rx,
             shutdown.clone(),
         ));
-        let leases = node.map(|node| {
+        let leases = inner.node.clone().map(|node| {
             tokio::spawn(membership::keep_lease(
-                engine.clone(),
+                self.clone(),
                 node,
                 settings.node_lease,
                 shutdown,
             ))
         });
-        if !orphaned.is_empty() {
-            tracing::warn!(
-                sessions = orphaned.len(),
-                "recording sessions left connected by the previous process as disconnected (1012 server restart)"
-            );
+        EngineTasks {
+            writer,
+            scheduler,
+            checkpoints,
+            leases,
         }
-        if let Err(e) = engine.record_lost(orphaned).await {
-            return Err(StoreError::Unavailable(e.to_string()));
-        }
-        Ok((
-            engine,
-            EngineTasks {
-                writer,
-                scheduler,
-                checkpoints,
-                leases,
-            },
-        ))
-    }
-
-    /// Queues a command and waits until its events are durable.
-    async fn execute(
-        &self,
-        job_id: JobId,
-        command: Command,
-        registration: Option<Registration>,
-    ) -> Result<Outcome, EngineError> {
-        self.inner
-            .queue
-            .execute(job_id, command, registration)
-            .await
     }
 
     /// Creates a job (or finds it).
@@ -360,7 +371,9 @@ impl Engine {
         job_id: JobId,
         metadata: Option<serde_json::Value>,
     ) -> Result<Outcome, EngineError> {
-        self.execute(job_id, Command::CreateJob { metadata }, None)
+        self.inner
+            .queue
+            .execute(job_id, Command::CreateJob { metadata }, None)
             .await
     }
 
@@ -371,15 +384,17 @@ impl Engine {
         body: EventBody,
         idempotency_key: Option<String>,
     ) -> Result<Outcome, EngineError> {
-        self.execute(
-            job_id,
-            Command::AppendJobEvent {
-                body,
-                idempotency_key,
-            },
-            None,
-        )
-        .await
+        self.inner
+            .queue
+            .execute(
+                job_id,
+                Command::AppendJobEvent {
+                    body,
+                    idempotency_key,
+                },
+                None,
+            )
+            .await
     }
 
     /// Records an observed connection event (`ws_error`, `connect_rejected`).
@@ -389,7 +404,9 @@ impl Engine {
         session_id: Option<SessionId>,
         body: EventBody,
     ) -> Result<(), EngineError> {
-        self.execute(job_id, Command::Record { session_id, body }, None)
+        self.inner
+            .queue
+            .execute(job_id, Command::Record { session_id, body }, None)
             .await
             .map(drop)
     }
@@ -404,6 +421,8 @@ impl Engine {
         registration: Registration,
     ) -> Result<Attached, EngineError> {
         match self
+            .inner
+            .queue
             .execute(job_id, Command::Attach(attach), Some(registration))
             .await?
         {
@@ -434,7 +453,11 @@ impl Engine {
             acked_seq,
             grace: self.inner.grace,
         };
-        self.execute(job_id, command, None).await.map(drop)
+        self.inner
+            .queue
+            .execute(job_id, command, None)
+            .await
+            .map(drop)
     }
 
     /// Ends the session if its grace window has passed.
@@ -443,7 +466,9 @@ impl Engine {
         job_id: JobId,
         session_id: SessionId,
     ) -> Result<Outcome, EngineError> {
-        self.execute(job_id, Command::ExpireGrace { session_id }, None)
+        self.inner
+            .queue
+            .execute(job_id, Command::ExpireGrace { session_id }, None)
             .await
     }
 

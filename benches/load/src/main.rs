@@ -4,7 +4,7 @@
 //! same run, and prints figures and ratios. `--smoke` shrinks every scenario
 //! to seconds, for CI.
 //!
-//! Run it on a release build: `cargo build --release --workspace &&
+//! Run it on a release build: `cargo build --release &&
 //! ./target/release/rejoin-bench appends`.
 
 mod appends;
@@ -216,7 +216,7 @@ pub fn rejoin_binary() -> anyhow::Result<PathBuf> {
     let beside = me.with_file_name("rejoin");
     anyhow::ensure!(
         beside.exists(),
-        "no rejoin binary at {}: build it (cargo build --release --workspace) or pass --rejoin PATH",
+        "no rejoin binary at {}: build it (cargo build --release) or pass --rejoin PATH",
         beside.display()
     );
     Ok(beside)

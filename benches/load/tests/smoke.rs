@@ -3,7 +3,7 @@
 //! the end and that the fan-out lost nothing.
 //!
 //! The scenarios run the `rejoin` binary built beside `rejoin-bench`, which
-//! `cargo test --workspace` builds (it is the server package's binary).
+//! `cargo test` builds with it (the server package's binary).
 
 async fn bench(scenario: &str) -> String {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rejoin-bench"))

@@ -62,3 +62,34 @@ pub async fn metric_at(http: &reqwest::Client, addr: SocketAddr, line_start: &st
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no `{line_start}` in /metrics:\n{text}"))
 }
+
+/// GETs `path` from the server at `addr` (with `token`, if any) and returns
+/// its JSON, whatever the status.
+pub async fn get_json_at(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Value {
+    let mut req = http.get(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap().json().await.unwrap()
+}
+
+/// POSTs `body` to `path` on the server at `addr` with `token`.
+pub async fn post_json_at(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> reqwest::Response {
+    http.post(format!("http://{addr}{path}"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}

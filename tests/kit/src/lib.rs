@@ -19,7 +19,9 @@ pub mod server;
 pub mod socket;
 pub mod tokens;
 
-pub use client::{create_job_at, create_job_with, metric_at, progress_at};
+pub use client::{
+    create_job_at, create_job_with, get_json_at, metric_at, post_json_at, progress_at,
+};
 pub use db::{count_events, events_of, fresh_database, Db, LoggedEvent};
 pub use process::{
     free_port, rss_kib, serve_args, serve_binary_at, spawn_announcing, start_binary, terminate,
