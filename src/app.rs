@@ -54,6 +54,10 @@ impl Application {
         let node_lease = seconds("--node-lease-secs", args.node_lease_secs)?;
         let checkpoint_every = seconds("--checkpoint-every-secs", args.checkpoint_every_secs)?;
         anyhow::ensure!(args.send_queue > 0, "--send-queue must be at least 1");
+        anyhow::ensure!(
+            args.max_watchers_per_job > 0,
+            "--max-watchers-per-job must be at least 1"
+        );
         let demo = if args.demo {
             Some(seconds("--demo-duration-secs", args.demo_duration_secs)?)
         } else {
@@ -97,6 +101,7 @@ impl Application {
                 max_frame_bytes: args.max_frame_bytes,
                 send_queue: args.send_queue,
                 max_connections: args.max_connections.unwrap_or_else(default_max_connections),
+                max_watchers_per_job: args.max_watchers_per_job,
             }),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),

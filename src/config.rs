@@ -117,6 +117,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REJOIN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Most watchers (sessions that have not ended: phones, tabs, support)
+    /// one job may have; a fresh connect beyond it gets 409
+    /// `too_many_watchers`.
+    #[arg(long, env = "REJOIN_MAX_WATCHERS_PER_JOB", default_value_t = 16)]
+    pub max_watchers_per_job: usize,
+
     /// WebSocket connection attempts per second one client address earns
     /// (beyond its burst); more get 429 with `Retry-After`. 0 turns the limit
     /// off (behind a proxy every client shares its address).

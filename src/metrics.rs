@@ -61,6 +61,23 @@ pub struct Metrics {
     checkpoint_at_ms: AtomicI64,
     startup_folded: Gauge,
     lease_checks: Counter,
+    sessions: Family<SessionStateLabel, Gauge>,
+    most_watchers: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionStateLabel {
+    state: &'static str,
+}
+
+/// What `/metrics` reads off the engine at the moment it is rendered.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Snapshot {
+    pub connections: usize,
+    /// Jobs in memory: (live, cached).
+    pub jobs: (usize, usize),
+    /// Watchers: (connected, in grace, the most one job has).
+    pub watchers: (usize, usize, usize),
 }
 
 impl std::fmt::Debug for Metrics {
@@ -93,6 +110,8 @@ impl Default for Metrics {
             checkpoint_at_ms: AtomicI64::new(0),
             startup_folded: Gauge::default(),
             lease_checks: Counter::default(),
+            sessions: Family::default(),
+            most_watchers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -189,6 +208,16 @@ impl Default for Metrics {
             "rejoin_lease_checks",
             "On a shared log: rounds in which this node renewed its lease and looked for nodes whose leases ran out",
             m.lease_checks.clone(),
+        );
+        registry.register(
+            "rejoin_sessions",
+            "Sessions that have not ended (watchers), by state: connected or grace",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "rejoin_watchers_max",
+            "The most watchers any one job has now",
+            m.most_watchers.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -288,13 +317,19 @@ impl Metrics {
 
     /// The text exposition, with the live connection count and the jobs in
     /// memory as of `now`.
-    pub fn render(
-        &self,
-        connections: usize,
-        (live, cached): (usize, usize),
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> String {
+    pub fn render(&self, now_state: Snapshot, now: chrono::DateTime<chrono::Utc>) -> String {
+        let Snapshot {
+            connections,
+            jobs: (live, cached),
+            watchers: (connected, grace, most),
+        } = now_state;
         self.connections.set(connections as i64);
+        for (state, n) in [("connected", connected), ("grace", grace)] {
+            self.sessions
+                .get_or_create(&SessionStateLabel { state })
+                .set(n as i64);
+        }
+        self.most_watchers.set(most as i64);
         for (held, n) in [("live", live), ("cached", cached)] {
             self.jobs_in_memory
                 .get_or_create(&HeldAs { held })

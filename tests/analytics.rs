@@ -118,7 +118,7 @@ async fn generate(store: &SqliteStore) -> Expected {
                     EventBody::Disconnected(Disconnected {
                         code,
                         reason: "r".into(),
-                        grace_until: t + Duration::seconds(60),
+                        grace_until: Some(t + Duration::seconds(60)),
                         acked_seq: None,
                     }),
                 );
@@ -174,7 +174,7 @@ async fn generate(store: &SqliteStore) -> Expected {
                 EventBody::Disconnected(Disconnected {
                     code: 1006,
                     reason: "connection lost".into(),
-                    grace_until: t + Duration::seconds(60),
+                    grace_until: Some(t + Duration::seconds(60)),
                     acked_seq: None,
                 }),
             );

@@ -283,3 +283,45 @@ async fn a_node_that_joins_starts_from_a_checkpoint_and_the_tail() {
     let seq = progress_at(&http, a.addr, running, 40.0).await;
     assert_eq!(next_json(&mut ws).await["seq"], seq);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_of_one_job_on_both_nodes_receive_every_event_and_keep_their_sessions() {
+    let Some((_, a, b)) = cluster().await else {
+        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+    };
+    let http = reqwest::Client::new();
+    let job = create_job_at(&http, a.addr).await;
+    let mut on_a = ws_connect(a.addr, &query(job)).await.unwrap();
+    let hello_a = next_json(&mut on_a).await;
+    let mut on_b = ws_connect(b.addr, &query(job)).await.unwrap();
+    let hello_b = next_json(&mut on_b).await;
+    assert_ne!(hello_a["sessionId"], hello_b["sessionId"]);
+    for (p, via) in [(10.0, a.addr), (20.0, b.addr), (30.0, a.addr)] {
+        let seq = progress_at(&http, via, job, p).await;
+        assert_eq!(next_json(&mut on_a).await["seq"], seq);
+        assert_eq!(next_json(&mut on_b).await["seq"], seq);
+    }
+    // The watcher on A takes its own session over on B (a half-open socket
+    // left on A): only A's socket of that session closes; B's other watcher
+    // stays.
+    let resume = format!(
+        "{}&reconnect=true&sessionId={}&lastSeq=0&epoch={}",
+        query(job),
+        hello_a["sessionId"].as_str().unwrap(),
+        hello_a["epoch"].as_str().unwrap()
+    );
+    let mut moved = ws_connect(b.addr, &resume).await.unwrap();
+    let hello = next_json(&mut moved).await;
+    assert_eq!(hello["resumed"], true);
+    assert_eq!(hello["sessionId"], hello_a["sessionId"]);
+    assert_eq!(
+        next_close(&mut on_a).await,
+        (1000, "Client reconnecting".to_owned())
+    );
+    for _ in 0..3 {
+        next_json(&mut moved).await; // the replay from lastSeq 0
+    }
+    let seq = progress_at(&http, a.addr, job, 40.0).await;
+    assert_eq!(next_json(&mut moved).await["seq"], seq);
+    assert_eq!(next_json(&mut on_b).await["seq"], seq);
+}

@@ -73,9 +73,10 @@ fn run(ops: &[(usize, Op)], jobs: &[Uuid]) -> (Vec<EventRow>, World) {
             .get(&job)
             .cloned()
             .unwrap_or_else(|| JobState::genesis(job));
+        // The most recently started watcher (several may be open).
         let live_session = state
-            .session
-            .as_ref()
+            .watchers
+            .last()
             .map(|s| (s.session_id, s.sockets, s.phase));
         let (command, key) = match op {
             Op::Wait(secs) => {
@@ -153,6 +154,8 @@ fn run(ops: &[(usize, Op)], jobs: &[Uuid]) -> (Vec<EventRow>, World) {
                     new_session_id: Uuid::new_v4(),
                     sub: "client".into(),
                     reconnect: *reconnect,
+                    session_id: None,
+                    max_watchers: 4,
                     client_last_seq: reconnect.then(|| (state.last_seq - behind).max(0)),
                     client_epoch: reconnect.then(|| EPOCH.to_owned()),
                     log_epoch: EPOCH.into(),

@@ -131,7 +131,7 @@ async fn a_client_that_drops_resumes_its_session_with_exactly_what_it_missed() {
 }
 
 #[tokio::test]
-async fn a_second_connection_replaces_the_first_which_is_told_client_reconnecting() {
+async fn a_reconnect_while_the_socket_is_open_replaces_it_with_client_reconnecting() {
     let app = spawn_app().await;
     let job = app.create_job().await;
     let mut first = app.ws_client(job).await;
@@ -159,12 +159,15 @@ async fn a_second_connection_replaces_the_first_which_is_told_client_reconnectin
     // The replaced socket's close is the `replaced` record, not a disconnect.
     assert!(app.events_of(job, "disconnected").await.is_empty());
 
-    // A fresh connect replaces too, and starts a new session.
+    // A fresh connect replaces nothing: it is a new watcher beside it.
     let mut third = app.ws_client(job).await;
-    assert_eq!(next_close(&mut second).await.0, 1000);
     let hello3 = next_json(&mut third).await;
     assert_eq!(hello3["type"], "connected");
     assert_ne!(hello3["sessionId"], hello["sessionId"]);
+    let seq = app.progress(job, 80.0).await;
+    assert_eq!(next_json(&mut second).await["seq"], seq);
+    assert_eq!(next_json(&mut third).await["seq"], seq);
+    assert_eq!(app.events_of(job, "replaced").await.len(), 1);
 }
 
 #[tokio::test]

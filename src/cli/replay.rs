@@ -86,9 +86,9 @@ fn render(s: &Summary) -> String {
     let mut out = format!(
         "events            {}\njobs              {}\nsessions          {}\nconnects          {}\nreconnects        {} ({} resumed, {} not resumed)\n\
          events replayed   {}\ndisconnects       {}\nreplaced sockets  {}\nrejected attempts {}\nsocket errors     {}\n\
-         grace expiries    {} ({:.1}% of sessions)\nreconnect gap     p50 {}, p90 {}, p99 {}, max {} (over {} reconnects)\nclose codes\n",
+         grace expiries    {} ({:.1}% of sessions)\nabandoned         {} (expired while the job ran)\nreconnect gap     p50 {}, p90 {}, p99 {}, max {} (over {} reconnects)\nclose codes\n",
         s.events, s.jobs, s.sessions, s.connects, s.reconnects, s.resumed, s.not_resumed, s.replayed, s.disconnects,
-        s.replaced, s.rejected, s.errors, s.grace_expiries, s.grace_expiry_rate * 100.0,
+        s.replaced, s.rejected, s.errors, s.grace_expiries, s.grace_expiry_rate * 100.0, s.abandoned,
         opt(s.gap_ms.p50), opt(s.gap_ms.p90), opt(s.gap_ms.p99), opt(s.gap_ms.max), s.gap_ms.count,
     );
     for c in &s.close_codes {

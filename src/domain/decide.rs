@@ -56,6 +56,10 @@ pub struct Attach {
     pub sub: String,
     /// `reconnect=true`.
     pub reconnect: bool,
+    /// The session the client resumes (`sessionId`), when it names one.
+    pub session_id: Option<SessionId>,
+    /// Most watchers (sessions that have not ended) the job may have.
+    pub max_watchers: usize,
     /// The client's `lastSeq`.
     pub client_last_seq: Option<i64>,
     /// The client's `epoch`.
@@ -130,6 +134,8 @@ pub enum DomainError {
     IdempotencyKeyReused,
     #[error("{0}")]
     InvalidEvent(String),
+    #[error("the job already has {0} watchers, the most it may have")]
+    TooManyWatchers(usize),
 }
 
 /// Decides what `command` appends to the job in `state` at time `now`.
@@ -180,7 +186,7 @@ pub fn decide(
             session_id: *session_id,
             body: body.clone(),
         }])),
-        Command::Attach(attach) => Ok(decide_attach(state, attach, now)),
+        Command::Attach(attach) => decide_attach(state, attach, now),
         Command::Detach {
             session_id,
             socket,
@@ -188,26 +194,25 @@ pub fn decide(
             reason,
             acked_seq,
             grace,
-        } => match &state.session {
-            Some(s)
-                if s.session_id == *session_id
-                    && s.sockets == *socket
-                    && s.phase == SessionPhase::Connected =>
-            {
+        } => match state.watcher(*session_id) {
+            Some(s) if s.sockets == *socket && s.phase == SessionPhase::Connected => {
+                // After a terminal event there is nothing to come back for:
+                // the close ends the session, with no grace window.
+                let grace_until = (!state.status.is_terminal()).then(|| now + *grace);
                 Ok(Decision::Append(vec![Planned::session(
                     *session_id,
                     EventBody::Disconnected(Disconnected {
                         code: *code,
                         reason: reason.clone(),
-                        grace_until: now + *grace,
+                        grace_until,
                         acked_seq: *acked_seq,
                     }),
                 )]))
             }
             _ => Ok(Decision::Nothing),
         },
-        Command::ExpireGrace { session_id } => match &state.session {
-            Some(s) if s.session_id == *session_id => match s.phase {
+        Command::ExpireGrace { session_id } => match state.watcher(*session_id) {
+            Some(s) => match s.phase {
                 SessionPhase::Grace { until } if until <= now => {
                     Ok(Decision::Append(vec![Planned::session(
                         *session_id,
@@ -216,45 +221,56 @@ pub fn decide(
                 }
                 _ => Ok(Decision::Nothing),
             },
-            _ => Ok(Decision::Nothing),
+            None => Ok(Decision::Nothing),
         },
     }
 }
 
-/// A socket opens: close the live one if any, then continue the session within
-/// its grace window or start a new one.
-fn decide_attach(state: &JobState, a: &Attach, now: DateTime<Utc>) -> Decision {
+/// A socket opens. Grace windows that passed unrecorded are recorded first.
+/// A reconnect continues the watcher it names (`sessionId`, or without one
+/// the most recently started) within its grace window, closing that
+/// watcher's old socket if it is still open; anything else starts a new
+/// session beside the job's other watchers, up to the limit.
+fn decide_attach(
+    state: &JobState,
+    a: &Attach,
+    now: DateTime<Utc>,
+) -> Result<Decision, DomainError> {
     let mut events = Vec::new();
-    let current = state.session.as_ref();
-    let epoch_matches = a.client_epoch.as_deref().is_none_or(|e| e == a.log_epoch);
-    let resumable = current.filter(|s| match s.phase {
-        SessionPhase::Connected => true,
-        SessionPhase::Grace { until } => until > now,
-        SessionPhase::Ended { .. } => false,
-    });
-    let (session_id, resumed) = match resumable {
-        Some(s) if a.reconnect && epoch_matches => (s.session_id, true),
-        _ => (a.new_session_id, false),
-    };
-
-    if let Some(s) = current {
-        match s.phase {
-            SessionPhase::Connected => events.push(Planned::session(
-                s.session_id,
-                EventBody::Replaced(Replaced {
-                    code: REPLACED_CODE,
-                    reason: REPLACED_REASON.to_owned(),
-                    by_session_id: session_id,
-                }),
-            )),
-            // Expired, but the scheduler has not recorded it yet: record it now,
-            // once, before the session that follows.
-            SessionPhase::Grace { until } if until <= now => events.push(Planned::session(
-                s.session_id,
-                EventBody::GraceExpired(GraceExpired { grace_until: until }),
-            )),
-            _ => {}
+    for s in &state.watchers {
+        if let SessionPhase::Grace { until } = s.phase {
+            if until <= now {
+                events.push(Planned::session(
+                    s.session_id,
+                    EventBody::GraceExpired(GraceExpired { grace_until: until }),
+                ));
+            }
         }
+    }
+    let epoch_matches = a.client_epoch.as_deref().is_none_or(|e| e == a.log_epoch);
+    let target = if a.reconnect {
+        state.resume_target(a.session_id, now)
+    } else {
+        None
+    };
+    let resumed = target.is_some() && epoch_matches;
+    let session_id = match target {
+        Some(t) if resumed => t.session_id,
+        _ => a.new_session_id,
+    };
+    if !resumed && state.open_watchers(now) >= a.max_watchers {
+        return Err(DomainError::TooManyWatchers(a.max_watchers));
+    }
+    if let Some(t) = target.filter(|t| t.phase == SessionPhase::Connected) {
+        // A half-open socket of the same client: it alone is closed.
+        events.push(Planned::session(
+            t.session_id,
+            EventBody::Replaced(Replaced {
+                code: REPLACED_CODE,
+                reason: REPLACED_REASON.to_owned(),
+                by_session_id: session_id,
+            }),
+        ));
     }
 
     if !a.reconnect {
@@ -274,7 +290,7 @@ fn decide_attach(state: &JobState, a: &Attach, now: DateTime<Utc>) -> Decision {
             replay_after: None,
             missed: 0,
         };
-        return Decision::Attach { events, plan };
+        return Ok(Decision::Attach { events, plan });
     }
 
     // A lastSeq from another log (epoch mismatch) or beyond anything this job
@@ -284,16 +300,17 @@ fn decide_attach(state: &JobState, a: &Attach, now: DateTime<Utc>) -> Decision {
         _ => 0,
     };
     let missed = state.job_events_after(after);
-    let gap_ms = current
+    let gap_ms = target
         .filter(|s| s.phase != SessionPhase::Connected)
         .and_then(|s| s.last_disconnect_at)
         .map(|t| (now - t).num_milliseconds());
+    let previous = target.map(|t| t.session_id).or(a.session_id);
     events.push(Planned::session(
         session_id,
         EventBody::Reconnected(Reconnected {
             sub: a.sub.clone(),
             resumed,
-            previous_session_id: current.map(|s| s.session_id).filter(|id| *id != session_id),
+            previous_session_id: previous.filter(|id| *id != session_id),
             gap_ms,
             client_last_seq: a.client_last_seq,
             client_epoch: a.client_epoch.clone(),
@@ -309,7 +326,7 @@ fn decide_attach(state: &JobState, a: &Attach, now: DateTime<Utc>) -> Decision {
         replay_after: Some(after),
         missed,
     };
-    Decision::Attach { events, plan }
+    Ok(Decision::Attach { events, plan })
 }
 
 /// Field rules the types alone do not carry.
@@ -467,11 +484,22 @@ mod tests {
     }
 
     fn attach(reconnect: bool, last_seq: Option<i64>) -> (Command, SessionId) {
+        resume(reconnect, None, last_seq)
+    }
+
+    /// An attach naming the session it resumes.
+    fn resume(
+        reconnect: bool,
+        session_id: Option<SessionId>,
+        last_seq: Option<i64>,
+    ) -> (Command, SessionId) {
         let id = Uuid::new_v4();
         let cmd = Command::Attach(Attach {
             new_session_id: id,
             sub: "client".into(),
             reconnect,
+            session_id,
+            max_watchers: 3,
             client_last_seq: last_seq,
             client_epoch: Some(EPOCH.into()),
             log_epoch: EPOCH.into(),
@@ -522,7 +550,7 @@ mod tests {
         let plan = plan.unwrap();
         assert_eq!(plan.session_id, id);
         assert_eq!(plan.replay_after, None);
-        assert_eq!(job.session.as_ref().unwrap().phase, SessionPhase::Connected);
+        assert_eq!(job.latest_session().unwrap().phase, SessionPhase::Connected);
     }
 
     #[test]
@@ -546,7 +574,7 @@ mod tests {
         assert_eq!(plan.session_id, first);
         assert_eq!(plan.replay_after, Some(last));
         assert_eq!(plan.missed, 2);
-        assert_eq!(job.session.as_ref().unwrap().sockets, 2);
+        assert_eq!(job.latest_session().unwrap().sockets, 2);
     }
 
     #[test]
@@ -567,6 +595,100 @@ mod tests {
         let expire = Command::ExpireGrace { session_id: first };
         assert_eq!(when(&mut job, &expire, late).0, Vec::<&str>::new());
         assert_eq!(job.counts.grace_expiries, 1);
+    }
+
+    #[test]
+    fn fresh_connects_start_watchers_side_by_side_up_to_the_limit() {
+        let mut job = given(vec![created()]);
+        let t0 = Utc::now();
+        for n in 1..=3 {
+            let (cmd, _) = attach(false, None);
+            assert_eq!(when(&mut job, &cmd, t0).0, ["connected"], "watcher {n}");
+        }
+        assert_eq!(job.watchers.len(), 3);
+        let (cmd, _) = attach(false, None);
+        assert_eq!(
+            decide(&job, None, &cmd, t0),
+            Err(DomainError::TooManyWatchers(3))
+        );
+        // A resume is not a new watcher: it fits.
+        let first = job.watchers[0].session_id;
+        let (cmd, _) = resume(true, Some(first), Some(0));
+        assert_eq!(when(&mut job, &cmd, t0).0, ["replaced", "reconnected"]);
+        assert_eq!(job.watchers.len(), 3);
+    }
+
+    #[test]
+    fn a_resume_by_session_touches_only_that_session() {
+        let mut job = given(vec![created()]);
+        let t0 = Utc::now();
+        let (cmd, phone) = attach(false, None);
+        when(&mut job, &cmd, t0);
+        let (cmd, tab) = attach(false, None);
+        when(&mut job, &cmd, t0);
+        when(&mut job, &detach(phone, 1), t0);
+        // The phone comes back naming its session: resumed, the tab untouched.
+        let (cmd, _) = resume(true, Some(phone), Some(0));
+        let (kinds, plan) = when(&mut job, &cmd, t0 + Duration::seconds(5));
+        assert_eq!(kinds, ["reconnected"]);
+        let plan = plan.unwrap();
+        assert!(plan.resumed);
+        assert_eq!(plan.session_id, phone);
+        let tab_state = job.watcher(tab).unwrap();
+        assert_eq!(
+            (tab_state.phase, tab_state.sockets),
+            (SessionPhase::Connected, 1)
+        );
+        // Each window is its own: the tab's drop and expiry leave the phone.
+        when(&mut job, &detach(tab, 1), t0 + Duration::seconds(5));
+        let expire = Command::ExpireGrace { session_id: tab };
+        let (kinds, _) = when(&mut job, &expire, t0 + Duration::seconds(65));
+        assert_eq!(kinds, ["grace_expired"]);
+        assert_eq!(job.watchers.len(), 1);
+        assert_eq!(job.watchers[0].session_id, phone);
+        // An unknown session id starts a new session, not resumed.
+        let (cmd, new) = resume(true, Some(Uuid::new_v4()), Some(0));
+        let plan = when(&mut job, &cmd, t0 + Duration::seconds(66)).1.unwrap();
+        assert!(!plan.resumed);
+        assert_eq!(plan.session_id, new);
+    }
+
+    #[test]
+    fn the_close_after_a_terminal_event_ends_the_session_without_a_grace_window() {
+        let mut job = given(vec![created()]);
+        let t0 = Utc::now();
+        let (cmd, a) = attach(false, None);
+        when(&mut job, &cmd, t0);
+        let (cmd, b) = attach(false, None);
+        when(&mut job, &cmd, t0);
+        let done = append(EventBody::JobCompleted(JobCompleted { result: None }));
+        when(&mut job, &done, t0);
+        for (session, at) in [(a, t0), (b, t0 + Duration::seconds(1))] {
+            let close = Command::Detach {
+                session_id: session,
+                socket: 1,
+                code: 1000,
+                reason: "job finished".into(),
+                acked_seq: None,
+                grace: Duration::seconds(60),
+            };
+            match decide(&job, None, &close, at).unwrap() {
+                Decision::Append(events) => {
+                    assert!(matches!(
+                        &events[0].body,
+                        EventBody::Disconnected(d) if d.grace_until.is_none()
+                    ));
+                    apply_all(&mut job, &events, at);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(job.watchers.is_empty());
+        assert!(
+            !job.is_live(),
+            "a finished job with no watcher leaves memory"
+        );
+        assert_eq!(job.counts.grace_expiries, 0);
     }
 
     #[test]
@@ -606,9 +728,10 @@ mod tests {
             Vec::<&str>::new()
         );
         assert!(matches!(
-            job.session.unwrap().phase,
+            job.latest_session().unwrap().phase,
             SessionPhase::Ended { .. }
         ));
+        assert!(job.watchers.is_empty());
     }
 
     #[test]
@@ -622,6 +745,8 @@ mod tests {
             new_session_id: Uuid::new_v4(),
             sub: "c".into(),
             reconnect: true,
+            session_id: None,
+            max_watchers: 3,
             client_last_seq: Some(2),
             client_epoch: Some("another-log".into()),
             log_epoch: EPOCH.into(),

@@ -144,13 +144,15 @@ pub struct Connected {
     pub node: Option<String>,
 }
 
-/// A socket closed; the session's grace window opened.
+/// A socket closed; the session's grace window opened, or, for the close
+/// that follows a terminal event (no `graceUntil`), the session ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Disconnected {
     pub code: u16,
     pub reason: String,
-    pub grace_until: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_until: Option<DateTime<Utc>>,
     /// The highest seq the client acknowledged on this socket, if it sent acks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked_seq: Option<i64>,
@@ -357,7 +359,7 @@ mod tests {
             EventBody::Disconnected(Disconnected {
                 code: 1006,
                 reason: "heartbeat timeout".into(),
-                grace_until: at,
+                grace_until: Some(at),
                 acked_seq: Some(4),
             }),
             EventBody::GraceExpired(GraceExpired { grace_until: at }),

@@ -48,7 +48,9 @@ pub struct SessionHistory {
     pub grace_until: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
-    /// `grace_expired`, or `superseded` when a new session took over the job.
+    /// `grace_expired` (the client never came back), `finished` (its socket
+    /// closed after the job's terminal event) or `superseded` (another
+    /// session took its socket over).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<&'static str>,
     /// Sockets the session had (1 + resumes).
@@ -97,6 +99,15 @@ pub struct HistoryBuilder {
     index: HashMap<SessionId, usize>,
     /// Per session: when its current socket opened, or it lost its last one.
     open_since: HashMap<SessionId, DateTime<Utc>>,
+}
+
+impl SessionHistory {
+    fn end(&mut self, at: DateTime<Utc>, reason: &'static str) {
+        self.state = SessionStatus::Ended;
+        self.grace_until = None;
+        self.ended_at = Some(at);
+        self.end_reason = Some(reason);
+    }
 }
 
 fn ms(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
@@ -155,21 +166,39 @@ impl HistoryBuilder {
                 if d.reason == super::close::HEARTBEAT_TIMEOUT {
                     self.history.totals.heartbeat_timeouts += 1;
                 }
-                let since = self.open_since.insert(id, at);
+                let since = match d.grace_until {
+                    Some(_) => self.open_since.insert(id, at),
+                    None => self.open_since.remove(&id),
+                };
                 if let Some(s) = self.session(id) {
                     s.disconnects += 1;
-                    s.state = SessionStatus::Grace;
-                    s.grace_until = Some(d.grace_until);
                     if let Some(since) = since {
                         s.connected_ms += ms(since, at);
                     }
+                    match d.grace_until {
+                        Some(until) => {
+                            s.state = SessionStatus::Grace;
+                            s.grace_until = Some(until);
+                        }
+                        // The close that follows a terminal event.
+                        None => s.end(at, "finished"),
+                    }
                 }
             }
-            EventBody::Replaced(_) => {
+            EventBody::Replaced(r) => {
                 self.history.totals.replaced += 1;
-                if let Some(since) = self.open_since.insert(id, at) {
-                    if let Some(s) = self.session(id) {
+                let superseded = r.by_session_id != id;
+                let since = if superseded {
+                    self.open_since.remove(&id)
+                } else {
+                    self.open_since.insert(id, at)
+                };
+                if let Some(s) = self.session(id) {
+                    if let Some(since) = since {
                         s.connected_ms += ms(since, at);
+                    }
+                    if superseded {
+                        s.end(at, "superseded");
                     }
                 }
             }
@@ -181,9 +210,7 @@ impl HistoryBuilder {
                     if let Some(since) = since {
                         s.disconnected_ms += ms(since, at);
                     }
-                    s.state = SessionStatus::Ended;
-                    s.ended_at = Some(at);
-                    s.end_reason = Some("grace_expired");
+                    s.end(at, "grace_expired");
                 }
             }
             _ => {}
@@ -198,21 +225,9 @@ impl HistoryBuilder {
         self.history.sessions.get_mut(i)
     }
 
-    /// A new session; any earlier one still open is superseded.
+    /// A new session, beside any others still open (each watcher of the
+    /// job has its own).
     fn start(&mut self, id: SessionId, at: DateTime<Utc>) {
-        for s in &mut self.history.sessions {
-            if s.state != SessionStatus::Ended {
-                if let Some(since) = self.open_since.remove(&s.session_id) {
-                    match s.state {
-                        SessionStatus::Connected => s.connected_ms += ms(since, at),
-                        _ => s.disconnected_ms += ms(since, at),
-                    }
-                }
-                s.state = SessionStatus::Ended;
-                s.ended_at = Some(at);
-                s.end_reason = Some("superseded");
-            }
-        }
         self.history.totals.sessions += 1;
         self.index.insert(id, self.history.sessions.len());
         self.open_since.insert(id, at);

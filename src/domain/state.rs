@@ -65,11 +65,19 @@ pub struct SessionState {
     pub last_disconnect_at: Option<DateTime<Utc>>,
     /// The node holding the socket, on a shared log (`None` on a log of one).
     pub node: Option<String>,
+    /// The client's `User-Agent`, as its last socket sent it.
+    #[serde(default)]
+    pub user_agent: Option<String>,
 }
 
 impl SessionState {
     /// A session whose first socket opened at `at`.
-    fn start(session_id: SessionId, at: DateTime<Utc>, node: Option<String>) -> Self {
+    fn start(
+        session_id: SessionId,
+        at: DateTime<Utc>,
+        node: Option<String>,
+        user_agent: Option<String>,
+    ) -> Self {
         SessionState {
             session_id,
             started_at: at,
@@ -78,6 +86,17 @@ impl SessionState {
             last_connect_at: at,
             last_disconnect_at: None,
             node,
+            user_agent,
+        }
+    }
+
+    /// Whether the session is still open at `now`: connected, or waiting in
+    /// a grace window that has not passed.
+    pub fn is_open_at(&self, now: DateTime<Utc>) -> bool {
+        match self.phase {
+            SessionPhase::Connected => true,
+            SessionPhase::Grace { until } => until > now,
+            SessionPhase::Ended { .. } => false,
         }
     }
 }
@@ -97,7 +116,7 @@ pub struct ConnectionCounts {
 /// The version of the fold below. Checkpoints (derived snapshots of
 /// `JobState`s) carry it, and one written by another version is ignored: bump
 /// it whenever `apply` or the fields of the state change meaning.
-pub const FOLD_VERSION: i32 = 1;
+pub const FOLD_VERSION: i32 = 2;
 
 /// A job as the log tells it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,8 +138,11 @@ pub struct JobState {
     pub head_seq: i64,
     /// Hash of the event at `head_seq`: the next append chains to it.
     pub head_hash: String,
-    /// The current (or last) session.
-    pub session: Option<SessionState>,
+    /// The sessions that have not ended (the job's watchers), oldest first.
+    pub watchers: Vec<SessionState>,
+    /// The most recently started session that has ended, shown when no
+    /// watcher started after it.
+    pub last_ended: Option<SessionState>,
     pub counts: ConnectionCounts,
     /// Seqs of the events that are not job events (creation, connection
     /// events), ascending: with them, how many job events lie in any seq range
@@ -145,7 +167,8 @@ impl JobState {
             cancel_reason: None,
             head_seq: 0,
             head_hash: String::new(),
-            session: None,
+            watchers: Vec::new(),
+            last_ended: None,
             counts: ConnectionCounts::default(),
             other_seqs: Vec::new(),
         }
@@ -173,11 +196,43 @@ impl JobState {
         if !self.exists() {
             return false;
         }
-        !self.status.is_terminal()
-            || self
-                .session
-                .as_ref()
-                .is_some_and(|s| !matches!(s.phase, SessionPhase::Ended { .. }))
+        !self.status.is_terminal() || !self.watchers.is_empty()
+    }
+
+    /// The most recently started session, open or ended: the job's
+    /// "current" session as `GET /v1/jobs/{id}` shows it.
+    pub fn latest_session(&self) -> Option<&SessionState> {
+        let open = self.watchers.last();
+        match (open, &self.last_ended) {
+            (Some(o), Some(e)) if e.started_at > o.started_at => Some(e),
+            (Some(o), _) => Some(o),
+            (None, e) => e.as_ref(),
+        }
+    }
+
+    /// The watcher a reconnect continues: the one named by `session_id`, or
+    /// without one the most recently started, if it is still open at `now`.
+    pub fn resume_target(
+        &self,
+        session_id: Option<SessionId>,
+        now: DateTime<Utc>,
+    ) -> Option<&SessionState> {
+        let target = match session_id {
+            Some(id) => self.watchers.iter().find(|s| s.session_id == id),
+            None => self.watchers.iter().rev().find(|s| s.is_open_at(now)),
+        };
+        target.filter(|s| s.is_open_at(now))
+    }
+
+    /// Watchers open at `now` (a grace window that passed does not count,
+    /// even before its expiry is recorded).
+    pub fn open_watchers(&self, now: DateTime<Utc>) -> usize {
+        self.watchers.iter().filter(|s| s.is_open_at(now)).count()
+    }
+
+    /// The watcher with this id.
+    pub fn watcher(&self, id: SessionId) -> Option<&SessionState> {
+        self.watchers.iter().find(|s| s.session_id == id)
     }
 
     /// Moves the state past one event.
@@ -223,56 +278,91 @@ impl JobState {
             EventBody::Connected(c) => {
                 self.counts.connects += 1;
                 if let Some(id) = event.session_id {
-                    self.session = Some(SessionState::start(id, at, c.node.clone()));
+                    let ua = c.user_agent.clone();
+                    self.watchers
+                        .push(SessionState::start(id, at, c.node.clone(), ua));
                 }
             }
             EventBody::Reconnected(r) => {
                 self.counts.reconnects += 1;
                 let Some(id) = event.session_id else { return };
-                match self.session.as_mut() {
-                    Some(s) if r.resumed && s.session_id == id => {
+                match self.watcher_mut(Some(id)) {
+                    Some(s) if r.resumed => {
                         s.phase = SessionPhase::Connected;
                         s.sockets += 1;
                         s.last_connect_at = at;
                         s.node.clone_from(&r.node);
+                        s.user_agent.clone_from(&r.user_agent);
                     }
                     _ => {
-                        self.session = Some(SessionState::start(id, at, r.node.clone()));
+                        let ua = r.user_agent.clone();
+                        self.watchers
+                            .push(SessionState::start(id, at, r.node.clone(), ua));
                     }
                 }
             }
             EventBody::Disconnected(d) => {
                 self.counts.disconnects += 1;
-                if let Some(s) = self.session_mut(event.session_id) {
-                    s.phase = SessionPhase::Grace {
-                        until: d.grace_until,
-                    };
-                    s.last_disconnect_at = Some(at);
+                let ends = match self.watcher_mut(event.session_id) {
+                    Some(s) => {
+                        s.last_disconnect_at = Some(at);
+                        match d.grace_until {
+                            Some(until) => {
+                                s.phase = SessionPhase::Grace { until };
+                                false
+                            }
+                            // The close after a terminal event ends the session.
+                            None => true,
+                        }
+                    }
+                    None => false,
+                };
+                if ends {
+                    self.end_watcher(event.session_id, at);
                 }
             }
-            EventBody::Replaced(_) => {
+            EventBody::Replaced(r) => {
                 self.counts.replaced += 1;
-                if let Some(s) = self.session_mut(event.session_id) {
+                if let Some(s) = self.watcher_mut(event.session_id) {
                     s.last_disconnect_at = Some(at);
+                }
+                // Taken over by another session (not the same one on a new
+                // socket): this one is over.
+                if event.session_id != Some(r.by_session_id) {
+                    self.end_watcher(event.session_id, at);
                 }
             }
             EventBody::WsErrored(_) => self.counts.errors += 1,
             EventBody::ConnectRejected(r) => self.counts.rejected += 1 + r.suppressed,
             EventBody::GraceExpired(_) => {
                 self.counts.grace_expiries += 1;
-                if let Some(s) = self.session_mut(event.session_id) {
-                    s.phase = SessionPhase::Ended { at };
-                }
+                self.end_watcher(event.session_id, at);
             }
         }
     }
 
-    /// The current session, if the event names it.
-    fn session_mut(&mut self, id: Option<SessionId>) -> Option<&mut SessionState> {
-        self.session.as_mut().filter(|s| Some(s.session_id) == id)
+    /// The watcher the event names.
+    fn watcher_mut(&mut self, id: Option<SessionId>) -> Option<&mut SessionState> {
+        self.watchers.iter_mut().find(|s| Some(s.session_id) == id)
+    }
+
+    /// Ends the watcher the event names: it leaves the watchers, and is
+    /// kept as the last ended session if none started later has ended.
+    fn end_watcher(&mut self, id: Option<SessionId>, at: DateTime<Utc>) {
+        let Some(i) = self.watchers.iter().position(|s| Some(s.session_id) == id) else {
+            return;
+        };
+        let mut s = self.watchers.remove(i);
+        s.phase = SessionPhase::Ended { at };
+        if self
+            .last_ended
+            .as_ref()
+            .is_none_or(|e| e.started_at <= s.started_at)
+        {
+            self.last_ended = Some(s);
+        }
     }
 }
-
 /// What an earlier append with an `Idempotency-Key` produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdempotentAppend {

@@ -20,6 +20,9 @@ pub struct SummaryBuilder {
     rejected: u64,
     errors: u64,
     grace_expiries: u64,
+    abandoned: u64,
+    /// Jobs whose terminal event has been folded.
+    finished: HashSet<JobId>,
     replayed: u64,
     gaps_ms: Vec<i64>,
     close_codes: HashMap<u16, u64>,
@@ -60,6 +63,10 @@ pub struct Summary {
     pub errors: u64,
     pub replayed: u64,
     pub grace_expiries: u64,
+    /// Sessions whose grace window expired while their job was still
+    /// running: the client never came back. (A session that ends because
+    /// its job finished has no grace window and is not counted.)
+    pub abandoned: u64,
     /// Grace expiries per session.
     pub grace_expiry_rate: f64,
     pub gap_ms: Gaps,
@@ -97,7 +104,15 @@ impl SummaryBuilder {
             EventBody::Replaced(_) => self.replaced += 1,
             EventBody::ConnectRejected(r) => self.rejected += 1 + r.suppressed,
             EventBody::WsErrored(_) => self.errors += 1,
-            EventBody::GraceExpired(_) => self.grace_expiries += 1,
+            EventBody::GraceExpired(_) => {
+                self.grace_expiries += 1;
+                if !self.finished.contains(&event.job_id) {
+                    self.abandoned += 1;
+                }
+            }
+            body if body.is_terminal() => {
+                self.finished.insert(event.job_id);
+            }
             _ => {}
         }
     }
@@ -139,6 +154,7 @@ impl SummaryBuilder {
             errors: self.errors,
             replayed: self.replayed,
             grace_expiries: self.grace_expiries,
+            abandoned: self.abandoned,
             grace_expiry_rate: if self.sessions == 0 {
                 0.0
             } else {

@@ -1,5 +1,5 @@
-//! The live sockets, one per job, and the fan-out of committed job events to
-//! them. Only the writer registers sockets and publishes, after a commit, so a
+//! The live sockets, one per watcher of a job, and the fan-out of committed
+//! job events to them. Only the writer registers sockets and publishes, after a commit, so a
 //! socket sees exactly the events committed after its snapshot.
 
 use std::collections::HashMap;
@@ -13,7 +13,7 @@ use crate::domain::{Event, JobId, SessionId};
 /// Why the server closes a socket from outside its task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
-    /// Another connection took over the job (`replaced` is already recorded).
+    /// The session's next socket took over (`replaced` is already recorded).
     Replaced,
     /// Its send queue filled up: the client is not keeping up.
     SlowConsumer,
@@ -65,62 +65,89 @@ struct Live {
     reg: Registration,
 }
 
+/// Every job's live sockets: one per watcher that has one.
 #[derive(Debug, Default)]
 pub struct Hub {
-    live: Mutex<HashMap<JobId, Live>>,
+    live: Mutex<HashMap<JobId, Vec<Live>>>,
 }
 
 impl Hub {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Live>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Vec<Live>>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `reg` the job's live socket; the one it replaces is told to close.
+    /// Makes `reg` the live socket of its session; the session's previous
+    /// socket, if any, is told to close. Other sessions are not touched.
     pub fn register(&self, job: JobId, session_id: SessionId, socket: u32, reg: Registration) {
-        let old = self.lock().insert(
-            job,
-            Live {
-                session_id,
-                socket,
-                reg,
-            },
-        );
-        if let Some(old) = old {
+        let mut live = self.lock();
+        let sockets = live.entry(job).or_default();
+        if let Some(i) = sockets.iter().position(|l| l.session_id == session_id) {
+            let old = sockets.swap_remove(i);
             old.reg.control.close(CloseReason::Replaced);
         }
+        sockets.push(Live {
+            session_id,
+            socket,
+            reg,
+        });
     }
 
-    /// Forgets the socket if it is still the job's live one.
+    /// Forgets the socket if it is still its session's live one.
     pub fn unregister(&self, job: JobId, session_id: SessionId, socket: u32) {
         let mut live = self.lock();
-        if live
-            .get(&job)
-            .is_some_and(|l| l.session_id == session_id && l.socket == socket)
-        {
-            live.remove(&job);
+        if let Some(sockets) = live.get_mut(&job) {
+            sockets.retain(|l| !(l.session_id == session_id && l.socket == socket));
+            if sockets.is_empty() {
+                live.remove(&job);
+            }
         }
     }
 
-    /// Queues a committed job event for the job's live socket. A socket whose
-    /// queue is full is closed (1013) and dropped: it resumes from its lastSeq.
+    /// Queues a committed job event for each of the job's live sockets,
+    /// each at its own pace: a socket whose queue is full is closed (1013)
+    /// and dropped (it resumes from its lastSeq); the others are not held up.
     pub fn publish(&self, event: &Arc<Event>) {
         let mut live = self.lock();
-        let Some(l) = live.get(&event.job_id) else {
+        let Some(sockets) = live.get_mut(&event.job_id) else {
             return;
         };
-        if let Err(e) = l.reg.tx.try_send(event.clone()) {
-            if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                l.reg.control.close(CloseReason::SlowConsumer);
+        sockets.retain(|l| match l.reg.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(e) => {
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    l.reg.control.close(CloseReason::SlowConsumer);
+                }
+                false
             }
+        });
+        if sockets.is_empty() {
             live.remove(&event.job_id);
         }
     }
 
-    /// Closes the job's live socket, if it has one.
-    pub fn close(&self, job: JobId, reason: CloseReason) -> bool {
+    /// Closes the live socket of one session of the job, if it has one.
+    pub fn close_session(&self, job: JobId, session_id: SessionId, reason: CloseReason) -> bool {
+        let mut live = self.lock();
+        let Some(sockets) = live.get_mut(&job) else {
+            return false;
+        };
+        let Some(i) = sockets.iter().position(|l| l.session_id == session_id) else {
+            return false;
+        };
+        sockets.swap_remove(i).reg.control.close(reason);
+        if sockets.is_empty() {
+            live.remove(&job);
+        }
+        true
+    }
+
+    /// Closes every live socket of the job.
+    pub fn close_all(&self, job: JobId, reason: CloseReason) -> bool {
         match self.lock().remove(&job) {
-            Some(live) => {
-                live.reg.control.close(reason);
+            Some(sockets) => {
+                for l in sockets {
+                    l.reg.control.close(reason);
+                }
                 true
             }
             None => false,
@@ -129,7 +156,7 @@ impl Hub {
 
     /// Sockets open now.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {

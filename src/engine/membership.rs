@@ -129,13 +129,13 @@ pub(super) async fn keep_lease(
             let table = engine.table();
             table
                 .live()
-                .filter_map(|job| {
-                    let s = job.session.as_ref()?;
+                .flat_map(|job| job.watchers.iter().map(move |s| (job.job_id, s)))
+                .filter_map(|(job_id, s)| {
                     let held_by = s.node.as_deref()?;
                     (s.phase == SessionPhase::Connected
                         && held_by != node
                         && !live.iter().any(|n| n == held_by))
-                    .then_some((job.job_id, s.session_id, s.sockets))
+                    .then_some((job_id, s.session_id, s.sockets))
                 })
                 .collect()
         };

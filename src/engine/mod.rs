@@ -495,12 +495,13 @@ impl Engine {
         Ok(builder.finish(self.inner.clock.now()))
     }
 
-    /// Drops the job's live socket without a close frame, as a network would.
+    /// Drops the job's live sockets without a close frame, as a network
+    /// would.
     pub fn drop_socket(&self, job_id: JobId) -> bool {
-        self.inner.hub.close(job_id, hub::CloseReason::Dropped)
+        self.inner.hub.close_all(job_id, hub::CloseReason::Dropped)
     }
 
-    /// Live sockets, one per job at most.
+    /// Live sockets, one per watcher at most.
     pub fn live_sockets(&self) -> usize {
         self.inner.hub.len()
     }
@@ -555,6 +556,23 @@ impl Engine {
     pub fn jobs_in_memory(&self) -> (usize, usize) {
         let table = self.table();
         (table.live_count(), table.cached_count())
+    }
+
+    /// Watchers of live jobs now: (connected, in grace, the most one job has).
+    pub fn watchers(&self) -> (usize, usize, usize) {
+        let table = self.table();
+        let (mut connected, mut grace, mut most) = (0, 0, 0);
+        for job in table.live() {
+            most = most.max(job.watchers.len());
+            for s in &job.watchers {
+                match s.phase {
+                    SessionPhase::Connected => connected += 1,
+                    SessionPhase::Grace { .. } => grace += 1,
+                    SessionPhase::Ended { .. } => {}
+                }
+            }
+        }
+        (connected, grace, most)
     }
 
     /// How the state was rebuilt at start.
@@ -672,8 +690,10 @@ fn sessions_to_resume(
 ) -> (Vec<Deadline>, Vec<(JobId, SessionId, u32)>) {
     let mut waiting = Vec::new();
     let mut orphaned = Vec::new();
-    for job in table.live() {
-        let Some(s) = &job.session else { continue };
+    for (job, s) in table
+        .live()
+        .flat_map(|job| job.watchers.iter().map(move |s| (job, s)))
+    {
         match s.phase {
             SessionPhase::Grace { until } => waiting.push(Deadline {
                 at: until,

@@ -478,11 +478,11 @@ impl Writer {
             }
         }
         for event in &fresh {
-            if matches!(
-                event.body,
-                EventBody::Connected(_) | EventBody::Reconnected(_)
-            ) {
-                self.hub.close(event.job_id, CloseReason::Replaced);
+            // Another node took one of this node's sessions over: that
+            // session's socket here closes; no other watcher is touched.
+            if let (EventBody::Reconnected(_), Some(session)) = (&event.body, event.session_id) {
+                self.hub
+                    .close_session(event.job_id, session, CloseReason::Replaced);
             }
         }
         self.after_commit(&fresh, false);
@@ -506,7 +506,10 @@ impl Writer {
             }
             match &event.body {
                 body if body.is_job_event() => self.hub.publish(event),
-                EventBody::Disconnected(Disconnected { grace_until, .. }) => {
+                EventBody::Disconnected(Disconnected {
+                    grace_until: Some(grace_until),
+                    ..
+                }) => {
                     if let Some(session_id) = event.session_id {
                         let _ = self.deadlines.send(Deadline {
                             at: *grace_until,
@@ -603,7 +606,7 @@ fn stage(
                 plan,
             }) => {
                 staged.seal(req.job_id, planned, None, state, &mut priors, now);
-                let socket = state.session.as_ref().map_or(0, |s| s.sockets);
+                let socket = state.watcher(plan.session_id).map_or(0, |s| s.sockets);
                 Ok(Pending::Attached {
                     job_id: req.job_id,
                     plan,

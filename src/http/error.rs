@@ -152,6 +152,10 @@ impl From<DomainError> for ApiError {
                 code: "idempotency_key_reused",
                 message: e.to_string(),
             },
+            DomainError::TooManyWatchers(_) => ApiError::Conflict {
+                code: "too_many_watchers",
+                message: e.to_string(),
+            },
             DomainError::InvalidEvent(message) => ApiError::BadRequest {
                 code: "invalid_event",
                 message,

@@ -44,11 +44,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     responses((status = 200, description = "Prometheus metrics, OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let engine = &state.engine;
-    let body = engine.metrics().render(
-        engine.live_sockets(),
-        engine.jobs_in_memory(),
-        engine.clock().now(),
-    );
+    let now = crate::metrics::Snapshot {
+        connections: engine.live_sockets(),
+        jobs: engine.jobs_in_memory(),
+        watchers: engine.watchers(),
+    };
+    let body = engine.metrics().render(now, engine.clock().now());
     (
         [(
             CONTENT_TYPE,

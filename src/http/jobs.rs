@@ -382,8 +382,27 @@ pub struct JobView {
     error: Option<FailureInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// The most recently started session (open or ended).
     session: Option<SessionView>,
+    /// Every session that has not ended, oldest first: one per watching
+    /// device or tab.
+    watchers: Vec<WatcherView>,
     counts: ConnectionCounts,
+}
+
+/// A session that has not ended.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WatcherView {
+    session_id: Uuid,
+    /// `connected` or `grace`.
+    state: &'static str,
+    /// When it entered that state (its socket opened, or its last closed).
+    since: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grace_until: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -415,7 +434,28 @@ impl From<&JobState> for JobView {
             result: job.result.clone(),
             error: job.error.clone(),
             reason: job.cancel_reason.clone(),
-            session: job.session.as_ref().map(|s| {
+            watchers: job
+                .watchers
+                .iter()
+                .map(|s| {
+                    let (state, since, grace_until) = match s.phase {
+                        SessionPhase::Grace { until } => (
+                            "grace",
+                            s.last_disconnect_at.unwrap_or(s.last_connect_at),
+                            Some(until),
+                        ),
+                        _ => ("connected", s.last_connect_at, None),
+                    };
+                    WatcherView {
+                        session_id: s.session_id,
+                        state,
+                        since,
+                        grace_until,
+                        user_agent: s.user_agent.clone(),
+                    }
+                })
+                .collect(),
+            session: job.latest_session().map(|s| {
                 let (state, grace_until, ended_at) = match s.phase {
                     SessionPhase::Connected => ("connected", None, None),
                     SessionPhase::Grace { until } => ("grace", Some(until), None),

@@ -47,6 +47,8 @@ pub struct UpgradeSettings {
     pub send_queue: usize,
     /// Most open sockets; further upgrades get 503 before any work is done.
     pub max_connections: usize,
+    /// Most watchers (sessions that have not ended) one job may have.
+    pub max_watchers_per_job: usize,
 }
 
 /// Logs refusals at the connection limit at most once every ten seconds, so
@@ -267,6 +269,12 @@ async fn check(
             )
         })?),
     };
+    let session_id = match query.get(param::SESSION_ID) {
+        None => None,
+        Some(s) => Some(Uuid::parse_str(s).map_err(|_| {
+            ApiError::bad_request("invalid_session_id", "`sessionId` must be a UUID")
+        })?),
+    };
     let client_epoch = match query.get(param::EPOCH) {
         Some(e) if e.len() > 64 => {
             return Err(ApiError::bad_request(
@@ -290,8 +298,18 @@ async fn check(
     }
     // Read from memory, or from the log by index (a finished job, a job
     // created on another node a moment ago).
-    if !state.engine.job_exists(job_id).await? {
-        return Err(ApiError::NotFound("job not found".into()));
+    let job = state
+        .engine
+        .job(job_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("job not found".into()))?;
+    // A new session beside the job's watchers must fit under the limit (the
+    // writer decides again, on the latest state, once the socket is open).
+    let now = state.engine.clock().now();
+    let max_watchers = state.upgrade.max_watchers_per_job;
+    let resumes = reconnect && job.resume_target(session_id, now).is_some();
+    if !resumes && job.open_watchers(now) >= max_watchers {
+        return Err(crate::domain::DomainError::TooManyWatchers(max_watchers).into());
     }
     let user_agent = headers
         .get(USER_AGENT)
@@ -303,6 +321,8 @@ async fn check(
             new_session_id: Uuid::new_v4(),
             sub: claims.sub,
             reconnect,
+            session_id,
+            max_watchers,
             client_last_seq,
             client_epoch,
             log_epoch: state.engine.epoch().to_owned(),

@@ -20,9 +20,10 @@ pub mod param {
     pub const JOB_ID: &str = "jobId";
     pub const TOKEN: &str = "token";
     pub const RECONNECT: &str = "reconnect";
+    pub const SESSION_ID: &str = "sessionId";
     pub const LAST_SEQ: &str = "lastSeq";
     pub const EPOCH: &str = "epoch";
-    pub const ALL: &[&str] = &[JOB_ID, TOKEN, RECONNECT, LAST_SEQ, EPOCH];
+    pub const ALL: &[&str] = &[JOB_ID, TOKEN, RECONNECT, SESSION_ID, LAST_SEQ, EPOCH];
 }
 
 /// The subprotocol browsers offer beside `bearer.<token>`; the server echoes it.

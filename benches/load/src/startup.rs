@@ -155,7 +155,7 @@ fn disconnected(grace_until: chrono::DateTime<Utc>) -> EventBody {
     EventBody::Disconnected(Disconnected {
         code: 1000,
         reason: "job finished".into(),
-        grace_until,
+        grace_until: Some(grace_until),
         acked_seq: None,
     })
 }

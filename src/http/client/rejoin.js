@@ -31,7 +31,7 @@ export const State = Object.freeze({
   LIVE: "live",
   RECONNECTING: "reconnecting",
   FINISHED: "finished", // the job completed, failed or was cancelled
-  REPLACED: "replaced", // another connection (tab, device) took over
+  REPLACED: "replaced", // our session was taken over by a newer socket of ours
   FAILED: "failed", // refused for good (403/404, or a protocol error)
   STOPPED: "stopped", // stop() was called
 });
@@ -73,6 +73,7 @@ export class RejoinClient extends EventTarget {
    * @param {boolean} [options.tokenInProtocol=true] send the token as a subprotocol, not in the URL
    * @param {number} [options.lastSeq]  resume from here (e.g. after a page reload)
    * @param {string} [options.epoch]
+   * @param {string} [options.sessionId]  the session to resume (kept with lastSeq and epoch)
    */
   constructor(options) {
     super();
@@ -92,7 +93,7 @@ export class RejoinClient extends EventTarget {
     this.token = options.token;
     this.lastSeq = options.lastSeq ?? null;
     this.epoch = options.epoch ?? null;
-    this.sessionId = null;
+    this.sessionId = options.sessionId ?? null;
     this.state = State.IDLE;
     this.attempt = 0; // consecutive failed attempts, for the backoff
     this.hasConnected = this.lastSeq !== null;
@@ -157,6 +158,9 @@ export class RejoinClient extends EventTarget {
     if (!this.options.tokenInProtocol) params.set("token", this.token);
     if (this.hasConnected) {
       params.set("reconnect", "true");
+      // Name our own session: each tab or device watching the job has one,
+      // and a resume continues ours without touching the others'.
+      if (this.sessionId) params.set("sessionId", this.sessionId);
       if (this.lastSeq !== null) params.set("lastSeq", String(this.lastSeq));
       if (this.epoch) params.set("epoch", this.epoch);
     }

@@ -35,18 +35,35 @@ function showStatus(status) {
   $("status").textContent = status;
 }
 
+// `#job=ID&token=T` follows a job another page started: each page is a
+// watcher of its own, and both follow the same job.
+function joined() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const jobId = params.get("job");
+  const token = params.get("token");
+  return jobId && token ? { jobId, clientToken: token } : null;
+}
+
 async function start() {
   $("start").disabled = true;
-  const res = await fetch("/demo/jobs", { method: "POST" });
-  if (!res.ok) {
-    log(`could not start a job: ${res.status}`);
-    $("start").disabled = false;
-    return;
+  let job = joined();
+  if (job) {
+    log(`watching job ${job.jobId.slice(0, 8)} beside its other watchers`);
+  } else {
+    const res = await fetch("/demo/jobs", { method: "POST" });
+    if (!res.ok) {
+      log(`could not start a job: ${res.status}`);
+      $("start").disabled = false;
+      return;
+    }
+    job = await res.json();
+    log(`job ${job.jobId.slice(0, 8)} started; it reports progress for ${job.durationSecs} s`);
   }
-  const job = await res.json();
   demo.jobId = job.jobId;
   $("job").textContent = job.jobId;
-  log(`job ${job.jobId.slice(0, 8)} started; it reports progress for ${job.durationSecs} s`);
+  const watch = $("watch");
+  watch.href = `/demo#job=${job.jobId}&token=${encodeURIComponent(job.clientToken)}`;
+  watch.hidden = false;
 
   const client = new RejoinClient({
     jobId: job.jobId,
@@ -109,4 +126,4 @@ async function drop() {
 
 $("start").addEventListener("click", start);
 $("drop").addEventListener("click", drop);
-if (location.hash.includes("autostart")) start();
+if (location.hash.includes("autostart") || joined()) start();

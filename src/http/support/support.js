@@ -47,6 +47,7 @@ function describe(e) {
         (d.gapMs !== undefined ? `, after a gap of ${duration(d.gapMs)}` : "") +
         `, client lastSeq ${d.clientLastSeq ?? "–"}, replayed ${d.missed} missed events`;
     case "disconnected":
+      if (!d.graceUntil) return `closed ${d.code} ${d.reason || "(no reason)"}; the job had finished: session ended`;
       return `closed ${d.code} ${d.reason || "(no reason)"}; grace until ${time(d.graceUntil)}` +
         (d.ackedSeq !== undefined ? `; client acked seq ${d.ackedSeq}` : "");
     case "replaced":
@@ -81,7 +82,9 @@ function bar(session, start, end) {
     const t = Date.parse(e.at);
     if (e.kind === "disconnected" || e.kind === "replaced") {
       if (open && open.kind === "connected") parts.push({ ...open, to: t });
-      open = e.kind === "disconnected" ? { kind: "gap", from: t } : null;
+      // A close after the job finished ends the session: no grace gap.
+      const graced = e.kind === "disconnected" && e.details && e.details.graceUntil;
+      open = graced ? { kind: "gap", from: t } : null;
     } else if (e.kind === "reconnected") {
       if (open && open.kind === "gap") parts.push({ ...open, to: t });
       open = { kind: "connected", from: t };
@@ -107,6 +110,7 @@ function render(job, history) {
     facts([
       ["progress", `${job.progress}%`], ["message", job.message ?? "–"], ["last update", time(job.lastUpdate)],
       ["last seq", job.lastSeq], ["session", job.session ? `${job.session.state}` : "none yet"],
+      ["watchers", (job.watchers || []).length],
       ["grace until", job.session && job.session.graceUntil ? time(job.session.graceUntil) : "–"],
     ]));
   state.hidden = false;
@@ -126,7 +130,7 @@ function render(job, history) {
   const end = Math.max(...times, Date.now());
   const timeline = $("timeline");
   fill(timeline, 
-    el("h2", {}, `Sessions (${history.totalSessions})`),
+    el("h2", {}, `Sessions (${history.totalSessions}): one lane per watcher, on one time axis`),
     el("div", { class: "legend" },
       el("span", {}, el("i", { style: "background:var(--ok)" }), "connected"),
       el("span", {}, el("i", { style: "background:var(--gap)" }), "disconnected, within grace")),
