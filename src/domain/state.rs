@@ -279,8 +279,7 @@ impl JobState {
                 self.counts.connects += 1;
                 if let Some(id) = event.session_id {
                     let ua = c.user_agent.clone();
-                    self.watchers
-                        .push(SessionState::start(id, at, c.node.clone(), ua));
+                    self.add_watcher(SessionState::start(id, at, c.node.clone(), ua));
                 }
             }
             EventBody::Reconnected(r) => {
@@ -296,8 +295,7 @@ impl JobState {
                     }
                     _ => {
                         let ua = r.user_agent.clone();
-                        self.watchers
-                            .push(SessionState::start(id, at, r.node.clone(), ua));
+                        self.add_watcher(SessionState::start(id, at, r.node.clone(), ua));
                     }
                 }
             }
@@ -339,6 +337,13 @@ impl JobState {
                 self.end_watcher(event.session_id, at);
             }
         }
+    }
+
+    /// A new watcher. Room is made for exactly one more: most jobs have one
+    /// or two watchers, and every idle socket's job is held in memory.
+    fn add_watcher(&mut self, s: SessionState) {
+        self.watchers.reserve_exact(1);
+        self.watchers.push(s);
     }
 
     /// The watcher the event names.

@@ -80,7 +80,9 @@ impl Hub {
     /// socket, if any, is told to close. Other sessions are not touched.
     pub fn register(&self, job: JobId, session_id: SessionId, socket: u32, reg: Registration) {
         let mut live = self.lock();
-        let sockets = live.entry(job).or_default();
+        // Most jobs have one socket: room for exactly as many as they have.
+        let sockets = live.entry(job).or_insert_with(|| Vec::with_capacity(1));
+        sockets.reserve_exact(1);
         if let Some(i) = sockets.iter().position(|l| l.session_id == session_id) {
             let old = sockets.swap_remove(i);
             old.reg.control.close(CloseReason::Replaced);

@@ -27,7 +27,30 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "  bare WebSocket round trip (baseline)   {}",
         bare.summary()
     );
+    // One watcher per job, then the configuration every peer is measured
+    // with: ten watchers a job (the same sockets over a tenth of the jobs,
+    // the same POSTs, ten times the pushes).
+    for watchers in [1, 10] {
+        let mut lat = configuration(args, clients, watchers, per_sec, secs).await?;
+        println!(
+            "  ratio to the bare round trip: p50 {:.1}x, p99 {:.1}x",
+            lat.percentile(50.0).as_secs_f64() / bare.percentile(50.0).as_secs_f64(),
+            lat.percentile(99.0).as_secs_f64() / bare.percentile(99.0).as_secs_f64()
+        );
+    }
+    Ok(())
+}
 
+/// `clients` sockets, `watchers` to a job, `per_sec` POSTs a second in all
+/// for `secs` seconds, against a server of its own; prints the figures and
+/// returns the POST-to-receipt latencies.
+async fn configuration(
+    args: &BenchArgs,
+    clients: usize,
+    watchers: usize,
+    per_sec: usize,
+    secs: usize,
+) -> anyhow::Result<Latencies> {
     // The server runs as its own process, so its threads do not share a
     // runtime with the 1,000 readers and the driver.
     let dir = tempfile::tempdir()?;
@@ -39,8 +62,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let mut jobs = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    let job_count = clients / watchers;
+    let mut jobs = Vec::with_capacity(job_count);
+    for _ in 0..job_count {
         jobs.push(create_job(&http, &addr, &service).await?);
     }
 
@@ -48,16 +72,21 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let latencies = Arc::new(Mutex::new(Latencies::default()));
     let received = Arc::new(AtomicU64::new(0));
     let disorder = Arc::new(AtomicU64::new(0));
+    let duplicates = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
-    for job in &jobs {
+    for job in jobs.iter().flat_map(|j| std::iter::repeat_n(j, watchers)) {
         let url = format!(
             "ws://{addr}/ws/progress?jobId={job}&token={}",
             tokens.client(*job)
         );
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
         ws.next().await; // connected
-        let (latencies, received, disorder) =
-            (latencies.clone(), received.clone(), disorder.clone());
+        let (latencies, received, disorder, duplicates) = (
+            latencies.clone(),
+            received.clone(),
+            disorder.clone(),
+            duplicates.clone(),
+        );
         readers.push(tokio::spawn(async move {
             let mut last = 0i64;
             while let Some(Ok(msg)) = ws.next().await {
@@ -69,10 +98,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 let (Some(seq), Some(sent)) = (v["seq"].as_i64(), v["data"]["t"].as_u64()) else {
                     continue;
                 };
-                if seq <= last {
+                if seq == last {
+                    duplicates.fetch_add(1, Ordering::Relaxed);
+                } else if seq < last {
                     disorder.fetch_add(1, Ordering::Relaxed);
                 }
-                last = seq;
+                last = last.max(seq);
                 let latency = at.saturating_sub(Duration::from_nanos(sent));
                 latencies
                     .lock()
@@ -86,13 +117,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // The driver: one POST every 1/per_sec seconds, each on its own task so a
     // slow answer does not delay the schedule.
     let total = per_sec * secs;
+    let expected = (total * watchers) as u64;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let failures = Arc::new(AtomicU64::new(0));
     let mut posts = Vec::with_capacity(total);
     for i in 0..total {
         tick.tick().await;
-        let url = format!("http://{addr}/v1/jobs/{}/events", jobs[i % clients]);
+        let url = format!("http://{addr}/v1/jobs/{}/events", jobs[i % job_count]);
         let (http, token, failures) = (http.clone(), service.clone(), failures.clone());
         posts.push(tokio::spawn(async move {
             let t = base.elapsed().as_nanos() as u64;
@@ -113,7 +145,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         p.await?;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while received.load(Ordering::Relaxed) < total as u64 && Instant::now() < deadline {
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for r in &readers {
@@ -122,22 +154,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let got = received.load(Ordering::Relaxed);
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
     println!(
-        "  {clients} sockets, {per_sec} POSTs/s for {secs} s, POST to receipt  {}",
+        "  {clients} sockets, {watchers} per job, {per_sec} POSTs/s for {secs} s, POST to receipt  {}",
         lat.summary()
     );
     println!(
-        "  ratio to the bare round trip: p50 {:.1}x, p99 {:.1}x",
-        lat.percentile(50.0).as_secs_f64() / bare.percentile(50.0).as_secs_f64(),
-        lat.percentile(99.0).as_secs_f64() / bare.percentile(99.0).as_secs_f64()
-    );
-    println!(
-        "  posted {total}, failed {}, received {got}, lost {}, out of order {}",
+        "  {watchers} per job: posted {total}, failed {}, received {got}, lost {}, out of order {}, duplicates {}",
         failures.load(Ordering::Relaxed),
-        (total as u64).saturating_sub(got),
-        disorder.load(Ordering::Relaxed)
+        expected.saturating_sub(got),
+        disorder.load(Ordering::Relaxed),
+        duplicates.load(Ordering::Relaxed)
     );
     drop(server);
-    Ok(())
+    Ok(lat)
 }
 
 /// Round trips of a 150-byte text message through a bare tokio-tungstenite

@@ -126,7 +126,46 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     held.iter().for_each(|h| h.abort());
     drop(server);
+
+    // Ten watchers a job: the same number of sockets over a tenth of the jobs.
+    let watched = watchers_per_socket(args, n, 10).await?;
+    println!(
+        "  rejoin, {n} sockets, 10 per job           {watched:>8.2} KiB/connection   {:.2}x the 1:1 figure",
+        watched / per
+    );
     Ok(())
+}
+
+/// Server memory per socket with `n` sockets, `watchers` to a job, on a
+/// server of its own.
+async fn watchers_per_socket(args: &BenchArgs, n: usize, watchers: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let db = super::database(args, dir.path(), "idle_watchers").await?;
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let (server, addr) = spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &[])).await?;
+    let pid = server.id().unwrap_or_default();
+    let tokens = Tokens::new(&secret);
+    let http = reqwest::Client::new();
+    let mut jobs = Vec::with_capacity(n / watchers);
+    for _ in 0..n / watchers {
+        jobs.push(create_job(&http, &addr, &tokens.service()).await?);
+    }
+    let before = rss_kib(pid)?;
+    let mut held = Vec::with_capacity(n);
+    for job in jobs.iter().flat_map(|j| std::iter::repeat_n(j, watchers)) {
+        let url = format!(
+            "ws://{addr}/ws/progress?jobId={job}&token={}",
+            tokens.client(*job)
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        ws.next().await; // connected
+        held.push(hold(ws));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per = (rss_kib(pid)?.saturating_sub(before)) as f64 / n as f64;
+    held.iter().for_each(|h| h.abort());
+    drop(server);
+    Ok(per)
 }
 
 /// `rejoin-bench bare-server`: the baseline, a bare tokio-tungstenite server

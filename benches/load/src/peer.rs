@@ -103,7 +103,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for (i, kind) in [Kind::Rejoin, Kind::SocketIo].into_iter().enumerate() {
         let (n, per_sec, secs) = sizes.fanout;
         let mut server = Server::start(kind, &dir).await?;
-        let mut report = load(&mut server, n, per_sec, secs, None, false, sizes.settle).await?;
+        let mut report = load(&mut server, n, 1, per_sec, secs, None, false, sizes.settle).await?;
         let (p50, p99) = (
             report.latencies.percentile(50.0),
             report.latencies.percentile(99.0),
@@ -120,12 +120,40 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         put(&mut table, "fan-out delivered", i, report.delivered());
         server.stop().await;
 
+        // The configuration every peer is measured with: ten watchers a job.
+        let mut server = Server::start(kind, &dir).await?;
+        let mut report = load(&mut server, n, 10, per_sec, secs, None, false, sizes.settle).await?;
+        let (p50, p99) = (
+            report.latencies.percentile(50.0),
+            report.latencies.percentile(99.0),
+        );
+        println!(
+            "  {:<9} fan-out, 10 per job: {}",
+            kind.name(),
+            report.line()
+        );
+        println!("            POST to receipt {}", report.latencies.summary());
+        put(
+            &mut table,
+            &format!("fan-out {n} sockets, 10 per job, {per_sec}/s: p50 / p99"),
+            i,
+            format!("{} / {}", ms(p50), ms(p99)),
+        );
+        put(
+            &mut table,
+            "fan-out 10 per job delivered",
+            i,
+            report.delivered(),
+        );
+        server.stop().await;
+
         for mode in [DropKind::Reset, DropKind::Silent] {
             let (n, per_sec, secs) = sizes.drops;
             let mut server = Server::start(kind, &dir).await?;
             let report = load(
                 &mut server,
                 n,
+                1,
                 per_sec,
                 secs,
                 Some(mode),
@@ -144,7 +172,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
         let (n, per_sec, secs) = sizes.restart;
         let mut server = Server::start(kind, &dir).await?;
-        let report = load(&mut server, n, per_sec, secs, None, true, sizes.settle).await?;
+        let report = load(&mut server, n, 1, per_sec, secs, None, true, sizes.settle).await?;
         println!("  {:<9} restart: {}", kind.name(), report.line());
         put(
             &mut table,
@@ -575,20 +603,24 @@ impl Report {
     }
 }
 
-/// `n` clients on their own jobs, `per_sec` events POSTed in total for `secs`
-/// seconds; sockets dropped by `drops`, or the server restarted a third of the
-/// way in. Waits up to `settle` after the last POST for deliveries.
+/// `n` clients, `watchers` to a job, `per_sec` events POSTed in total for
+/// `secs` seconds; sockets dropped by `drops`, or the server restarted a
+/// third of the way in. Waits up to `settle` after the last POST for
+/// deliveries (every watcher must get every acknowledged event).
+#[allow(clippy::too_many_arguments)]
 async fn load(
     server: &mut Server,
     n: usize,
+    watchers: usize,
     per_sec: u64,
     secs: u64,
     drops: Option<DropKind>,
     restart: bool,
     settle: Duration,
 ) -> anyhow::Result<Report> {
-    let mut jobs = Vec::with_capacity(n);
-    for _ in 0..n {
+    let job_count = n / watchers;
+    let mut jobs = Vec::with_capacity(job_count);
+    for _ in 0..job_count {
         jobs.push(server.new_job().await?);
     }
     let base = Instant::now();
@@ -598,7 +630,13 @@ async fn load(
     let dropping = Arc::new(AtomicBool::new(drops.is_some()));
     let (done_tx, done) = tokio::sync::watch::channel(false);
     let mut clients = Vec::with_capacity(n);
-    for job in &jobs {
+    let mut client_jobs = Vec::with_capacity(n);
+    for (j, job) in jobs
+        .iter()
+        .enumerate()
+        .flat_map(|jj| std::iter::repeat_n(jj, watchers))
+    {
+        client_jobs.push(j);
         let mut client = server.client(*job);
         let mut ws = client.connect().await?;
         let (latencies, delivered, reconnects, dropping, mut done) = (
@@ -658,8 +696,8 @@ async fn load(
     let restart_after = total / 3;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut next_k = vec![0u64; n];
-    let acked = Arc::new(Mutex::new(vec![Vec::new(); n]));
+    let mut next_k = vec![0u64; job_count];
+    let acked = Arc::new(Mutex::new(vec![Vec::new(); job_count]));
     let failed = Arc::new(AtomicU64::new(0));
     let mut posts = Vec::with_capacity(total as usize);
     for i in 0..total {
@@ -667,7 +705,7 @@ async fn load(
             server.restart().await?;
         }
         tick.tick().await;
-        let j = (i % n as u64) as usize;
+        let j = (i % job_count as u64) as usize;
         next_k[j] += 1;
         let k = next_k[j];
         let request = server
@@ -690,7 +728,8 @@ async fn load(
     }
     dropping.store(false, Ordering::Relaxed);
     let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|p| p.into_inner()));
-    let acked_total: u64 = acked.iter().map(|a| a.len() as u64).sum();
+    // Each acknowledged event is due to every watcher of its job.
+    let acked_total: u64 = acked.iter().map(|a| a.len() as u64).sum::<u64>() * watchers as u64;
     let deadline = Instant::now() + settle;
     while delivered.load(Ordering::Relaxed) < acked_total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -704,9 +743,9 @@ async fn load(
         reconnects: reconnects.load(Ordering::Relaxed),
         latencies: std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner())),
     };
-    for (client, acked) in clients.into_iter().zip(&acked) {
+    for (client, j) in clients.into_iter().zip(client_jobs) {
         let (seen, duplicates) = client.await??;
-        report.delivered += acked.iter().filter(|k| seen.contains(k)).count() as u64;
+        report.delivered += acked[j].iter().filter(|k| seen.contains(k)).count() as u64;
         report.duplicates += duplicates;
     }
     Ok(report)
