@@ -315,21 +315,9 @@ async fn a_slow_watcher_is_closed_with_1013_while_a_fast_one_gets_every_event() 
     });
     // The slow one never reads: large events fill its socket's buffers and
     // then its send queue, and the server gives up on it alone.
-    let blob = "x".repeat(32 * 1024);
-    let mut posted = Vec::new();
-    for i in 0..4000 {
-        let res = app
-            .post_event(
-                job,
-                json!({"type": "progress", "progress": (i % 100) as f64, "data": {"blob": blob}}),
-            )
-            .await;
-        assert_eq!(res.status(), 201);
-        posted.push(res.json::<Value>().await.unwrap()["seq"].as_i64().unwrap());
-        if app.get_job(job).await["counts"]["disconnects"] == 1 {
-            break;
-        }
-    }
+    let posted = app
+        .post_large_until(job, |s| s["counts"]["disconnects"] == 1)
+        .await;
     let _ = done_tx.send(*posted.last().unwrap());
     let (seen, _fast) = reader.await.unwrap();
     assert_eq!(seen, posted, "every event, in order, once");

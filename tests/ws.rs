@@ -399,21 +399,9 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_resumes_with_nothing_
 
     // The client stops reading; the server keeps appending large events until
     // socket buffers and the send queue fill and the server gives up on it.
-    let blob = "x".repeat(32 * 1024);
-    let mut posted = Vec::new();
-    for i in 0..4000 {
-        let res = app
-            .post_event(
-                job,
-                json!({"type": "progress", "progress": (i % 100) as f64, "data": {"blob": blob}}),
-            )
-            .await;
-        assert_eq!(res.status(), 201);
-        posted.push(res.json::<Value>().await.unwrap()["seq"].as_i64().unwrap());
-        if app.get_job(job).await["session"]["state"] == "grace" {
-            break;
-        }
-    }
+    let posted = app
+        .post_large_until(job, |s| s["session"]["state"] == "grace")
+        .await;
     let state = app
         .wait_for_job(job, "the slow client's close", |s| {
             s["session"]["state"] == "grace"

@@ -75,12 +75,7 @@ async fn configuration(
     let duplicates = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for job in jobs.iter().flat_map(|j| std::iter::repeat_n(j, watchers)) {
-        let url = format!(
-            "ws://{addr}/ws/progress?jobId={job}&token={}",
-            tokens.client(*job)
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-        ws.next().await; // connected
+        let mut ws = super::open_socket(&addr, &tokens, *job).await?;
         let (latencies, received, disorder, duplicates) = (
             latencies.clone(),
             received.clone(),

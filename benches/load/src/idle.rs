@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::{create_job, rate, rss_kib, serve_args, spawn_rejoin, Tokens, Ws};
+use super::{create_job, open_socket, rate, rss_kib, serve_args, spawn_rejoin, Tokens, Ws};
 use crate::BenchArgs;
 
 /// Holds `sockets` open, answering pings, until the returned tasks are aborted.
@@ -67,13 +67,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut held = Vec::with_capacity(n);
     for job in &jobs[..n] {
-        let url = format!(
-            "ws://{addr}/ws/progress?jobId={job}&token={}",
-            tokens.client(*job)
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-        ws.next().await; // connected
-        held.push(hold(ws));
+        held.push(hold(open_socket(&addr, &tokens, *job).await?));
     }
     let opened = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -153,13 +147,7 @@ async fn watchers_per_socket(args: &BenchArgs, n: usize, watchers: usize) -> any
     let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(n);
     for job in jobs.iter().flat_map(|j| std::iter::repeat_n(j, watchers)) {
-        let url = format!(
-            "ws://{addr}/ws/progress?jobId={job}&token={}",
-            tokens.client(*job)
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-        ws.next().await; // connected
-        held.push(hold(ws));
+        held.push(hold(open_socket(&addr, &tokens, *job).await?));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per = (rss_kib(pid)?.saturating_sub(before)) as f64 / n as f64;

@@ -201,6 +201,18 @@ impl BenchServer {
     }
 }
 
+/// Opens a client socket on `job` at `addr` and reads its first message
+/// (`connected`).
+pub async fn open_socket(addr: &str, tokens: &Tokens, job: Uuid) -> anyhow::Result<Ws> {
+    let url = format!(
+        "ws://{addr}/ws/progress?jobId={job}&token={}",
+        tokens.client(job)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    first_message(&mut ws).await?;
+    Ok(ws)
+}
+
 /// Creates a job on the server at `addr` and returns its id.
 pub async fn create_job(http: &reqwest::Client, addr: &str, service: &str) -> anyhow::Result<Uuid> {
     rejoin_testkit::create_job_with(http, addr, service).await

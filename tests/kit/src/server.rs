@@ -237,6 +237,25 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Posts 32 KiB progress events to `job` (at most 4,000) until `done`
+    /// holds for the job's state, checked after each: what it takes to fill
+    /// a socket that does not read. Returns the seqs posted.
+    pub async fn post_large_until(&self, job: Uuid, done: impl Fn(&Value) -> bool) -> Vec<i64> {
+        let blob = "x".repeat(32 * 1024);
+        let mut posted = Vec::new();
+        for i in 0..4000 {
+            let event =
+                json!({"type": "progress", "progress": (i % 100) as f64, "data": {"blob": blob}});
+            let res = self.post_event(job, event).await;
+            assert_eq!(res.status(), 201);
+            posted.push(res.json::<Value>().await.unwrap()["seq"].as_i64().unwrap());
+            if done(&self.get_job(job).await) {
+                break;
+            }
+        }
+        posted
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         let res = self.http.get(self.url("/metrics")).send().await.unwrap();
