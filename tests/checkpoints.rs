@@ -302,3 +302,39 @@ async fn after_a_crash_a_start_folds_only_what_follows_the_last_checkpoint() {
     assert_eq!(state["progress"], 34.0);
     server.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn operators_write_list_and_delete_checkpoints_with_the_cli() {
+    let mut app = spawn_with(&[]).await;
+    let running = app.create_job().await;
+    app.progress(running, 10.0).await;
+    finished_job(&app, "k").await;
+    app.stop().await;
+    let cli = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(common::BIN);
+        cmd.arg("checkpoint")
+            .args(args)
+            .args(["--database-url", &app.database_url]);
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    cli(&["--delete"]).await;
+    assert_eq!(cli(&["--list"]).await.trim(), "no checkpoints");
+    let written = cli(&[]).await;
+    assert!(written.contains(": 1 live jobs"), "{written}");
+    let listed = cli(&["--list"]).await;
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("1 jobs in 1 parts"), "{listed}");
+    // The next start uses it and folds nothing.
+    let app = restart_after(&mut app, &[]).await;
+    assert!(app.engine.startup().checkpoint.is_some());
+    assert_eq!(app.engine.startup().folded, 0);
+    assert_eq!(app.get_job(running).await["lastSeq"], 2);
+}
