@@ -29,7 +29,8 @@ pub fn serve_args(listen: &str, db: &str, secret: &str, extra: &[&str]) -> Vec<S
 }
 
 /// Starts a server process that prints `… http://ADDR` as its first line, and
-/// returns it with that address.
+/// returns it with that address, however long its start takes (a server
+/// folding a large log prints it only once it is ready).
 pub async fn spawn_announcing(
     mut command: tokio::process::Command,
 ) -> anyhow::Result<(tokio::process::Child, String)> {
@@ -39,19 +40,23 @@ pub async fn spawn_announcing(
         .kill_on_drop(true)
         .spawn()?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let line = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .map_err(|_| anyhow::anyhow!("the process printed no address in time"))??
+    let line = lines
+        .next_line()
+        .await?
         .ok_or_else(|| anyhow::anyhow!("the process printed no address"))?;
     let addr = line.rsplit("http://").next().unwrap_or_default().to_owned();
     Ok((child, addr))
 }
 
 /// Starts `cmd` (a `rejoin serve --listen 127.0.0.1:0 …`), its logs
-/// discarded, and waits for the address it prints first.
+/// discarded, and waits (at most [`PATIENCE`]) for the address it prints
+/// first.
 pub async fn start_binary(mut cmd: tokio::process::Command) -> (tokio::process::Child, SocketAddr) {
     cmd.stderr(std::process::Stdio::null());
-    let (child, addr) = spawn_announcing(cmd).await.expect("the server starts");
+    let (child, addr) = tokio::time::timeout(PATIENCE, spawn_announcing(cmd))
+        .await
+        .expect("the server starts in time")
+        .expect("the server starts");
     (child, addr.parse().expect("an address"))
 }
 
