@@ -2,22 +2,15 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use crate::config::HistoryArgs;
-use crate::domain::history::{Entry, History, HistoryBuilder};
+use crate::domain::history::{Entry, History};
 use crate::domain::JobState;
-use crate::log::for_each_job_event;
 
 pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_existing(&args.database.database_url).await?;
-    let mut state = JobState::genesis(args.job);
-    let mut builder = HistoryBuilder::default();
-    for_each_job_event(store.as_ref(), &args.job.to_string(), i64::MAX, |e| {
-        state.apply(&e);
-        builder.apply(&e);
-    })
-    .await?;
+    let found = crate::engine::history(store.as_ref(), args.job, chrono::Utc::now()).await?;
     store.close().await;
-    anyhow::ensure!(state.exists(), "no job {} in this log", args.job);
-    let history = builder.finish(chrono::Utc::now());
+    let (state, history) =
+        found.ok_or_else(|| anyhow::anyhow!("no job {} in this log", args.job))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&history)?);
     } else {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::domain::close;
 use crate::domain::decide::{Attach, AttachPlan};
+use crate::domain::history::{History, HistoryBuilder};
 use crate::domain::{
     Command, DomainError, Event, EventBody, JobId, JobState, SessionId, SessionPhase,
 };
@@ -481,18 +482,10 @@ impl Engine {
         self.inner.head.clone()
     }
 
-    /// The job's connection history as of now, folded from its events.
-    pub async fn history(
-        &self,
-        job_id: JobId,
-    ) -> Result<crate::domain::history::History, StoreError> {
-        let mut builder = crate::domain::history::HistoryBuilder::default();
-        let id = job_id.to_string();
-        for_each_job_event(self.inner.store.as_ref(), &id, i64::MAX, |e| {
-            builder.apply(&e)
-        })
-        .await?;
-        Ok(builder.finish(self.inner.clock.now()))
+    /// The job's state and connection history as of now, folded from its
+    /// events in one read of the log; `None` for an unknown job.
+    pub async fn history(&self, job_id: JobId) -> Result<Option<(JobState, History)>, StoreError> {
+        history(self.inner.store.as_ref(), job_id, self.inner.clock.now()).await
     }
 
     /// Drops the job's live sockets without a close frame, as a network
@@ -541,11 +534,6 @@ impl Engine {
                 Err(e)
             }
         }
-    }
-
-    /// The seq of the job's last event, if the job exists.
-    pub async fn head_seq(&self, job_id: JobId) -> Result<Option<i64>, StoreError> {
-        Ok(self.job(job_id).await?.map(|j| j.head_seq))
     }
 
     pub async fn job_exists(&self, job_id: JobId) -> Result<bool, StoreError> {
@@ -677,6 +665,23 @@ impl Engine {
     pub fn stats(&self) -> &WriterStats {
         &self.inner.stats
     }
+}
+
+/// A job's state and connection history as of `now`, from one read of its
+/// events (by index); `None` when the job does not exist.
+pub async fn history(
+    store: &dyn LogStore,
+    job_id: JobId,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<(JobState, History)>, StoreError> {
+    let mut state = JobState::genesis(job_id);
+    let mut builder = HistoryBuilder::default();
+    for_each_job_event(store, &job_id.to_string(), i64::MAX, |e| {
+        state.apply(&e);
+        builder.apply(&e);
+    })
+    .await?;
+    Ok(state.exists().then(|| (state, builder.finish(now))))
 }
 
 /// Sessions waiting in a grace window (the scheduler's first deadlines), and,

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::checkpoint;
 use super::jobs::{load_job, JobTable, Logged};
-use crate::domain::{EventBody, JobId};
+use crate::domain::{Event, EventBody, JobId};
 use crate::log::{for_each_event, CheckpointHeader, LogStore, StoreError};
 
 /// What start-up rebuilt.
@@ -31,13 +31,18 @@ pub struct Recovered {
     pub ignored: Vec<String>,
 }
 
-/// Whether an event of a job this server does not hold makes it live again,
-/// so the job must be read back: a socket opened or a grace window began.
-pub fn makes_live(body: &EventBody) -> bool {
-    matches!(
-        body,
-        EventBody::Connected(_) | EventBody::Reconnected(_) | EventBody::Disconnected(_)
-    )
+/// Whether applying `event` left its job to be read back from the log whole:
+/// a held job that lacks events before it, or a job not held that the event
+/// makes live again (a socket opened, a grace window began).
+pub fn needs_reload(logged: Logged, event: &Event) -> bool {
+    match logged {
+        Logged::Behind => true,
+        Logged::Unheld => matches!(
+            event.body,
+            EventBody::Connected(_) | EventBody::Reconnected(_) | EventBody::Disconnected(_)
+        ),
+        Logged::Applied | Logged::Known => false,
+    }
 }
 
 pub async fn recover(
@@ -73,15 +78,8 @@ pub async fn recover(
     for_each_event(store, from, |_, event| {
         position = event.position;
         folded += 1;
-        match table.apply_logged(&event) {
-            Logged::Unheld if makes_live(&event.body) => {
-                to_load.insert(event.job_id);
-            }
-            // Not expected on a log read in order; read the job back whole.
-            Logged::Behind => {
-                to_load.insert(event.job_id);
-            }
-            _ => {}
+        if needs_reload(table.apply_logged(&event), &event) {
+            to_load.insert(event.job_id);
         }
         Ok(())
     })

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoint::Snapshot;
 use super::hub::{CloseReason, Hub, Registration};
 use super::jobs::{load_job, Held, JobTable, Logged};
-use super::recover::makes_live;
+use super::recover::needs_reload;
 use super::scheduler::Deadline;
 use super::{Attached, EngineError, Outcome, WriterStats};
 use crate::clock::Clock;
@@ -201,15 +201,15 @@ impl Writer {
         if !due.due() {
             return;
         }
-        let snapshot = self.snapshot();
-        if due.policy.tx.try_send(snapshot).is_ok() {
+        if due
+            .policy
+            .tx
+            .try_send(snapshot(&self.jobs, &self.applied))
+            .is_ok()
+        {
             due.since_events = 0;
             due.last = Instant::now();
         }
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        snapshot(&self.jobs, &self.applied)
     }
 
     /// Decides, commits and answers one batch. On a shared log another node
@@ -464,16 +464,11 @@ impl Writer {
         {
             let mut table = self.table();
             for event in events {
-                match table.apply_logged(&event) {
-                    Logged::Applied => fresh.push(Arc::new(event)),
-                    Logged::Known => {}
-                    Logged::Behind => {
-                        behind.insert(event.job_id);
-                    }
-                    Logged::Unheld if makes_live(&event.body) => {
-                        behind.insert(event.job_id);
-                    }
-                    Logged::Unheld => {}
+                let logged = table.apply_logged(&event);
+                if needs_reload(logged, &event) {
+                    behind.insert(event.job_id);
+                } else if logged == Logged::Applied {
+                    fresh.push(Arc::new(event));
                 }
             }
         }

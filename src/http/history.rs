@@ -83,12 +83,11 @@ pub async fn history(
         ));
     }
     let offset = q.offset.unwrap_or(0);
-    let job = state
+    let (job, history) = state
         .engine
-        .job(job_id)
+        .history(job_id)
         .await?
         .ok_or_else(|| ApiError::NotFound("job not found".into()))?;
-    let history = state.engine.history(job_id).await?;
     let total_sessions = history.sessions.len();
     let end = offset.saturating_add(limit).min(total_sessions);
     let sessions = history

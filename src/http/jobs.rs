@@ -333,7 +333,7 @@ pub async fn get_job(
     let job = match query.as_of_seq {
         None => {
             caller.require_or_client_of(&[Role::Service, Role::Support], job_id)?;
-            state.engine.job(job_id).await?.map(|j| JobState::clone(&j))
+            state.engine.job(job_id).await?
         }
         Some(seq) => {
             caller.require(&[Role::Service, Role::Support])?;
@@ -343,20 +343,21 @@ pub async fn get_job(
                     "asOfSeq must be at least 1",
                 ));
             }
-            match state.engine.head_seq(job_id).await? {
-                Some(head) if seq > head => {
+            // One read of the log: the fold through `seq` stops short of
+            // it exactly when the job's last seq is below it.
+            match state.engine.job_as_of(job_id, seq).await? {
+                Some(job) if job.head_seq < seq => {
                     return Err(ApiError::bad_request(
                         "invalid_query",
-                        format!("asOfSeq {seq} is past the job's last seq {head}"),
+                        format!("asOfSeq {seq} is past the job's last seq {}", job.head_seq),
                     ))
                 }
-                Some(_) => state.engine.job_as_of(job_id, seq).await?,
-                None => None,
+                other => other.map(std::sync::Arc::new),
             }
         }
     };
     let job = job.ok_or_else(|| ApiError::NotFound("job not found".into()))?;
-    Ok(Json(JobView::from(&job)))
+    Ok(Json(JobView::from(job.as_ref())))
 }
 
 /// A job's state as the API shows it.

@@ -212,7 +212,10 @@ async fn upgrade(
 
 /// Records a refused attempt on a known job, within the rate limit.
 async fn reject(state: &AppState, job_id: JobId, reconnect: bool, err: &ApiError) {
-    if !matches!(state.engine.job_exists(job_id).await, Ok(true)) {
+    // A 404 means `check` already read the job and found none: no second read.
+    if matches!(err, ApiError::NotFound(_))
+        || !matches!(state.engine.job_exists(job_id).await, Ok(true))
+    {
         return;
     }
     let code = err.code();
