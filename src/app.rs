@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authority;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Skewed, SystemClock};
 use crate::config::ServeArgs;
 use crate::engine::{Engine, EngineSettings, EngineTasks};
 use crate::http::rate::ConnectRate;
@@ -43,7 +43,11 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 impl Application {
     /// Builds the server on the system clock.
     pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
-        Self::build_with_clock(args, Arc::new(SystemClock)).await
+        let clock: Arc<dyn Clock> = match args.clock_skew_ms {
+            0 => Arc::new(SystemClock),
+            ms => Arc::new(Skewed(chrono::Duration::milliseconds(ms))),
+        };
+        Self::build_with_clock(args, clock).await
     }
 
     pub async fn build_with_clock(args: ServeArgs, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {

@@ -19,3 +19,77 @@ impl Clock for SystemClock {
         to_log_precision(Utc::now())
     }
 }
+
+/// A clock kept on another clock's time: the node's own clock plus the
+/// offset last measured against it. On a shared log this is the database
+/// server's clock, measured at every lease renewal (see
+/// docs/ARCHITECTURE.md, "One clock"), so that every node writes and
+/// compares deadlines on the same time.
+pub struct Corrected {
+    local: std::sync::Arc<dyn Clock>,
+    /// Microseconds to add to the local clock.
+    offset_us: std::sync::atomic::AtomicI64,
+}
+
+impl Corrected {
+    pub fn new(local: std::sync::Arc<dyn Clock>) -> Self {
+        Corrected {
+            local,
+            offset_us: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    /// The local clock read `before` and `after` a request that read `remote`
+    /// in between: the remote clock is taken to have been read half-way.
+    pub fn observe(&self, before: DateTime<Utc>, remote: DateTime<Utc>, after: DateTime<Utc>) {
+        let midpoint = before + (after - before) / 2;
+        let offset = (remote - midpoint).num_microseconds().unwrap_or(0);
+        self.offset_us
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The offset now applied.
+    pub fn offset(&self) -> chrono::Duration {
+        chrono::Duration::microseconds(self.offset_us.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The uncorrected local clock.
+    pub fn local(&self) -> DateTime<Utc> {
+        self.local.now()
+    }
+}
+
+impl Clock for Corrected {
+    fn now(&self) -> DateTime<Utc> {
+        to_log_precision(self.local.now() + self.offset())
+    }
+}
+
+/// The system clock off by a fixed amount: a node with a skewed clock, for
+/// tests (`rejoin serve --clock-skew-ms`, hidden).
+#[derive(Clone, Copy, Debug)]
+pub struct Skewed(pub chrono::Duration);
+
+impl Clock for Skewed {
+    fn now(&self) -> DateTime<Utc> {
+        to_log_precision(Utc::now() + self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrected_clock_reads_the_remote_clock_measured_half_way() {
+        let local = Skewed(chrono::Duration::seconds(30));
+        let clock = Corrected::new(std::sync::Arc::new(local));
+        let before = clock.local();
+        let after = before + chrono::Duration::milliseconds(10);
+        let remote = before - chrono::Duration::seconds(30) + chrono::Duration::milliseconds(5);
+        clock.observe(before, remote, after);
+        assert_eq!(clock.offset(), chrono::Duration::seconds(-30));
+        let off = (clock.now() - Utc::now()).num_milliseconds().abs();
+        assert!(off < 1000, "corrected clock is {off} ms off");
+    }
+}

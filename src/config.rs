@@ -134,8 +134,11 @@ pub struct ServeArgs {
     pub connect_burst_per_ip: u32,
 
     /// On a PostgreSQL log shared by several nodes: seconds a node's lease
-    /// lasts without renewal. When a node's lease runs out (it died), another
-    /// node records its open sessions as disconnected (1012).
+    /// lasts without renewal (renewed four times per lease). A node that
+    /// cannot renew it in time (stalled, cut off from the database) closes
+    /// every socket it holds (1012) before another node records those
+    /// sessions as disconnected. Keep it well under --grace-secs, so that a
+    /// fenced client can still resume.
     #[arg(long, env = "REJOIN_NODE_LEASE_SECS", default_value_t = 10.0)]
     pub node_lease_secs: f64,
 
@@ -165,6 +168,11 @@ pub struct ServeArgs {
     /// see it lose events. Never set it anywhere else.
     #[arg(long, hide = true)]
     pub unsafe_ack_before_commit: bool,
+
+    /// Runs this node's clock this many milliseconds off the system clock:
+    /// a node with a skewed clock, for tests.
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    pub clock_skew_ms: i64,
 
     /// Demo mode: serve /demo, where anyone can start a simulated job and make
     /// the server drop its socket. Off by default; never for production.

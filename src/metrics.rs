@@ -61,6 +61,9 @@ pub struct Metrics {
     checkpoint_at_ms: AtomicI64,
     startup_folded: Gauge,
     lease_checks: Counter,
+    fenced: Counter,
+    lease_held: Gauge,
+    clock_offset: Gauge<f64, AtomicU64>,
     sessions: Family<SessionStateLabel, Gauge>,
     most_watchers: Gauge,
 }
@@ -78,6 +81,10 @@ pub struct Snapshot {
     pub jobs: (usize, usize),
     /// Watchers: (connected, in grace, the most one job has).
     pub watchers: (usize, usize, usize),
+    /// Whether this node may serve sockets (holds its lease).
+    pub serving: bool,
+    /// On a shared log: the database's clock less this node's.
+    pub clock_offset: Option<chrono::Duration>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -110,6 +117,9 @@ impl Default for Metrics {
             checkpoint_at_ms: AtomicI64::new(0),
             startup_folded: Gauge::default(),
             lease_checks: Counter::default(),
+            fenced: Counter::default(),
+            lease_held: Gauge::default(),
+            clock_offset: Gauge::default(),
             sessions: Family::default(),
             most_watchers: Gauge::default(),
             registry: Registry::default(),
@@ -208,6 +218,21 @@ impl Default for Metrics {
             "rejoin_lease_checks",
             "On a shared log: rounds in which this node renewed its lease and looked for nodes whose leases ran out",
             m.lease_checks.clone(),
+        );
+        registry.register(
+            "rejoin_fenced",
+            "On a shared log: times this node lost its lease and closed every socket it held",
+            m.fenced.clone(),
+        );
+        registry.register(
+            "rejoin_lease_held",
+            "1 while this node may serve sockets: always on a log of one; on a shared log, while it holds its lease",
+            m.lease_held.clone(),
+        );
+        registry.register(
+            "rejoin_clock_offset_seconds",
+            "On a shared log: the database's clock less this node's, as last measured (deadlines are on the database's)",
+            m.clock_offset.clone(),
         );
         registry.register(
             "rejoin_sessions",
@@ -311,6 +336,11 @@ impl Metrics {
         self.lease_checks.inc();
     }
 
+    /// This node fenced itself.
+    pub fn observe_fenced(&self) {
+        self.fenced.inc();
+    }
+
     pub fn observe_startup(&self, folded: u64) {
         self.startup_folded.set(folded as i64);
     }
@@ -322,7 +352,14 @@ impl Metrics {
             connections,
             jobs: (live, cached),
             watchers: (connected, grace, most),
+            serving,
+            clock_offset,
         } = now_state;
+        self.lease_held.set(i64::from(serving));
+        if let Some(offset) = clock_offset {
+            self.clock_offset
+                .set(offset.num_microseconds().unwrap_or(0) as f64 / 1e6);
+        }
         self.connections.set(connections as i64);
         for (state, n) in [("connected", connected), ("grace", grace)] {
             self.sessions

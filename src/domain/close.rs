@@ -23,6 +23,12 @@ pub const LOG_UNAVAILABLE: &str = "event log unavailable";
 pub const DROPPED: &str = "dropped by the server (demo)";
 pub const SERVER_RESTART: &str = "server restart";
 pub const REPLACED: &str = "Client reconnecting";
+/// The node lost its lease on the shared log (or the log shows the session
+/// lost): the client reconnects, to any node, and resumes from the log.
+pub const FENCED: &str = "server lost its lease; reconnect";
+/// A close that could not be recorded when it happened (the log was
+/// unavailable), recorded once it was back.
+pub const UNRECORDED: &str = "closed while the log was unavailable";
 
 /// Every close frame the server sends, as (code, reason).
 pub const SENT: &[(u16, &str)] = &[
@@ -33,6 +39,7 @@ pub const SENT: &[(u16, &str)] = &[
     (TOO_BIG, TOO_BIG_REASON),
     (INTERNAL_ERROR, LOG_UNAVAILABLE),
     (TRY_AGAIN_LATER, SEND_QUEUE_FULL),
+    (SERVICE_RESTART, FENCED),
 ];
 
 /// Closes the server records but cannot send: the connection is gone.
@@ -41,4 +48,5 @@ pub const RECORDED_ONLY: &[(u16, &str)] = &[
     (ABNORMAL, HEARTBEAT_TIMEOUT),
     (ABNORMAL, DROPPED),
     (SERVICE_RESTART, SERVER_RESTART),
+    (ABNORMAL, UNRECORDED),
 ];

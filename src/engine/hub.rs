@@ -1,6 +1,10 @@
 //! The live sockets, one per watcher of a job, and the fan-out of committed
 //! job events to them. Only the writer registers sockets and publishes, after a commit, so a
 //! socket sees exactly the events committed after its snapshot.
+//!
+//! Nothing is delivered while this node does not hold its lease (the whole
+//! hub is fenced instead), nor to a session the log no longer shows
+//! connected on this node (its socket is closed instead).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -8,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::lease::Lease;
 use crate::domain::{Event, JobId, SessionId};
 
 /// Why the server closes a socket from outside its task.
@@ -21,6 +26,9 @@ pub enum CloseReason {
     Shutdown,
     /// Dropped on purpose without a close frame (the demo's "drop" button).
     Dropped,
+    /// This node lost its lease, or the log shows the session lost: the
+    /// client is to reconnect (to any node) and resume from the log.
+    Fenced,
 }
 
 /// The handle the server holds on one socket's task.
@@ -66,19 +74,32 @@ struct Live {
 }
 
 /// Every job's live sockets: one per watcher that has one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     live: Mutex<HashMap<JobId, Vec<Live>>>,
+    lease: Arc<Lease>,
 }
 
 impl Hub {
+    pub fn new(lease: Arc<Lease>) -> Self {
+        Hub {
+            live: Mutex::default(),
+            lease,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Vec<Live>>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes `reg` the live socket of its session; the session's previous
     /// socket, if any, is told to close. Other sessions are not touched.
+    /// A node without its lease takes no socket: it is closed at once.
     pub fn register(&self, job: JobId, session_id: SessionId, socket: u32, reg: Registration) {
+        if !self.lease.holds() {
+            reg.control.close(CloseReason::Fenced);
+            return;
+        }
         let mut live = self.lock();
         // Most jobs have one socket: room for exactly as many as they have.
         let sockets = live.entry(job).or_insert_with(|| Vec::with_capacity(1));
@@ -105,26 +126,56 @@ impl Hub {
         }
     }
 
-    /// Queues a committed job event for each of the job's live sockets,
-    /// each at its own pace: a socket whose queue is full is closed (1013)
-    /// and dropped (it resumes from its lastSeq); the others are not held up.
-    pub fn publish(&self, event: &Arc<Event>) {
+    /// Queues a committed job event for each of the job's live sockets whose
+    /// session `owned` says the log shows connected on this node, each at
+    /// its own pace: a socket whose queue is full is closed (1013) and
+    /// dropped (it resumes from its lastSeq); the others are not held up. A
+    /// socket whose session is not owned any more is closed (fenced).
+    pub fn publish(&self, event: &Arc<Event>, owned: &[SessionId]) {
+        if !self.lease.holds() {
+            self.close_every(CloseReason::Fenced);
+            return;
+        }
         let mut live = self.lock();
         let Some(sockets) = live.get_mut(&event.job_id) else {
             return;
         };
-        sockets.retain(|l| match l.reg.tx.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(e) => {
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                    l.reg.control.close(CloseReason::SlowConsumer);
+        sockets.retain(|l| {
+            if !owned.contains(&l.session_id) {
+                l.reg.control.close(CloseReason::Fenced);
+                return false;
+            }
+            match l.reg.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(e) => {
+                    if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                        l.reg.control.close(CloseReason::SlowConsumer);
+                    }
+                    false
                 }
-                false
             }
         });
         if sockets.is_empty() {
             live.remove(&event.job_id);
         }
+    }
+
+    /// Whether the session has a live socket here.
+    pub fn holds(&self, job: JobId, session_id: SessionId) -> bool {
+        self.lock()
+            .get(&job)
+            .is_some_and(|sockets| sockets.iter().any(|l| l.session_id == session_id))
+    }
+
+    /// Closes every socket of every job (the node fenced itself).
+    pub fn close_every(&self, reason: CloseReason) -> usize {
+        let all = std::mem::take(&mut *self.lock());
+        let mut closed = 0;
+        for l in all.into_values().flatten() {
+            l.reg.control.close(reason);
+            closed += 1;
+        }
+        closed
     }
 
     /// Closes the live socket of one session of the job, if it has one.

@@ -1,30 +1,36 @@
 //! Several nodes on one shared log: the follower that reads what other
-//! nodes append (for the writer to absorb), and the lease each node keeps,
-//! by which the others find a node that died with sockets open.
+//! nodes append (for the writer to absorb), and the lease each node keeps:
+//! by it the others find a node that died or stalled with sockets open, and
+//! a node that lost it stops speaking for its sessions (see `lease.rs`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::lease::Lease;
 use super::{writer, Engine};
+use crate::clock::Corrected;
 use crate::domain::{JobId, SessionId, SessionPhase};
 use crate::log::{LogStore, Pages};
 
-/// On a shared log, this process becomes a node: a fresh id whose lease is
-/// taken before any socket can name it. `None` on a log of one.
-pub(super) async fn join(
+/// Takes a new lease under a fresh node id, and sets the node's clock to
+/// the database's (measured around the request). Returns the id.
+pub(super) async fn take(
     store: &dyn LogStore,
-    lease: Duration,
-) -> Result<Option<String>, crate::log::StoreError> {
-    if !store.shared() {
-        return Ok(None);
-    }
-    let id = uuid::Uuid::new_v4().to_string();
-    store.renew_lease(&id, lease).await?;
-    tracing::info!(node = %id, "joined the shared log");
-    Ok(Some(id))
+    lease: &Lease,
+    clock: &Corrected,
+    ttl: Duration,
+) -> Result<Arc<str>, crate::log::StoreError> {
+    let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+    let sent = Instant::now();
+    let before = clock.local();
+    let db_now = store.take_lease(&id, ttl).await?;
+    clock.observe(before, db_now, clock.local());
+    lease.granted(id.clone(), sent, ttl);
+    Ok(id)
 }
 
 /// How often a follower reads the log when no notification came.
@@ -95,28 +101,66 @@ pub(super) async fn follow(
     }
 }
 
-/// On a shared log: renews this node's lease four times per lease, and
-/// records as disconnected (1012) the sessions held by nodes whose leases ran
-/// out: a node that died with sockets open. Every node does this; each
-/// session's record is decided against the log, so it is written once.
+/// On a shared log: keeps this node's lease and acts on what it shows.
+///
+/// - Renews the lease four times per lease period, measuring the database's
+///   clock each time. A renewal the database refuses (the lease ran out), or
+///   no renewal before the lease's deadline on the monotonic clock, fences
+///   the node: it closes every socket it holds (1012) and retires its id.
+///   It then takes a new lease, under a new id, as soon as the database
+///   answers.
+/// - While it holds its lease, records as disconnected (1012) the sessions
+///   held by nodes whose leases ran out (a node that died, stalled or was cut
+///   off with sockets open), and the sessions of its own that the log shows
+///   connected with no socket here for two rounds running (their close could
+///   not be recorded while the log was unavailable). Each is decided against
+///   the log, so it is written once whichever node gets there.
+///
 /// Gives the lease up at shutdown.
 pub(super) async fn keep_lease(
     engine: Engine,
-    node: String,
-    lease: Duration,
+    clock: Arc<Corrected>,
+    ttl: Duration,
     shutdown: CancellationToken,
 ) {
     let store = engine.store().clone();
-    let mut tick = tokio::time::interval(lease / 4);
+    let lease = engine.lease().clone();
+    let mut tick = tokio::time::interval(ttl / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut suspects = HashSet::new();
     loop {
+        let deadline = lease.deadline();
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
+            _ = async { tokio::time::sleep_until(deadline?.into()).await; Some(()) }, if deadline.is_some() => {
+                engine.fence("its lease was not renewed before it ran out");
+                continue;
+            }
             _ = tick.tick() => {}
         }
-        if let Err(e) = store.renew_lease(&node, lease).await {
-            tracing::warn!(error = %e, "cannot renew this node's lease");
+        let Some(id) = lease.held_id().filter(|_| lease.holds()) else {
+            match take(store.as_ref(), &lease, &clock, ttl).await {
+                Ok(id) => tracing::info!(node = %id, "took a new lease on the shared log"),
+                Err(e) => tracing::warn!(error = %e, "cannot take a lease on the shared log"),
+            }
             continue;
+        };
+        let sent = Instant::now();
+        let before = clock.local();
+        match store.renew_lease(&id, ttl).await {
+            Ok(Some(db_now)) => {
+                clock.observe(before, db_now, clock.local());
+                lease.renewed(sent, ttl);
+            }
+            Ok(None) => {
+                engine.fence("the database says its lease ran out");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew this node's lease");
+                continue;
+            }
         }
         let live = match store.live_nodes().await {
             Ok(live) => live,
@@ -125,32 +169,72 @@ pub(super) async fn keep_lease(
                 continue;
             }
         };
-        let orphaned: Vec<(JobId, SessionId, u32)> = {
-            let table = engine.table();
-            table
-                .live()
-                .flat_map(|job| job.watchers.iter().map(move |s| (job.job_id, s)))
-                .filter_map(|(job_id, s)| {
-                    let held_by = s.node.as_deref()?;
-                    (s.phase == SessionPhase::Connected
-                        && held_by != node
-                        && !live.iter().any(|n| n == held_by))
-                    .then_some((job_id, s.session_id, s.sockets))
-                })
-                .collect()
-        };
-        if !orphaned.is_empty() {
+        if !lease.holds() {
+            continue;
+        }
+        let (lost, unrecorded) = lost_sessions(&engine, &id, &live, &mut suspects);
+        if !lost.is_empty() {
             tracing::warn!(
-                sessions = orphaned.len(),
+                sessions = lost.len(),
                 "recording sessions of nodes whose leases ran out as disconnected (1012)"
             );
         }
-        match engine.record_lost(orphaned).await {
+        if !unrecorded.is_empty() {
+            tracing::warn!(
+                sessions = unrecorded.len(),
+                "recording closes that could not be recorded when they happened"
+            );
+        }
+        let recorded = engine
+            .record_lost(lost)
+            .await
+            .and(engine.record_unrecorded(unrecorded).await);
+        match recorded {
             Ok(()) => engine.metrics().observe_lease_check(),
             Err(e) => tracing::warn!(error = %e, "cannot record a lost node's sessions"),
         }
     }
-    if let Err(e) = store.end_lease(&node).await {
-        tracing::warn!(error = %e, "cannot give up this node's lease");
+    if let Some(id) = lease.node() {
+        if let Err(e) = store.end_lease(&id).await {
+            tracing::warn!(error = %e, "cannot give up this node's lease");
+        }
     }
+}
+
+type SessionRef = (JobId, SessionId, u32);
+
+/// The sessions the log shows connected on nodes whose leases ran out; and
+/// those it shows connected on this node (`id`) without a socket here, both
+/// now and at the last round (`suspects`, updated): a socket attaching or
+/// closing right now is never taken for one.
+fn lost_sessions(
+    engine: &Engine,
+    id: &str,
+    live: &[String],
+    suspects: &mut HashSet<SessionRef>,
+) -> (Vec<SessionRef>, Vec<SessionRef>) {
+    let mut lost = Vec::new();
+    let mut orphans = HashSet::new();
+    {
+        let table = engine.table();
+        let connected = table
+            .live()
+            .flat_map(|job| job.watchers.iter().map(move |s| (job.job_id, s)))
+            .filter(|(_, s)| s.phase == SessionPhase::Connected);
+        for (job_id, s) in connected {
+            let Some(held_by) = s.node.as_deref() else {
+                continue;
+            };
+            let session = (job_id, s.session_id, s.sockets);
+            if held_by == id {
+                orphans.insert(session);
+            } else if !live.iter().any(|n| n == held_by) {
+                lost.push(session);
+            }
+        }
+    }
+    orphans.retain(|(job, session, _)| !engine.hub().holds(*job, *session));
+    let unrecorded = orphans.intersection(suspects).copied().collect();
+    *suspects = orphans;
+    (lost, unrecorded)
 }

@@ -8,6 +8,7 @@
 mod checkpoint;
 pub mod hub;
 pub mod jobs;
+pub mod lease;
 mod membership;
 pub mod recover;
 mod scheduler;
@@ -21,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Corrected};
 use crate::domain::close;
 use crate::domain::decide::{Attach, AttachPlan};
 use crate::domain::history::{History, HistoryBuilder};
@@ -33,8 +34,13 @@ use crate::metrics::Metrics;
 pub use checkpoint::{write as write_checkpoint, Snapshot};
 use hub::{Hub, Registration};
 use jobs::{load_job, JobTable};
+use lease::Lease;
 use scheduler::Deadline;
 use writer::{CheckpointPolicy, WriteRequest, Writer};
+
+/// Why a node without its lease refuses sockets.
+pub const NOT_SERVING: &str =
+    "this node does not hold its lease on the shared log; reconnect to another node or retry";
 
 /// A socket attached to a job: how to serve it.
 #[derive(Clone, Debug, PartialEq)]
@@ -154,8 +160,11 @@ struct Inner {
     grace: chrono::Duration,
     metrics: Arc<Metrics>,
     head: watch::Receiver<i64>,
-    /// This node's id, on a shared log.
-    node: Option<String>,
+    /// This node's lease on a shared log (always held on a log of one).
+    lease: Arc<Lease>,
+    /// On a shared log: the clock every node writes and compares deadlines
+    /// on, the database's (`clock` reads it too).
+    shared_clock: Option<Arc<Corrected>>,
     startup: Startup,
 }
 
@@ -222,10 +231,26 @@ impl Engine {
         let recovered =
             recover::recover(store.as_ref(), &epoch, settings.job_cache_entries).await?;
         let (waiting, orphaned) = sessions_to_resume(&recovered.table, store.shared());
-        // On a shared log this process is a node with a lease: taken before
-        // any socket can name it.
-        let node = membership::join(store.as_ref(), settings.node_lease).await?;
-        let (engine, wiring) = Engine::assemble(store, clock, &settings, epoch, recovered, node);
+        // On a shared log this process is a node with a lease, taken before
+        // any socket can name it, and its clock is the database's.
+        let (clock, shared_clock, lease) = if store.shared() {
+            let corrected = Arc::new(Corrected::new(clock));
+            let lease = Lease::shared();
+            let node =
+                membership::take(store.as_ref(), &lease, &corrected, settings.node_lease).await?;
+            tracing::info!(node = %node, offset_ms = corrected.offset().num_milliseconds(), "joined the shared log");
+            (corrected.clone() as Arc<dyn Clock>, Some(corrected), lease)
+        } else {
+            (clock, None, Lease::sole())
+        };
+        let (engine, wiring) = Engine::assemble(
+            store,
+            (clock, shared_clock),
+            &settings,
+            epoch,
+            recovered,
+            Arc::new(lease),
+        );
         let tasks = engine.spawn_tasks(wiring, waiting, &settings, shutdown);
         if !orphaned.is_empty() {
             tracing::warn!(
@@ -243,11 +268,11 @@ impl Engine {
     /// its tasks take.
     fn assemble(
         store: Arc<dyn LogStore>,
-        clock: Arc<dyn Clock>,
+        (clock, shared_clock): (Arc<dyn Clock>, Option<Arc<Corrected>>),
         settings: &EngineSettings,
         epoch: String,
         recovered: recover::Recovered,
-        node: Option<String>,
+        lease: Arc<Lease>,
     ) -> (Engine, Wiring) {
         let metrics = Arc::new(Metrics::default());
         metrics.observe_startup(recovered.folded);
@@ -275,11 +300,12 @@ impl Engine {
                 epoch,
                 clock,
                 stats,
-                hub: Arc::new(Hub::default()),
+                hub: Arc::new(Hub::new(lease.clone())),
                 grace: chrono::Duration::from_std(settings.grace).unwrap_or(chrono::Duration::MAX),
                 metrics,
                 head: head_rx,
-                node,
+                lease,
+                shared_clock,
                 startup,
             }),
         };
@@ -316,6 +342,7 @@ impl Engine {
             clock: inner.clock.clone(),
             stats: inner.stats.clone(),
             max_batch: settings.max_batch,
+            lease: inner.lease.clone(),
         };
         // On a shared log, a follower reads what other nodes append and the
         // writer absorbs it between its own batches.
@@ -345,15 +372,16 @@ impl Engine {
             scheduler::Expiry {
                 queue: inner.queue.clone(),
                 clock: inner.clock.clone(),
+                lease: inner.lease.clone(),
             },
             waiting,
             deadline_rx,
             shutdown.clone(),
         ));
-        let leases = inner.node.clone().map(|node| {
+        let leases = inner.shared_clock.clone().map(|clock| {
             tokio::spawn(membership::keep_lease(
                 self.clone(),
-                node,
+                clock,
                 settings.node_lease,
                 shutdown,
             ))
@@ -415,12 +443,17 @@ impl Engine {
     /// Attaches a socket: records the connect (and the replaced socket, or the
     /// expired session, before it) and, once committed, feeds `registration`
     /// with every later job event.
+    /// A node that does not hold its lease attaches nothing.
     pub async fn attach(
         &self,
         job_id: JobId,
-        attach: Attach,
+        mut attach: Attach,
         registration: Registration,
     ) -> Result<Attached, EngineError> {
+        if !self.serving() {
+            return Err(EngineError::Unavailable(NOT_SERVING.into()));
+        }
+        attach.node = self.inner.lease.node().map(|n| n.to_string());
         match self
             .inner
             .queue
@@ -649,9 +682,65 @@ impl Engine {
         recorded.into_iter().find(Result::is_err).unwrap_or(Ok(()))
     }
 
-    /// This node's id on a shared log; `None` on a log of one.
-    pub fn node(&self) -> Option<&str> {
-        self.inner.node.as_deref()
+    /// This node's id on a shared log while it holds its lease; `None` on
+    /// a log of one.
+    pub fn node(&self) -> Option<Arc<str>> {
+        self.inner.lease.node()
+    }
+
+    /// Whether this node may take sockets: always on a log of one; on a
+    /// shared log, while it holds its lease.
+    pub fn serving(&self) -> bool {
+        self.inner.lease.holds()
+    }
+
+    pub fn lease(&self) -> &Arc<Lease> {
+        &self.inner.lease
+    }
+
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// On a shared log: the database's clock less this node's, as last
+    /// measured.
+    pub fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.inner.shared_clock.as_ref().map(|c| c.offset())
+    }
+
+    /// Stops speaking for this node's sessions: retires its lease and
+    /// closes every socket it holds (1012, reconnect), so that no other node
+    /// acts on them while this one still does. The first call does it.
+    pub fn fence(&self, why: &str) {
+        if self.inner.lease.fence() {
+            let sockets = self.inner.hub.close_every(hub::CloseReason::Fenced);
+            self.inner.metrics.observe_fenced();
+            tracing::error!(
+                sockets,
+                "fenced: {why}; closing every socket and taking a new lease"
+            );
+        }
+    }
+
+    /// Records closes whose `disconnected` could not be written when they
+    /// happened (the log was unavailable): as 1006.
+    async fn record_unrecorded(
+        &self,
+        sessions: Vec<(JobId, SessionId, u32)>,
+    ) -> Result<(), EngineError> {
+        let recorded =
+            futures_util::future::join_all(sessions.into_iter().map(|(job, session, socket)| {
+                self.detach(
+                    job,
+                    session,
+                    socket,
+                    close::ABNORMAL,
+                    close::UNRECORDED,
+                    None,
+                )
+            }))
+            .await;
+        recorded.into_iter().find(Result::is_err).unwrap_or(Ok(()))
     }
 
     pub fn store(&self) -> &Arc<dyn LogStore> {

@@ -5,7 +5,9 @@
 //! them in a sorted set, filled from the rebuilt state at start and from the
 //! writer after each committed disconnect. Expiry goes through the writer like
 //! any other change, and `decide` ignores a deadline whose session has resumed
-//! or already ended, so each window expires at most once.
+//! or already ended, so each window expires at most once. Only a node that
+//! holds its lease decides a deadline; with several nodes each commit is
+//! decided against the log's latest word, so it is written once.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
+use super::lease::Lease;
 use super::{EngineError, Queue};
 use crate::clock::Clock;
 use crate::domain::{Command, JobId, SessionId};
@@ -25,6 +28,8 @@ use crate::domain::{Command, JobId, SessionId};
 pub(super) struct Expiry {
     pub queue: Queue,
     pub clock: Arc<dyn Clock>,
+    /// Only a node that holds its lease decides a deadline.
+    pub lease: Arc<Lease>,
 }
 
 impl Expiry {
@@ -69,6 +74,13 @@ pub(super) async fn run(
             _ = sleep_or_forever(wait) => {
                 let now = expiry.clock.now();
                 while let Some(d) = deadlines.first().copied().filter(|d| d.at <= now) {
+                    if !expiry.lease.holds() {
+                        // Fenced: another node decides it, or this one once
+                        // it holds a lease again.
+                        deadlines.pop_first();
+                        deadlines.insert(Deadline { at: now + RETRY, ..d });
+                        break;
+                    }
                     deadlines.pop_first();
                     match expiry.expire(&d).await {
                         Ok(_) => {}

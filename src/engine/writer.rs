@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoint::Snapshot;
 use super::hub::{CloseReason, Hub, Registration};
 use super::jobs::{load_job, Held, JobTable, Logged};
+use super::lease::Lease;
 use super::recover::needs_reload;
 use super::scheduler::Deadline;
 use super::{Attached, EngineError, Outcome, WriterStats};
@@ -33,7 +34,10 @@ use crate::clock::Clock;
 use crate::domain::decide::{AttachPlan, Planned};
 use crate::domain::event::Disconnected;
 use crate::domain::state::{fingerprint, IdempotentAppend};
-use crate::domain::{decide, Command, Decision, DomainError, Event, EventBody, JobId, JobState};
+use crate::domain::{
+    decide, Command, Decision, DomainError, Event, EventBody, JobId, JobState, SessionId,
+    SessionPhase,
+};
 use crate::log::chain::seal;
 use crate::log::{for_each_job_event_after, EventRow, LogStore, StoreError};
 use crate::metrics::Metrics;
@@ -125,6 +129,8 @@ pub(crate) struct Writer {
     /// Every event up to this position is applied (what a checkpoint covers).
     pub applied: Arc<AtomicI64>,
     pub max_batch: usize,
+    /// This node's lease: whose sessions it may deliver to.
+    pub lease: Arc<Lease>,
 }
 
 /// Events another node appended, read by the follower, and the position it
@@ -473,11 +479,27 @@ impl Writer {
             }
         }
         for event in &fresh {
-            // Another node took one of this node's sessions over: that
-            // session's socket here closes; no other watcher is touched.
-            if let (EventBody::Reconnected(_), Some(session)) = (&event.body, event.session_id) {
-                self.hub
-                    .close_session(event.job_id, session, CloseReason::Replaced);
+            let Some(session) = event.session_id else {
+                continue;
+            };
+            match &event.body {
+                // Another node took one of this node's sessions over: that
+                // session's socket here closes; no other watcher is touched.
+                EventBody::Reconnected(_) => {
+                    self.hub
+                        .close_session(event.job_id, session, CloseReason::Replaced);
+                }
+                // Another node recorded a session held here as lost (this
+                // node's lease ran out): the socket closes before anything
+                // more is sent on it.
+                EventBody::Disconnected(_)
+                    if self
+                        .hub
+                        .close_session(event.job_id, session, CloseReason::Fenced) =>
+                {
+                    tracing::warn!(job = %event.job_id, session = %session, "another node recorded a session held here as lost; socket closed");
+                }
+                _ => {}
             }
         }
         self.after_commit(&fresh, false);
@@ -495,12 +517,19 @@ impl Writer {
                 moved
             });
         }
+        let mut owned: Option<(JobId, Vec<SessionId>)> = None;
         for event in committed {
             if own {
                 self.metrics.observe(event);
             }
             match &event.body {
-                body if body.is_job_event() => self.hub.publish(event),
+                body if body.is_job_event() => {
+                    if owned.as_ref().is_none_or(|(job, _)| *job != event.job_id) {
+                        owned = Some((event.job_id, self.owned_sessions(event.job_id)));
+                    }
+                    let sessions = owned.as_ref().map_or(&[][..], |(_, s)| s);
+                    self.hub.publish(event, sessions);
+                }
                 EventBody::Disconnected(Disconnected {
                     grace_until: Some(grace_until),
                     ..
@@ -516,6 +545,22 @@ impl Writer {
                 _ => {}
             }
         }
+    }
+
+    /// The job's sessions that the log (as folded here) shows connected on
+    /// this node: the only ones it may deliver to.
+    fn owned_sessions(&self, job_id: JobId) -> Vec<SessionId> {
+        let node = self.lease.node();
+        let table = self.table();
+        table.peek(job_id).map_or_else(Vec::new, |job| {
+            job.watchers
+                .iter()
+                .filter(|s| {
+                    s.phase == SessionPhase::Connected && s.node.as_deref() == node.as_deref()
+                })
+                .map(|s| s.session_id)
+                .collect()
+        })
     }
 
     /// Makes a newly attached socket the job's live one, and queues for it the

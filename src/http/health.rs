@@ -24,14 +24,18 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The log's database answers.
+/// The log's database answers and, on a shared log, this node holds its
+/// lease (a node that lost it is not ready until it has taken a new one).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "The database answers: `{status, backend, epoch}`", body = Object),
-        (status = 503, description = "The database does not answer", body = super::ErrorBody),
+        (status = 503, description = "The database does not answer, or this node does not hold its lease", body = super::ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.engine.store().ping().await?;
+    if !state.engine.serving() {
+        return Err(ApiError::Unavailable(crate::engine::NOT_SERVING.into()));
+    }
     Ok(Json(json!({
         "status": "ready",
         "backend": state.engine.store().backend(),
@@ -48,6 +52,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         connections: engine.live_sockets(),
         jobs: engine.jobs_in_memory(),
         watchers: engine.watchers(),
+        serving: engine.serving(),
+        clock_offset: engine.clock_offset(),
     };
     let body = engine.metrics().render(now, engine.clock().now());
     (

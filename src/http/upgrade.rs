@@ -299,6 +299,11 @@ async fn check(
     if claims.job != Some(job_id) {
         return Err(ApiError::Forbidden("this token is for another job".into()));
     }
+    // A node that lost its lease takes no socket until it holds a new one:
+    // the client goes to another node, or retries.
+    if !state.engine.serving() {
+        return Err(ApiError::Unavailable(crate::engine::NOT_SERVING.into()));
+    }
     // Read from memory, or from the log by index (a finished job, a job
     // created on another node a moment ago).
     let job = state
@@ -330,7 +335,8 @@ async fn check(
             client_epoch,
             log_epoch: state.engine.epoch().to_owned(),
             user_agent,
-            node: state.engine.node().map(str::to_owned),
+            // Set by the engine, under the lease it holds at the attach.
+            node: None,
         },
         offered_subprotocol: offered.contains(&SUBPROTOCOL),
     })

@@ -163,9 +163,26 @@ pub trait LogStore: Send + Sync + 'static {
         false
     }
 
-    /// On a shared log: records that `node` is alive for `ttl` more.
-    async fn renew_lease(&self, _node: &str, _ttl: std::time::Duration) -> Result<(), StoreError> {
-        Ok(())
+    /// On a shared log: a new lease for `node`, until the database's
+    /// `now() + ttl`. Returns the database's clock as it granted it.
+    async fn take_lease(
+        &self,
+        _node: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+        Ok(chrono::Utc::now())
+    }
+
+    /// On a shared log: extends `node`'s lease to the database's
+    /// `now() + ttl`, only if it has not run out. Returns the database's
+    /// clock as it renewed it, or `None` when the lease had run out (it is
+    /// then never renewed: the node takes a new one under a new id).
+    async fn renew_lease(
+        &self,
+        _node: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        Ok(Some(chrono::Utc::now()))
     }
 
     /// On a shared log: the nodes whose leases have not run out.

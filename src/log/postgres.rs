@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
@@ -68,6 +69,11 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// How long a request waits for a connection before the store answers
+/// `Unavailable` (503 over HTTP): while the database is unreachable, appends
+/// fail this fast, and the pool reconnects by itself once it is back.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl PostgresStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let shown = redacted(url);
@@ -77,7 +83,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Open(format!("{shown}: {e}")))?;
@@ -308,16 +314,34 @@ impl LogStore for PostgresStore {
         true
     }
 
-    async fn renew_lease(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
-        sqlx::query(
+    async fn take_lease(&self, node: &str, ttl: Duration) -> Result<DateTime<Utc>, StoreError> {
+        sqlx::query_scalar(
             "INSERT INTO node_leases (node_id, lease_until) VALUES ($1, now() + make_interval(secs => $2))
-             ON CONFLICT (node_id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+             RETURNING (extract(epoch FROM now()) * 1000000)::bigint",
         )
         .bind(node)
         .bind(ttl.as_secs_f64())
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
-        .map(|_| ())
+        .map(from_micros)
+        .map_err(classify)
+    }
+
+    async fn renew_lease(
+        &self,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        sqlx::query_scalar(
+            "UPDATE node_leases SET lease_until = now() + make_interval(secs => $2)
+             WHERE node_id = $1 AND lease_until > now()
+             RETURNING (extract(epoch FROM now()) * 1000000)::bigint",
+        )
+        .bind(node)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .map(|t| t.map(from_micros))
         .map_err(classify)
     }
 
@@ -353,6 +377,11 @@ impl LogStore for PostgresStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The database's clock, read as microseconds since the Unix epoch.
+fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
 struct Listener(PgListener);

@@ -127,7 +127,19 @@ impl LogStore for WriteBehind {
         self.inner.shared()
     }
 
-    async fn renew_lease(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn take_lease(
+        &self,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+        self.inner.take_lease(node, ttl).await
+    }
+
+    async fn renew_lease(
+        &self,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
         self.inner.renew_lease(node, ttl).await
     }
 

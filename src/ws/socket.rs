@@ -66,6 +66,8 @@ enum SendError {
 struct Conn<Tx> {
     tx: Tx,
     control: Arc<SocketControl>,
+    /// Nothing is sent once this node no longer holds its lease.
+    engine: Engine,
     /// Highest seq sent on this socket: later duplicates are skipped.
     sent_through: i64,
 }
@@ -77,6 +79,12 @@ where
     /// Sends one message, unless the server closes the socket meanwhile (a send
     /// to a client that does not read blocks until then).
     async fn send(&mut self, msg: Message) -> Result<(), SendError> {
+        if !self.engine.serving() {
+            // The lease ran out here (a stall, a partition) before the lease
+            // keeper noticed: fence now, before anything more goes out.
+            self.engine.fence("its lease ran out before a send");
+            return Err(SendError::Interrupted(CloseReason::Fenced));
+        }
         tokio::select! {
             biased;
             reason = self.control.closed() => Err(SendError::Interrupted(reason)),
@@ -117,6 +125,7 @@ fn interrupted(reason: CloseReason) -> Ending {
         }
         CloseReason::Shutdown => Ending::closed_by_server(close::GOING_AWAY, close::SHUTTING_DOWN),
         CloseReason::Dropped => Ending::dropped(close::ABNORMAL, close::DROPPED),
+        CloseReason::Fenced => Ending::closed_by_server(close::SERVICE_RESTART, close::FENCED),
     }
 }
 
@@ -145,6 +154,7 @@ where
     let mut conn = Conn {
         tx,
         control: control.clone(),
+        engine: engine.clone(),
         sent_through: 0,
     };
     if shutdown.is_cancelled() {

@@ -9,12 +9,14 @@
 //!   [`InProcess`]).
 //! - [`socket`]: WebSocket clients and reading their messages.
 //! - [`client`]: HTTP helpers by address (jobs, progress, metrics).
+//! - [`proxy`]: a TCP proxy to cut a node off from its database.
 //! - [`db`]: fresh databases (SQLite files or PostgreSQL schemas) and direct
 //!   reads of the log.
 
 pub mod client;
 pub mod db;
 pub mod process;
+pub mod proxy;
 pub mod server;
 pub mod socket;
 pub mod tokens;
@@ -26,6 +28,7 @@ pub use db::{count_events, events_of, fresh_database, Db, LoggedEvent};
 pub use process::{
     free_port, rss_kib, serve_args, serve_binary_at, spawn_announcing, start_binary, terminate,
 };
+pub use proxy::{postgres_address, Proxy};
 pub use server::{
     init_logs, spawn_app, spawn_in, spawn_on, spawn_with, InProcess, KeyedServer, TestApp,
 };
