@@ -86,6 +86,10 @@ impl Application {
             job_cache_entries: args.job_cache_entries,
             checkpoint_every_events: args.checkpoint_every_events,
             checkpoint_every,
+            windows: crate::engine::Windows {
+                stall_after_secs: Some(args.stall_after_secs),
+                timeout_secs: Some(args.job_timeout_secs),
+            },
             ..EngineSettings::default()
         };
         let (engine, tasks) = Engine::start(store, clock, settings, engine_stop.clone()).await?;

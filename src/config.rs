@@ -142,6 +142,18 @@ pub struct ServeArgs {
     #[arg(long, env = "REJOIN_NODE_LEASE_SECS", default_value_t = 10.0)]
     pub node_lease_secs: f64,
 
+    /// Seconds without a job event after which a job not finished gets a
+    /// `stalled` event (once per quiet spell), for jobs created without
+    /// `stallAfterSecs`. 0: off.
+    #[arg(long, env = "REJOIN_STALL_AFTER_SECS", default_value_t = 0)]
+    pub stall_after_secs: u64,
+
+    /// Seconds after its creation at which a job still not finished fails
+    /// with error code `timeout`, for jobs created without `timeoutSecs`.
+    /// 0: none.
+    #[arg(long, env = "REJOIN_JOB_TIMEOUT_SECS", default_value_t = 0)]
+    pub job_timeout_secs: u64,
+
     /// Finished jobs kept in memory for quick reads, besides the live ones
     /// (not finished, or with a session connected or in grace, which are
     /// always held). Others are read back from the log by index when asked

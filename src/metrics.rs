@@ -62,6 +62,7 @@ pub struct Metrics {
     startup_folded: Gauge,
     lease_checks: Counter,
     fenced: Counter,
+    socket_errors: Family<Kind, Counter>,
     lease_held: Gauge,
     clock_offset: Gauge<f64, AtomicU64>,
     sessions: Family<SessionStateLabel, Gauge>,
@@ -118,6 +119,7 @@ impl Default for Metrics {
             startup_folded: Gauge::default(),
             lease_checks: Counter::default(),
             fenced: Counter::default(),
+            socket_errors: Family::default(),
             lease_held: Gauge::default(),
             clock_offset: Gauge::default(),
             sessions: Family::default(),
@@ -218,6 +220,11 @@ impl Default for Metrics {
             "rejoin_lease_checks",
             "On a shared log: rounds in which this node renewed its lease and looked for nodes whose leases ran out",
             m.lease_checks.clone(),
+        );
+        registry.register(
+            "rejoin_socket_errors",
+            "Socket errors (recorded as ws_error) by kind: protocol, utf8, io, other",
+            m.socket_errors.clone(),
         );
         registry.register(
             "rejoin_fenced",
@@ -334,6 +341,15 @@ impl Metrics {
     /// sessions recorded).
     pub fn observe_lease_check(&self) {
         self.lease_checks.inc();
+    }
+
+    /// A socket error of `kind` was observed.
+    pub fn observe_socket_error(&self, kind: &str) {
+        self.socket_errors
+            .get_or_create(&Kind {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     /// This node fenced itself.

@@ -80,7 +80,7 @@ async fn generate(store: &SqliteStore) -> Expected {
             &mut state,
             None,
             t,
-            EventBody::JobCreated(JobCreated { metadata: None }),
+            EventBody::JobCreated(JobCreated::default()),
         );
         w.expected.jobs += 1;
         let mut session = Uuid::new_v4();

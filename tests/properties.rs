@@ -86,6 +86,8 @@ fn run(ops: &[(usize, Op)], jobs: &[Uuid]) -> (Vec<EventRow>, World) {
             Op::Create => (
                 Command::CreateJob {
                     metadata: Some(json!({"n": 1})),
+                    stall_after_secs: 30,
+                    timeout_secs: 0,
                 },
                 None,
             ),

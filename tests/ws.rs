@@ -548,6 +548,23 @@ async fn a_protocol_violation_is_recorded_as_a_socket_error() {
         .as_str()
         .unwrap()
         .starts_with("socket error"));
+
+    // The job state says how the last socket ended, and what the error was;
+    // /metrics counts it by kind.
+    let state = app.get_job(job).await;
+    assert_eq!(state["lastDisconnect"]["code"], 1006);
+    assert_eq!(state["lastDisconnect"]["reason"], d.payload["reason"]);
+    assert_eq!(
+        state["lastSocketError"]["message"],
+        errors[0].payload["message"]
+    );
+    let counted = common::metric_at(
+        &app.http,
+        app.addr,
+        "rejoin_socket_errors_total{kind=\"utf8\"} ",
+    )
+    .await;
+    assert_eq!(counted, 1.0);
 }
 
 #[tokio::test]

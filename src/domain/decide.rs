@@ -8,7 +8,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
 use super::event::{
-    Connected, Disconnected, EventBody, GraceExpired, JobCreated, Reconnected, Replaced, SessionId,
+    Connected, Disconnected, EventBody, FailureInfo, GraceExpired, JobCreated, JobFailed,
+    JobStalled, Reconnected, Replaced, SessionId,
 };
 use super::state::{fingerprint, IdempotentAppend, JobState, JobStatus, SessionPhase};
 
@@ -20,7 +21,12 @@ pub const REPLACED_REASON: &str = super::close::REPLACED;
 #[derive(Clone, Debug)]
 pub enum Command {
     /// Create the job, unless it already exists.
-    CreateJob { metadata: Option<Value> },
+    CreateJob {
+        metadata: Option<Value>,
+        /// Its stall and timeout windows, server defaults applied (0: none).
+        stall_after_secs: u64,
+        timeout_secs: u64,
+    },
     /// Append one job event (progress, message or a terminal event).
     AppendJobEvent {
         body: EventBody,
@@ -46,7 +52,16 @@ pub enum Command {
     },
     /// A grace deadline came. Ignored unless the session is still waiting.
     ExpireGrace { session_id: SessionId },
+    /// The job's stall deadline came. Ignored unless it is due: no job event
+    /// since, not stalled already, not finished.
+    MarkStalled,
+    /// The job's timeout came. Ignored unless it is due and the job has not
+    /// finished.
+    TimeOut,
 }
+
+/// The error code of the `failed` a timeout appends.
+pub const TIMEOUT_CODE: &str = "timeout";
 
 /// What a client asked for when its socket opened.
 #[derive(Clone, Debug)]
@@ -147,13 +162,20 @@ pub fn decide(
     command: &Command,
     now: DateTime<Utc>,
 ) -> Result<Decision, DomainError> {
-    if let Command::CreateJob { metadata } = command {
+    if let Command::CreateJob {
+        metadata,
+        stall_after_secs,
+        timeout_secs,
+    } = command
+    {
         if state.exists() {
             return Ok(Decision::AlreadyExists);
         }
         return Ok(Decision::Append(vec![Planned::job(EventBody::JobCreated(
             JobCreated {
                 metadata: metadata.clone(),
+                stall_after_secs: (*stall_after_secs > 0).then_some(*stall_after_secs),
+                timeout_secs: (*timeout_secs > 0).then_some(*timeout_secs),
             },
         ))]));
     }
@@ -208,6 +230,26 @@ pub fn decide(
                         acked_seq: *acked_seq,
                     }),
                 )]))
+            }
+            _ => Ok(Decision::Nothing),
+        },
+        Command::MarkStalled => match (state.stall_deadline(), state.last_update) {
+            (Some(due), Some(since)) if due <= now => Ok(Decision::Append(vec![Planned::job(
+                EventBody::JobStalled(JobStalled { since }),
+            )])),
+            _ => Ok(Decision::Nothing),
+        },
+        Command::TimeOut => match state.timeout_deadline() {
+            Some(due) if due <= now => {
+                let secs = state.timeout_secs.unwrap_or_default();
+                Ok(Decision::Append(vec![Planned::job(EventBody::JobFailed(
+                    JobFailed {
+                        error: FailureInfo {
+                            code: TIMEOUT_CODE.into(),
+                            message: format!("the job did not finish within {secs} s"),
+                        },
+                    },
+                ))]))
             }
             _ => Ok(Decision::Nothing),
         },
@@ -376,7 +418,10 @@ mod tests {
     }
 
     fn created() -> EventBody {
-        EventBody::JobCreated(JobCreated { metadata: None })
+        EventBody::JobCreated(JobCreated {
+            metadata: None,
+            ..JobCreated::default()
+        })
     }
 
     fn append(body: EventBody) -> Command {
@@ -389,7 +434,11 @@ mod tests {
     #[test]
     fn creating_twice_appends_once() {
         let fresh = given(vec![]);
-        let cmd = Command::CreateJob { metadata: None };
+        let cmd = Command::CreateJob {
+            metadata: None,
+            stall_after_secs: 0,
+            timeout_secs: 0,
+        };
         assert_eq!(
             decide(&fresh, None, &cmd, Utc::now()),
             Ok(Decision::Append(vec![Planned::job(created())]))
@@ -398,6 +447,47 @@ mod tests {
         assert_eq!(
             decide(&existing, None, &cmd, Utc::now()),
             Ok(Decision::AlreadyExists)
+        );
+    }
+
+    #[test]
+    fn a_stall_is_due_once_per_quiet_spell_and_a_timeout_once() {
+        let windows = EventBody::JobCreated(JobCreated {
+            metadata: None,
+            stall_after_secs: Some(10),
+            timeout_secs: Some(60),
+        });
+        let mut job = given(vec![windows, progress(5.0)]);
+        let since = job.last_update.unwrap();
+        let early = since + Duration::seconds(9);
+        assert_eq!(
+            decide(&job, None, &Command::MarkStalled, early),
+            Ok(Decision::Nothing)
+        );
+        let due = since + Duration::seconds(10);
+        let (kinds, _) = when(&mut job, &Command::MarkStalled, due);
+        assert_eq!(kinds, ["stalled"]);
+        assert_eq!(job.stalled_since, Some(since));
+        // The stall does not restart its own clock.
+        let later = due + Duration::seconds(30);
+        assert_eq!(
+            decide(&job, None, &Command::MarkStalled, later),
+            Ok(Decision::Nothing)
+        );
+        assert_eq!(job.stall_deadline(), None);
+
+        let created = job.created_at.unwrap();
+        assert_eq!(
+            job.timeout_deadline(),
+            Some(created + Duration::seconds(60))
+        );
+        let (kinds, _) = when(&mut job, &Command::TimeOut, created + Duration::seconds(60));
+        assert_eq!(kinds, ["failed"]);
+        assert_eq!(job.error.as_ref().unwrap().code, TIMEOUT_CODE);
+        assert_eq!(job.timeout_deadline(), None);
+        assert_eq!(
+            decide(&job, None, &Command::TimeOut, later + Duration::hours(1)),
+            Ok(Decision::Nothing)
         );
     }
 

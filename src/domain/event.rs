@@ -68,6 +68,7 @@ pub enum EventBody {
     JobCompleted(JobCompleted),
     JobFailed(JobFailed),
     JobCancelled(JobCancelled),
+    JobStalled(JobStalled),
     Connected(Connected),
     Disconnected(Disconnected),
     Reconnected(Reconnected),
@@ -77,11 +78,27 @@ pub enum EventBody {
     GraceExpired(GraceExpired),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobCreated {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// The job stalls after this many seconds without a job event (none:
+    /// never). The server's default is applied at creation and recorded here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_after_secs: Option<u64>,
+    /// The job fails with `timeout` if still not finished this many seconds
+    /// after its creation (none: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// The job went `stallAfterSecs` without a job event (since `since`, the
+/// last one). A job event itself, though it does not restart the clock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStalled {
+    pub since: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -277,6 +294,7 @@ kinds! {
     JobCompleted => "completed",
     JobFailed => "failed",
     JobCancelled => "cancelled",
+    JobStalled => "stalled",
     Connected => "connected",
     Disconnected => "disconnected",
     Reconnected => "reconnected",
@@ -296,6 +314,7 @@ impl EventBody {
                 | EventBody::JobCompleted(_)
                 | EventBody::JobFailed(_)
                 | EventBody::JobCancelled(_)
+                | EventBody::JobStalled(_)
         )
     }
 
@@ -340,7 +359,10 @@ mod tests {
         let bodies = vec![
             EventBody::JobCreated(JobCreated {
                 metadata: Some(serde_json::json!({"shelf": 3})),
+                stall_after_secs: Some(30),
+                timeout_secs: None,
             }),
+            EventBody::JobStalled(JobStalled { since: at }),
             EventBody::ProgressReported(ProgressReported {
                 progress: 45.0,
                 message: Some("Processing book 9 of 20".into()),

@@ -116,7 +116,7 @@ pub struct ConnectionCounts {
 /// The version of the fold below. Checkpoints (derived snapshots of
 /// `JobState`s) carry it, and one written by another version is ignored: bump
 /// it whenever `apply` or the fields of the state change meaning.
-pub const FOLD_VERSION: i32 = 2;
+pub const FOLD_VERSION: i32 = 3;
 
 /// A job as the log tells it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -148,6 +148,37 @@ pub struct JobState {
     /// events), ascending: with them, how many job events lie in any seq range
     /// is arithmetic, so a resume never has to count rows.
     pub other_seqs: Vec<i64>,
+    /// Seconds without a job event after which the job stalls (none: never).
+    #[serde(default)]
+    pub stall_after_secs: Option<u64>,
+    /// Seconds after its creation at which the job fails with `timeout`.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Since when the job has been stalled (the time of its last job event
+    /// before the `stalled`); cleared by the next job event.
+    #[serde(default)]
+    pub stalled_since: Option<DateTime<Utc>>,
+    /// The last socket close recorded for any of the job's sessions.
+    #[serde(default)]
+    pub last_disconnect: Option<LastDisconnect>,
+    /// The last socket error recorded for any of the job's sessions.
+    #[serde(default)]
+    pub last_socket_error: Option<LastSocketError>,
+}
+
+/// A socket close, as the job state shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastDisconnect {
+    pub at: DateTime<Utc>,
+    pub code: u16,
+    pub reason: String,
+}
+
+/// A socket error, as the job state shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastSocketError {
+    pub at: DateTime<Utc>,
+    pub message: String,
 }
 
 impl JobState {
@@ -171,7 +202,32 @@ impl JobState {
             last_ended: None,
             counts: ConnectionCounts::default(),
             other_seqs: Vec::new(),
+            stall_after_secs: None,
+            timeout_secs: None,
+            stalled_since: None,
+            last_disconnect: None,
+            last_socket_error: None,
         }
+    }
+
+    /// When the job stalls unless a job event comes first: `stallAfterSecs`
+    /// after its last job event (a `stalled` does not count), if it is not
+    /// finished or already stalled.
+    pub fn stall_deadline(&self) -> Option<DateTime<Utc>> {
+        if !self.exists() || self.status.is_terminal() || self.stalled_since.is_some() {
+            return None;
+        }
+        let after = self.stall_after_secs.filter(|s| *s > 0)?;
+        Some(self.last_update? + chrono::Duration::seconds(after as i64))
+    }
+
+    /// When the job times out, if it is not finished by then.
+    pub fn timeout_deadline(&self) -> Option<DateTime<Utc>> {
+        if !self.exists() || self.status.is_terminal() {
+            return None;
+        }
+        let after = self.timeout_secs.filter(|s| *s > 0)?;
+        Some(self.created_at? + chrono::Duration::seconds(after as i64))
     }
 
     /// How many job events have `after < seq <= head_seq`.
@@ -244,7 +300,12 @@ impl JobState {
             self.other_seqs.push(event.seq);
         } else {
             self.last_seq = event.seq;
-            self.last_update = Some(at);
+            // A stall is news, not activity: its clock keeps running from
+            // the job event before it.
+            if !matches!(event.body, EventBody::JobStalled(_)) {
+                self.last_update = Some(at);
+                self.stalled_since = None;
+            }
             if self.status == JobStatus::Pending {
                 self.status = JobStatus::Running;
             }
@@ -254,7 +315,10 @@ impl JobState {
                 self.created_at = Some(at);
                 self.last_update = Some(at);
                 self.metadata = created.metadata.clone();
+                self.stall_after_secs = created.stall_after_secs;
+                self.timeout_secs = created.timeout_secs;
             }
+            EventBody::JobStalled(stalled) => self.stalled_since = Some(stalled.since),
             EventBody::ProgressReported(p) => {
                 self.progress = p.progress;
                 if p.message.is_some() {
@@ -301,6 +365,11 @@ impl JobState {
             }
             EventBody::Disconnected(d) => {
                 self.counts.disconnects += 1;
+                self.last_disconnect = Some(LastDisconnect {
+                    at,
+                    code: d.code,
+                    reason: d.reason.clone(),
+                });
                 let ends = match self.watcher_mut(event.session_id) {
                     Some(s) => {
                         s.last_disconnect_at = Some(at);
@@ -330,7 +399,13 @@ impl JobState {
                     self.end_watcher(event.session_id, at);
                 }
             }
-            EventBody::WsErrored(_) => self.counts.errors += 1,
+            EventBody::WsErrored(e) => {
+                self.counts.errors += 1;
+                self.last_socket_error = Some(LastSocketError {
+                    at,
+                    message: e.message.clone(),
+                });
+            }
             EventBody::ConnectRejected(r) => self.counts.rejected += 1 + r.suppressed,
             EventBody::GraceExpired(_) => {
                 self.counts.grace_expiries += 1;

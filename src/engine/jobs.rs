@@ -244,7 +244,10 @@ mod tests {
     fn job(finished: bool) -> Arc<JobState> {
         let id = Uuid::new_v4();
         let mut state = JobState::genesis(id);
-        let mut bodies = vec![EventBody::JobCreated(JobCreated { metadata: None })];
+        let mut bodies = vec![EventBody::JobCreated(JobCreated {
+            metadata: None,
+            ..JobCreated::default()
+        })];
         if finished {
             bodies.push(EventBody::JobCompleted(JobCompleted { result: None }));
         }

@@ -35,7 +35,7 @@ pub use checkpoint::{write as write_checkpoint, Snapshot};
 use hub::{Hub, Registration};
 use jobs::{load_job, JobTable};
 use lease::Lease;
-use scheduler::Deadline;
+use scheduler::{Deadline, Due, Schedule};
 use writer::{CheckpointPolicy, WriteRequest, Writer};
 
 /// Why a node without its lease refuses sockets.
@@ -98,6 +98,13 @@ impl WriterStats {
     }
 }
 
+/// A job's stall and timeout windows, in seconds (0 or none: off).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Windows {
+    pub stall_after_secs: Option<u64>,
+    pub timeout_secs: Option<u64>,
+}
+
 /// Tuning for the writer.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineSettings {
@@ -115,6 +122,8 @@ pub struct EngineSettings {
     pub checkpoint_every_events: u64,
     /// A checkpoint this long after the last, if anything happened since.
     pub checkpoint_every: Duration,
+    /// The windows of jobs created without their own.
+    pub windows: Windows,
 }
 
 impl Default for EngineSettings {
@@ -127,6 +136,7 @@ impl Default for EngineSettings {
             job_cache_entries: 10_000,
             checkpoint_every_events: 100_000,
             checkpoint_every: Duration::from_secs(300),
+            windows: Windows::default(),
         }
     }
 }
@@ -158,6 +168,7 @@ struct Inner {
     stats: Arc<WriterStats>,
     hub: Arc<Hub>,
     grace: chrono::Duration,
+    windows: Windows,
     metrics: Arc<Metrics>,
     head: watch::Receiver<i64>,
     /// This node's lease on a shared log (always held on a log of one).
@@ -302,6 +313,7 @@ impl Engine {
                 stats,
                 hub: Arc::new(Hub::new(lease.clone())),
                 grace: chrono::Duration::from_std(settings.grace).unwrap_or(chrono::Duration::MAX),
+                windows: settings.windows,
                 metrics,
                 head: head_rx,
                 lease,
@@ -324,7 +336,7 @@ impl Engine {
     fn spawn_tasks(
         &self,
         wiring: Wiring,
-        waiting: Vec<Deadline>,
+        waiting: Vec<Schedule>,
         settings: &EngineSettings,
         shutdown: CancellationToken,
     ) -> EngineTasks {
@@ -394,16 +406,35 @@ impl Engine {
         }
     }
 
-    /// Creates a job (or finds it).
+    /// Creates a job (or finds it) with the server's stall and timeout
+    /// windows.
     pub async fn create_job(
         &self,
         job_id: JobId,
         metadata: Option<serde_json::Value>,
     ) -> Result<Outcome, EngineError> {
-        self.inner
-            .queue
-            .execute(job_id, Command::CreateJob { metadata }, None)
+        self.create_job_with(job_id, metadata, Windows::default())
             .await
+    }
+
+    /// Creates a job (or finds it); `windows` overrides the server's stall
+    /// and timeout windows (0: none).
+    pub async fn create_job_with(
+        &self,
+        job_id: JobId,
+        metadata: Option<serde_json::Value>,
+        windows: Windows,
+    ) -> Result<Outcome, EngineError> {
+        let command = Command::CreateJob {
+            metadata,
+            stall_after_secs: windows
+                .stall_after_secs
+                .unwrap_or(self.inner.windows.stall_after_secs.unwrap_or(0)),
+            timeout_secs: windows
+                .timeout_secs
+                .unwrap_or(self.inner.windows.timeout_secs.unwrap_or(0)),
+        };
+        self.inner.queue.execute(job_id, command, None).await
     }
 
     /// Appends one job event.
@@ -773,7 +804,8 @@ pub async fn history(
     Ok(state.exists().then(|| (state, builder.finish(now))))
 }
 
-/// Sessions waiting in a grace window (the scheduler's first deadlines), and,
+/// The scheduler's first deadlines: sessions waiting in a grace window and
+/// every live job's stall and timeout; and,
 /// on a log of one, sessions the log shows connected: their sockets died with
 /// the previous process, and they are recorded as disconnected. On a shared
 /// log other nodes may hold them; a node that died with sockets open is found
@@ -781,19 +813,23 @@ pub async fn history(
 fn sessions_to_resume(
     table: &JobTable,
     shared: bool,
-) -> (Vec<Deadline>, Vec<(JobId, SessionId, u32)>) {
-    let mut waiting = Vec::new();
+) -> (Vec<Schedule>, Vec<(JobId, SessionId, u32)>) {
+    let mut waiting: Vec<Schedule> = table
+        .live()
+        .flat_map(|job| Schedule::job(job))
+        .filter(|s| matches!(s, Schedule::At(_)))
+        .collect();
     let mut orphaned = Vec::new();
     for (job, s) in table
         .live()
         .flat_map(|job| job.watchers.iter().map(move |s| (job, s)))
     {
         match s.phase {
-            SessionPhase::Grace { until } => waiting.push(Deadline {
+            SessionPhase::Grace { until } => waiting.push(Schedule::At(Deadline {
                 at: until,
                 job_id: job.job_id,
-                session_id: s.session_id,
-            }),
+                due: Due::Grace(s.session_id),
+            })),
             SessionPhase::Connected if !shared => {
                 orphaned.push((job.job_id, s.session_id, s.sockets))
             }

@@ -1,30 +1,77 @@
-//! The grace scheduler: one task that sleeps until the next grace deadline and
-//! expires the sessions whose windows have passed.
+//! The scheduler: one task that sleeps until the next deadline and has the
+//! writer decide it. Deadlines are grace windows (a session's), and a job's
+//! stall and timeout.
 //!
-//! Deadlines live in the log (`disconnected.graceUntil`); this task only keeps
+//! Deadlines live in the log (`disconnected.graceUntil`, and the job's
+//! windows in `job_created` with its last job event); this task only keeps
 //! them in a sorted set, filled from the rebuilt state at start and from the
-//! writer after each committed disconnect. Expiry goes through the writer like
-//! any other change, and `decide` ignores a deadline whose session has resumed
-//! or already ended, so each window expires at most once. Only a node that
-//! holds its lease decides a deadline; with several nodes each commit is
-//! decided against the log's latest word, so it is written once.
+//! writer after each committed event. A job has at most one stall and one
+//! timeout deadline here (a newer one replaces it; a finished job's are
+//! dropped), so the set is bounded by live work. Each deadline goes through
+//! the writer like any other change, and `decide` ignores one that is not due
+//! on the job's latest state (the session resumed or ended, a job event came,
+//! the job finished), so each fires at most once. Only a node that holds its
+//! lease decides a deadline; with several nodes each commit is decided
+//! against the log's latest word, so it is written once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use std::sync::Arc;
-
 use super::lease::Lease;
 use super::{EngineError, Queue};
 use crate::clock::Clock;
-use crate::domain::{Command, JobId, SessionId};
+use crate::domain::{Command, JobId, JobState, SessionId};
 
-/// What the scheduler may do: read the clock and ask the writer to expire a
-/// session's grace window (which `decide` refuses unless it is due).
+/// What may come due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Due {
+    /// A session's grace window closes.
+    Grace(SessionId),
+    /// The job has gone its stall window without a job event.
+    Stall,
+    /// The job's timeout.
+    Timeout,
+}
+
+/// Something comes due at `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline {
+    pub at: DateTime<Utc>,
+    pub job_id: JobId,
+    pub due: Due,
+}
+
+/// What the writer tells the scheduler.
+#[derive(Clone, Copy, Debug)]
+pub enum Schedule {
+    /// A deadline to keep (for `Stall` and `Timeout`, replacing the job's).
+    At(Deadline),
+    /// The job has no such deadline any more (it finished, or it stalled).
+    Clear(JobId, Due),
+}
+
+impl Schedule {
+    /// The job's stall and timeout deadlines as its state now has them.
+    pub fn job(state: &JobState) -> [Schedule; 2] {
+        let job_id = state.job_id;
+        let one = |due, at: Option<DateTime<Utc>>| match at {
+            Some(at) => Schedule::At(Deadline { at, job_id, due }),
+            None => Schedule::Clear(job_id, due),
+        };
+        [
+            one(Due::Stall, state.stall_deadline()),
+            one(Due::Timeout, state.timeout_deadline()),
+        ]
+    }
+}
+
+/// What the scheduler may do: read the clock and ask the writer to decide a
+/// deadline (which `decide` refuses unless it is due).
 pub(super) struct Expiry {
     pub queue: Queue,
     pub clock: Arc<dyn Clock>,
@@ -33,20 +80,60 @@ pub(super) struct Expiry {
 }
 
 impl Expiry {
-    async fn expire(&self, d: &Deadline) -> Result<(), EngineError> {
-        let command = Command::ExpireGrace {
-            session_id: d.session_id,
+    async fn decide(&self, d: &Deadline) -> Result<(), EngineError> {
+        let command = match d.due {
+            Due::Grace(session_id) => Command::ExpireGrace { session_id },
+            Due::Stall => Command::MarkStalled,
+            Due::Timeout => Command::TimeOut,
         };
         self.queue.execute(d.job_id, command, None).await.map(drop)
     }
 }
 
-/// A session's grace window closes at `at`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Deadline {
-    pub at: DateTime<Utc>,
-    pub job_id: JobId,
-    pub session_id: SessionId,
+/// The deadlines held, with each job's one stall and one timeout.
+#[derive(Default)]
+struct Deadlines {
+    sorted: BTreeSet<Deadline>,
+    /// Where each job's stall and timeout deadline sits in `sorted`.
+    keyed: HashMap<(JobId, Due), DateTime<Utc>>,
+}
+
+impl Deadlines {
+    fn apply(&mut self, s: Schedule) {
+        match s {
+            Schedule::At(d) if matches!(d.due, Due::Grace(_)) => {
+                self.sorted.insert(d);
+            }
+            Schedule::At(d) => {
+                if let Some(old) = self.keyed.insert((d.job_id, d.due), d.at) {
+                    self.sorted.remove(&Deadline { at: old, ..d });
+                }
+                self.sorted.insert(d);
+            }
+            Schedule::Clear(job_id, due) => {
+                if let Some(at) = self.keyed.remove(&(job_id, due)) {
+                    self.sorted.remove(&Deadline { at, job_id, due });
+                }
+            }
+        }
+    }
+
+    fn first(&self) -> Option<Deadline> {
+        self.sorted.first().copied()
+    }
+
+    fn take_first(&mut self) -> Option<Deadline> {
+        let d = self.sorted.pop_first()?;
+        if !matches!(d.due, Due::Grace(_)) {
+            self.keyed.remove(&(d.job_id, d.due));
+        }
+        Some(d)
+    }
+
+    /// Puts a deadline back for `at` unless a newer one replaced it.
+    fn retry(&mut self, d: Deadline, at: DateTime<Utc>) {
+        self.apply(Schedule::At(Deadline { at, ..d }));
+    }
 }
 
 /// Retry delay when the log cannot be written.
@@ -54,11 +141,14 @@ const RETRY: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(
     expiry: Expiry,
-    initial: Vec<Deadline>,
-    mut incoming: mpsc::UnboundedReceiver<Deadline>,
+    initial: Vec<Schedule>,
+    mut incoming: mpsc::UnboundedReceiver<Schedule>,
     shutdown: CancellationToken,
 ) {
-    let mut deadlines: BTreeSet<Deadline> = initial.into_iter().collect();
+    let mut deadlines = Deadlines::default();
+    for s in initial {
+        deadlines.apply(s);
+    }
     loop {
         let wait = deadlines.first().map(|d| {
             (d.at - expiry.clock.now())
@@ -68,39 +158,62 @@ pub(super) async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             next = incoming.recv() => match next {
-                Some(d) => { deadlines.insert(d); }
+                Some(s) => deadlines.apply(s),
                 None => break,
             },
             _ = sleep_or_forever(wait) => {
                 let now = expiry.clock.now();
-                while let Some(d) = deadlines.first().copied().filter(|d| d.at <= now) {
+                while let Some(d) = deadlines.first().filter(|d| d.at <= now) {
                     if !expiry.lease.holds() {
                         // Fenced: another node decides it, or this one once
                         // it holds a lease again.
-                        deadlines.pop_first();
-                        deadlines.insert(Deadline { at: now + RETRY, ..d });
+                        deadlines.take_first();
+                        deadlines.retry(d, now + RETRY);
                         break;
                     }
-                    deadlines.pop_first();
-                    match expiry.expire(&d).await {
+                    deadlines.take_first();
+                    match expiry.decide(&d).await {
                         Ok(_) => {}
                         Err(EngineError::Unavailable(e)) => {
-                            tracing::warn!(error = %e, job = %d.job_id, "cannot expire grace window yet; retrying");
-                            deadlines.insert(Deadline { at: now + RETRY, ..d });
+                            tracing::warn!(error = %e, job = %d.job_id, "cannot decide a deadline yet; retrying");
+                            deadlines.retry(d, now + RETRY);
                             break;
                         }
-                        Err(e) => tracing::warn!(error = %e, job = %d.job_id, "grace expiry refused"),
+                        Err(e) => tracing::warn!(error = %e, job = %d.job_id, "deadline refused"),
                     }
                 }
             }
         }
     }
-    tracing::debug!("grace scheduler stopped");
+    tracing::debug!("scheduler stopped");
 }
 
 async fn sleep_or_forever(wait: Option<Duration>) {
     match wait {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jobs_newer_stall_deadline_replaces_the_older_and_clearing_drops_it() {
+        let job = uuid::Uuid::new_v4();
+        let t = Utc::now();
+        let mut d = Deadlines::default();
+        for secs in [1, 2, 3] {
+            d.apply(Schedule::At(Deadline {
+                at: t + chrono::Duration::seconds(secs),
+                job_id: job,
+                due: Due::Stall,
+            }));
+        }
+        assert_eq!(d.sorted.len(), 1);
+        assert_eq!(d.first().unwrap().at, t + chrono::Duration::seconds(3));
+        d.apply(Schedule::Clear(job, Due::Stall));
+        assert!(d.sorted.is_empty() && d.keyed.is_empty());
     }
 }

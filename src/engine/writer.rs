@@ -28,7 +28,7 @@ use super::hub::{CloseReason, Hub, Registration};
 use super::jobs::{load_job, Held, JobTable, Logged};
 use super::lease::Lease;
 use super::recover::needs_reload;
-use super::scheduler::Deadline;
+use super::scheduler::{Deadline, Due, Schedule};
 use super::{Attached, EngineError, Outcome, WriterStats};
 use crate::clock::Clock;
 use crate::domain::decide::{AttachPlan, Planned};
@@ -120,7 +120,7 @@ pub(crate) struct Writer {
     pub store: Arc<dyn LogStore>,
     pub jobs: Arc<Mutex<JobTable>>,
     pub hub: Arc<Hub>,
-    pub deadlines: mpsc::UnboundedSender<Deadline>,
+    pub deadlines: mpsc::UnboundedSender<Schedule>,
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<WriterStats>,
     pub metrics: Arc<Metrics>,
@@ -507,7 +507,8 @@ impl Writer {
     }
 
     /// Fans committed job events out to the sockets that were live before this
-    /// batch, and hands new grace deadlines to the scheduler.
+    /// batch, and hands new deadlines to the scheduler: grace windows, and the
+    /// stall and timeout of each job a job event (or its creation) moved.
     /// `own`: appended by this node (counted in its metrics).
     fn after_commit(&self, committed: &[Arc<Event>], own: bool) {
         if let Some(last) = committed.last() {
@@ -518,7 +519,13 @@ impl Writer {
             });
         }
         let mut owned: Option<(JobId, Vec<SessionId>)> = None;
+        let mut moved: Vec<JobId> = Vec::new();
         for event in committed {
+            if (event.body.is_job_event() || matches!(event.body, EventBody::JobCreated(_)))
+                && moved.last() != Some(&event.job_id)
+            {
+                moved.push(event.job_id);
+            }
             if own {
                 self.metrics.observe(event);
             }
@@ -535,14 +542,24 @@ impl Writer {
                     ..
                 }) => {
                     if let Some(session_id) = event.session_id {
-                        let _ = self.deadlines.send(Deadline {
+                        let _ = self.deadlines.send(Schedule::At(Deadline {
                             at: *grace_until,
                             job_id: event.job_id,
-                            session_id,
-                        });
+                            due: Due::Grace(session_id),
+                        }));
                     }
                 }
                 _ => {}
+            }
+        }
+        moved.sort_unstable();
+        moved.dedup();
+        let table = self.table();
+        for job in moved {
+            if let Some(state) = table.peek(job) {
+                for s in Schedule::job(state) {
+                    let _ = self.deadlines.send(s);
+                }
             }
         }
     }

@@ -44,7 +44,18 @@ pub struct CreateJobRequest {
     /// Lifetime of the client token, in seconds.
     #[serde(default)]
     client_token_ttl_secs: Option<u64>,
+    /// The job stalls after this many seconds without a job event (0: never;
+    /// absent: the server's `--stall-after-secs`).
+    #[serde(default)]
+    stall_after_secs: Option<u64>,
+    /// The job fails with `timeout` if not finished this many seconds after
+    /// its creation (0: never; absent: the server's `--job-timeout-secs`).
+    #[serde(default)]
+    timeout_secs: Option<u64>,
 }
+
+/// The longest stall or timeout window a job may ask for: 30 days.
+const MAX_WINDOW_SECS: u64 = 30 * 24 * 3600;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -81,9 +92,24 @@ pub async fn create_job(
 ) -> Result<Response, ApiError> {
     let ttl = state.client_token_ttl(req.client_token_ttl_secs)?;
     let job_id = req.job_id.unwrap_or_else(Uuid::new_v4);
+    for (name, value) in [
+        ("stallAfterSecs", req.stall_after_secs),
+        ("timeoutSecs", req.timeout_secs),
+    ] {
+        if value.is_some_and(|v| v > MAX_WINDOW_SECS) {
+            return Err(ApiError::bad_request(
+                "invalid_window",
+                format!("`{name}` must be at most {MAX_WINDOW_SECS} (30 days)"),
+            ));
+        }
+    }
+    let windows = crate::engine::Windows {
+        stall_after_secs: req.stall_after_secs,
+        timeout_secs: req.timeout_secs,
+    };
     let outcome = state
         .engine
-        .create_job(job_id, req.metadata.map(Value::Object))
+        .create_job_with(job_id, req.metadata.map(Value::Object), windows)
         .await?;
     let status = match outcome {
         Outcome::AlreadyExists => StatusCode::OK,
@@ -389,6 +415,36 @@ pub struct JobView {
     /// device or tab.
     watchers: Vec<WatcherView>,
     counts: ConnectionCounts,
+    /// The job went its stall window without a job event (until the next).
+    stalled: bool,
+    /// The time of the last job event before the stall.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stalled_since: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stall_after_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_secs: Option<u64>,
+    /// The last socket close recorded for any of the job's sessions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_disconnect: Option<LastDisconnectView>,
+    /// The last socket error recorded for any of the job's sessions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_socket_error: Option<LastSocketErrorView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastDisconnectView {
+    at: DateTime<Utc>,
+    code: u16,
+    reason: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastSocketErrorView {
+    at: DateTime<Utc>,
+    message: String,
 }
 
 /// A session that has not ended.
@@ -472,6 +528,19 @@ impl From<&JobState> for JobView {
                 }
             }),
             counts: job.counts,
+            stalled: job.stalled_since.is_some(),
+            stalled_since: job.stalled_since,
+            stall_after_secs: job.stall_after_secs,
+            timeout_secs: job.timeout_secs,
+            last_disconnect: job.last_disconnect.as_ref().map(|d| LastDisconnectView {
+                at: d.at,
+                code: d.code,
+                reason: d.reason.clone(),
+            }),
+            last_socket_error: job.last_socket_error.as_ref().map(|e| LastSocketErrorView {
+                at: e.at,
+                message: e.message.clone(),
+            }),
         }
     }
 }

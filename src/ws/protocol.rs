@@ -38,6 +38,7 @@ pub const SERVER_MESSAGES: &[&str] = &[
     "progress",
     "message",
     "completed",
+    "stalled",
     "failed",
     "cancelled",
     "pong",
@@ -131,6 +132,11 @@ enum JobMessage<'a> {
         reason: &'a Option<String>,
         at: DateTime<Utc>,
     },
+    Stalled {
+        seq: i64,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
 }
 
 /// The message for a job event; `None` for events clients do not receive.
@@ -163,6 +169,11 @@ pub fn job_message(event: &Event) -> Option<String> {
         EventBody::JobCancelled(c) => JobMessage::Cancelled {
             seq,
             reason: &c.reason,
+            at,
+        },
+        EventBody::JobStalled(st) => JobMessage::Stalled {
+            seq,
+            since: st.since,
             at,
         },
         _ => return None,

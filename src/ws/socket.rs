@@ -389,6 +389,14 @@ async fn read_error(
         _ => {}
     }
     let message = inner.to_string();
+    let kind = match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Protocol(_)) => "protocol",
+        Some(tungstenite::Error::Utf8(_)) => "utf8",
+        Some(tungstenite::Error::Io(_)) => "io",
+        _ => "other",
+    };
+    engine.metrics().observe_socket_error(kind);
+    tracing::warn!(job = %job_id, session = %session_id, kind, error = %message, "socket error");
     let body = EventBody::WsErrored(WsErrored {
         message: message.clone(),
     });

@@ -301,7 +301,7 @@ pub fn progress(p: f64) -> EventBody {
 }
 
 pub fn created() -> EventBody {
-    EventBody::JobCreated(JobCreated { metadata: None })
+    EventBody::JobCreated(JobCreated::default())
 }
 
 /// Appends `rows` through the store in batches of `batch`.

@@ -215,6 +215,7 @@ export class RejoinClient extends EventTarget {
       case "completed":
       case "failed":
       case "cancelled":
+      case "stalled":
         if (this.lastSeq !== null && msg.seq <= this.lastSeq) return; // seen before
         this.lastSeq = msg.seq;
         this.dispatchEvent(new CustomEvent("event", { detail: msg }));

@@ -1,0 +1,194 @@
+//! Job lifecycle deadlines: a job that goes quiet stalls (once per quiet
+//! spell) and a job that runs too long times out, both decided from the log
+//! by the same scheduler as grace windows: on time, once, after a SIGKILL and
+//! with two nodes on one PostgreSQL log. Short configured windows (1–2 s).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    events_of, next_close, next_json, serve_binary, spawn_app, spawn_with, token_for, ws_connect,
+    PATIENCE,
+};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+async fn create(http: &reqwest::Client, addr: std::net::SocketAddr, body: Value) -> Uuid {
+    let res = http
+        .post(format!("http://{addr}/v1/jobs"))
+        .bearer_auth(token_for("service", None))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    body["jobId"].as_str().unwrap().parse().unwrap()
+}
+
+async fn job_state(http: &reqwest::Client, addr: std::net::SocketAddr, job: Uuid) -> Value {
+    common::get_json_at(
+        http,
+        addr,
+        &format!("/v1/jobs/{job}"),
+        Some(&token_for("service", None)),
+    )
+    .await
+}
+
+/// Polls the log until `job` has at least one event of `kind`.
+async fn wait_for_kind(url: &str, job: Uuid, kind: &str) -> Vec<common::LoggedEvent> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let found = events_of(url, job, kind).await;
+        if !found.is_empty() {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{kind}` in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_job_stalls_once_its_watchers_hear_it_and_the_next_event_clears_it() {
+    let app = spawn_app().await;
+    let job = create(&app.http, app.addr, json!({"stallAfterSecs": 1})).await;
+    let mut ws = app.ws_client(job).await;
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    let last = app.progress(job, 40.0).await;
+    let progress = next_json(&mut ws).await;
+    assert_eq!(progress["seq"], last);
+
+    let stalled = next_json(&mut ws).await;
+    assert_eq!(stalled["type"], "stalled");
+    assert_eq!(stalled["seq"], last + 1);
+    assert_eq!(stalled["since"], progress["at"]);
+    let since: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(stalled["since"].clone()).unwrap();
+    let at: chrono::DateTime<chrono::Utc> = serde_json::from_value(stalled["at"].clone()).unwrap();
+    assert!(at - since >= chrono::Duration::seconds(1), "{stalled}");
+    let state = app.get_job(job).await;
+    assert_eq!(state["stalled"], true);
+    assert_eq!(state["stalledSince"], progress["at"]);
+
+    // The stall does not restart its own clock: a second window passes
+    // with no second `stalled`.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.events_of(job, "stalled").await.len(), 1);
+
+    // The next job event clears it, and a new quiet spell stalls again.
+    let next = app.progress(job, 50.0).await;
+    assert_eq!(next_json(&mut ws).await["seq"], next);
+    let state = app.get_job(job).await;
+    assert_eq!(state["stalled"], false);
+    assert!(state.get("stalledSince").is_none());
+    let again = next_json(&mut ws).await;
+    assert_eq!(again["type"], "stalled");
+    assert_eq!(app.events_of(job, "stalled").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_job_that_runs_past_its_timeout_fails_once_and_refuses_later_events() {
+    let app = spawn_app().await;
+    let job = create(&app.http, app.addr, json!({"timeoutSecs": 1})).await;
+    let mut ws = app.ws_client(job).await;
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    app.progress(job, 10.0).await;
+    next_json(&mut ws).await;
+
+    let failed = next_json(&mut ws).await;
+    assert_eq!(failed["type"], "failed");
+    assert_eq!(failed["error"]["code"], "timeout");
+    assert_eq!(next_close(&mut ws).await, (1000, "job finished".to_owned()));
+    let late = app
+        .post_event(job, json!({"type": "progress", "progress": 90.0}))
+        .await;
+    assert_eq!(late.status(), 409);
+    let body: Value = late.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "job_finished");
+    assert_eq!(app.events_of(job, "failed").await.len(), 1);
+    let state = app.get_job(job).await;
+    assert_eq!(state["status"], "failed");
+    assert_eq!(state["timeoutSecs"], 1);
+}
+
+#[tokio::test]
+async fn the_servers_default_windows_apply_to_jobs_created_without_their_own() {
+    let app = spawn_with(&["--stall-after-secs", "1", "--job-timeout-secs", "3600"]).await;
+    let job = app.create_job().await;
+    let state = app.get_job(job).await;
+    assert_eq!(state["stallAfterSecs"], 1);
+    assert_eq!(state["timeoutSecs"], 3600);
+    // 0 turns a default off for one job.
+    let off = create(&app.http, app.addr, json!({"stallAfterSecs": 0})).await;
+    assert!(app.get_job(off).await.get("stallAfterSecs").is_none());
+    app.wait_for_job(job, "the stall", |s| s["stalled"] == true)
+        .await;
+}
+
+#[tokio::test]
+async fn windows_out_of_range_are_refused_and_create_nothing() {
+    let app = spawn_app().await;
+    let before = app.count_events().await;
+    for body in [
+        json!({"stallAfterSecs": 999_999_999}),
+        json!({"timeoutSecs": -1}),
+        json!({"timeoutSecs": "soon"}),
+    ] {
+        let res = app.post_as("/v1/jobs", &app.service(), &body).await;
+        assert_eq!(res.status(), 400, "{body}");
+    }
+    assert_eq!(app.count_events().await, before);
+}
+
+#[tokio::test]
+async fn deadlines_that_passed_while_the_server_was_down_fire_once_at_its_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::fresh_database(dir.path()).await;
+    let (mut first, addr) = serve_binary(&url, &[]).await;
+    let http = reqwest::Client::new();
+    let stalls = create(&http, addr, json!({"stallAfterSecs": 1})).await;
+    let times_out = create(&http, addr, json!({"timeoutSecs": 1})).await;
+    first.kill().await.unwrap(); // SIGKILL, before either deadline
+
+    // Both deadlines pass while nothing runs.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_second, addr) = serve_binary(&url, &[]).await;
+    wait_for_kind(&url, stalls, "stalled").await;
+    wait_for_kind(&url, times_out, "failed").await;
+    assert_eq!(job_state(&http, addr, stalls).await["stalled"], true);
+    let failed = job_state(&http, addr, times_out).await;
+    assert_eq!(failed["error"]["code"], "timeout");
+    assert_eq!(events_of(&url, stalls, "stalled").await.len(), 1);
+    assert_eq!(events_of(&url, times_out, "failed").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_log_fire_each_deadline_once() {
+    if std::env::var_os("REJOIN_TEST_POSTGRES_URL").is_none() {
+        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::fresh_database(dir.path()).await;
+    let (_a, a) = serve_binary(&url, &[]).await;
+    let (_b, b) = serve_binary(&url, &[]).await;
+    let http = reqwest::Client::new();
+    let job = create(&http, a, json!({"stallAfterSecs": 1, "timeoutSecs": 2})).await;
+    let mut ws = ws_connect(
+        b,
+        &format!("jobId={job}&token={}", token_for("client", Some(job))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    assert_eq!(next_json(&mut ws).await["type"], "stalled");
+    let failed = next_json(&mut ws).await;
+    assert_eq!(failed["error"]["code"], "timeout");
+    assert_eq!(next_close(&mut ws).await.0, 1000);
+    assert_eq!(events_of(&url, job, "stalled").await.len(), 1);
+    assert_eq!(events_of(&url, job, "failed").await.len(), 1);
+}
