@@ -182,6 +182,7 @@ impl Application {
         engine_stop.cancel();
         tasks.scheduler.await.context("the scheduler panicked")?;
         tasks.writer.await.context("the log writer panicked")?;
+        tasks.index.await.context("the job indexer panicked")?;
         tasks
             .checkpoints
             .await

@@ -29,6 +29,9 @@ pub enum CliCommand {
     Verify(VerifyArgs),
     /// Print one job's connection history.
     History(HistoryArgs),
+    /// List jobs, newest first, from the job index (the filters of
+    /// `GET /v1/jobs`).
+    Jobs(JobsArgs),
     /// Fold the log (all of it, from a position, or one job) into NDJSON events
     /// or a summary.
     Replay(ReplayArgs),
@@ -261,6 +264,37 @@ pub struct HistoryArgs {
     pub job: Uuid,
     /// Print the history as JSON (the shape of `GET /v1/jobs/{id}/history`'s
     /// sessions, rejected attempts and totals).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct JobsArgs {
+    /// pending, running, completed, failed or cancelled.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only stalled (true) or not stalled (false) jobs.
+    #[arg(long)]
+    pub stalled: Option<String>,
+    /// Created at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Created before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// KEY=VALUE: a top-level metadata key and the value it must have
+    /// (repeatable).
+    #[arg(long)]
+    pub meta: Vec<String>,
+    /// Jobs per page (1 to 200).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// The cursor a previous page printed.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Print the page as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -2,6 +2,7 @@
 
 mod checkpoint;
 pub mod history;
+mod jobs;
 mod replay;
 mod serve;
 mod token;
@@ -18,6 +19,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::Token(args) => token::run(args).await,
         CliCommand::Verify(args) => verify::run(args).await,
         CliCommand::History(args) => history::run(args).await,
+        CliCommand::Jobs(args) => jobs::run(args).await,
         CliCommand::Replay(args) => replay::run(args).await,
         CliCommand::Checkpoint(args) => checkpoint::run(args).await,
     }

@@ -301,13 +301,14 @@ impl JobState {
         } else {
             self.last_seq = event.seq;
             // A stall is news, not activity: its clock keeps running from
-            // the job event before it.
+            // the job event before it, and it does not start a job that
+            // never reported anything.
             if !matches!(event.body, EventBody::JobStalled(_)) {
                 self.last_update = Some(at);
                 self.stalled_since = None;
-            }
-            if self.status == JobStatus::Pending {
-                self.status = JobStatus::Running;
+                if self.status == JobStatus::Pending {
+                    self.status = JobStatus::Running;
+                }
             }
         }
         match &event.body {

@@ -7,6 +7,7 @@
 
 mod checkpoint;
 pub mod hub;
+pub mod index;
 pub mod jobs;
 pub mod lease;
 mod membership;
@@ -226,6 +227,8 @@ pub struct EngineTasks {
     /// On a shared log: keeps this node's lease and records the sessions of
     /// nodes whose leases ran out.
     pub leases: Option<JoinHandle<()>>,
+    /// Keeps the job index folded up to the log.
+    pub index: JoinHandle<()>,
 }
 
 impl Engine {
@@ -390,6 +393,11 @@ impl Engine {
             deadline_rx,
             shutdown.clone(),
         ));
+        let index = tokio::spawn(index::run(
+            inner.store.clone(),
+            inner.head.clone(),
+            shutdown.clone(),
+        ));
         let leases = inner.shared_clock.clone().map(|clock| {
             tokio::spawn(membership::keep_lease(
                 self.clone(),
@@ -403,6 +411,7 @@ impl Engine {
             scheduler,
             checkpoints,
             leases,
+            index,
         }
     }
 
@@ -602,6 +611,12 @@ impl Engine {
 
     pub async fn job_exists(&self, job_id: JobId) -> Result<bool, StoreError> {
         Ok(self.job(job_id).await?.is_some())
+    }
+
+    /// The job's watchers (sessions that have not ended). A job with any is
+    /// live, so always held: one not held has none.
+    pub fn watcher_count(&self, job_id: JobId) -> usize {
+        self.table().peek(job_id).map_or(0, |j| j.watchers.len())
     }
 
     /// Jobs held in memory: (live, cached).

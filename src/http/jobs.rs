@@ -25,7 +25,7 @@ use crate::engine::Outcome;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/jobs", post(create_job))
+        .route("/v1/jobs", post(create_job).get(super::search::list_jobs))
         .route("/v1/jobs/{job_id}", get(get_job))
         .route("/v1/jobs/{job_id}/events", post(append_event))
         .route("/v1/jobs/{job_id}/token", post(refresh_token))

@@ -11,6 +11,7 @@ pub mod history;
 pub mod jobs;
 pub mod openapi;
 pub mod rate;
+pub mod search;
 mod support;
 pub mod upgrade;
 

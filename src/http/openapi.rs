@@ -6,7 +6,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{events, health, history, jobs, AppState};
+use super::{events, health, history, jobs, search, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use super::{events, health, history, jobs, AppState};
     ),
     paths(
         jobs::create_job,
+        search::list_jobs,
         jobs::append_event,
         jobs::refresh_token,
         jobs::get_job,

@@ -8,6 +8,7 @@
 //! unique `(job_id, seq)` is the last line of defence against two writers.
 
 pub mod chain;
+pub mod job_index;
 pub mod pages;
 pub mod postgres;
 pub mod sqlite;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::event::{format_time, parse_time, DecodeError, Event, EventBody};
+pub use job_index::{IndexRow, JobFilter};
 pub use pages::Pages;
 
 /// One event as stored.
@@ -156,6 +158,26 @@ pub trait LogStore: Send + Sync + 'static {
     /// Deletes every checkpoint but those in `keep`, and parts no header
     /// names (left by a writer that stopped half-way).
     async fn delete_checkpoints_except(&self, keep: &[&str]) -> Result<(), StoreError>;
+
+    /// The job index: the log position it is folded through.
+    async fn job_index_position(&self) -> Result<i64, StoreError>;
+
+    /// The job index's rows of these jobs (those it has).
+    async fn job_index_rows(&self, job_ids: &[String]) -> Result<Vec<IndexRow>, StoreError>;
+
+    /// Writes `rows` into the job index and moves it from position `from`
+    /// to `through`, in one transaction; `false` (and nothing written) when
+    /// another writer moved it from `from` first.
+    async fn write_job_index(
+        &self,
+        rows: &[IndexRow],
+        from: i64,
+        through: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Jobs the index holds that match `filter`, newest first (by the
+    /// position of their creation), at most `filter.limit`.
+    async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError>;
 
     /// Whether other processes append to this log too (several nodes on one
     /// database): the engine then follows the log and retries conflicts.

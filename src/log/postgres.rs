@@ -14,8 +14,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row};
+use sqlx::{Postgres, QueryBuilder, Row};
 
+use super::job_index::{
+    valid_meta_key, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA, UPSERT_HEAD, UPSERT_TAIL,
+};
 use super::{
     classify, AppendListener, CheckpointHeader, CheckpointRow, EventRow, LogStore, StoreError,
     LIST_CHECKPOINTS,
@@ -91,6 +94,9 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Open(format!("migrating {shown}: {e}")))?;
+        ensure_job_index(&pool)
+            .await
+            .map_err(|e| StoreError::Open(format!("job index in {shown}: {e}")))?;
         for (setting, allowed) in [
             ("fsync", &["on"][..]),
             (
@@ -310,6 +316,94 @@ impl LogStore for PostgresStore {
         .map_err(classify)
     }
 
+    async fn job_index_position(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT position FROM job_index_position WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
+    async fn job_index_rows(&self, job_ids: &[String]) -> Result<Vec<IndexRow>, StoreError> {
+        sqlx::query_as("SELECT * FROM job_index WHERE job_id = ANY($1)")
+            .bind(job_ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
+    async fn write_job_index(
+        &self,
+        rows: &[IndexRow],
+        from: i64,
+        through: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        // Nodes index the same log: the position row decides who wrote
+        // which stretch (a node that lost the race writes nothing).
+        let moved = sqlx::query(
+            "UPDATE job_index_position SET position = $1 WHERE id = 1 AND position = $2",
+        )
+        .bind(through)
+        .bind(from)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if moved.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for chunk in rows.chunks(100) {
+            let mut q = QueryBuilder::<Postgres>::new(UPSERT_HEAD);
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.job_id)
+                    .push_bind(r.created_position)
+                    .push_bind(&r.created_at)
+                    .push_bind(&r.status)
+                    .push_bind(r.progress)
+                    .push_bind(r.stalled)
+                    .push_bind(&r.last_update)
+                    .push_bind(&r.metadata);
+            });
+            q.push(UPSERT_TAIL);
+            q.build().execute(&mut *tx).await.map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError> {
+        let mut q = QueryBuilder::<Postgres>::new("SELECT * FROM job_index WHERE true");
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(stalled) = filter.stalled {
+            q.push(" AND stalled = ").push_bind(i32::from(stalled));
+        }
+        if let Some(since) = &filter.since {
+            q.push(" AND created_at >= ").push_bind(since);
+        }
+        if let Some(until) = &filter.until {
+            q.push(" AND created_at < ").push_bind(until);
+        }
+        for (key, value) in &filter.meta {
+            if !valid_meta_key(key) {
+                continue; // refused by the caller
+            }
+            q.push(" AND (metadata::jsonb ->> ")
+                .push_bind(key)
+                .push(") = ")
+                .push_bind(value);
+        }
+        if let Some(before) = filter.before {
+            q.push(" AND created_position < ").push_bind(before);
+        }
+        q.push(" ORDER BY created_position DESC LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        q.build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
     fn shared(&self) -> bool {
         true
     }
@@ -377,6 +471,35 @@ impl LogStore for PostgresStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Serialises nodes creating the job index at the same moment.
+const INDEX_LOCK: i64 = 0x726a_6978; // "rjix"
+
+/// Creates the job index if it is missing; a missing one (new, or dropped)
+/// is folded again from the start of the log.
+async fn ensure_job_index(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(INDEX_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let existed: bool = sqlx::query_scalar("SELECT to_regclass('job_index') IS NOT NULL")
+        .fetch_one(&mut *tx)
+        .await?;
+    for statement in JOB_INDEX_SCHEMA {
+        sqlx::query(&statement.replace("{real}", "DOUBLE PRECISION"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let reset = if existed {
+        "INSERT INTO job_index_position (id, position) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"
+    } else {
+        "INSERT INTO job_index_position (id, position) VALUES (1, 0)
+         ON CONFLICT (id) DO UPDATE SET position = 0"
+    };
+    sqlx::query(reset).execute(&mut *tx).await?;
+    tx.commit().await
 }
 
 /// The database's clock, read as microseconds since the Unix epoch.

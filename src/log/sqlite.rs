@@ -17,6 +17,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
+use super::job_index::{
+    valid_meta_key, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA, UPSERT_HEAD, UPSERT_TAIL,
+};
 use super::sqlite_scan::Scanner;
 use super::{
     classify, CheckpointHeader, CheckpointRow, EventRow, LogStore, StoreError, LIST_CHECKPOINTS,
@@ -76,6 +79,9 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Open(format!("migrating {}: {e}", path.display())))?;
         check_durability(&mut writer, &path).await?;
+        ensure_job_index(&mut writer)
+            .await
+            .map_err(|e| StoreError::Open(format!("job index in {}: {e}", path.display())))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(0)
@@ -93,6 +99,28 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Creates the job index if it is missing; a missing one (new, or dropped)
+/// is folded again from the start of the log.
+async fn ensure_job_index(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let existed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'job_index'",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    for statement in JOB_INDEX_SCHEMA {
+        sqlx::query(&statement.replace("{real}", "REAL"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let reset = if existed == 0 {
+        "INSERT INTO job_index_position (id, position) VALUES (1, 0)
+         ON CONFLICT (id) DO UPDATE SET position = 0"
+    } else {
+        "INSERT INTO job_index_position (id, position) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"
+    };
+    sqlx::query(reset).execute(&mut *conn).await.map(drop)
 }
 
 /// Reads back `journal_mode` and `synchronous`: a build or file that silently
@@ -258,6 +286,103 @@ impl LogStore for SqliteStore {
         .await
         .map(|_| ())
         .map_err(classify)
+    }
+
+    async fn job_index_position(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT position FROM job_index_position WHERE id = 1")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(classify)
+    }
+
+    async fn job_index_rows(&self, job_ids: &[String]) -> Result<Vec<IndexRow>, StoreError> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM job_index WHERE job_id IN (");
+        let mut ids = q.separated(", ");
+        for id in job_ids {
+            ids.push_bind(id);
+        }
+        q.push(")");
+        q.build_query_as()
+            .fetch_all(&self.readers)
+            .await
+            .map_err(classify)
+    }
+
+    async fn write_job_index(
+        &self,
+        rows: &[IndexRow],
+        from: i64,
+        through: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn.begin().await.map_err(classify)?;
+        let moved =
+            sqlx::query("UPDATE job_index_position SET position = ? WHERE id = 1 AND position = ?")
+                .bind(through)
+                .bind(from)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        if moved.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for chunk in rows.chunks(100) {
+            let mut q = QueryBuilder::<Sqlite>::new(UPSERT_HEAD);
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.job_id)
+                    .push_bind(r.created_position)
+                    .push_bind(&r.created_at)
+                    .push_bind(&r.status)
+                    .push_bind(r.progress)
+                    .push_bind(r.stalled)
+                    .push_bind(&r.last_update)
+                    .push_bind(&r.metadata);
+            });
+            q.push(UPSERT_TAIL);
+            q.build().execute(&mut *tx).await.map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM job_index WHERE 1 = 1");
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(stalled) = filter.stalled {
+            q.push(" AND stalled = ").push_bind(i32::from(stalled));
+        }
+        if let Some(since) = &filter.since {
+            q.push(" AND created_at >= ").push_bind(since);
+        }
+        if let Some(until) = &filter.until {
+            q.push(" AND created_at < ").push_bind(until);
+        }
+        for (key, value) in &filter.meta {
+            if !valid_meta_key(key) {
+                continue; // refused by the caller; never spliced
+            }
+            let path = format!("$.\"{key}\"");
+            q.push(" AND (CASE json_type(metadata, ")
+                .push_bind(path.clone())
+                .push(") WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE CAST(json_extract(metadata, ")
+                .push_bind(path)
+                .push(") AS TEXT) END) = ")
+                .push_bind(value);
+        }
+        if let Some(before) = filter.before {
+            q.push(" AND created_position < ").push_bind(before);
+        }
+        q.push(" ORDER BY created_position DESC LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        q.build_query_as()
+            .fetch_all(&self.readers)
+            .await
+            .map_err(classify)
     }
 
     async fn delete_checkpoints_except(&self, keep: &[&str]) -> Result<(), StoreError> {

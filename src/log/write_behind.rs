@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{AppendListener, CheckpointHeader, EventRow, LogStore, StoreError};
+use super::{
+    AppendListener, CheckpointHeader, EventRow, IndexRow, JobFilter, LogStore, StoreError,
+};
 
 /// How long an acknowledged append waits before it is committed.
 const DELAY: Duration = Duration::from_millis(50);
@@ -121,6 +123,27 @@ impl LogStore for WriteBehind {
 
     async fn delete_checkpoints_except(&self, keep: &[&str]) -> Result<(), StoreError> {
         self.inner.delete_checkpoints_except(keep).await
+    }
+
+    async fn job_index_position(&self) -> Result<i64, StoreError> {
+        self.inner.job_index_position().await
+    }
+
+    async fn job_index_rows(&self, job_ids: &[String]) -> Result<Vec<IndexRow>, StoreError> {
+        self.inner.job_index_rows(job_ids).await
+    }
+
+    async fn write_job_index(
+        &self,
+        rows: &[IndexRow],
+        from: i64,
+        through: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner.write_job_index(rows, from, through).await
+    }
+
+    async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError> {
+        self.inner.find_jobs(filter).await
     }
 
     fn shared(&self) -> bool {

@@ -1,0 +1,71 @@
+//! Keeps the job index (`log/job_index.rs`) folded up to the log: a task
+//! that reads the events after the index's position, folds them into the
+//! rows of their jobs and writes rows and position in one transaction.
+//! Listings catch it up to the head first, so they see every job committed
+//! before they were asked.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::job_index::fold;
+use crate::log::{IndexRow, LogStore, StoreError};
+
+/// Events folded per transaction.
+const PAGE: u32 = 1000;
+
+/// Folds the index forward until it covers position `through` (or the end
+/// of the log).
+pub async fn catch_up(store: &dyn LogStore, through: i64) -> Result<(), StoreError> {
+    loop {
+        let from = store.job_index_position().await?;
+        if from >= through {
+            return Ok(());
+        }
+        let rows = store.read_log(from, PAGE).await?;
+        let Some(to) = rows.last().map(|r| r.position) else {
+            return Ok(());
+        };
+        let events = rows
+            .iter()
+            .map(|r| r.decode_stored())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids: Vec<String> = events.iter().map(|e| e.job_id.to_string()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut held: HashMap<String, IndexRow> = store
+            .job_index_rows(&ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.job_id.clone(), r))
+            .collect();
+        let changed = fold(&mut held, &events);
+        let rows: Vec<IndexRow> = changed.iter().filter_map(|id| held.remove(id)).collect();
+        // Another node may have written this stretch first: then read the
+        // position again and go on from there.
+        store.write_job_index(&rows, from, to).await?;
+    }
+}
+
+/// The index task: catches up whenever the head moves (and every second,
+/// for what other nodes append), until `shutdown`.
+pub(super) async fn run(
+    store: Arc<dyn LogStore>,
+    mut head: watch::Receiver<i64>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let through = *head.borrow_and_update();
+        if let Err(e) = catch_up(store.as_ref(), through).await {
+            tracing::warn!(error = %e, "cannot bring the job index up to date; retrying");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = head.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
