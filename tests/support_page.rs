@@ -96,3 +96,109 @@ async fn the_support_page_shows_the_jobs_timeline() {
     let dom = run_chromium(&bin, &url, &["--dump-dom"]).await;
     assert!(dom.contains("Could not load the job: 401"), "{dom}");
 }
+
+#[tokio::test]
+async fn support_staff_find_a_job_open_it_and_watch_an_event_arrive_live() {
+    use common::cdp::Browser;
+    use serde_json::json;
+    let Some(bin) = common::cdp::chromium() else {
+        return;
+    };
+    let app = spawn_with(&[]).await;
+    let service = app.service();
+    let mut jobs = Vec::new();
+    for (user, stall) in [("u1", 0), ("u2", 0), ("u1", 1)] {
+        let res = app
+            .post_as(
+                "/v1/jobs",
+                &service,
+                &json!({"metadata": {"user": user}, "stallAfterSecs": stall}),
+            )
+            .await;
+        let body: serde_json::Value = res.json().await.unwrap();
+        jobs.push(
+            body["jobId"]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap(),
+        );
+    }
+    let stalls = jobs[2];
+    app.progress(stalls, 20.0).await;
+    app.wait_for_job(stalls, "the stall", |s| s["stalled"] == true)
+        .await;
+
+    let token = app.token(Role::Support, None);
+    let mut b = Browser::launch(&bin).await;
+    b.goto(&app.url(&format!("/support#token={token}"))).await;
+    let patience = Duration::from_secs(15);
+    // Search: metadata user = u1 finds two jobs, the stalled one first.
+    b.eval(
+        r##"document.getElementById("s-key").value = "user";
+           document.getElementById("s-value").value = "u1";
+           document.querySelector("#search button").click(); true"##,
+    )
+    .await;
+    b.wait_until(
+        r##"document.getElementById("results").dataset.count === "2""##,
+        "two results",
+        patience,
+    )
+    .await;
+    let listed = b
+        .eval(r##"[...document.querySelectorAll("tr.result")].map(r => r.dataset.job)"##)
+        .await;
+    assert_eq!(listed, json!([stalls.to_string(), jobs[0].to_string()]));
+    let flagged = b
+        .eval(r##"document.querySelector("tr.result .stalled-flag") !== null"##)
+        .await;
+    assert_eq!(flagged, true);
+
+    // Open the stalled job: its state, the stall on its event list.
+    b.eval(r##"document.querySelector("tr.result button.open").click(); true"##)
+        .await;
+    b.wait_until(
+        r##"document.body.dataset.loaded === "true""##,
+        "the job",
+        patience,
+    )
+    .await;
+    let text = b.eval("document.body.innerText").await;
+    let text = text.as_str().unwrap();
+    assert!(text.contains(&stalls.to_string()), "{text}");
+    assert!(text.contains("stalled: no job event since"), "{text}");
+    assert!(
+        text.contains("stalls after") && text.contains("1 s without an event"),
+        "{text}"
+    );
+
+    // Live: an event posted now appears without a reload.
+    b.eval("window.notReloaded = true").await;
+    let seq = app.progress(stalls, 55.0).await;
+    b.wait_until(
+        &format!(r##"document.querySelector('#job-events tr[data-seq="{seq}"]') !== null"##),
+        "the live event",
+        patience,
+    )
+    .await;
+    assert_eq!(b.eval("window.notReloaded === true").await, true);
+    let shown = b
+        .eval(&format!(
+            r##"document.querySelector('#job-events tr[data-seq="{seq}"]').innerText"##
+        ))
+        .await;
+    assert!(shown.as_str().unwrap().contains("55%"), "{shown}");
+    b.wait_until(
+        r##"!document.querySelector("#state .stalled-flag")"##,
+        "the stall to clear on screen",
+        patience,
+    )
+    .await;
+
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("support-search-live.png");
+    b.screenshot(&shot).await;
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000);
+    println!("screenshot: {}", shot.display());
+}

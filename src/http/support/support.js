@@ -1,5 +1,6 @@
-// The support page: reads a job's state and connection history with a support
-// token and draws its sessions as a timeline. No build step, no dependencies.
+// The support page: finds jobs (GET /v1/jobs), reads a job's state, events and
+// connection history with a support token, draws its sessions as a timeline,
+// and, while open, follows the job live. No build step, no dependencies.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -64,6 +65,38 @@ function describe(e) {
   }
 }
 
+// One line per job event (GET /v1/jobs/{id}/events envelopes).
+function describeJobEvent(e) {
+  const d = e.data || {};
+  switch (e.kind) {
+    case "job_created":
+      return "created" + (d.stallAfterSecs ? `; stalls after ${d.stallAfterSecs} s quiet` : "") +
+        (d.timeoutSecs ? `; times out after ${d.timeoutSecs} s` : "");
+    case "progress":
+      return `${d.progress}%` + (d.message ? ` ${d.message}` : "");
+    case "message":
+      return d.name;
+    case "completed":
+      return "completed";
+    case "failed":
+      return d.error && d.error.code === "timeout"
+        ? `timed out: ${d.error.message}`
+        : `failed ${d.error ? `${d.error.code}: ${d.error.message}` : ""}`;
+    case "cancelled":
+      return "cancelled" + (d.reason ? `: ${d.reason}` : "");
+    case "stalled":
+      return `stalled: no job event since ${time(d.since)}`;
+    default:
+      return null; // connection events are in the sessions below
+  }
+}
+
+function jobEventRow(e, fresh) {
+  return el("tr", { class: `${e.kind}${fresh ? " fresh" : ""}`, "data-seq": e.seq },
+    el("td", { class: "time" }, time(e.at)), el("td", {}, e.seq),
+    el("td", { class: "kind" }, e.kind.replace("_", " ")), el("td", {}, describeJobEvent(e)));
+}
+
 function eventTable(events) {
   return el("table", {},
     el("tr", {}, el("th", {}, "time"), el("th", {}, "seq"), el("th", {}, "event"), el("th", {}, "details")),
@@ -112,7 +145,15 @@ function render(job, history) {
       ["last seq", job.lastSeq], ["session", job.session ? `${job.session.state}` : "none yet"],
       ["watchers", (job.watchers || []).length],
       ["grace until", job.session && job.session.graceUntil ? time(job.session.graceUntil) : "–"],
+      ["stalled", job.stalled ? `since ${time(job.stalledSince)}` : "no"],
+      ["stalls after", job.stallAfterSecs ? `${job.stallAfterSecs} s without an event` : "–"],
+      ["times out", job.timeoutSecs && job.createdAt
+        ? time(new Date(Date.parse(job.createdAt) + job.timeoutSecs * 1000).toISOString()) : "–"],
+      ["last disconnect", job.lastDisconnect
+        ? `${job.lastDisconnect.code} ${job.lastDisconnect.reason || ""} at ${time(job.lastDisconnect.at)}` : "–"],
+      ["last socket error", job.lastSocketError ? job.lastSocketError.message : "–"],
     ]));
+  if (job.stalled) state.querySelector("h2").append(el("span", { class: "stalled-flag" }, "stalled"));
   state.hidden = false;
 
   const t = history.totals;
@@ -151,37 +192,134 @@ function render(job, history) {
   rejected.hidden = false;
 }
 
+const api = (token) => async (path) => {
+  const res = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(`${res.status}: ${(body.error && body.error.message) || res.statusText}`);
+  return body;
+};
+
+// The job on screen and its live follower.
+const shown = { token: null, id: null, seq: 0, timer: null, busy: false };
+
+function renderEvents(events) {
+  const rows = events.filter((e) => describeJobEvent(e) !== null);
+  fill($("events"), el("h2", {}, "Job events", el("span", { id: "live-state", class: "notice" })),
+    el("table", { id: "job-events" },
+      el("tr", {}, el("th", {}, "time"), el("th", {}, "seq"), el("th", {}, "event"), el("th", {}, "details")),
+      rows.map((e) => jobEventRow(e, false))));
+  $("events").hidden = false;
+}
+
 async function load(token, jobId) {
   const notice = $("notice");
   notice.className = "notice";
   notice.textContent = "Loading…";
-  const get = async (path) => {
-    const res = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
-    const body = await res.json().catch(() => ({}));
-    if (!res.ok) throw new Error(`${res.status}: ${(body.error && body.error.message) || res.statusText}`);
-    return body;
-  };
+  clearInterval(shown.timer);
+  const get = api(token);
   try {
     const id = encodeURIComponent(jobId.trim());
-    const [job, history] = await Promise.all([get(`/v1/jobs/${id}`), get(`/v1/jobs/${id}/history`)]);
+    const [job, history, log] = await Promise.all([
+      get(`/v1/jobs/${id}`), get(`/v1/jobs/${id}/history`), get(`/v1/jobs/${id}/events?limit=10000`),
+    ]);
     render(job, history);
+    renderEvents(log.events);
+    Object.assign(shown, { token, id, seq: log.events.length ? log.events[log.events.length - 1].seq : 0 });
     notice.textContent = `Loaded at ${time(new Date().toISOString())}.`;
     document.body.dataset.loaded = "true";
+    follow();
   } catch (err) {
     notice.className = "notice error";
     notice.textContent = `Could not load the job: ${err.message}`;
   }
 }
 
+// Live mode: every second, the job's events after the last one shown are
+// appended, and its state and history redrawn when anything came.
+function follow() {
+  clearInterval(shown.timer);
+  if (!$("live").checked || !shown.id) return;
+  $("live-state").textContent = " following live";
+  shown.timer = setInterval(async () => {
+    if (shown.busy) return;
+    shown.busy = true;
+    try {
+      const get = api(shown.token);
+      const page = await get(`/v1/jobs/${shown.id}/events?after=${shown.seq}&limit=1000`);
+      if (page.events.length) {
+        shown.seq = page.events[page.events.length - 1].seq;
+        const table = $("job-events");
+        for (const e of page.events) if (describeJobEvent(e) !== null) table.append(jobEventRow(e, true));
+        const [job, history] = await Promise.all([get(`/v1/jobs/${shown.id}`), get(`/v1/jobs/${shown.id}/history`)]);
+        render(job, history);
+        document.body.dataset.seq = String(shown.seq);
+      }
+    } catch (err) {
+      $("live-state").textContent = ` live updates paused: ${err.message}`;
+    } finally {
+      shown.busy = false;
+    }
+  }, 1000);
+}
+
+$("live").addEventListener("change", follow);
+
 $("lookup").addEventListener("submit", (e) => {
   e.preventDefault();
   load($("token").value, $("job").value);
 });
 
-// `#token=…&job=…` fills the form and loads: the fragment never reaches a server.
+// The finder: GET /v1/jobs with the form's filters; a result opens the job.
+async function search(after) {
+  const q = new URLSearchParams();
+  for (const [field, name] of [["s-status", "status"], ["s-stalled", "stalled"]]) {
+    if ($(field).value) q.set(name, $(field).value);
+  }
+  for (const [field, name] of [["s-since", "since"], ["s-until", "until"]]) {
+    if ($(field).value) q.set(name, new Date($(field).value).toISOString());
+  }
+  if ($("s-key").value.trim()) q.set(`meta.${$("s-key").value.trim()}`, $("s-value").value);
+  if (after) q.set("after", after);
+  const results = $("results");
+  try {
+    const page = await api($("token").value)(`/v1/jobs?${q}`);
+    const rows = page.jobs.map((j) => el("tr", { class: "result", "data-job": j.jobId },
+      el("td", {}, el("button", { type: "button", class: "open", "data-job": j.jobId }, j.jobId)),
+      el("td", {}, el("span", { class: `status ${j.status}` }, j.status),
+        j.stalled ? el("span", { class: "stalled-flag" }, "stalled") : null),
+      el("td", {}, `${j.progress}%`), el("td", { class: "time" }, time(j.createdAt)),
+      el("td", { class: "time" }, time(j.lastUpdate)), el("td", {}, j.watchers),
+      el("td", {}, j.metadata ? JSON.stringify(j.metadata) : "")));
+    fill(results,
+      el("table", {},
+        el("tr", {}, ["job", "status", "progress", "created", "last update", "watchers", "metadata"].map((h) => el("th", {}, h))),
+        rows),
+      page.jobs.length === 0 ? el("p", { class: "notice" }, "No job matches.") : null,
+      page.nextAfter ? el("button", { type: "button", id: "more", "data-after": page.nextAfter }, "Older jobs") : null);
+    results.dataset.count = String(page.jobs.length);
+  } catch (err) {
+    fill(results, el("p", { class: "notice error" }, `Could not search: ${err.message}`));
+  }
+}
+
+$("search").addEventListener("submit", (e) => {
+  e.preventDefault();
+  search(null);
+});
+
+$("results").addEventListener("click", (e) => {
+  const target = e.target.closest("button");
+  if (!target) return;
+  if (target.id === "more") return search(target.dataset.after);
+  $("job").value = target.dataset.job;
+  load($("token").value, target.dataset.job);
+});
+
+// `#token=…[&job=…]` fills the form (and loads the job): the fragment never
+// reaches a server.
 const params = new URLSearchParams(location.hash.slice(1));
+if (params.get("token")) $("token").value = params.get("token");
 if (params.get("token") && params.get("job")) {
-  $("token").value = params.get("token");
   $("job").value = params.get("job");
   load(params.get("token"), params.get("job"));
 }
