@@ -145,8 +145,9 @@ async fn a_full_disk_answers_503_keeps_serving_reads_and_recovers_when_space_ret
         .unwrap();
     assert!(
         verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
     );
     drop(ws);
     let mut app = app;

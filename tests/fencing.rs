@@ -170,6 +170,7 @@ async fn stall_until(
     let woke = Instant::now();
     let (mut received, close) = drain(&mut ws).await;
     let closed_after = woke.elapsed();
+    println!("the socket closed {closed_after:?} after SIGCONT");
     received.insert(0, first);
 
     // The client reconnects to the other node with what it had.

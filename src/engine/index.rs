@@ -20,6 +20,7 @@ const PAGE: u32 = 1000;
 /// Folds the index forward until it covers position `through` (or the end
 /// of the log).
 pub async fn catch_up(store: &dyn LogStore, through: i64) -> Result<(), StoreError> {
+    let mut raced = 0;
     loop {
         let from = store.job_index_position().await?;
         if from >= through {
@@ -44,9 +45,14 @@ pub async fn catch_up(store: &dyn LogStore, through: i64) -> Result<(), StoreErr
             .collect();
         let changed = fold(&mut held, &events);
         let rows: Vec<IndexRow> = changed.iter().filter_map(|id| held.remove(id)).collect();
-        // Another node may have written this stretch first: then read the
-        // position again and go on from there.
-        store.write_job_index(&rows, from, to).await?;
+        // Another writer (a node on the same log) moved the index first:
+        // read the position again and go on from there, a few times.
+        if !store.write_job_index(&rows, from, to).await? {
+            raced += 1;
+            if raced > 3 {
+                return Ok(());
+            }
+        }
     }
 }
 

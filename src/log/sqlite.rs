@@ -101,6 +101,42 @@ impl SqliteStore {
     }
 }
 
+/// The job index's position moved from `from` to `through` and its rows,
+/// inside the caller's transaction; false when the position was not `from`.
+async fn write_index_rows(
+    conn: &mut SqliteConnection,
+    rows: &[IndexRow],
+    from: i64,
+    through: i64,
+) -> Result<bool, StoreError> {
+    let moved =
+        sqlx::query("UPDATE job_index_position SET position = ? WHERE id = 1 AND position = ?")
+            .bind(through)
+            .bind(from)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+    if moved.rows_affected() == 0 {
+        return Ok(false);
+    }
+    for chunk in rows.chunks(100) {
+        let mut q = QueryBuilder::<Sqlite>::new(UPSERT_HEAD);
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(&r.job_id)
+                .push_bind(r.created_position)
+                .push_bind(&r.created_at)
+                .push_bind(&r.status)
+                .push_bind(r.progress)
+                .push_bind(r.stalled)
+                .push_bind(&r.last_update)
+                .push_bind(&r.metadata);
+        });
+        q.push(UPSERT_TAIL);
+        q.build().execute(&mut *conn).await.map_err(classify)?;
+    }
+    Ok(true)
+}
+
 /// Creates the job index if it is missing; a missing one (new, or dropped)
 /// is folded again from the start of the log.
 async fn ensure_job_index(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
@@ -109,6 +145,18 @@ async fn ensure_job_index(conn: &mut SqliteConnection) -> Result<(), sqlx::Error
     )
     .fetch_one(&mut *conn)
     .await?;
+    if existed == 1 {
+        // Already there: a read, so that opening the log beside a running
+        // server (`rejoin verify`, `history`, `jobs`) takes no write lock.
+        let positioned: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM job_index_position WHERE id = 1")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap_or(0);
+        if positioned == 1 {
+            return Ok(());
+        }
+    }
     for statement in JOB_INDEX_SCHEMA {
         sqlx::query(&statement.replace("{real}", "REAL"))
             .execute(&mut *conn)
@@ -318,34 +366,28 @@ impl LogStore for SqliteStore {
         through: i64,
     ) -> Result<bool, StoreError> {
         let mut conn = self.writer.lock().await;
-        let mut tx = conn.begin().await.map_err(classify)?;
-        let moved =
-            sqlx::query("UPDATE job_index_position SET position = ? WHERE id = 1 AND position = ?")
-                .bind(through)
-                .bind(from)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-        if moved.rows_affected() == 0 {
-            return Ok(false);
+        // Plain BEGIN/COMMIT/ROLLBACK rather than sqlx's transaction: when a
+        // statement fails with a full disk SQLite may already have rolled
+        // the transaction back itself, and the writer's connection must be
+        // left with no transaction open whatever happened (the next append
+        // begins its own).
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        let written = write_index_rows(&mut conn, rows, from, through).await;
+        let end = match written {
+            Ok(true) => "COMMIT",
+            _ => "ROLLBACK",
+        };
+        let ended = sqlx::query(end).execute(&mut *conn).await;
+        if end == "COMMIT" {
+            if let Err(e) = ended {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(classify(e));
+            }
         }
-        for chunk in rows.chunks(100) {
-            let mut q = QueryBuilder::<Sqlite>::new(UPSERT_HEAD);
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(&r.job_id)
-                    .push_bind(r.created_position)
-                    .push_bind(&r.created_at)
-                    .push_bind(&r.status)
-                    .push_bind(r.progress)
-                    .push_bind(r.stalled)
-                    .push_bind(&r.last_update)
-                    .push_bind(&r.metadata);
-            });
-            q.push(UPSERT_TAIL);
-            q.build().execute(&mut *tx).await.map_err(classify)?;
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(true)
+        written
     }
 
     async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError> {
