@@ -24,6 +24,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
+/// The close a fenced node's client gets.
+const FENCED: &str = "server lost its lease; reconnect";
+
 /// Lease of the stalled-node tests: short, so a test's stall is short.
 const LEASE_SECS: f64 = 2.0;
 
@@ -121,21 +124,12 @@ async fn drain(ws: &mut Ws) -> (Vec<i64>, Option<(u16, String)>) {
 
 /// A client watches a job on A; A is stopped (SIGSTOP) until B has recorded
 /// the session as lost and `then` has happened in the log; an event is
-/// posted to B meanwhile; A is continued. Returns what the client's socket
-/// received, how long after SIGCONT it closed, the resume on B and the
-/// logged `disconnected` that recorded the loss.
-async fn stall_until(
-    grace_secs: &str,
-    then: &str,
-) -> Option<(
-    Vec<i64>,
-    Option<(u16, String)>,
-    Duration,
-    Value,
-    Vec<Value>,
-    i64,
-    String,
-)> {
+/// posted to B meanwhile; A is continued. Checks what every stall must
+/// show: the socket closed 1012 within one lease period of SIGCONT, having
+/// received nothing at or after the loss's seq; the client, reconnecting to
+/// B with its `sessionId`, gets what it missed; the loss is logged once.
+/// Returns the `reconnected` and the client's first session id.
+async fn stall_until(grace_secs: &str, then: &str) -> Option<(Value, String)> {
     let url = fresh().await?;
     let lease = LEASE_SECS.to_string();
     let flags = ["--grace-secs", grace_secs, "--node-lease-secs", &lease];
@@ -172,6 +166,17 @@ async fn stall_until(
     let closed_after = woke.elapsed();
     println!("the socket closed {closed_after:?} after SIGCONT");
     received.insert(0, first);
+    assert_eq!(close, Some((1012, FENCED.to_owned())));
+    assert!(
+        closed_after < Duration::from_secs_f64(LEASE_SECS),
+        "closed {closed_after:?} after the node woke"
+    );
+    // Nothing was sent on the socket after the log recorded its session lost.
+    assert!(
+        received.iter().all(|seq| *seq < lost.seq),
+        "{received:?} vs {}",
+        lost.seq
+    );
 
     // The client reconnects to the other node with what it had.
     let last = received.iter().copied().max().unwrap_or(0);
@@ -186,6 +191,8 @@ async fn stall_until(
     for _ in 0..back["missed"].as_u64().unwrap() {
         replayed.push(next_json(&mut ws).await);
     }
+    assert_eq!(back["type"], "reconnected");
+    assert_eq!(replayed[0]["progress"], 20.0);
     assert_eq!(replayed.last().unwrap()["seq"], missed);
 
     // Once for the session, whichever node got there: the loss and (if it
@@ -199,67 +206,26 @@ async fn stall_until(
             <= 1
     );
     drop((a, b));
-    Some((
-        received,
-        close,
-        closed_after,
-        back,
-        replayed,
-        lost.seq,
-        session,
-    ))
+    Some((back, session))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stalled_past_its_lease_and_the_grace_window_fences_and_its_client_starts_over_elsewhere(
 ) {
-    let Some((received, close, closed_after, back, replayed, lost_seq, session)) =
-        stall_until("3", "grace_expired").await
-    else {
+    let Some((back, session)) = stall_until("3", "grace_expired").await else {
         return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
     };
-    assert_eq!(
-        close,
-        Some((1012, "server lost its lease; reconnect".to_owned()))
-    );
-    assert!(
-        closed_after < Duration::from_secs_f64(LEASE_SECS),
-        "closed {closed_after:?} after the node woke"
-    );
-    // Nothing was sent on the socket after the log recorded its session lost.
-    assert!(
-        received.iter().all(|seq| *seq < lost_seq),
-        "{received:?} vs {lost_seq}"
-    );
-    assert_eq!(back["type"], "reconnected");
     assert_eq!(back["resumed"], false);
     assert_ne!(back["sessionId"], session.as_str());
-    assert_eq!(replayed[0]["progress"], 20.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stalled_past_its_lease_only_fences_and_its_client_resumes_on_the_other() {
-    let Some((received, close, closed_after, back, replayed, lost_seq, session)) =
-        stall_until("30", "disconnected").await
-    else {
+    let Some((back, session)) = stall_until("30", "disconnected").await else {
         return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
     };
-    assert_eq!(
-        close,
-        Some((1012, "server lost its lease; reconnect".to_owned()))
-    );
-    assert!(
-        closed_after < Duration::from_secs_f64(LEASE_SECS),
-        "closed {closed_after:?} after the node woke"
-    );
-    assert!(
-        received.iter().all(|seq| *seq < lost_seq),
-        "{received:?} vs {lost_seq}"
-    );
-    assert_eq!(back["type"], "reconnected");
     assert_eq!(back["resumed"], true);
     assert_eq!(back["sessionId"], session.as_str());
-    assert_eq!(replayed[0]["progress"], 20.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,10 +250,7 @@ async fn a_node_cut_off_from_the_database_fences_itself_and_serves_again_once_it
     // reconnect; meanwhile the job goes on through B.
     let missed = progress_at(&http, b.addr, job, 20.0).await;
     let (received, close) = drain(&mut ws).await;
-    assert_eq!(
-        close,
-        Some((1012, "server lost its lease; reconnect".to_owned()))
-    );
+    assert_eq!(close, Some((1012, FENCED.to_owned())));
     assert!(!received.contains(&missed), "{received:?}");
     assert_eq!(a.status("/readyz").await, 503);
 

@@ -710,19 +710,34 @@ impl Engine {
 
     /// Records sessions whose sockets died with their server (this process's
     /// predecessor, or a node whose lease ran out) as disconnected with 1012
-    /// `server restart`. Concurrently, so the writer commits them in a few
-    /// transactions; a session that moved on meanwhile is left alone.
+    /// `server restart`.
     async fn record_lost(&self, sessions: Vec<(JobId, SessionId, u32)>) -> Result<(), EngineError> {
+        self.record_closes(sessions, close::SERVICE_RESTART, close::SERVER_RESTART)
+            .await
+    }
+
+    /// Records closes whose `disconnected` could not be written when they
+    /// happened (the log was unavailable): as 1006.
+    async fn record_unrecorded(
+        &self,
+        sessions: Vec<(JobId, SessionId, u32)>,
+    ) -> Result<(), EngineError> {
+        self.record_closes(sessions, close::ABNORMAL, close::UNRECORDED)
+            .await
+    }
+
+    /// Records each session's socket as closed with `code` and `reason`.
+    /// Concurrently, so the writer commits them in a few transactions; a
+    /// session that moved on meanwhile is left alone.
+    async fn record_closes(
+        &self,
+        sessions: Vec<(JobId, SessionId, u32)>,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), EngineError> {
         let recorded =
             futures_util::future::join_all(sessions.into_iter().map(|(job, session, socket)| {
-                self.detach(
-                    job,
-                    session,
-                    socket,
-                    close::SERVICE_RESTART,
-                    close::SERVER_RESTART,
-                    None,
-                )
+                self.detach(job, session, socket, code, reason, None)
             }))
             .await;
         recorded.into_iter().find(Result::is_err).unwrap_or(Ok(()))
@@ -766,27 +781,6 @@ impl Engine {
                 "fenced: {why}; closing every socket and taking a new lease"
             );
         }
-    }
-
-    /// Records closes whose `disconnected` could not be written when they
-    /// happened (the log was unavailable): as 1006.
-    async fn record_unrecorded(
-        &self,
-        sessions: Vec<(JobId, SessionId, u32)>,
-    ) -> Result<(), EngineError> {
-        let recorded =
-            futures_util::future::join_all(sessions.into_iter().map(|(job, session, socket)| {
-                self.detach(
-                    job,
-                    session,
-                    socket,
-                    close::ABNORMAL,
-                    close::UNRECORDED,
-                    None,
-                )
-            }))
-            .await;
-        recorded.into_iter().find(Result::is_err).unwrap_or(Ok(()))
     }
 
     pub fn store(&self) -> &Arc<dyn LogStore> {

@@ -8,6 +8,8 @@
 //! is missing is created empty at open and folded from the start of the log
 //! again; deleting it loses nothing.
 
+use sqlx::{Database, Encode, QueryBuilder, Type};
+
 use crate::domain::event::format_time;
 use crate::domain::{Event, EventBody, JobStatus};
 
@@ -144,6 +146,70 @@ pub struct JobFilter {
     /// Only jobs created before this log position (the cursor).
     pub before: Option<i64>,
     pub limit: u32,
+}
+
+/// The WHERE clauses of `filter` (after a `WHERE true`), ordered newest
+/// first and limited; `meta` pushes one backend's test of a metadata key's
+/// value (the key is checked with [`valid_meta_key`] first).
+pub(crate) fn push_filter<'a, DB>(
+    q: &mut QueryBuilder<'a, DB>,
+    filter: &'a JobFilter,
+    meta: impl Fn(&mut QueryBuilder<'a, DB>, &'a str, &'a str),
+) where
+    DB: Database,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    i32: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    if let Some(status) = filter.status {
+        q.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(stalled) = filter.stalled {
+        q.push(" AND stalled = ").push_bind(i32::from(stalled));
+    }
+    if let Some(since) = &filter.since {
+        q.push(" AND created_at >= ").push_bind(since.as_str());
+    }
+    if let Some(until) = &filter.until {
+        q.push(" AND created_at < ").push_bind(until.as_str());
+    }
+    for (key, value) in &filter.meta {
+        // Refused by the caller; never spliced.
+        if valid_meta_key(key) {
+            q.push(" AND ");
+            meta(q, key, value);
+        }
+    }
+    if let Some(before) = filter.before {
+        q.push(" AND created_position < ").push_bind(before);
+    }
+    q.push(" ORDER BY created_position DESC LIMIT ")
+        .push_bind(i64::from(filter.limit));
+}
+
+/// The upsert of `rows` into the job index (the same SQL on both backends).
+pub(crate) fn upsert<'a, DB>(rows: &'a [IndexRow]) -> QueryBuilder<'a, DB>
+where
+    DB: Database,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    Option<&'a str>: Encode<'a, DB> + Type<DB>,
+    i32: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+    f64: Encode<'a, DB> + Type<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(UPSERT_HEAD);
+    q.push_values(rows, |mut b, r| {
+        b.push_bind(r.job_id.as_str())
+            .push_bind(r.created_position)
+            .push_bind(r.created_at.as_str())
+            .push_bind(r.status.as_str())
+            .push_bind(r.progress)
+            .push_bind(r.stalled)
+            .push_bind(r.last_update.as_str())
+            .push_bind(r.metadata.as_deref());
+    });
+    q.push(UPSERT_TAIL);
+    q
 }
 
 /// A metadata key a filter may name: letters, digits, `_` and `-`, at most

@@ -16,9 +16,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::job_index::{
-    valid_meta_key, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA, UPSERT_HEAD, UPSERT_TAIL,
-};
+use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
 use super::{
     classify, AppendListener, CheckpointHeader, CheckpointRow, EventRow, LogStore, StoreError,
     LIST_CHECKPOINTS,
@@ -352,19 +350,11 @@ impl LogStore for PostgresStore {
             return Ok(false);
         }
         for chunk in rows.chunks(100) {
-            let mut q = QueryBuilder::<Postgres>::new(UPSERT_HEAD);
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(&r.job_id)
-                    .push_bind(r.created_position)
-                    .push_bind(&r.created_at)
-                    .push_bind(&r.status)
-                    .push_bind(r.progress)
-                    .push_bind(r.stalled)
-                    .push_bind(&r.last_update)
-                    .push_bind(&r.metadata);
-            });
-            q.push(UPSERT_TAIL);
-            q.build().execute(&mut *tx).await.map_err(classify)?;
+            upsert::<Postgres>(chunk)
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
         }
         tx.commit().await.map_err(classify)?;
         Ok(true)
@@ -372,32 +362,12 @@ impl LogStore for PostgresStore {
 
     async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError> {
         let mut q = QueryBuilder::<Postgres>::new("SELECT * FROM job_index WHERE true");
-        if let Some(status) = filter.status {
-            q.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(stalled) = filter.stalled {
-            q.push(" AND stalled = ").push_bind(i32::from(stalled));
-        }
-        if let Some(since) = &filter.since {
-            q.push(" AND created_at >= ").push_bind(since);
-        }
-        if let Some(until) = &filter.until {
-            q.push(" AND created_at < ").push_bind(until);
-        }
-        for (key, value) in &filter.meta {
-            if !valid_meta_key(key) {
-                continue; // refused by the caller
-            }
-            q.push(" AND (metadata::jsonb ->> ")
+        push_filter(&mut q, filter, |q, key, value| {
+            q.push("(metadata::jsonb ->> ")
                 .push_bind(key)
                 .push(") = ")
                 .push_bind(value);
-        }
-        if let Some(before) = filter.before {
-            q.push(" AND created_position < ").push_bind(before);
-        }
-        q.push(" ORDER BY created_position DESC LIMIT ")
-            .push_bind(i64::from(filter.limit));
+        });
         q.build_query_as()
             .fetch_all(&self.pool)
             .await

@@ -17,9 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
-use super::job_index::{
-    valid_meta_key, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA, UPSERT_HEAD, UPSERT_TAIL,
-};
+use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
 use super::sqlite_scan::Scanner;
 use super::{
     classify, CheckpointHeader, CheckpointRow, EventRow, LogStore, StoreError, LIST_CHECKPOINTS,
@@ -120,19 +118,11 @@ async fn write_index_rows(
         return Ok(false);
     }
     for chunk in rows.chunks(100) {
-        let mut q = QueryBuilder::<Sqlite>::new(UPSERT_HEAD);
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(&r.job_id)
-                .push_bind(r.created_position)
-                .push_bind(&r.created_at)
-                .push_bind(&r.status)
-                .push_bind(r.progress)
-                .push_bind(r.stalled)
-                .push_bind(&r.last_update)
-                .push_bind(&r.metadata);
-        });
-        q.push(UPSERT_TAIL);
-        q.build().execute(&mut *conn).await.map_err(classify)?;
+        upsert::<Sqlite>(chunk)
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
     }
     Ok(true)
 }
@@ -392,35 +382,15 @@ impl LogStore for SqliteStore {
 
     async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError> {
         let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM job_index WHERE 1 = 1");
-        if let Some(status) = filter.status {
-            q.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(stalled) = filter.stalled {
-            q.push(" AND stalled = ").push_bind(i32::from(stalled));
-        }
-        if let Some(since) = &filter.since {
-            q.push(" AND created_at >= ").push_bind(since);
-        }
-        if let Some(until) = &filter.until {
-            q.push(" AND created_at < ").push_bind(until);
-        }
-        for (key, value) in &filter.meta {
-            if !valid_meta_key(key) {
-                continue; // refused by the caller; never spliced
-            }
+        push_filter(&mut q, filter, |q, key, value| {
             let path = format!("$.\"{key}\"");
-            q.push(" AND (CASE json_type(metadata, ")
+            q.push("(CASE json_type(metadata, ")
                 .push_bind(path.clone())
                 .push(") WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE CAST(json_extract(metadata, ")
                 .push_bind(path)
                 .push(") AS TEXT) END) = ")
                 .push_bind(value);
-        }
-        if let Some(before) = filter.before {
-            q.push(" AND created_position < ").push_bind(before);
-        }
-        q.push(" ORDER BY created_position DESC LIMIT ")
-            .push_bind(i64::from(filter.limit));
+        });
         q.build_query_as()
             .fetch_all(&self.readers)
             .await
