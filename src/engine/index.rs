@@ -17,6 +17,9 @@ use crate::log::{IndexRow, LogStore, StoreError};
 /// Events folded per transaction.
 const PAGE: u32 = 1000;
 
+/// The least time between two rounds of the index task.
+const SPACING: Duration = Duration::from_millis(250);
+
 /// Folds the index forward until it covers position `through` (or the end
 /// of the log).
 pub async fn catch_up(store: &dyn LogStore, through: i64) -> Result<(), StoreError> {
@@ -56,8 +59,9 @@ pub async fn catch_up(store: &dyn LogStore, through: i64) -> Result<(), StoreErr
     }
 }
 
-/// The index task: catches up whenever the head moves (and every second,
-/// for what other nodes append), until `shutdown`.
+/// The index task: catches up whenever the head moves (at most every
+/// [`SPACING`], and every second for what other nodes append), until
+/// `shutdown`.
 pub(super) async fn run(
     store: Arc<dyn LogStore>,
     mut head: watch::Receiver<i64>,
@@ -67,6 +71,13 @@ pub(super) async fn run(
         let through = *head.borrow_and_update();
         if let Err(e) = catch_up(store.as_ref(), through).await {
             tracing::warn!(error = %e, "cannot bring the job index up to date; retrying");
+        }
+        // At most a few index commits a second under load (each is a
+        // durable transaction beside the appends'); a listing catches up by
+        // itself anyway.
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(SPACING) => {}
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
