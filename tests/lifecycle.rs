@@ -8,24 +8,11 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    events_of, next_close, next_json, serve_binary, spawn_app, spawn_with, token_for, ws_connect,
-    PATIENCE,
+    create_job_from, events_of, next_close, next_json, serve_binary, spawn_app, spawn_with,
+    token_for, ws_connect, PATIENCE,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-async fn create(http: &reqwest::Client, addr: std::net::SocketAddr, body: Value) -> Uuid {
-    let res = http
-        .post(format!("http://{addr}/v1/jobs"))
-        .bearer_auth(token_for("service", None))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let body: Value = res.json().await.unwrap();
-    body["jobId"].as_str().unwrap().parse().unwrap()
-}
 
 async fn job_state(http: &reqwest::Client, addr: std::net::SocketAddr, job: Uuid) -> Value {
     common::get_json_at(
@@ -56,7 +43,7 @@ async fn wait_for_kind(url: &str, job: Uuid, kind: &str) -> Vec<common::LoggedEv
 #[tokio::test]
 async fn a_quiet_job_stalls_once_its_watchers_hear_it_and_the_next_event_clears_it() {
     let app = spawn_app().await;
-    let job = create(&app.http, app.addr, json!({"stallAfterSecs": 1})).await;
+    let job = create_job_from(&app.http, app.addr, &json!({"stallAfterSecs": 1})).await;
     let mut ws = app.ws_client(job).await;
     assert_eq!(next_json(&mut ws).await["type"], "connected");
     let last = app.progress(job, 40.0).await;
@@ -94,7 +81,7 @@ async fn a_quiet_job_stalls_once_its_watchers_hear_it_and_the_next_event_clears_
 #[tokio::test]
 async fn a_job_that_runs_past_its_timeout_fails_once_and_refuses_later_events() {
     let app = spawn_app().await;
-    let job = create(&app.http, app.addr, json!({"timeoutSecs": 1})).await;
+    let job = create_job_from(&app.http, app.addr, &json!({"timeoutSecs": 1})).await;
     let mut ws = app.ws_client(job).await;
     assert_eq!(next_json(&mut ws).await["type"], "connected");
     app.progress(job, 10.0).await;
@@ -124,7 +111,7 @@ async fn the_servers_default_windows_apply_to_jobs_created_without_their_own() {
     assert_eq!(state["stallAfterSecs"], 1);
     assert_eq!(state["timeoutSecs"], 3600);
     // 0 turns a default off for one job.
-    let off = create(&app.http, app.addr, json!({"stallAfterSecs": 0})).await;
+    let off = create_job_from(&app.http, app.addr, &json!({"stallAfterSecs": 0})).await;
     assert!(app.get_job(off).await.get("stallAfterSecs").is_none());
     app.wait_for_job(job, "the stall", |s| s["stalled"] == true)
         .await;
@@ -151,8 +138,8 @@ async fn deadlines_that_passed_while_the_server_was_down_fire_once_at_its_next_s
     let url = common::fresh_database(dir.path()).await;
     let (mut first, addr) = serve_binary(&url, &[]).await;
     let http = reqwest::Client::new();
-    let stalls = create(&http, addr, json!({"stallAfterSecs": 1})).await;
-    let times_out = create(&http, addr, json!({"timeoutSecs": 1})).await;
+    let stalls = create_job_from(&http, addr, &json!({"stallAfterSecs": 1})).await;
+    let times_out = create_job_from(&http, addr, &json!({"timeoutSecs": 1})).await;
     first.kill().await.unwrap(); // SIGKILL, before either deadline
 
     // Both deadlines pass while nothing runs.
@@ -177,7 +164,7 @@ async fn two_nodes_on_one_log_fire_each_deadline_once() {
     let (_a, a) = serve_binary(&url, &[]).await;
     let (_b, b) = serve_binary(&url, &[]).await;
     let http = reqwest::Client::new();
-    let job = create(&http, a, json!({"stallAfterSecs": 1, "timeoutSecs": 2})).await;
+    let job = create_job_from(&http, a, &json!({"stallAfterSecs": 1, "timeoutSecs": 2})).await;
     let mut ws = ws_connect(
         b,
         &format!("jobId={job}&token={}", token_for("client", Some(job))),

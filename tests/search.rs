@@ -10,13 +10,6 @@ use common::{next_json, spawn_app, token_for, TestApp, BIN};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-async fn create(app: &TestApp, body: Value) -> Uuid {
-    let res = app.post_as("/v1/jobs", &app.service(), &body).await;
-    assert_eq!(res.status(), 201);
-    let body: Value = res.json().await.unwrap();
-    body["jobId"].as_str().unwrap().parse().unwrap()
-}
-
 async fn list(app: &TestApp, query: &str) -> Value {
     let res = app
         .get_as(&format!("/v1/jobs?{query}"), &app.service())
@@ -38,16 +31,20 @@ fn ids(page: &Value) -> Vec<Uuid> {
 async fn filters_find_exactly_the_matching_jobs_newest_first() {
     let app = spawn_app().await;
     let before = chrono::Utc::now();
-    let u1_running = create(&app, json!({"metadata": {"user": "u1", "n": 5}})).await;
+    let u1_running = app
+        .create_job_from(json!({"metadata": {"user": "u1", "n": 5}}))
+        .await;
     app.progress(u1_running, 30.0).await;
-    let u1_done = create(&app, json!({"metadata": {"user": "u1", "vip": true}})).await;
+    let u1_done = app
+        .create_job_from(json!({"metadata": {"user": "u1", "vip": true}}))
+        .await;
     app.post_event(u1_done, json!({"type": "completed"})).await;
-    let u2_pending = create(&app, json!({"metadata": {"user": "u2"}})).await;
-    let stalls = create(
-        &app,
-        json!({"metadata": {"user": "u2"}, "stallAfterSecs": 1}),
-    )
-    .await;
+    let u2_pending = app
+        .create_job_from(json!({"metadata": {"user": "u2"}}))
+        .await;
+    let stalls = app
+        .create_job_from(json!({"metadata": {"user": "u2"}, "stallAfterSecs": 1}))
+        .await;
     app.wait_for_job(stalls, "the stall", |s| s["stalled"] == true)
         .await;
     let mut ws = app.ws_client(u2_pending).await;
@@ -91,14 +88,14 @@ async fn pages_never_skip_or_repeat_a_job_while_jobs_are_being_created() {
     let app = std::sync::Arc::new(spawn_app().await);
     let mut existing = Vec::new();
     for _ in 0..30 {
-        existing.push(create(&app, json!({})).await);
+        existing.push(app.create_job_from(json!({})).await);
     }
     let creator = {
         let app = app.clone();
         tokio::spawn(async move {
             let mut more = Vec::new();
             for _ in 0..30 {
-                more.push(create(&app, json!({})).await);
+                more.push(app.create_job_from(json!({})).await);
             }
             more
         })
@@ -170,8 +167,12 @@ async fn bad_filters_get_400_and_only_support_and_service_may_list() {
 #[tokio::test]
 async fn a_missing_index_is_rebuilt_from_the_log_and_the_cli_lists_the_same() {
     let app = spawn_app().await;
-    let a = create(&app, json!({"metadata": {"team": "x"}})).await;
-    let b = create(&app, json!({"metadata": {"team": "y"}})).await;
+    let a = app
+        .create_job_from(json!({"metadata": {"team": "x"}}))
+        .await;
+    let b = app
+        .create_job_from(json!({"metadata": {"team": "y"}}))
+        .await;
     app.post_event(
         b,
         json!({"type": "failed", "error": {"code": "E", "message": "m"}}),

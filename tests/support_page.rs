@@ -105,24 +105,10 @@ async fn support_staff_find_a_job_open_it_and_watch_an_event_arrive_live() {
         return;
     };
     let app = spawn_with(&[]).await;
-    let service = app.service();
     let mut jobs = Vec::new();
     for (user, stall) in [("u1", 0), ("u2", 0), ("u1", 1)] {
-        let res = app
-            .post_as(
-                "/v1/jobs",
-                &service,
-                &json!({"metadata": {"user": user}, "stallAfterSecs": stall}),
-            )
-            .await;
-        let body: serde_json::Value = res.json().await.unwrap();
-        jobs.push(
-            body["jobId"]
-                .as_str()
-                .unwrap()
-                .parse::<uuid::Uuid>()
-                .unwrap(),
-        );
+        let body = json!({"metadata": {"user": user}, "stallAfterSecs": stall});
+        jobs.push(app.create_job_from(body).await);
     }
     let stalls = jobs[2];
     app.progress(stalls, 20.0).await;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use crate::config::JobsArgs;
+use crate::domain::event::format_time;
 use crate::http::search::{page, parse_filter};
 
 pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
@@ -25,43 +26,32 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
     }
     let filter = parse_filter(&params).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = super::open_existing(&args.database.database_url).await?;
-    let found = page(store.as_ref(), &filter, i64::MAX).await;
+    // Watchers live in a server's memory, not in the log: left out here.
+    let found = page(store.as_ref(), &filter, i64::MAX, |_| None).await;
     store.close().await;
-    let (rows, next) = found?;
+    let list = found?;
     if args.json {
-        let jobs: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "jobId": r.job_id,
-                    "status": r.status,
-                    "progress": r.progress,
-                    "stalled": r.stalled != 0,
-                    "createdAt": r.created_at,
-                    "lastUpdate": r.last_update,
-                    "metadata": r.metadata.as_deref().and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()),
-                })
-            })
-            .collect();
-        let out = serde_json::json!({"jobs": jobs, "nextAfter": next});
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        for r in &rows {
-            let stalled = if r.stalled != 0 { " stalled" } else { "" };
-            println!(
-                "{}  {:<9} {:>5.1}%{stalled}  created {}  updated {}  {}",
-                r.job_id,
-                r.status,
-                r.progress,
-                r.created_at,
-                r.last_update,
-                r.metadata.as_deref().unwrap_or("")
-            );
-        }
-        match next {
-            Some(cursor) => println!("more: --after {cursor}"),
-            None => println!("(end of the list)"),
-        }
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for j in &list.jobs {
+        let stalled = if j.stalled { " stalled" } else { "" };
+        println!(
+            "{}  {:<9} {:>5.1}%{stalled}  created {}  updated {}  {}",
+            j.job_id,
+            j.status.as_str(),
+            j.progress,
+            format_time(&j.created_at),
+            format_time(&j.last_update),
+            j.metadata
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default()
+        );
+    }
+    match &list.next_after {
+        Some(cursor) => println!("more: --after {cursor}"),
+        None => println!("(end of the list)"),
     }
     Ok(ExitCode::SUCCESS)
 }

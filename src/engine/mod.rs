@@ -534,18 +534,6 @@ impl Engine {
             .map(drop)
     }
 
-    /// Ends the session if its grace window has passed.
-    pub async fn expire_grace(
-        &self,
-        job_id: JobId,
-        session_id: SessionId,
-    ) -> Result<Outcome, EngineError> {
-        self.inner
-            .queue
-            .execute(job_id, Command::ExpireGrace { session_id }, None)
-            .await
-    }
-
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
@@ -741,12 +729,6 @@ impl Engine {
             }))
             .await;
         recorded.into_iter().find(Result::is_err).unwrap_or(Ok(()))
-    }
-
-    /// This node's id on a shared log while it holds its lease; `None` on
-    /// a log of one.
-    pub fn node(&self) -> Option<Arc<str>> {
-        self.inner.lease.node()
     }
 
     /// Whether this node may take sockets: always on a log of one; on a

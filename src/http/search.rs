@@ -28,27 +28,29 @@ pub const MAX_LIMIT: u32 = 200;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobList {
-    jobs: Vec<JobSummary>,
+    pub jobs: Vec<JobSummary>,
     /// Pass as `after` for the next page; absent on the last one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    next_after: Option<String>,
+    pub next_after: Option<String>,
 }
 
 /// A job as a listing shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSummary {
-    job_id: Uuid,
-    status: JobStatus,
-    progress: f64,
-    stalled: bool,
-    created_at: DateTime<Utc>,
-    last_update: DateTime<Utc>,
+    pub job_id: Uuid,
+    pub status: JobStatus,
+    pub progress: f64,
+    pub stalled: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_update: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    metadata: Option<Value>,
-    /// Sessions that have not ended.
-    watchers: usize,
+    pub metadata: Option<Value>,
+    /// Sessions that have not ended (from a server; `rejoin jobs`, reading
+    /// the log alone, leaves it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watchers: Option<usize>,
 }
 
 /// Parses the listing's query into a filter; 400 with what was wrong.
@@ -65,7 +67,7 @@ pub fn parse_filter(params: &[(String, String)]) -> Result<JobFilter, ApiError> 
         }
         match name.as_str() {
             "status" => {
-                filter.status = Some(parse_status(value).ok_or_else(|| {
+                filter.status = Some(JobStatus::parse(value).ok_or_else(|| {
                     bad("`status` must be pending, running, completed, failed or cancelled".into())
                 })?)
             }
@@ -128,18 +130,6 @@ pub fn parse_filter(params: &[(String, String)]) -> Result<JobFilter, ApiError> 
     Ok(filter)
 }
 
-fn parse_status(text: &str) -> Option<JobStatus> {
-    [
-        JobStatus::Pending,
-        JobStatus::Running,
-        JobStatus::Completed,
-        JobStatus::Failed,
-        JobStatus::Cancelled,
-    ]
-    .into_iter()
-    .find(|s| s.as_str() == text)
-}
-
 /// Lists jobs, newest first.
 #[utoipa::path(
     get,
@@ -170,33 +160,24 @@ pub async fn list_jobs(
     caller.require(&[Role::Support, Role::Service])?;
     let params = super::extract::query(query)?;
     let filter = parse_filter(&params)?;
-    let (list, _) = find(&state.engine, &filter).await?;
+    let engine = &state.engine;
+    let head = *engine.watch_head().borrow();
+    // Only jobs held in memory have watchers: a job with one is live.
+    let list = page(engine.store().as_ref(), &filter, head, |job| {
+        Some(engine.watcher_count(job))
+    })
+    .await?;
     Ok(Json(list))
 }
 
-/// Runs a listing: the index brought up to everything committed so far,
-/// then read; with how many jobs came back.
-pub async fn find(
-    engine: &crate::engine::Engine,
-    filter: &JobFilter,
-) -> Result<(JobList, usize), ApiError> {
-    let head = *engine.watch_head().borrow();
-    let (rows, next_after) = page(engine.store().as_ref(), filter, head).await?;
-    let jobs: Vec<JobSummary> = rows
-        .into_iter()
-        .filter_map(|r| summary(engine, r))
-        .collect();
-    let n = jobs.len();
-    Ok((JobList { jobs, next_after }, n))
-}
-
-/// One page of the index after bringing it up to `through`, and the cursor
-/// of the next page if there is one.
+/// One page of the index after bringing it up to `through`, with the
+/// cursor of the next page if there is one; `watchers` counts a job's.
 pub async fn page(
     store: &dyn crate::log::LogStore,
     filter: &JobFilter,
     through: i64,
-) -> Result<(Vec<IndexRow>, Option<String>), crate::log::StoreError> {
+    watchers: impl Fn(Uuid) -> Option<usize>,
+) -> Result<JobList, crate::log::StoreError> {
     crate::engine::index::catch_up(store, through).await?;
     let one_more = JobFilter {
         limit: filter.limit + 1,
@@ -208,21 +189,24 @@ pub async fn page(
     let next_after = more
         .then(|| rows.last().map(|r| r.created_position.to_string()))
         .flatten();
-    Ok((rows, next_after))
+    let jobs = rows
+        .into_iter()
+        .filter_map(|r| summary(r, &watchers))
+        .collect();
+    Ok(JobList { jobs, next_after })
 }
 
-fn summary(engine: &crate::engine::Engine, row: IndexRow) -> Option<JobSummary> {
+fn summary(row: IndexRow, watchers: impl Fn(Uuid) -> Option<usize>) -> Option<JobSummary> {
     let job_id = Uuid::parse_str(&row.job_id).ok()?;
     let time = |t: &str| crate::domain::event::parse_time(t).ok();
     Some(JobSummary {
         job_id,
-        status: parse_status(&row.status)?,
+        status: JobStatus::parse(&row.status)?,
         progress: row.progress,
         stalled: row.stalled != 0,
         created_at: time(&row.created_at)?,
         last_update: time(&row.last_update)?,
         metadata: row.metadata.and_then(|m| serde_json::from_str(&m).ok()),
-        // Only jobs held in memory have watchers: a job with one is live.
-        watchers: engine.watcher_count(job_id),
+        watchers: watchers(job_id),
     })
 }

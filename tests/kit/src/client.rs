@@ -28,9 +28,22 @@ pub async fn create_job_with(
 
 /// Creates a job on a server signed with the tests' secret.
 pub async fn create_job_at(http: &reqwest::Client, addr: SocketAddr) -> Uuid {
-    create_job_with(http, &addr.to_string(), &token_for("service", None))
+    create_job_from(http, addr, &json!({})).await
+}
+
+/// Creates a job from `body` (metadata, windows, …) on a server signed with
+/// the tests' secret; 201 and its id.
+pub async fn create_job_from(http: &reqwest::Client, addr: SocketAddr, body: &Value) -> Uuid {
+    let res = http
+        .post(format!("http://{addr}/v1/jobs"))
+        .bearer_auth(token_for("service", None))
+        .json(body)
+        .send()
         .await
-        .expect("the job is created")
+        .unwrap();
+    assert_eq!(res.status(), 201, "{body}");
+    let created: Value = res.json().await.unwrap();
+    created["jobId"].as_str().unwrap().parse().unwrap()
 }
 
 /// Appends progress `p` to `job` on the server at `addr`; its seq.

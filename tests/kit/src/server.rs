@@ -173,17 +173,12 @@ impl TestApp {
     }
 
     pub async fn create_job(&self) -> Uuid {
-        let res = self
-            .http
-            .post(self.url("/v1/jobs"))
-            .bearer_auth(self.service())
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201);
-        let body: Value = res.json().await.unwrap();
-        body["jobId"].as_str().unwrap().parse().unwrap()
+        self.create_job_from(json!({})).await
+    }
+
+    /// Creates a job from `body` (metadata, windows, …); 201 and its id.
+    pub async fn create_job_from(&self, body: Value) -> Uuid {
+        crate::client::create_job_from(&self.http, self.addr, &body).await
     }
 
     pub async fn post_event(&self, job: Uuid, event: Value) -> reqwest::Response {
