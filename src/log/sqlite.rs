@@ -99,6 +99,69 @@ impl SqliteStore {
     }
 }
 
+/// Opens a write transaction on the writer's connection; [`finish`] ends it.
+///
+/// Plain `BEGIN`/`COMMIT`/`ROLLBACK` rather than sqlx's transaction type:
+/// when a statement fails with a full disk SQLite may already have rolled
+/// the transaction back itself, and the writer's connection must be left
+/// with no transaction open whatever happened, or the next one would nest
+/// inside it and never commit.
+async fn begin(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .map(drop)
+        .map_err(classify)
+}
+
+/// Commits what `body` wrote if it succeeded, else rolls it back (a
+/// rollback SQLite already made is no error); the connection is left with
+/// no transaction open.
+async fn finish<T>(
+    conn: &mut SqliteConnection,
+    body: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let committed = match body {
+        Ok(value) => sqlx::query("COMMIT")
+            .execute(&mut *conn)
+            .await
+            .map(|_| value)
+            .map_err(classify),
+        Err(e) => Err(e),
+    };
+    if committed.is_err() {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    committed
+}
+
+/// Inserts the rows (inside the caller's transaction); their positions, in
+/// order.
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: &[EventRow],
+) -> Result<Vec<i64>, StoreError> {
+    let mut positions = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = insert_events(chunk);
+        let returned = insert
+            .build()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?;
+        // One writer inserts each statement's rows in VALUES order with
+        // increasing rowids; RETURNING's order is unspecified, so sort.
+        let mut chunk_positions: Vec<i64> = returned
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(classify)?;
+        chunk_positions.sort_unstable();
+        positions.extend(chunk_positions);
+    }
+    Ok(positions)
+}
+
 /// The job index's position moved from `from` to `through` and its rows,
 /// inside the caller's transaction; false when the position was not `from`.
 async fn write_index_rows(
@@ -218,23 +281,9 @@ impl LogStore for SqliteStore {
 
     async fn append(&self, rows: &[EventRow]) -> Result<Vec<i64>, StoreError> {
         let mut conn = self.writer.lock().await;
-        let mut tx = conn.begin().await.map_err(classify)?;
-        let mut positions = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = insert_events(chunk);
-            let returned = insert.build().fetch_all(&mut *tx).await.map_err(classify)?;
-            // One writer inserts each statement's rows in VALUES order with
-            // increasing rowids; RETURNING's order is unspecified, so sort.
-            let mut chunk_positions: Vec<i64> = returned
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<_, _>>()
-                .map_err(classify)?;
-            chunk_positions.sort_unstable();
-            positions.extend(chunk_positions);
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(positions)
+        begin(&mut conn).await?;
+        let inserted = insert_rows(&mut conn, rows).await;
+        finish(&mut conn, inserted).await
     }
 
     async fn read_log(&self, after: i64, limit: u32) -> Result<Vec<EventRow>, StoreError> {
@@ -356,28 +405,9 @@ impl LogStore for SqliteStore {
         through: i64,
     ) -> Result<bool, StoreError> {
         let mut conn = self.writer.lock().await;
-        // Plain BEGIN/COMMIT/ROLLBACK rather than sqlx's transaction: when a
-        // statement fails with a full disk SQLite may already have rolled
-        // the transaction back itself, and the writer's connection must be
-        // left with no transaction open whatever happened (the next append
-        // begins its own).
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
+        begin(&mut conn).await?;
         let written = write_index_rows(&mut conn, rows, from, through).await;
-        let end = match written {
-            Ok(true) => "COMMIT",
-            _ => "ROLLBACK",
-        };
-        let ended = sqlx::query(end).execute(&mut *conn).await;
-        if end == "COMMIT" {
-            if let Err(e) = ended {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                return Err(classify(e));
-            }
-        }
-        written
+        finish(&mut conn, written).await
     }
 
     async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError> {
