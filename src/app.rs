@@ -24,6 +24,7 @@ use crate::http::rate::ConnectRate;
 use crate::http::upgrade::{RejectionLog, UpgradeSettings};
 use crate::http::{self, AppState, HttpSettings};
 use crate::log;
+use crate::webhook::Endpoint;
 
 pub struct Application {
     listener: TcpListener,
@@ -69,10 +70,14 @@ impl Application {
         };
 
         let url = &args.database.database_url;
-        let mut store = log::open(url).await?;
         let secret_dir = log::sqlite::database_path(url)
             .map(|p| p.parent().map(|d| d.to_path_buf()).unwrap_or_default());
         let auth = Authority::from_args(&args.jwt, secret_dir.as_deref())?;
+        let webhook = Endpoint::from_args(&args.webhook, secret_dir.as_deref())?.map(Arc::new);
+        if let Some(w) = &webhook {
+            tracing::info!(endpoint = %w.display_url(), "webhook notifications on");
+        }
+        let mut store = log::open(url).await?;
         let listener =
             listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         let engine_stop = CancellationToken::new();
@@ -86,10 +91,12 @@ impl Application {
             job_cache_entries: args.job_cache_entries,
             checkpoint_every_events: args.checkpoint_every_events,
             checkpoint_every,
-            windows: crate::engine::Windows {
+            windows: crate::engine::JobOptions {
                 stall_after_secs: Some(args.stall_after_secs),
                 timeout_secs: Some(args.job_timeout_secs),
+                notify: None,
             },
+            webhook,
             ..EngineSettings::default()
         };
         let (engine, tasks) = Engine::start(store, clock, settings, engine_stop.clone()).await?;

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
 use crate::auth::{JwtArgs, Role};
+use crate::webhook::WebhookArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a token signed with the server's key.
     Token(TokenArgs),
     /// Walk every job's hash chain and name the first event that does not match.
@@ -66,6 +67,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub jwt: JwtArgs,
+
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
 
     /// How long a session survives without a socket, in seconds.
     #[arg(long, env = "REJOIN_GRACE_SECS", default_value_t = 60.0)]

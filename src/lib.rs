@@ -18,6 +18,8 @@
 //!   per-job hash chain, `verify` and the checkpoints' tables.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`auth`]: tokens, roles and their settings.
+//! - [`webhook`]: the operator's webhook endpoint: its settings, Standard
+//!   Webhooks signing, one attempt's POST.
 //! - [`engine`]: the live jobs (and a bounded cache of finished ones) kept
 //!   current by the single writer, which group-commits every change to the
 //!   log; the grace scheduler; checkpoints and start-up; the live sockets
@@ -41,4 +43,5 @@ pub mod engine;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod webhook;
 pub mod ws;

@@ -67,6 +67,16 @@ pub struct Metrics {
     clock_offset: Gauge<f64, AtomicU64>,
     sessions: Family<SessionStateLabel, Gauge>,
     most_watchers: Gauge,
+    webhook_attempts: Counter,
+    webhook_failed_attempts: Counter,
+    webhook_outcomes: Family<WebhookOutcome, Counter>,
+    webhook_pending: Gauge,
+    webhook_oldest: Gauge<f64, AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookOutcome {
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,6 +96,8 @@ pub struct Snapshot {
     pub serving: bool,
     /// On a shared log: the database's clock less this node's.
     pub clock_offset: Option<chrono::Duration>,
+    /// Webhook notifications pending, and when the oldest became due.
+    pub notifications: (usize, Option<chrono::DateTime<chrono::Utc>>),
 }
 
 impl std::fmt::Debug for Metrics {
@@ -124,6 +136,11 @@ impl Default for Metrics {
             clock_offset: Gauge::default(),
             sessions: Family::default(),
             most_watchers: Gauge::default(),
+            webhook_attempts: Counter::default(),
+            webhook_failed_attempts: Counter::default(),
+            webhook_outcomes: Family::default(),
+            webhook_pending: Gauge::default(),
+            webhook_oldest: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -251,6 +268,31 @@ impl Default for Metrics {
             "The most watchers any one job has now",
             m.most_watchers.clone(),
         );
+        registry.register(
+            "rejoin_webhook_attempts",
+            "Webhook attempts this node claimed and made",
+            m.webhook_attempts.clone(),
+        );
+        registry.register(
+            "rejoin_webhook_failed_attempts",
+            "Webhook attempts that failed (an answer other than 2xx or 410, a timeout, a refused connection)",
+            m.webhook_failed_attempts.clone(),
+        );
+        registry.register(
+            "rejoin_webhook_deliveries",
+            "Webhook notifications settled by this node, by outcome: delivered, gone (410) or expired (max age)",
+            m.webhook_outcomes.clone(),
+        );
+        registry.register(
+            "rejoin_webhook_pending",
+            "Webhook notifications not yet delivered or abandoned",
+            m.webhook_pending.clone(),
+        );
+        registry.register(
+            "rejoin_webhook_oldest_pending_seconds",
+            "Seconds since the oldest pending webhook notification became due (0: none)",
+            m.webhook_oldest.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -294,6 +336,20 @@ impl Metrics {
             }
             EventBody::GraceExpired(_) => {
                 self.grace_expiries.inc();
+            }
+            EventBody::NotificationAttempt(_) => {
+                self.webhook_attempts.inc();
+            }
+            EventBody::NotificationRetry(_) => {
+                self.webhook_failed_attempts.inc();
+            }
+            EventBody::NotificationDelivered(_) => self.webhook_outcome("delivered"),
+            EventBody::NotificationAbandoned(a) => {
+                // An expiry after a failed attempt settles that attempt too.
+                if a.error.is_some() && a.reason == "expired" && a.attempts > 0 {
+                    self.webhook_failed_attempts.inc();
+                }
+                self.webhook_outcome(&a.reason);
             }
             _ => {}
         }
@@ -357,6 +413,14 @@ impl Metrics {
         self.fenced.inc();
     }
 
+    fn webhook_outcome(&self, outcome: &str) {
+        self.webhook_outcomes
+            .get_or_create(&WebhookOutcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn observe_startup(&self, folded: u64) {
         self.startup_folded.set(folded as i64);
     }
@@ -370,7 +434,12 @@ impl Metrics {
             watchers: (connected, grace, most),
             serving,
             clock_offset,
+            notifications: (pending, oldest),
         } = now_state;
+        self.webhook_pending.set(pending as i64);
+        self.webhook_oldest.set(oldest.map_or(0.0, |at| {
+            (now - at).num_milliseconds().max(0) as f64 / 1000.0
+        }));
         self.lease_held.set(i64::from(serving));
         if let Some(offset) = clock_offset {
             self.clock_offset

@@ -88,6 +88,7 @@ fn run(ops: &[(usize, Op)], jobs: &[Uuid]) -> (Vec<EventRow>, World) {
                     metadata: Some(json!({"n": 1})),
                     stall_after_secs: 30,
                     timeout_secs: 0,
+                    notify: Default::default(),
                 },
                 None,
             ),

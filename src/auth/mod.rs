@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use secret::{load_or_create_secret, Secret};
+pub use secret::{load_or_create, load_or_create_secret, Secret};
 pub use settings::{JwtAlgorithm, JwtArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]

@@ -40,7 +40,18 @@ impl std::str::FromStr for Secret {
 
 /// Reads `dir/jwt-secret`, or creates it (mode 0600) with 32 random bytes.
 pub fn load_or_create_secret(dir: &Path) -> anyhow::Result<Secret> {
-    let path = dir.join(SECRET_FILE);
+    load_or_create(dir, SECRET_FILE, "a JWT secret", hex::encode::<[u8; 32]>)
+}
+
+/// Reads `dir/file`, or creates it (mode 0600) holding `encode` of 32
+/// random bytes; `what` names it in the log.
+pub fn load_or_create(
+    dir: &Path,
+    file: &str,
+    what: &str,
+    encode: fn([u8; 32]) -> String,
+) -> anyhow::Result<Secret> {
+    let path = dir.join(file);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let text = text.trim().to_owned();
@@ -53,7 +64,7 @@ pub fn load_or_create_secret(dir: &Path) -> anyhow::Result<Secret> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let secret = hex::encode(bytes);
+    let secret = encode(bytes);
     // create_new: if two processes race, one wins and the other reads its file.
     match OpenOptions::new()
         .write(true)
@@ -64,10 +75,12 @@ pub fn load_or_create_secret(dir: &Path) -> anyhow::Result<Secret> {
         Ok(mut file) => {
             file.write_all(secret.as_bytes())?;
             file.sync_all()?;
-            tracing::info!(path = %path.display(), "generated a JWT secret");
+            tracing::info!(path = %path.display(), "generated {what}");
             Ok(Secret(secret))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_secret(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            load_or_create(dir, file, what, encode)
+        }
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
     }
 }

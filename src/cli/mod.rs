@@ -15,7 +15,7 @@ use crate::config::{Cli, CliCommand};
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        CliCommand::Serve(args) => serve::run(args).await,
+        CliCommand::Serve(args) => serve::run(*args).await,
         CliCommand::Token(args) => token::run(args).await,
         CliCommand::Verify(args) => verify::run(args).await,
         CliCommand::History(args) => history::run(args).await,

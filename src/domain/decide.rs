@@ -9,8 +9,10 @@ use serde_json::Value;
 
 use super::event::{
     Connected, Disconnected, EventBody, FailureInfo, GraceExpired, JobCreated, JobFailed,
-    JobStalled, Reconnected, Replaced, SessionId,
+    JobStalled, NotificationAbandoned, NotificationAttempt, NotificationDelivered,
+    NotificationRetry, Notify, Reconnected, Replaced, SessionId,
 };
+use super::notify::{AttemptResult, Backoff};
 use super::state::{fingerprint, IdempotentAppend, JobState, JobStatus, SessionPhase};
 
 /// Close code and reason sent to a socket that another connection replaced.
@@ -26,6 +28,7 @@ pub enum Command {
         /// Its stall and timeout windows, server defaults applied (0: none).
         stall_after_secs: u64,
         timeout_secs: u64,
+        notify: Notify,
     },
     /// Append one job event (progress, message or a terminal event).
     AppendJobEvent {
@@ -58,6 +61,25 @@ pub enum Command {
     /// The job's timeout came. Ignored unless it is due and the job has not
     /// finished.
     TimeOut,
+    /// The notification of the job event at `for_seq` has its next attempt
+    /// due: claimed for `node` until `claim` from now, or abandoned if it
+    /// outlived its max age. Ignored unless it is pending and due.
+    ClaimNotification {
+        for_seq: i64,
+        node: Option<String>,
+        claim: std::time::Duration,
+    },
+    /// How attempt `attempt` of that notification ended. A failure is
+    /// recorded only while the attempt is still the one in flight; a
+    /// delivery or a 410 ends the notification whichever attempt it was.
+    SettleNotification {
+        for_seq: i64,
+        attempt: u32,
+        result: AttemptResult,
+        backoff: Backoff,
+        /// A uniform draw in 0..1 for the retry's jitter.
+        jitter: f64,
+    },
 }
 
 /// The error code of the `failed` a timeout appends.
@@ -166,6 +188,7 @@ pub fn decide(
         metadata,
         stall_after_secs,
         timeout_secs,
+        notify,
     } = command
     {
         if state.exists() {
@@ -176,6 +199,7 @@ pub fn decide(
                 metadata: metadata.clone(),
                 stall_after_secs: (*stall_after_secs > 0).then_some(*stall_after_secs),
                 timeout_secs: (*timeout_secs > 0).then_some(*timeout_secs),
+                notify: (*notify != Notify::default()).then_some(*notify),
             },
         ))]));
     }
@@ -253,6 +277,20 @@ pub fn decide(
             }
             _ => Ok(Decision::Nothing),
         },
+        Command::ClaimNotification {
+            for_seq,
+            node,
+            claim,
+        } => Ok(claim_notification(state, *for_seq, node, *claim, now)),
+        Command::SettleNotification {
+            for_seq,
+            attempt,
+            result,
+            backoff,
+            jitter,
+        } => Ok(settle_notification(
+            state, *for_seq, *attempt, result, backoff, *jitter, now,
+        )),
         Command::ExpireGrace { session_id } => match state.watcher(*session_id) {
             Some(s) => match s.phase {
                 SessionPhase::Grace { until } if until <= now => {
@@ -266,6 +304,94 @@ pub fn decide(
             None => Ok(Decision::Nothing),
         },
     }
+}
+
+fn claim_notification(
+    state: &JobState,
+    for_seq: i64,
+    node: &Option<String>,
+    claim: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Decision {
+    let Some(n) = state.notification(for_seq).filter(|n| n.next_at <= now) else {
+        return Decision::Nothing;
+    };
+    let body = if now >= n.expires_at {
+        EventBody::NotificationAbandoned(NotificationAbandoned {
+            id: n.id.clone(),
+            attempts: n.attempts,
+            reason: "expired".into(),
+            status: None,
+            error: n.last_error.clone(),
+        })
+    } else {
+        EventBody::NotificationAttempt(NotificationAttempt {
+            id: n.id.clone(),
+            attempt: n.attempts + 1,
+            node: node.clone(),
+            until: now + Duration::from_std(claim).unwrap_or(Duration::MAX),
+        })
+    };
+    Decision::Append(vec![Planned::job(body)])
+}
+
+fn settle_notification(
+    state: &JobState,
+    for_seq: i64,
+    attempt: u32,
+    result: &AttemptResult,
+    backoff: &Backoff,
+    jitter: f64,
+    now: DateTime<Utc>,
+) -> Decision {
+    let Some(n) = state
+        .notification(for_seq)
+        .filter(|n| attempt >= 1 && attempt <= n.attempts)
+    else {
+        return Decision::Nothing;
+    };
+    let id = n.id.clone();
+    let body = match result {
+        AttemptResult::Delivered { status } => {
+            EventBody::NotificationDelivered(NotificationDelivered {
+                id,
+                attempt,
+                status: *status,
+            })
+        }
+        AttemptResult::Gone => EventBody::NotificationAbandoned(NotificationAbandoned {
+            id,
+            attempts: n.attempts,
+            reason: "gone".into(),
+            status: Some(410),
+            error: None,
+        }),
+        // A late failure of an attempt whose claim ran out: the next one is
+        // already scheduled (or made); it decides.
+        AttemptResult::Failed { .. } if n.in_flight != Some(attempt) => return Decision::Nothing,
+        AttemptResult::Failed { status, error } => {
+            let wait = Duration::from_std(backoff.delay(attempt, jitter)).unwrap_or(Duration::MAX);
+            let retry_at = now.checked_add_signed(wait).unwrap_or(n.expires_at);
+            if retry_at >= n.expires_at {
+                EventBody::NotificationAbandoned(NotificationAbandoned {
+                    id,
+                    attempts: n.attempts,
+                    reason: "expired".into(),
+                    status: *status,
+                    error: Some(error.clone()),
+                })
+            } else {
+                EventBody::NotificationRetry(NotificationRetry {
+                    id,
+                    attempt,
+                    status: *status,
+                    error: error.clone(),
+                    retry_at,
+                })
+            }
+        }
+    };
+    Decision::Append(vec![Planned::job(body)])
 }
 
 /// A socket opens. Grace windows that passed unrecorded are recorded first.
@@ -438,6 +564,7 @@ mod tests {
             metadata: None,
             stall_after_secs: 0,
             timeout_secs: 0,
+            notify: Default::default(),
         };
         assert_eq!(
             decide(&fresh, None, &cmd, Utc::now()),
@@ -456,6 +583,7 @@ mod tests {
             metadata: None,
             stall_after_secs: Some(10),
             timeout_secs: Some(60),
+            notify: None,
         });
         let mut job = given(vec![windows, progress(5.0)]);
         let since = job.last_update.unwrap();

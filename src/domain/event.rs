@@ -76,6 +76,11 @@ pub enum EventBody {
     WsErrored(WsErrored),
     ConnectRejected(ConnectRejected),
     GraceExpired(GraceExpired),
+    NotificationDue(NotificationDue),
+    NotificationAttempt(NotificationAttempt),
+    NotificationRetry(NotificationRetry),
+    NotificationDelivered(NotificationDelivered),
+    NotificationAbandoned(NotificationAbandoned),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -91,6 +96,33 @@ pub struct JobCreated {
     /// after its creation (none: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// When the job's end (or stall) is notified to the webhook (none: the
+    /// default, `unwatched`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+}
+
+/// When a job's end is notified to the operator's webhook.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Notify {
+    /// When no watcher has a live socket at the moment it ends.
+    #[default]
+    Unwatched,
+    /// Whenever it ends.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl Notify {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notify::Unwatched => "unwatched",
+            Notify::Always => "always",
+            Notify::Never => "never",
+        }
+    }
 }
 
 /// The job went `stallAfterSecs` without a job event (since `since`, the
@@ -237,6 +269,78 @@ pub struct GraceExpired {
     pub grace_until: DateTime<Utc>,
 }
 
+/// A webhook notification became due: the job event at `forSeq` (terminal,
+/// or a `stalled`) was committed when the job's `notify` asked for one.
+/// The first attempt is due at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationDue {
+    /// The `webhook-id` every attempt carries.
+    pub id: String,
+    pub for_seq: i64,
+    /// `job.completed`, `job.failed`, `job.cancelled` or `job.stalled`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The job's status and progress at `forSeq`, for the body.
+    pub status: String,
+    pub progress: f64,
+    /// Why it was due: `unwatched` (no watcher had a live socket) or `always`.
+    pub reason: String,
+    /// After this, no attempt is made and the notification is abandoned.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A node claimed attempt `attempt` (committed before the request is sent,
+/// so only one node makes it). If no result is recorded by `until`, the
+/// attempt counts as failed and the next one may be claimed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationAttempt {
+    pub id: String,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub until: DateTime<Utc>,
+}
+
+/// Attempt `attempt` failed (an answer other than 2xx or 410, a timeout, a
+/// refused connection); the next is due at `retryAt`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationRetry {
+    pub id: String,
+    pub attempt: u32,
+    /// The HTTP status, when the endpoint answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub error: String,
+    pub retry_at: DateTime<Utc>,
+}
+
+/// The endpoint answered attempt `attempt` with a 2xx.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationDelivered {
+    pub id: String,
+    pub attempt: u32,
+    pub status: u16,
+}
+
+/// No more attempts: the endpoint answered 410 (`gone`), or the
+/// notification outlived `--webhook-max-age-secs` (`expired`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationAbandoned {
+    pub id: String,
+    /// Attempts made.
+    pub attempts: u32,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// A payload that could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -302,6 +406,11 @@ kinds! {
     WsErrored => "ws_error",
     ConnectRejected => "connect_rejected",
     GraceExpired => "grace_expired",
+    NotificationDue => "notification_due",
+    NotificationAttempt => "notification_attempt",
+    NotificationRetry => "notification_retry",
+    NotificationDelivered => "notification_delivered",
+    NotificationAbandoned => "notification_abandoned",
 }
 
 impl EventBody {
@@ -316,6 +425,18 @@ impl EventBody {
                 | EventBody::JobCancelled(_)
                 | EventBody::JobStalled(_)
         )
+    }
+
+    /// The webhook notification this event is part of, if any.
+    pub fn notification_id(&self) -> Option<&str> {
+        match self {
+            EventBody::NotificationDue(n) => Some(&n.id),
+            EventBody::NotificationAttempt(n) => Some(&n.id),
+            EventBody::NotificationRetry(n) => Some(&n.id),
+            EventBody::NotificationDelivered(n) => Some(&n.id),
+            EventBody::NotificationAbandoned(n) => Some(&n.id),
+            _ => None,
+        }
     }
 
     /// A terminal event ends the job: nothing may be appended after it.
@@ -361,6 +482,23 @@ mod tests {
                 metadata: Some(serde_json::json!({"shelf": 3})),
                 stall_after_secs: Some(30),
                 timeout_secs: None,
+                notify: Some(Notify::Always),
+            }),
+            EventBody::NotificationDue(NotificationDue {
+                id: "msg_1".into(),
+                for_seq: 4,
+                kind: "job.completed".into(),
+                status: "completed".into(),
+                progress: 100.0,
+                reason: "unwatched".into(),
+                expires_at: at,
+            }),
+            EventBody::NotificationRetry(NotificationRetry {
+                id: "msg_1".into(),
+                attempt: 2,
+                status: Some(500),
+                error: "HTTP 500".into(),
+                retry_at: at,
             }),
             EventBody::JobStalled(JobStalled { since: at }),
             EventBody::ProgressReported(ProgressReported {

@@ -83,12 +83,55 @@ pub struct Totals {
     pub disconnected_ms: i64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationStatus {
+    Pending,
+    Delivered,
+    Abandoned,
+}
+
+/// One webhook notification, from due to delivered or abandoned.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationHistory {
+    /// The `webhook-id` every attempt carried.
+    pub id: String,
+    /// The job event it notifies.
+    pub for_seq: i64,
+    /// `job.completed`, `job.failed`, `job.cancelled` or `job.stalled`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `unwatched` (no watcher had a live socket) or `always`.
+    pub reason: String,
+    pub due_at: DateTime<Utc>,
+    pub state: NotificationStatus,
+    pub attempts: u32,
+    /// When the endpoint took it (a 2xx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notified_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandoned_at: Option<DateTime<Utc>>,
+    /// `gone` (the endpoint answered 410) or `expired` (max age).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandon_reason: Option<String>,
+    /// When the next attempt is due, while it is pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Its events: due, each attempt and its result, the outcome.
+    pub events: Vec<Entry>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct History {
     pub sessions: Vec<SessionHistory>,
     /// Attempts refused before a socket opened (not part of any session).
     pub rejected: Vec<Entry>,
+    /// Webhook notifications of the job's end (or stall), oldest first.
+    pub notifications: Vec<NotificationHistory>,
     pub totals: Totals,
 }
 
@@ -126,6 +169,10 @@ impl HistoryBuilder {
             details: serde_json::from_str(&event.body.encode()).unwrap_or(Value::Null),
         };
         let at = event.at;
+        if event.body.notification_id().is_some() {
+            self.notification(&event.body, entry, at);
+            return;
+        }
         if let EventBody::ConnectRejected(r) = &event.body {
             self.history.totals.rejected += 1 + r.suppressed;
             self.history.rejected.push(entry);
@@ -218,6 +265,58 @@ impl HistoryBuilder {
         if let Some(s) = self.session(id) {
             s.events.push(entry);
         }
+    }
+
+    /// A webhook notification's event.
+    fn notification(&mut self, body: &EventBody, entry: Entry, at: DateTime<Utc>) {
+        if let EventBody::NotificationDue(d) = body {
+            self.history.notifications.push(NotificationHistory {
+                id: d.id.clone(),
+                for_seq: d.for_seq,
+                kind: d.kind.clone(),
+                reason: d.reason.clone(),
+                due_at: at,
+                state: NotificationStatus::Pending,
+                attempts: 0,
+                notified_at: None,
+                abandoned_at: None,
+                abandon_reason: None,
+                next_attempt_at: Some(at),
+                last_error: None,
+                events: vec![entry],
+            });
+            return;
+        }
+        let id = body.notification_id().unwrap_or_default();
+        let Some(n) = self.history.notifications.iter_mut().find(|n| n.id == id) else {
+            return;
+        };
+        match body {
+            EventBody::NotificationAttempt(a) => {
+                n.attempts = n.attempts.max(a.attempt);
+                n.next_attempt_at = Some(a.until);
+            }
+            EventBody::NotificationRetry(r) => {
+                n.next_attempt_at = Some(r.retry_at);
+                n.last_error = Some(r.error.clone());
+            }
+            EventBody::NotificationDelivered(_) => {
+                n.state = NotificationStatus::Delivered;
+                n.notified_at = Some(at);
+                n.next_attempt_at = None;
+            }
+            EventBody::NotificationAbandoned(a) => {
+                n.state = NotificationStatus::Abandoned;
+                n.abandoned_at = Some(at);
+                n.abandon_reason = Some(a.reason.clone());
+                n.next_attempt_at = None;
+                if a.error.is_some() {
+                    n.last_error.clone_from(&a.error);
+                }
+            }
+            _ => {}
+        }
+        n.events.push(entry);
     }
 
     fn session(&mut self, id: SessionId) -> Option<&mut SessionHistory> {

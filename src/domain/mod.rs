@@ -5,6 +5,7 @@ pub mod close;
 pub mod decide;
 pub mod event;
 pub mod history;
+pub mod notify;
 pub mod state;
 pub mod summary;
 

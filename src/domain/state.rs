@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::event::{Event, EventBody, FailureInfo, JobId, SessionId};
+use super::event::{Event, EventBody, FailureInfo, JobId, Notify, SessionId};
+use super::notify::{Notified, PendingNotification};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -129,7 +130,7 @@ pub struct ConnectionCounts {
 /// The version of the fold below. Checkpoints (derived snapshots of
 /// `JobState`s) carry it, and one written by another version is ignored: bump
 /// it whenever `apply` or the fields of the state change meaning.
-pub const FOLD_VERSION: i32 = 3;
+pub const FOLD_VERSION: i32 = 4;
 
 /// A job as the log tells it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -177,6 +178,15 @@ pub struct JobState {
     /// The last socket error recorded for any of the job's sessions.
     #[serde(default)]
     pub last_socket_error: Option<LastSocketError>,
+    /// When the job's end is notified to the webhook.
+    #[serde(default)]
+    pub notify: Notify,
+    /// Webhook notifications not yet delivered or abandoned.
+    #[serde(default)]
+    pub notifications: Vec<PendingNotification>,
+    /// The last notification delivered.
+    #[serde(default)]
+    pub last_notified: Option<Notified>,
 }
 
 /// A socket close, as the job state shows it.
@@ -220,7 +230,25 @@ impl JobState {
             stalled_since: None,
             last_disconnect: None,
             last_socket_error: None,
+            notify: Notify::Unwatched,
+            notifications: Vec::new(),
+            last_notified: None,
         }
+    }
+
+    /// The pending notification of the job event at `for_seq`.
+    pub fn notification(&self, for_seq: i64) -> Option<&PendingNotification> {
+        self.notifications.iter().find(|n| n.for_seq == for_seq)
+    }
+
+    fn notification_mut(&mut self, id: &str) -> Option<&mut PendingNotification> {
+        self.notifications.iter_mut().find(|n| n.id == id)
+    }
+
+    /// Ends the notification `id`: it is no longer pending.
+    fn settle_notification(&mut self, id: &str) -> Option<PendingNotification> {
+        let i = self.notifications.iter().position(|n| n.id == id)?;
+        Some(self.notifications.remove(i))
     }
 
     /// When the job stalls unless a job event comes first: `stallAfterSecs`
@@ -258,14 +286,15 @@ impl JobState {
         self.created_at.is_some()
     }
 
-    /// Whether the server must keep the job at hand: it has not finished, or
-    /// a session is connected or waiting in its grace window (a deadline is
-    /// pending). Anything else can be read back from the log when asked for.
+    /// Whether the server must keep the job at hand: it has not finished, a
+    /// session is connected or waiting in its grace window, or a webhook
+    /// notification is pending (a deadline is pending). Anything else can be
+    /// read back from the log when asked for.
     pub fn is_live(&self) -> bool {
         if !self.exists() {
             return false;
         }
-        !self.status.is_terminal() || !self.watchers.is_empty()
+        !self.status.is_terminal() || !self.watchers.is_empty() || !self.notifications.is_empty()
     }
 
     /// The most recently started session, open or ended: the job's
@@ -331,6 +360,7 @@ impl JobState {
                 self.metadata = created.metadata.clone();
                 self.stall_after_secs = created.stall_after_secs;
                 self.timeout_secs = created.timeout_secs;
+                self.notify = created.notify.unwrap_or_default();
             }
             EventBody::JobStalled(stalled) => self.stalled_since = Some(stalled.since),
             EventBody::ProgressReported(p) => {
@@ -424,6 +454,45 @@ impl JobState {
             EventBody::GraceExpired(_) => {
                 self.counts.grace_expiries += 1;
                 self.end_watcher(event.session_id, at);
+            }
+            EventBody::NotificationDue(d) => self.notifications.push(PendingNotification {
+                id: d.id.clone(),
+                for_seq: d.for_seq,
+                kind: d.kind.clone(),
+                status: d.status.clone(),
+                progress: d.progress,
+                due_at: at,
+                expires_at: d.expires_at,
+                attempts: 0,
+                in_flight: None,
+                next_at: at,
+                last_error: None,
+            }),
+            EventBody::NotificationAttempt(a) => {
+                if let Some(n) = self.notification_mut(&a.id) {
+                    n.attempts = n.attempts.max(a.attempt);
+                    n.in_flight = Some(a.attempt);
+                    n.next_at = a.until;
+                }
+            }
+            EventBody::NotificationRetry(r) => {
+                if let Some(n) = self.notification_mut(&r.id) {
+                    n.in_flight = None;
+                    n.next_at = r.retry_at;
+                    n.last_error = Some(r.error.clone());
+                }
+            }
+            EventBody::NotificationDelivered(d) => {
+                if let Some(n) = self.settle_notification(&d.id) {
+                    self.last_notified = Some(Notified {
+                        at,
+                        id: n.id,
+                        kind: n.kind,
+                    });
+                }
+            }
+            EventBody::NotificationAbandoned(a) => {
+                self.settle_notification(&a.id);
             }
         }
     }

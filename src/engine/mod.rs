@@ -11,6 +11,7 @@ pub mod index;
 pub mod jobs;
 pub mod lease;
 mod membership;
+mod notify;
 pub mod recover;
 mod scheduler;
 mod writer;
@@ -26,12 +27,14 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, Corrected};
 use crate::domain::close;
 use crate::domain::decide::{Attach, AttachPlan};
+use crate::domain::event::Notify;
 use crate::domain::history::{History, HistoryBuilder};
 use crate::domain::{
     Command, DomainError, Event, EventBody, JobId, JobState, SessionId, SessionPhase,
 };
 use crate::log::{for_each_job_event, CheckpointHeader, LogStore, StoreError};
 use crate::metrics::Metrics;
+use crate::webhook::Endpoint;
 pub use checkpoint::{write as write_checkpoint, Snapshot};
 use hub::{Hub, Registration};
 use jobs::{load_job, JobTable};
@@ -99,15 +102,18 @@ impl WriterStats {
     }
 }
 
-/// A job's stall and timeout windows, in seconds (0 or none: off).
+/// What a job may set at creation beside its metadata: its stall and
+/// timeout windows, in seconds (0: off), and when its end is notified. None:
+/// the server's default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Windows {
+pub struct JobOptions {
     pub stall_after_secs: Option<u64>,
     pub timeout_secs: Option<u64>,
+    pub notify: Option<Notify>,
 }
 
 /// Tuning for the writer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct EngineSettings {
     /// Requests that may wait for the writer before callers are slowed down.
     pub queue_capacity: usize,
@@ -124,7 +130,9 @@ pub struct EngineSettings {
     /// A checkpoint this long after the last, if anything happened since.
     pub checkpoint_every: Duration,
     /// The windows of jobs created without their own.
-    pub windows: Windows,
+    pub windows: JobOptions,
+    /// The operator's webhook endpoint, when notifications are on.
+    pub webhook: Option<Arc<Endpoint>>,
 }
 
 impl Default for EngineSettings {
@@ -137,7 +145,8 @@ impl Default for EngineSettings {
             job_cache_entries: 10_000,
             checkpoint_every_events: 100_000,
             checkpoint_every: Duration::from_secs(300),
-            windows: Windows::default(),
+            windows: JobOptions::default(),
+            webhook: None,
         }
     }
 }
@@ -169,7 +178,7 @@ struct Inner {
     stats: Arc<WriterStats>,
     hub: Arc<Hub>,
     grace: chrono::Duration,
-    windows: Windows,
+    windows: JobOptions,
     metrics: Arc<Metrics>,
     head: watch::Receiver<i64>,
     /// This node's lease on a shared log (always held on a log of one).
@@ -358,6 +367,7 @@ impl Engine {
             stats: inner.stats.clone(),
             max_batch: settings.max_batch,
             lease: inner.lease.clone(),
+            notify_max_age: settings.webhook.as_ref().map(|w| w.max_age),
         };
         // On a shared log, a follower reads what other nodes append and the
         // writer absorbs it between its own batches.
@@ -383,11 +393,24 @@ impl Engine {
         };
         let writer = tokio::spawn(writer.run(wiring.requests, absorb, policy, shutdown.clone()));
         let checkpoints = tokio::spawn(self.clone().write_checkpoints(checkpoint_rx));
+        let notifier = settings.webhook.clone().map(|endpoint| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let claim = notify::claim_for(&endpoint);
+            let notifier = notify::Notifier {
+                queue: inner.queue.clone(),
+                jobs: inner.jobs.clone(),
+                endpoint,
+                clock: inner.clock.clone(),
+            };
+            tokio::spawn(notifier.run(rx, shutdown.clone()));
+            scheduler::Claims { claim, tx }
+        });
         let scheduler = tokio::spawn(scheduler::run(
             scheduler::Expiry {
                 queue: inner.queue.clone(),
                 clock: inner.clock.clone(),
                 lease: inner.lease.clone(),
+                notifier,
             },
             waiting,
             deadline_rx,
@@ -422,18 +445,19 @@ impl Engine {
         job_id: JobId,
         metadata: Option<serde_json::Value>,
     ) -> Result<Outcome, EngineError> {
-        self.create_job_with(job_id, metadata, Windows::default())
+        self.create_job_with(job_id, metadata, JobOptions::default())
             .await
     }
 
-    /// Creates a job (or finds it); `windows` overrides the server's stall
-    /// and timeout windows (0: none).
+    /// Creates a job (or finds it); `options` overrides the server's stall
+    /// and timeout windows (0: none) and sets when its end is notified.
     pub async fn create_job_with(
         &self,
         job_id: JobId,
         metadata: Option<serde_json::Value>,
-        windows: Windows,
+        options: JobOptions,
     ) -> Result<Outcome, EngineError> {
+        let windows = options;
         let command = Command::CreateJob {
             metadata,
             stall_after_secs: windows
@@ -442,6 +466,7 @@ impl Engine {
             timeout_secs: windows
                 .timeout_secs
                 .unwrap_or(self.inner.windows.timeout_secs.unwrap_or(0)),
+            notify: options.notify.unwrap_or_default(),
         };
         self.inner.queue.execute(job_id, command, None).await
     }
@@ -628,6 +653,20 @@ impl Engine {
             }
         }
         (connected, grace, most)
+    }
+
+    /// Webhook notifications pending (every such job is live), and when the
+    /// oldest became due.
+    pub fn notifications_pending(&self) -> (usize, Option<chrono::DateTime<chrono::Utc>>) {
+        let table = self.table();
+        let pending = table.live().flat_map(|job| job.notifications.iter());
+        pending.fold((0, None), |(n, oldest), p| {
+            let oldest = match oldest {
+                Some(o) if o <= p.due_at => Some(o),
+                _ => Some(p.due_at),
+            };
+            (n + 1, oldest)
+        })
     }
 
     /// How the state was rebuilt at start.

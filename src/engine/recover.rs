@@ -39,7 +39,10 @@ pub fn needs_reload(logged: Logged, event: &Event) -> bool {
         Logged::Behind => true,
         Logged::Unheld => matches!(
             event.body,
-            EventBody::Connected(_) | EventBody::Reconnected(_) | EventBody::Disconnected(_)
+            EventBody::Connected(_)
+                | EventBody::Reconnected(_)
+                | EventBody::Disconnected(_)
+                | EventBody::NotificationDue(_)
         ),
         Logged::Applied | Logged::Known => false,
     }

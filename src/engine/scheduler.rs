@@ -1,6 +1,7 @@
 //! The scheduler: one task that sleeps until the next deadline and has the
-//! writer decide it. Deadlines are grace windows (a session's), and a job's
-//! stall and timeout.
+//! writer decide it. Deadlines are grace windows (a session's), a job's
+//! stall and timeout, and the next attempt of each pending webhook
+//! notification (handed to the notifier once its claim is committed).
 //!
 //! Deadlines live in the log (`disconnected.graceUntil`, and the job's
 //! windows in `job_created` with its last job event); this task only keeps
@@ -23,9 +24,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Lease;
-use super::{EngineError, Queue};
+use super::notify::Claimed;
+use super::{EngineError, Outcome, Queue};
 use crate::clock::Clock;
-use crate::domain::{Command, JobId, JobState, SessionId};
+use crate::domain::{Command, EventBody, JobId, JobState, SessionId};
 
 /// What may come due.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,6 +38,9 @@ pub enum Due {
     Stall,
     /// The job's timeout.
     Timeout,
+    /// The next attempt of the notification of the job event at this seq
+    /// (or the expiry of the claim in flight).
+    Notify(i64),
 }
 
 /// Something comes due at `at`.
@@ -56,17 +61,27 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// The job's stall and timeout deadlines as its state now has them.
-    pub fn job(state: &JobState) -> [Schedule; 2] {
+    /// The job's stall and timeout deadlines, and its pending notifications'
+    /// next attempts, as its state now has them. (A notification settled
+    /// leaves a deadline that decides nothing when it comes.)
+    pub fn job(state: &JobState) -> Vec<Schedule> {
         let job_id = state.job_id;
         let one = |due, at: Option<DateTime<Utc>>| match at {
             Some(at) => Schedule::At(Deadline { at, job_id, due }),
             None => Schedule::Clear(job_id, due),
         };
-        [
+        let mut all = vec![
             one(Due::Stall, state.stall_deadline()),
             one(Due::Timeout, state.timeout_deadline()),
-        ]
+        ];
+        all.extend(state.notifications.iter().map(|n| {
+            Schedule::At(Deadline {
+                at: n.next_at,
+                job_id,
+                due: Due::Notify(n.for_seq),
+            })
+        }));
+        all
     }
 }
 
@@ -77,6 +92,16 @@ pub(super) struct Expiry {
     pub clock: Arc<dyn Clock>,
     /// Only a node that holds its lease decides a deadline.
     pub lease: Arc<Lease>,
+    /// Where committed claims go to be sent; none when this node has no
+    /// webhook endpoint (notifications then wait, pending, for one that has).
+    pub notifier: Option<Claims>,
+}
+
+/// The notifier's end of the scheduler: how long a claim lasts, and where
+/// each committed claim is handed.
+pub(super) struct Claims {
+    pub claim: Duration,
+    pub tx: mpsc::UnboundedSender<Claimed>,
 }
 
 impl Expiry {
@@ -85,8 +110,36 @@ impl Expiry {
             Due::Grace(session_id) => Command::ExpireGrace { session_id },
             Due::Stall => Command::MarkStalled,
             Due::Timeout => Command::TimeOut,
+            Due::Notify(for_seq) => {
+                let Some(claims) = &self.notifier else {
+                    return Ok(());
+                };
+                let command = Command::ClaimNotification {
+                    for_seq,
+                    node: self.lease.node().map(|n| n.to_string()),
+                    claim: claims.claim,
+                };
+                let outcome = self.queue.execute(d.job_id, command, None).await?;
+                if let Outcome::Appended(events) = outcome {
+                    for event in events {
+                        if let EventBody::NotificationAttempt(a) = &event.body {
+                            let _ = claims.tx.send(Claimed {
+                                job_id: d.job_id,
+                                for_seq,
+                                attempt: a.attempt,
+                            });
+                        }
+                    }
+                }
+                return Ok(());
+            }
         };
         self.queue.execute(d.job_id, command, None).await.map(drop)
+    }
+
+    /// Whether this node acts on such a deadline at all.
+    fn keeps(&self, due: Due) -> bool {
+        !matches!(due, Due::Notify(_)) || self.notifier.is_some()
     }
 }
 
@@ -146,7 +199,11 @@ pub(super) async fn run(
     shutdown: CancellationToken,
 ) {
     let mut deadlines = Deadlines::default();
-    for s in initial {
+    let keeps = |s: &Schedule| match s {
+        Schedule::At(d) => expiry.keeps(d.due),
+        Schedule::Clear(_, due) => expiry.keeps(*due),
+    };
+    for s in initial.into_iter().filter(keeps) {
         deadlines.apply(s);
     }
     loop {
@@ -158,7 +215,8 @@ pub(super) async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             next = incoming.recv() => match next {
-                Some(s) => deadlines.apply(s),
+                Some(s) if keeps(&s) => deadlines.apply(s),
+                Some(_) => {}
                 None => break,
             },
             _ = sleep_or_forever(wait) => {

@@ -33,6 +33,7 @@ use super::{Attached, EngineError, Outcome, WriterStats};
 use crate::clock::Clock;
 use crate::domain::decide::{AttachPlan, Planned};
 use crate::domain::event::Disconnected;
+use crate::domain::notify;
 use crate::domain::state::{fingerprint, IdempotentAppend};
 use crate::domain::{
     decide, Command, Decision, DomainError, Event, EventBody, JobId, JobState, SessionId,
@@ -131,6 +132,9 @@ pub(crate) struct Writer {
     pub max_batch: usize,
     /// This node's lease: whose sessions it may deliver to.
     pub lease: Arc<Lease>,
+    /// With a webhook endpoint: how long a notification may stay pending.
+    /// Without one, no notification is due.
+    pub notify_max_age: Option<Duration>,
 }
 
 /// Events another node appended, read by the follower, and the position it
@@ -264,7 +268,7 @@ impl Writer {
             }
         };
         let now = self.clock.now();
-        let mut staged = stage(requests, prepared, now);
+        let mut staged = stage(requests, prepared, now, self.notify_max_age);
         let committed = match self.commit(&staged).await {
             Ok(committed) => committed,
             Err(StoreError::Conflict(_)) if self.store.shared() => return Err(staged.touched),
@@ -507,8 +511,9 @@ impl Writer {
     }
 
     /// Fans committed job events out to the sockets that were live before this
-    /// batch, and hands new deadlines to the scheduler: grace windows, and the
-    /// stall and timeout of each job a job event (or its creation) moved.
+    /// batch, and hands new deadlines to the scheduler: grace windows, the
+    /// stall and timeout of each job a job event (or its creation) moved,
+    /// and the next attempts of its notifications.
     /// `own`: appended by this node (counted in its metrics).
     fn after_commit(&self, committed: &[Arc<Event>], own: bool) {
         if let Some(last) = committed.last() {
@@ -521,7 +526,9 @@ impl Writer {
         let mut owned: Option<(JobId, Vec<SessionId>)> = None;
         let mut moved: Vec<JobId> = Vec::new();
         for event in committed {
-            if (event.body.is_job_event() || matches!(event.body, EventBody::JobCreated(_)))
+            if (event.body.is_job_event()
+                || event.body.notification_id().is_some()
+                || matches!(event.body, EventBody::JobCreated(_)))
                 && moved.last() != Some(&event.job_id)
             {
                 moved.push(event.job_id);
@@ -620,6 +627,7 @@ fn stage(
     requests: &[WriteRequest],
     prepared: Prepared,
     now: chrono::DateTime<chrono::Utc>,
+    notify_max_age: Option<Duration>,
 ) -> Staged {
     let Prepared {
         jobs: mut states,
@@ -656,6 +664,21 @@ fn stage(
             Ok(Decision::Append(planned)) => {
                 let range =
                     staged.seal(req.job_id, planned, key.as_deref(), state, &mut priors, now);
+                // A job's end (or stall) that calls for a notification
+                // commits with it; the request's answer is its own events.
+                if let Some(max_age) = notify_max_age {
+                    let due: Vec<Planned> = staged.events[range.clone()]
+                        .iter()
+                        .filter_map(|e| notify::due(state, e, max_age))
+                        .map(|body| Planned {
+                            session_id: None,
+                            body,
+                        })
+                        .collect();
+                    if !due.is_empty() {
+                        staged.seal(req.job_id, due, None, state, &mut priors, now);
+                    }
+                }
                 Ok(Pending::Appended(range))
             }
             Ok(Decision::Attach {

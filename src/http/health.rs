@@ -28,7 +28,7 @@ pub async fn healthz() -> Json<Value> {
 /// lease (a node that lost it is not ready until it has taken a new one).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "The database answers: `{status, backend, epoch}`", body = Object),
+        (status = 200, description = "The database answers: `{status, backend, epoch, node}`", body = Object),
         (status = 503, description = "The database does not answer, or this node does not hold its lease", body = super::ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -40,6 +40,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         "status": "ready",
         "backend": state.engine.store().backend(),
         "epoch": state.engine.epoch(),
+        // On a shared log: the id this node serves under (the `node` of
+        // its sessions' and webhook attempts' events).
+        "node": state.engine.lease().node().map(|n| n.to_string()),
     })))
 }
 
@@ -54,6 +57,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         watchers: engine.watchers(),
         serving: engine.serving(),
         clock_offset: engine.clock_offset(),
+        notifications: engine.notifications_pending(),
     };
     let body = engine.metrics().render(now, engine.clock().now());
     (

@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::extract::{parse_job_id, Caller};
 use super::AppState;
 use crate::auth::Role;
-use crate::domain::history::{Entry, SessionHistory, Totals};
+use crate::domain::history::{Entry, NotificationHistory, SessionHistory, Totals};
 use crate::domain::JobStatus;
 
 pub fn router() -> Router<AppState> {
@@ -48,6 +48,9 @@ pub struct HistoryResponse {
     pub next_offset: Option<usize>,
     /// Attempts refused before a socket opened.
     pub rejected: Vec<Entry>,
+    /// Webhook notifications of the job's end (or stall): each attempt and
+    /// its outcome, "notified at" once delivered.
+    pub notifications: Vec<NotificationHistory>,
     /// Over the whole history, not just this page.
     pub totals: Totals,
 }
@@ -106,6 +109,7 @@ pub async fn history(
         offset,
         next_offset: (end < total_sessions).then_some(end),
         rejected: history.rejected,
+        notifications: history.notifications,
         totals: history.totals,
     }))
 }

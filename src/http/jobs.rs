@@ -17,7 +17,7 @@ use super::extract::{parse_job_id, Caller, JsonBody, ServiceCaller};
 use super::AppState;
 use crate::auth::Role;
 use crate::domain::event::{
-    FailureInfo, JobCancelled, JobCompleted, JobFailed, MessagePosted, ProgressReported,
+    FailureInfo, JobCancelled, JobCompleted, JobFailed, MessagePosted, Notify, ProgressReported,
 };
 use crate::domain::state::ConnectionCounts;
 use crate::domain::{EventBody, JobState, JobStatus, SessionPhase};
@@ -52,6 +52,11 @@ pub struct CreateJobRequest {
     /// its creation (0: never; absent: the server's `--job-timeout-secs`).
     #[serde(default)]
     timeout_secs: Option<u64>,
+    /// When the job's end is notified to the operator's webhook:
+    /// `unwatched` (the default: when no watcher has a live socket at that
+    /// moment), `always` or `never`.
+    #[serde(default)]
+    notify: Option<Notify>,
 }
 
 /// The longest stall or timeout window a job may ask for: 30 days.
@@ -103,13 +108,14 @@ pub async fn create_job(
             ));
         }
     }
-    let windows = crate::engine::Windows {
+    let options = crate::engine::JobOptions {
         stall_after_secs: req.stall_after_secs,
         timeout_secs: req.timeout_secs,
+        notify: req.notify,
     };
     let outcome = state
         .engine
-        .create_job_with(job_id, req.metadata.map(Value::Object), windows)
+        .create_job_with(job_id, req.metadata.map(Value::Object), options)
         .await?;
     let status = match outcome {
         Outcome::AlreadyExists => StatusCode::OK,
@@ -430,6 +436,13 @@ pub struct JobView {
     /// The last socket error recorded for any of the job's sessions.
     #[serde(skip_serializing_if = "Option::is_none")]
     last_socket_error: Option<LastSocketErrorView>,
+    /// When the job's end is notified to the webhook.
+    notify: Notify,
+    /// When the endpoint last took a notification of this job (a 2xx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notified_at: Option<DateTime<Utc>>,
+    /// Notifications of this job not yet delivered or abandoned.
+    notifications_pending: usize,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -541,6 +554,9 @@ impl From<&JobState> for JobView {
                 at: e.at,
                 message: e.message.clone(),
             }),
+            notify: job.notify,
+            notified_at: job.last_notified.as_ref().map(|n| n.at),
+            notifications_pending: job.notifications.len(),
         }
     }
 }

@@ -60,6 +60,19 @@ function describe(e) {
     case "connect_rejected":
       return `refused ${d.status} ${d.code}` + (d.reconnect ? " on reconnect" : "") +
         (d.suppressed ? ` (+${d.suppressed} more)` : "");
+    case "notification_due":
+      return `${d.type} notification due (${d.reason === "always" ? "notify: always" : "nobody was watching"}); ` +
+        `abandoned if not delivered by ${time(d.expiresAt)}`;
+    case "notification_attempt":
+      return `attempt ${d.attempt} sent` + (d.node ? ` by node ${d.node}` : "");
+    case "notification_retry":
+      return `attempt ${d.attempt} failed: ${d.error}; next attempt at ${time(d.retryAt)}`;
+    case "notification_delivered":
+      return `delivered: the endpoint answered ${d.status} to attempt ${d.attempt}`;
+    case "notification_abandoned":
+      return d.reason === "gone"
+        ? `abandoned: the endpoint answered 410 Gone (after ${d.attempts} attempts)`
+        : `abandoned: not delivered within the max age (${d.attempts} attempts)` + (d.error ? `; last error: ${d.error}` : "");
     default:
       return JSON.stringify(d);
   }
@@ -152,6 +165,9 @@ function render(job, history) {
       ["last disconnect", job.lastDisconnect
         ? `${job.lastDisconnect.code} ${job.lastDisconnect.reason || ""} at ${time(job.lastDisconnect.at)}` : "–"],
       ["last socket error", job.lastSocketError ? job.lastSocketError.message : "–"],
+      ["notify", job.notify || "unwatched"],
+      ["notified at", job.notifiedAt ? time(job.notifiedAt)
+        : job.notificationsPending ? "pending" : "–"],
     ]));
   if (job.stalled) state.querySelector("h2").append(el("span", { class: "stalled-flag" }, "stalled"));
   state.hidden = false;
@@ -185,6 +201,19 @@ function render(job, history) {
       bar(s, start, end),
       eventTable(s.events))));
   timeline.hidden = false;
+
+  const notes = $("notifications");
+  const list = history.notifications || [];
+  fill(notes, el("h2", {}, `Webhook notifications (${list.length})`),
+    list.length === 0 ? el("p", { class: "notice" }, "None: the job has not ended, someone was watching when it did, or webhooks are off.") : null,
+    list.map((n) => el("div", { class: "notification", "data-notification": n.id },
+      el("h3", {}, n.type, el("code", {}, n.id),
+        el("span", {}, n.state === "delivered" ? `notified at ${time(n.notifiedAt)}`
+          : n.state === "abandoned" ? `abandoned (${n.abandonReason}) at ${time(n.abandonedAt)}`
+          : `pending; next attempt ${time(n.nextAttemptAt)}`),
+        el("span", {}, `${n.attempts} attempt${n.attempts === 1 ? "" : "s"}`)),
+      eventTable(n.events))));
+  notes.hidden = false;
 
   const rejected = $("rejected");
   fill(rejected, el("h2", {}, `Refused connection attempts (${history.rejected.length})`),

@@ -10,6 +10,7 @@
 //! - [`socket`]: WebSocket clients and reading their messages.
 //! - [`client`]: HTTP helpers by address (jobs, progress, metrics).
 //! - [`proxy`]: a TCP proxy to cut a node off from its database.
+//! - [`receiver`]: a webhook endpoint on loopback that records every request.
 //! - [`db`]: fresh databases (SQLite files or PostgreSQL schemas) and direct
 //!   reads of the log.
 
@@ -17,6 +18,7 @@ pub mod client;
 pub mod db;
 pub mod process;
 pub mod proxy;
+pub mod receiver;
 pub mod server;
 pub mod socket;
 pub mod tokens;
@@ -30,6 +32,7 @@ pub use process::{
     free_port, rss_kib, serve_args, serve_binary_at, spawn_announcing, start_binary, terminate,
 };
 pub use proxy::{postgres_address, Proxy};
+pub use receiver::{Received, Receiver};
 pub use server::{
     init_logs, spawn_app, spawn_in, spawn_on, spawn_with, InProcess, KeyedServer, TestApp,
 };
