@@ -720,3 +720,100 @@ async fn a_bad_webhook_configuration_stops_the_start_with_a_clear_message() {
         assert!(stderr.contains("needs --webhook-secret"), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn the_documented_receiver_verifies_each_notification_and_pushes_it_once() {
+    let Some(python) = verifier() else {
+        return eprintln!("skipped: no Python with standardwebhooks");
+    };
+    use tokio::io::AsyncBufReadExt;
+    let port = free_port().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/examples/webhook_receiver.py"
+    );
+    let mut receiver = tokio::process::Command::new(&python)
+        .arg(script)
+        .env("REJOIN_WEBHOOK_SECRET", secret())
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .unwrap();
+    assert!(first.unwrap().unwrap().starts_with("listening on"));
+    let url = format!("http://127.0.0.1:{port}/");
+
+    let app = spawn_notifying(&url, &[]).await;
+    let job = app
+        .create_job_from(json!({"metadata": {"userId": "u42"}}))
+        .await;
+    complete(&app.http, app.addr, job, json!({"books": 3})).await;
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("a push in time")
+        .unwrap()
+        .unwrap();
+    let push: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(push["push"]["user"], "u42");
+    assert_eq!(push["push"]["title"], "Scan finished");
+    assert_eq!(push["push"]["data"]["jobId"], job.to_string());
+    wait_for_kind(&app.database_url, job, "notification_delivered", 1).await;
+
+    // A forged request is refused, and pushes nothing.
+    let forged = app
+        .http
+        .post(&url)
+        .header("webhook-id", "msg_forged")
+        .header("webhook-timestamp", Utc::now().timestamp().to_string())
+        .header("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJl")
+        .body(r#"{"type":"job.completed","jobId":"x","seq":1,"metadata":{"userId":"u42"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    // The same notification again (a retry) is answered, and pushed once.
+    let r = job_notification_request(&app, job).await;
+    let again = app
+        .http
+        .post(&url)
+        .header("webhook-id", &r.0)
+        .header("webhook-timestamp", r.1.to_string())
+        .header("webhook-signature", r.2)
+        .body(r.3)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 204);
+    receiver.kill().await.unwrap();
+    assert!(lines.next_line().await.unwrap().is_none(), "pushed once");
+}
+
+/// The job's notification as a retry would send it now: id, timestamp,
+/// signature and body.
+async fn job_notification_request(app: &TestApp, job: Uuid) -> (String, i64, String, Vec<u8>) {
+    let due = app.events_of(job, "notification_due").await;
+    let id = due[0].payload["id"].as_str().unwrap().to_owned();
+    let state = app.engine.job(job).await.unwrap().unwrap();
+    let pending = rejoin::domain::notify::PendingNotification {
+        id: id.clone(),
+        for_seq: due[0].payload["forSeq"].as_i64().unwrap(),
+        kind: due[0].payload["type"].as_str().unwrap().to_owned(),
+        status: due[0].payload["status"].as_str().unwrap().to_owned(),
+        progress: due[0].payload["progress"].as_f64().unwrap(),
+        due_at: due[0].at,
+        expires_at: due[0].at,
+        attempts: 1,
+        in_flight: None,
+        next_at: due[0].at,
+        last_error: None,
+    };
+    let body = serde_json::to_vec(&rejoin::domain::notify::body(&state, &pending)).unwrap();
+    let ts = Utc::now().timestamp();
+    let key = rejoin::webhook::parse_secret(&secret()).unwrap();
+    let signature = rejoin::webhook::sign(&key, &id, ts, &body);
+    (id, ts, signature, body)
+}

@@ -75,6 +75,27 @@ pub fn describe(e: &Entry) -> String {
                 _ => String::new(),
             }
         ),
+        "notification_due" => format!(
+            "{} notification due ({}); abandoned after {}",
+            s("type"),
+            s("reason"),
+            s("expiresAt")
+        ),
+        "notification_attempt" => format!("attempt {} sent", n("attempt")),
+        "notification_retry" => format!(
+            "attempt {} failed: {}; next at {}",
+            n("attempt"),
+            s("error"),
+            s("retryAt")
+        ),
+        "notification_delivered" => {
+            format!("delivered: {} to attempt {}", n("status"), n("attempt"))
+        }
+        "notification_abandoned" => format!(
+            "abandoned ({}) after {} attempt(s)",
+            s("reason"),
+            n("attempts")
+        ),
         other => format!("{other} {d}"),
     }
 }
@@ -128,6 +149,26 @@ pub fn render(job: &JobState, h: &History) -> String {
             s.replayed
         );
         for e in &s.events {
+            out.push_str(&line(e));
+        }
+    }
+    for n in &h.notifications {
+        let state = serde_json::to_value(n.state).unwrap_or_default();
+        let when = match (n.notified_at, n.abandoned_at) {
+            (Some(at), _) => format!(", notified at {}", at.format("%Y-%m-%d %H:%M:%S%.3f")),
+            (None, Some(at)) => format!(", abandoned at {}", at.format("%Y-%m-%d %H:%M:%S%.3f")),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "\nnotification {} {}: {}{}, {} attempt(s)",
+            n.kind,
+            n.id,
+            state.as_str().unwrap_or(""),
+            when,
+            n.attempts
+        );
+        for e in &n.events {
             out.push_str(&line(e));
         }
     }
