@@ -31,7 +31,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // with: ten watchers a job (the same sockets over a tenth of the jobs,
     // the same POSTs, ten times the pushes).
     for watchers in [1, 10] {
-        let mut lat = configuration(args, clients, watchers, per_sec, secs).await?;
+        let load = Load {
+            clients,
+            watchers,
+            per_sec,
+            secs,
+        };
+        let mut lat = configuration(args, &load, &[], 0).await?.latencies;
         println!(
             "  ratio to the bare round trip: p50 {:.1}x, p99 {:.1}x",
             lat.percentile(50.0).as_secs_f64() / bare.percentile(50.0).as_secs_f64(),
@@ -41,22 +47,45 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `clients` sockets, `watchers` to a job, `per_sec` POSTs a second in all
-/// for `secs` seconds, against a server of its own; prints the figures and
-/// returns the POST-to-receipt latencies.
-async fn configuration(
+/// The fan-out load: `clients` sockets, `watchers` to a job, `per_sec` POSTs
+/// a second in all for `secs` seconds.
+pub struct Load {
+    pub clients: usize,
+    pub watchers: usize,
+    pub per_sec: usize,
+    pub secs: usize,
+}
+
+/// What one configuration measured.
+pub struct Measured {
+    /// POST-to-receipt latencies of the watched jobs' events.
+    pub latencies: Latencies,
+    /// The unwatched jobs ended beside the load.
+    pub ended: Vec<uuid::Uuid>,
+}
+
+/// `load` against a server of its own, started with `extra` flags; beside
+/// it, `ends_per_sec` jobs nobody watches are created and completed each
+/// second. Prints the figures.
+pub async fn configuration(
     args: &BenchArgs,
-    clients: usize,
-    watchers: usize,
-    per_sec: usize,
-    secs: usize,
-) -> anyhow::Result<Latencies> {
+    load: &Load,
+    extra: &[String],
+    ends_per_sec: usize,
+) -> anyhow::Result<Measured> {
+    let &Load {
+        clients,
+        watchers,
+        per_sec,
+        secs,
+    } = load;
     // The server runs as its own process, so its threads do not share a
     // runtime with the 1,000 readers and the driver.
     let dir = tempfile::tempdir()?;
     let db = super::database(args, dir.path(), "fanout").await?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
-    let (server, addr) = spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &[])).await?;
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (server, addr) = spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &extra)).await?;
     let tokens = Tokens::new(&secret);
     let service = tokens.service();
     let http = reqwest::Client::builder()
@@ -116,6 +145,10 @@ async fn configuration(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let failures = Arc::new(AtomicU64::new(0));
+    let ender = (ends_per_sec > 0).then(|| {
+        let (http, addr, service) = (http.clone(), addr.clone(), service.clone());
+        tokio::spawn(end_unwatched_jobs(http, addr, service, ends_per_sec, secs))
+    });
     let mut posts = Vec::with_capacity(total);
     for i in 0..total {
         tick.tick().await;
@@ -139,6 +172,10 @@ async fn configuration(
     for p in posts {
         p.await?;
     }
+    let ended = match ender {
+        Some(task) => task.await??,
+        None => Vec::new(),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -160,7 +197,40 @@ async fn configuration(
         duplicates.load(Ordering::Relaxed)
     );
     drop(server);
-    Ok(lat)
+    Ok(Measured {
+        latencies: lat,
+        ended,
+    })
+}
+
+/// Creates and completes `per_sec` jobs a second for `secs` seconds, none
+/// of them watched; returns them.
+async fn end_unwatched_jobs(
+    http: reqwest::Client,
+    addr: String,
+    service: String,
+    per_sec: usize,
+    secs: usize,
+) -> anyhow::Result<Vec<uuid::Uuid>> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec as f64));
+    let mut ended = Vec::with_capacity(per_sec * secs);
+    for _ in 0..per_sec * secs {
+        tick.tick().await;
+        let job = create_job(&http, &addr, &service).await?;
+        let res = http
+            .post(format!("http://{addr}/v1/jobs/{job}/events"))
+            .bearer_auth(&service)
+            .json(&json!({"type": "completed", "result": {"n": 1}}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            res.status().is_success(),
+            "completing a job: {}",
+            res.status()
+        );
+        ended.push(job);
+    }
+    Ok(ended)
 }
 
 /// Round trips of a 150-byte text message through a bare tokio-tungstenite

@@ -10,6 +10,7 @@
 mod appends;
 mod fanout;
 pub mod idle;
+mod notify;
 mod peer;
 mod replay;
 mod resume;
@@ -86,6 +87,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchScenario::Storm => storm::run(&args).await?,
         BenchScenario::Peer => peer::run(&args).await?,
         BenchScenario::Startup => startup::run(&args).await?,
+        BenchScenario::Notify => notify::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -340,6 +342,9 @@ pub enum BenchScenario {
     /// finished jobs plus 1,000 live ones, started without and with a
     /// checkpoint; RSS; cold reads of finished jobs.
     Startup,
+    /// Webhook notifications under the fan-out load and under appends,
+    /// against the same load without a webhook.
+    Notify,
 }
 
 #[derive(Clone, Debug, Parser)]

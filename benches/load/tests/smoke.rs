@@ -102,3 +102,15 @@ async fn peer_smoke() {
     assert!(out.contains("silent drops (half-open)"), "{out}");
     assert!(out.contains("idle memory per connection"), "{out}");
 }
+
+#[tokio::test]
+async fn notify_smoke() {
+    let out = bench("notify").await;
+    for line in [
+        "notifications: due 40, delivered 40, lost 0, duplicates 0",
+        "notifications from the appenders: due 192, received 192",
+        "fan-out with a receiver vs without",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+}
