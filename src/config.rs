@@ -84,8 +84,9 @@ pub struct ServeArgs {
     #[arg(long, env = "REJOIN_HEARTBEAT_TIMEOUT_SECS", default_value_t = 60.0)]
     pub heartbeat_timeout_secs: f64,
 
-    /// Browser origins allowed to open sockets, comma-separated (`*` allows
-    /// any). Requests without an Origin header (native clients) are allowed.
+    /// Browser origins allowed to open sockets and to call the HTTP API
+    /// (CORS, with a bearer token), comma-separated (`*` allows any).
+    /// Requests without an Origin header (native clients) are allowed.
     #[arg(long, env = "REJOIN_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 

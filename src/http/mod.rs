@@ -115,9 +115,46 @@ impl AppState {
     }
 }
 
+/// CORS for the HTTP API: the origins `--allowed-origins` lets open
+/// sockets may call it from a browser too, with a bearer token (no cookies:
+/// credentials mode is never needed). Without any, no CORS headers at all:
+/// only same-origin pages (and non-browser clients) call the API.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                HeaderName::from_static("idempotent-replayed"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
-    Router::new()
+    let mut app = Router::new()
         .merge(health::router())
         .merge(jobs::router())
         .merge(events::router())
@@ -128,8 +165,11 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(upgrade::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(max_body))
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    if let Some(cors) = cors(&state.upgrade.allowed_origins) {
+        app = app.layer(cors);
+    }
+    app.layer(DefaultBodyLimit::max(max_body))
         .layer(
             // Spans name the route, never the raw URI: query strings may carry
             // tokens, and tokens are never logged.
