@@ -13,7 +13,9 @@ use super::{events, health, history, jobs, search, AppState};
     info(
         title = "rejoin",
         description = "Resumable WebSocket progress for long-running jobs, backed by an append-only event log. \
-                       The WebSocket protocol (`GET /ws/progress`) is described in docs/PROTOCOL.md."
+                       The WebSocket protocol (`GET /ws/progress`) is described in docs/PROTOCOL.md; \
+                       every message it carries (and the data of every event of the SSE stream) \
+                       is defined by the JSON Schema served at `/protocol.schema.json`."
     ),
     paths(
         jobs::create_job,
@@ -52,6 +54,19 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The WebSocket protocol's JSON Schema (docs/protocol.schema.json).
+pub const PROTOCOL_SCHEMA: &str = include_str!("../../docs/protocol.schema.json");
+
 pub fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+    Router::new()
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route(
+            "/protocol.schema.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/schema+json")],
+                    PROTOCOL_SCHEMA,
+                )
+            }),
+        )
 }

@@ -37,6 +37,7 @@ pub use server::{
     init_logs, spawn_app, spawn_in, spawn_on, spawn_with, InProcess, KeyedServer, TestApp,
 };
 pub use socket::{
-    first_message, next_close, next_json, refused_status, send_text, ws_connect, Ws, PATIENCE,
+    check_server_message, first_message, next_close, next_json, refused_status, send_text,
+    ws_connect, Ws, PATIENCE,
 };
 pub use tokens::{mint, token_for, Tokens, SECRET};

@@ -30,13 +30,47 @@ pub fn refused_status(result: Result<Ws, tungstenite::Error>) -> u16 {
     }
 }
 
+/// The protocol's schema (docs/protocol.schema.json), the part a server may
+/// send: every message a test reads is checked against it.
+fn server_messages() -> &'static jsonschema::Validator {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        let mut schema: Value =
+            serde_json::from_str(include_str!("../../../docs/protocol.schema.json"))
+                .expect("the protocol schema is JSON");
+        schema["oneOf"] = serde_json::json!([{"$ref": "#/$defs/serverMessage"}]);
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("the protocol schema compiles")
+    })
+}
+
+/// Checks a message the server sent against the protocol's schema.
+pub fn check_server_message(message: &Value) -> anyhow::Result<()> {
+    let errors: Vec<String> = server_messages()
+        .iter_errors(message)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    anyhow::ensure!(
+        errors.is_empty(),
+        "a server message breaks docs/protocol.schema.json: {message}: {}",
+        errors.join("; ")
+    );
+    Ok(())
+}
+
 /// The next text message, as JSON (pings and pongs skipped), or why there
-/// is none.
+/// is none. Every message is checked against the protocol's schema.
 pub async fn first_message(ws: &mut Ws) -> anyhow::Result<Value> {
     loop {
         match tokio::time::timeout(PATIENCE, ws.next()).await {
             Err(_) => anyhow::bail!("no message in time"),
-            Ok(Some(Ok(Message::Text(t)))) => return Ok(serde_json::from_str(t.as_str())?),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let message: Value = serde_json::from_str(t.as_str())?;
+                check_server_message(&message)?;
+                return Ok(message);
+            }
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(other) => anyhow::bail!("expected a text message, got {other:?}"),
         }
