@@ -93,6 +93,7 @@ async fn generate(store: &SqliteStore) -> Expected {
                 last_seq: 0,
                 user_agent: None,
                 node: None,
+                transport: None,
             }),
         );
         w.expected.sessions += 1;
@@ -120,6 +121,7 @@ async fn generate(store: &SqliteStore) -> Expected {
                         reason: "r".into(),
                         grace_until: Some(t + Duration::seconds(60)),
                         acked_seq: None,
+                        transport: None,
                     }),
                 );
                 *w.expected.close_codes.entry(code).or_default() += 1;
@@ -154,6 +156,7 @@ async fn generate(store: &SqliteStore) -> Expected {
                         missed: 0,
                         user_agent: None,
                         node: None,
+                        transport: None,
                     }),
                 );
                 w.expected.reconnects += 1;
@@ -176,6 +179,7 @@ async fn generate(store: &SqliteStore) -> Expected {
                     reason: "connection lost".into(),
                     grace_until: Some(t + Duration::seconds(60)),
                     acked_seq: None,
+                    transport: None,
                 }),
             );
             *w.expected.close_codes.entry(1006).or_default() += 1;

@@ -164,6 +164,7 @@ fn run(ops: &[(usize, Op)], jobs: &[Uuid]) -> (Vec<EventRow>, World) {
                     log_epoch: EPOCH.into(),
                     user_agent: None,
                     node: behind.is_positive().then(|| format!("node-{behind}")),
+                    transport: (*behind % 2 == 1).then(|| "sse".to_owned()),
                 }),
                 None,
             ),

@@ -106,6 +106,8 @@ pub struct Attach {
     pub user_agent: Option<String>,
     /// The node that will hold the socket (on a shared log).
     pub node: Option<String>,
+    /// `sse` for the Server-Sent Events stream; none for a WebSocket.
+    pub transport: Option<String>,
 }
 
 /// How an attached socket is to be served.
@@ -252,6 +254,7 @@ pub fn decide(
                         reason: reason.clone(),
                         grace_until,
                         acked_seq: *acked_seq,
+                        transport: s.transport.clone(),
                     }),
                 )]))
             }
@@ -449,6 +452,7 @@ fn decide_attach(
                 last_seq: state.last_seq,
                 user_agent: a.user_agent.clone(),
                 node: a.node.clone(),
+                transport: a.transport.clone(),
             }),
         ));
         let plan = AttachPlan {
@@ -485,6 +489,7 @@ fn decide_attach(
             missed,
             user_agent: a.user_agent.clone(),
             node: a.node.clone(),
+            transport: a.transport.clone(),
         }),
     ));
     let plan = AttachPlan {
@@ -723,6 +728,7 @@ mod tests {
             log_epoch: EPOCH.into(),
             user_agent: None,
             node: None,
+            transport: None,
         });
         (cmd, id)
     }
@@ -970,6 +976,7 @@ mod tests {
             log_epoch: EPOCH.into(),
             user_agent: None,
             node: None,
+            transport: None,
         });
         let plan = when(&mut job, &cmd, t0).1.unwrap();
         assert!(!plan.resumed);

@@ -191,6 +191,9 @@ pub struct Connected {
     /// The node holding the socket, on a log shared by several nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// `sse` for the Server-Sent Events stream; none for a WebSocket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 /// A socket closed; the session's grace window opened, or, for the close
@@ -205,6 +208,9 @@ pub struct Disconnected {
     /// The highest seq the client acknowledged on this socket, if it sent acks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked_seq: Option<i64>,
+    /// `sse` when the connection was the Server-Sent Events stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 /// A client came back with `reconnect=true`.
@@ -233,6 +239,9 @@ pub struct Reconnected {
     /// The node holding the socket, on a log shared by several nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// `sse` for the Server-Sent Events stream; none for a WebSocket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 /// The job's open socket was closed because another connection took over.
@@ -521,6 +530,7 @@ mod tests {
                 reason: "heartbeat timeout".into(),
                 grace_until: Some(at),
                 acked_seq: Some(4),
+                transport: Some("sse".into()),
             }),
             EventBody::GraceExpired(GraceExpired { grace_until: at }),
         ];

@@ -82,6 +82,9 @@ pub struct SessionState {
     /// The client's `User-Agent`, as its last socket sent it.
     #[serde(default)]
     pub user_agent: Option<String>,
+    /// `sse` while its connection is the Server-Sent Events stream.
+    #[serde(default)]
+    pub transport: Option<String>,
 }
 
 impl SessionState {
@@ -91,6 +94,7 @@ impl SessionState {
         at: DateTime<Utc>,
         node: Option<String>,
         user_agent: Option<String>,
+        transport: Option<String>,
     ) -> Self {
         SessionState {
             session_id,
@@ -101,6 +105,7 @@ impl SessionState {
             last_disconnect_at: None,
             node,
             user_agent,
+            transport,
         }
     }
 
@@ -386,8 +391,9 @@ impl JobState {
             EventBody::Connected(c) => {
                 self.counts.connects += 1;
                 if let Some(id) = event.session_id {
-                    let ua = c.user_agent.clone();
-                    self.add_watcher(SessionState::start(id, at, c.node.clone(), ua));
+                    let (ua, transport) = (c.user_agent.clone(), c.transport.clone());
+                    let s = SessionState::start(id, at, c.node.clone(), ua, transport);
+                    self.add_watcher(s);
                 }
             }
             EventBody::Reconnected(r) => {
@@ -400,10 +406,12 @@ impl JobState {
                         s.last_connect_at = at;
                         s.node.clone_from(&r.node);
                         s.user_agent.clone_from(&r.user_agent);
+                        s.transport.clone_from(&r.transport);
                     }
                     _ => {
-                        let ua = r.user_agent.clone();
-                        self.add_watcher(SessionState::start(id, at, r.node.clone(), ua));
+                        let (ua, transport) = (r.user_agent.clone(), r.transport.clone());
+                        let s = SessionState::start(id, at, r.node.clone(), ua, transport);
+                        self.add_watcher(s);
                     }
                 }
             }

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod rate;
 pub mod search;
+pub mod stream;
 mod support;
 pub mod upgrade;
 
@@ -164,6 +165,7 @@ pub fn router(state: AppState) -> Router {
         .merge(demo::router())
         .merge(openapi::router())
         .merge(upgrade::router())
+        .merge(stream::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     if let Some(cors) = cors(&state.upgrade.allowed_origins) {

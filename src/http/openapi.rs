@@ -6,7 +6,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{events, health, history, jobs, search, AppState};
+use super::{events, health, history, jobs, search, stream, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,7 @@ use super::{events, health, history, jobs, search, AppState};
         jobs::append_event,
         jobs::refresh_token,
         jobs::get_job,
+        stream::stream,
         events::job_events,
         history::history,
         events::global_log,

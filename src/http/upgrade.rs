@@ -137,9 +137,9 @@ impl RejectionLog {
 }
 
 /// A checked upgrade request.
-struct Accepted {
-    job_id: JobId,
-    attach: Attach,
+pub(super) struct Accepted {
+    pub job_id: JobId,
+    pub attach: Attach,
     offered_subprotocol: bool,
 }
 
@@ -211,7 +211,7 @@ async fn upgrade(
 }
 
 /// Records a refused attempt on a known job, within the rate limit.
-async fn reject(state: &AppState, job_id: JobId, reconnect: bool, err: &ApiError) {
+pub(super) async fn reject(state: &AppState, job_id: JobId, reconnect: bool, err: &ApiError) {
     // A 404 means `check` already read the job and found none: no second read.
     if matches!(err, ApiError::NotFound(_))
         || !matches!(state.engine.job_exists(job_id).await, Ok(true))
@@ -233,7 +233,9 @@ async fn reject(state: &AppState, job_id: JobId, reconnect: bool, err: &ApiError
     }
 }
 
-async fn check(
+/// The checks every connection (socket or stream) passes before it is
+/// served: token, origin, role and job, lease, watcher limit.
+pub(super) async fn check(
     state: &AppState,
     job_id: JobId,
     headers: &HeaderMap,
@@ -337,13 +339,14 @@ async fn check(
             user_agent,
             // Set by the engine, under the lease it holds at the attach.
             node: None,
+            transport: None,
         },
         offered_subprotocol: offered.contains(&SUBPROTOCOL),
     })
 }
 
 /// `reconnect=true|1|false|0`, absent meaning false.
-fn reconnect_param(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+pub(super) fn reconnect_param(query: &HashMap<String, String>) -> Result<bool, ApiError> {
     match query.get(param::RECONNECT).map(String::as_str) {
         None | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") => Ok(true),

@@ -148,6 +148,7 @@ fn connected() -> EventBody {
         last_seq: 1,
         user_agent: Some("bench".into()),
         node: None,
+        transport: None,
     })
 }
 
@@ -157,6 +158,7 @@ fn disconnected(grace_until: chrono::DateTime<Utc>) -> EventBody {
         reason: "job finished".into(),
         grace_until: Some(grace_until),
         acked_seq: None,
+        transport: None,
     })
 }
 

@@ -1,0 +1,208 @@
+//! `GET /v1/jobs/{jobId}/stream`: the job's messages as Server-Sent Events,
+//! for clients that cannot open a WebSocket (a proxy that blocks upgrades).
+//!
+//! The same session as a socket: the same checks before it opens, the same
+//! attach (recorded `connected`/`reconnected` with transport `sse`), the same
+//! first message, replay and live events, and the close recorded as
+//! `disconnected` with a grace window. It is served by the socket's own loop
+//! (`ws::socket::serve`) over an SSE adapter: each text message becomes an
+//! event named by its `type`, with `id` its seq (the first message's id is
+//! the job's `lastSeq`), each ping a keep-alive comment, and the close an
+//! event `close` before the stream ends.
+//!
+//! EventSource sends no headers: the token comes as `?token=`, and a resume
+//! as `Last-Event-ID` (which EventSource sets on its own reconnects): the
+//! stream then resumes like `reconnect=true&lastSeq=<id>`. A reconnect to a
+//! finished job with nothing missed is answered 204, which tells EventSource
+//! to stop reconnecting.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Message;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::{SinkExt, Stream};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::PollSender;
+
+use super::error::ApiError;
+use super::extract::parse_job_id;
+use super::upgrade::{check, reconnect_param, reject};
+use super::AppState;
+use crate::ws::protocol::param;
+use crate::ws::socket::{self, SocketParams};
+
+/// The transport recorded for sessions on this stream.
+pub const TRANSPORT: &str = "sse";
+
+/// Events buffered between the session's loop and the HTTP body.
+const BUFFER: usize = 16;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/jobs/{job_id}/stream", get(stream))
+}
+
+/// Streams the job's messages as Server-Sent Events.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{job_id}/stream",
+    tag = "jobs",
+    params(
+        ("job_id" = uuid::Uuid, Path, description = "The job"),
+        ("token" = String, Query, description = "The job's client token"),
+        ("reconnect" = Option<bool>, Query, description = "Resume (implied by Last-Event-ID)"),
+        ("sessionId" = Option<uuid::Uuid>, Query, description = "The session to resume"),
+        ("lastSeq" = Option<i64>, Query, description = "The last seq processed (default: Last-Event-ID)"),
+        ("epoch" = Option<String>, Query, description = "The epoch of the last connected/reconnected"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "The id of the last event received: resume after it"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: events named by the message `type` (`connected`, `reconnected`, `progress`, ..., `close`), data as in /protocol.schema.json", content_type = "text/event-stream", body = String),
+        (status = 204, description = "A resume of a finished job with nothing missed: nothing to stream"),
+        (status = 400, description = "A malformed parameter", body = super::ErrorBody),
+        (status = 401, description = "No valid token", body = super::ErrorBody),
+        (status = 403, description = "Not this job's client token, or an origin not allowed", body = super::ErrorBody),
+        (status = 404, description = "Unknown job", body = super::ErrorBody),
+        (status = 409, description = "Too many watchers", body = super::ErrorBody),
+        (status = 429, description = "Too many attempts from this address", body = super::ErrorBody),
+        (status = 503, description = "At the connection limit, or this node does not hold its lease", body = super::ErrorBody),
+    )
+)]
+pub async fn stream(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+    Query(mut query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(wait) = state.connect_rate.take(peer.ip(), Instant::now()) {
+        state.engine.metrics().observe_rate_limited();
+        return ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64).into_response();
+    }
+    let job_id = match parse_job_id(&job_id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    if state.tasks.len() >= state.upgrade.max_connections {
+        state.engine.metrics().observe_refused_at_capacity();
+        return ApiError::TooManyConnections.into_response();
+    }
+    // EventSource's own reconnect: resume after the last event it saw.
+    if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        if !id.is_empty() {
+            query.insert(param::RECONNECT.into(), "true".into());
+            query
+                .entry(param::LAST_SEQ.into())
+                .or_insert_with(|| id.trim().to_owned());
+        }
+    }
+    let reconnect = reconnect_param(&query).unwrap_or(false);
+    let mut accepted = match check(&state, job_id, &headers, &query).await {
+        Ok(a) => a,
+        Err(err) => {
+            reject(&state, job_id, reconnect, &err).await;
+            return err.into_response();
+        }
+    };
+    accepted.attach.transport = Some(TRANSPORT.to_owned());
+    if accepted.attach.reconnect {
+        if let Ok(Some(job)) = state.engine.job(job_id).await {
+            let caught_up = accepted
+                .attach
+                .client_last_seq
+                .is_some_and(|s| s >= job.last_seq);
+            if job.status.is_terminal() && caught_up {
+                return StatusCode::NO_CONTENT.into_response();
+            }
+        }
+    }
+
+    let settings = state.upgrade.clone();
+    let params = SocketParams {
+        job_id: accepted.job_id,
+        attach: accepted.attach,
+        heartbeat_interval: settings.heartbeat_interval,
+        heartbeat_timeout: settings.heartbeat_timeout,
+        send_queue: settings.send_queue,
+        shutdown: state.shutdown.clone(),
+    };
+    let (events_tx, events) = mpsc::channel::<Result<SseEvent, Infallible>>(BUFFER);
+    let alive = events_tx.clone();
+    let sink = PollSender::new(events_tx)
+        .sink_map_err(axum::Error::new)
+        .with(|m: Message| std::future::ready(Ok::<_, axum::Error>(to_sse(m))));
+    let sink = Box::pin(sink);
+    let reads = client_reads(alive, settings.heartbeat_interval);
+    state
+        .tasks
+        .spawn(socket::serve(sink, reads, state.engine.clone(), params));
+
+    let body = tokio_stream_from(events);
+    let mut res = Sse::new(body).into_response();
+    let h = res.headers_mut();
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    // Proxies that buffer responses (nginx) would hold events back.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
+}
+
+/// One protocol message as an SSE event.
+fn to_sse(m: Message) -> Result<SseEvent, Infallible> {
+    Ok(match m {
+        Message::Text(text) => {
+            let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+            let mut event = SseEvent::default();
+            if let Some(kind) = v["type"].as_str() {
+                event = event.event(kind);
+            }
+            if let Some(id) = v["seq"].as_i64().or_else(|| v["lastSeq"].as_i64()) {
+                event = event.id(id.to_string());
+            }
+            event.data(text.as_str())
+        }
+        Message::Close(frame) => {
+            let (code, reason) =
+                frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
+            SseEvent::default()
+                .event("close")
+                .data(serde_json::json!({"code": code, "reason": reason}).to_string())
+        }
+        // Pings keep proxies from timing the stream out.
+        _ => SseEvent::default().comment("keep-alive"),
+    })
+}
+
+/// What the session's loop reads from the client: an SSE client sends
+/// nothing, so this yields a pong every half heartbeat while the response
+/// body is still being read (the connection is there), and ends when the body
+/// is dropped (the client went away).
+fn client_reads(
+    alive: mpsc::Sender<Result<SseEvent, Infallible>>,
+    heartbeat: Duration,
+) -> std::pin::Pin<Box<dyn Stream<Item = Result<Message, axum::Error>> + Send>> {
+    let every = (heartbeat / 2).max(Duration::from_millis(10));
+    Box::pin(futures_util::stream::unfold(
+        alive,
+        move |alive| async move {
+            tokio::select! {
+                _ = alive.closed() => None,
+                _ = tokio::time::sleep(every) => Some((Ok(Message::Pong(Default::default())), alive)),
+            }
+        },
+    ))
+}
+
+/// The receiver as a stream of body events.
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<SseEvent, Infallible>>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
