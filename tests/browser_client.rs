@@ -256,3 +256,80 @@ async fn rejoin_js_reconnects_after_drops_but_not_when_replaced_or_finished() {
     assert_eq!(app.events_of(job, "connected").await.len(), 2);
     assert_eq!(app.events_of(job, "reconnected").await.len(), 2);
 }
+
+/// A page on another origin (its own server on another port) loads
+/// rejoin.js from the rejoin server and follows a job through it: the module
+/// fetch, the socket and the client's HTTP calls all cross origins, allowed
+/// by `--allowed-origins` (CORS for the HTTP API, the Origin check for the
+/// socket).
+#[tokio::test]
+async fn a_page_on_another_origin_follows_a_job_through_rejoin_js() {
+    let Some(bin) = chromium() else { return };
+    // The other origin: a static page of its own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_origin = format!("http://{}", listener.local_addr().unwrap());
+    let app = spawn_with(&["--allowed-origins", &page_origin]).await;
+    let job = app.create_job().await;
+    let token = app.token(Role::Client, Some(job));
+    let rejoin = format!("http://{}", app.addr);
+    let html = format!(
+        r#"<!doctype html><meta charset="utf-8"><title>another origin</title>
+<h1>Scan <span id="state">idle</span></h1><progress id="bar" max="100" value="0"></progress>
+<ol id="log"></ol>
+<script type="module">
+  const {{ RejoinClient }} = await import('{rejoin}/client/rejoin.js');
+  const c = new RejoinClient({{ jobId: '{job}', token: '{token}', url: 'ws://{addr}/ws/progress',
+    baseDelayMs: 100, maxDelayMs: 400, tokenInProtocol: false }});
+  window.seen = {{ states: [], seqs: [], client: c }};
+  c.addEventListener('state', (e) => {{ seen.states.push(e.detail.state); document.getElementById('state').textContent = e.detail.state; }});
+  c.addEventListener('event', (e) => {{
+    seen.seqs.push(e.detail.seq);
+    if (e.detail.progress !== undefined) document.getElementById('bar').value = e.detail.progress;
+    const li = document.createElement('li'); li.textContent = `${{e.detail.type}} #${{e.detail.seq}}`;
+    document.getElementById('log').append(li);
+  }});
+  c.start();
+  // A cross-origin call of the API with the bearer token (a CORS preflight).
+  const res = await fetch('{rejoin}/v1/jobs/{job}', {{ headers: {{ Authorization: 'Bearer {token}' }} }});
+  window.seen.apiStatus = res.status;
+</script>"#,
+        addr = app.addr
+    );
+    let page = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let html = html.clone();
+            async move { axum::response::Html(html) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, page).await.unwrap() });
+
+    let mut b = Browser::launch(&bin).await;
+    b.goto(&format!("{page_origin}/")).await;
+    let patience = Duration::from_secs(15);
+    b.wait_until(
+        "window.seen && seen.client.state === 'live' && seen.apiStatus === 200",
+        "a live client and a readable API answer across origins",
+        patience,
+    )
+    .await;
+    let p = app.progress(job, 60.0).await;
+    b.wait_until(&format!("seen.seqs.includes({p})"), "the event", patience)
+        .await;
+    let done = app
+        .post_event(job, serde_json::json!({"type": "completed"}))
+        .await;
+    assert_eq!(done.status(), 201);
+    b.wait_until(
+        "seen.client.state === 'finished'",
+        "the finished state",
+        patience,
+    )
+    .await;
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cross-origin-client.png");
+    b.screenshot(&shot).await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+    // The socket came from the page's origin, and was let in.
+    let connected = app.events_of(job, "connected").await;
+    assert_eq!(connected.len(), 1);
+}

@@ -6,7 +6,8 @@ use axum::Router;
 
 use super::AppState;
 
-pub const REJOIN_JS: &str = include_str!("client/rejoin.js");
+/// One source: the package in `clients/js`.
+pub const REJOIN_JS: &str = include_str!("../../clients/js/src/rejoin.js");
 
 pub fn router() -> Router<AppState> {
     Router::new().route(

@@ -181,6 +181,19 @@ async fn upgrade(
     };
     let ws = match ws {
         Ok(ws) => ws,
+        // A plain GET (no upgrade): a probe, answered with what the
+        // handshake would get. Browsers hide a refused handshake's status,
+        // so clients ask this way why one failed.
+        Err(_) if !headers.contains_key(axum::http::header::UPGRADE) => {
+            return (
+                axum::http::StatusCode::UPGRADE_REQUIRED,
+                axum::Json(serde_json::json!({"error": {
+                    "code": "upgrade_required",
+                    "message": "this connection would be accepted: open it as a WebSocket",
+                }})),
+            )
+                .into_response()
+        }
         Err(rejection) => return rejection.into_response(),
     };
     let settings = state.upgrade.clone();
@@ -248,14 +261,19 @@ pub(super) async fn check(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     let token = query
         .get(param::TOKEN)
         .map(String::as_str)
         .or_else(|| offered.iter().find_map(|p| p.strip_prefix(BEARER_PREFIX)))
+        .or(bearer)
         .ok_or_else(|| {
             ApiError::bad_request(
                 "missing_token",
-                "a token is required: the `token` query parameter or a `bearer.<token>` subprotocol",
+                "a token is required: the `token` query parameter, a `bearer.<token>` subprotocol or an `Authorization: Bearer` header",
             )
         })?;
     if token.split('.').count() != 3 || token.len() > 8192 {

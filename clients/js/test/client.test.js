@@ -1,0 +1,162 @@
+// rejoin.js against a real rejoin server (see server.js): resume after an
+// abrupt drop, each event once, its own session among several watchers,
+// stop when the token cannot be renewed, Retry-After, and the SSE fallback.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import { RejoinClient, State } from "../src/rejoin.js";
+import * as rj from "./server.js";
+
+let server;
+before(async () => {
+  server = await rj.startServer(["--connect-rate-per-ip", "0"]);
+});
+after(() => server.stop());
+
+const fast = { baseDelayMs: 50, maxDelayMs: 200, ackIntervalMs: 50 };
+
+test("resumes after an abrupt drop and applies every event once, in order", async () => {
+  const job = await rj.createJob(server);
+  const via = await rj.proxy(server.addr);
+  const c = new RejoinClient({ jobId: job, token: rj.client(job), url: via.ws, ...fast });
+  const seen = rj.record(c);
+  c.start();
+  await rj.until("live", () => c.state === State.LIVE);
+  const session = c.sessionId;
+  const first = await rj.progress(server, job, 10);
+  await rj.until("the first event", () => seen.events.length === 1);
+
+  via.cut(); // no close frame: the network went away
+  const missed = [await rj.progress(server, job, 20), await rj.progress(server, job, 30)];
+  await rj.until("the resume", () => seen.hellos.length === 2);
+  assert.equal(seen.hellos[1].type, "reconnected");
+  assert.equal(seen.hellos[1].resumed, true);
+  assert.equal(c.sessionId, session, "the same session continues");
+  const last = await rj.complete(server, job);
+  await rj.until("finished", () => c.state === State.FINISHED);
+  assert.deepEqual(
+    seen.events.map((e) => e.seq),
+    [first, ...missed, last],
+  );
+  assert.equal(c.reconnectScheduled, false);
+  via.close();
+});
+
+test("each watcher resumes its own session; the others are not touched", async () => {
+  const job = await rj.createJob(server);
+  const phoneNet = await rj.proxy(server.addr);
+  const phone = new RejoinClient({ jobId: job, token: rj.client(job), url: phoneNet.ws, ...fast });
+  const tab = new RejoinClient({ jobId: job, token: rj.client(job), url: server.ws, ...fast });
+  const p = rj.record(phone);
+  const t = rj.record(tab);
+  phone.start();
+  tab.start();
+  await rj.until("both live", () => phone.state === State.LIVE && tab.state === State.LIVE);
+  const [phoneSession, tabSession] = [phone.sessionId, tab.sessionId];
+  assert.notEqual(phoneSession, tabSession);
+
+  phoneNet.cut();
+  const seq = await rj.progress(server, job, 50);
+  await rj.until("the phone back", () => p.hellos.length === 2);
+  assert.equal(phone.sessionId, phoneSession);
+  assert.equal(tab.sessionId, tabSession);
+  assert.equal(t.hellos.length, 1, "the tab never reconnected");
+  await rj.complete(server, job);
+  await rj.until("both finished", () => phone.state === State.FINISHED && tab.state === State.FINISHED);
+  assert.ok(p.events.some((e) => e.seq === seq) && t.events.some((e) => e.seq === seq));
+  assert.deepEqual(p.events.map((e) => e.seq), t.events.map((e) => e.seq));
+  phoneNet.close();
+});
+
+test("a token that cannot be renewed stops the client instead of retrying", async () => {
+  const strict = await rj.startServer(["--connect-rate-per-ip", "0", "--jwt-leeway-secs", "0"]);
+  try {
+    const job = await rj.createJob(strict);
+    const expired = rj.client(job, { exp: Math.floor(Date.now() / 1000) - 60 });
+    const c = new RejoinClient({ jobId: job, token: expired, url: strict.ws, ...fast });
+    const seen = rj.record(c);
+    c.start();
+    await rj.until("failed", () => c.state === State.FAILED);
+    const failed = seen.states.at(-1);
+    assert.equal(failed.code, 401);
+    assert.equal(c.reconnectScheduled, false);
+    const h = await rj.history(strict, job);
+    assert.equal(h.sessions.length, 0, "it never connected");
+  } finally {
+    strict.stop();
+  }
+});
+
+test("an expiring token is renewed before the connection uses it", async () => {
+  const job = await rj.createJob(server);
+  const soon = rj.client(job, { exp: Math.floor(Date.now() / 1000) + 10 });
+  const c = new RejoinClient({ jobId: job, token: soon, url: server.ws, ...fast });
+  c.start();
+  await rj.until("live", () => c.state === State.LIVE);
+  assert.notEqual(c.token, soon, "renewed before connecting (under 30 s left)");
+  c.stop();
+});
+
+test("Retry-After on 429 is honoured before the next attempt", async () => {
+  const limited = await rj.startServer(["--connect-rate-per-ip", "0.2", "--connect-burst-per-ip", "1"]);
+  try {
+    const job = await rj.createJob(limited);
+    const first = new RejoinClient({ jobId: job, token: rj.client(job), url: limited.ws, ...fast });
+    first.start();
+    await rj.until("the first live", () => first.state === State.LIVE);
+    const second = new RejoinClient({ jobId: job, token: rj.client(job), url: limited.ws, ...fast });
+    const seen = rj.record(second);
+    second.start();
+    const waiting = await rj.until("a retry scheduled", () => seen.states.find((s) => s.retryInMs !== undefined));
+    assert.ok(waiting.retryInMs >= 1000, `waits ${waiting.retryInMs} ms, not the 200 ms backoff`);
+    first.stop();
+    second.stop();
+  } finally {
+    limited.stop();
+  }
+});
+
+/** A WebSocket that never gets through, as behind a proxy that blocks upgrades. */
+class BlockedWebSocket {
+  constructor() {
+    setTimeout(() => this.onclose?.({ code: 1006, reason: "" }), 5);
+  }
+  close() {}
+}
+
+test("falls back to Server-Sent Events when upgrades cannot get through", async () => {
+  const job = await rj.createJob(server, { metadata: { via: "sse" } });
+  const via = await rj.proxy(server.addr);
+  const c = new RejoinClient({
+    jobId: job,
+    token: rj.client(job),
+    url: via.ws,
+    WebSocket: BlockedWebSocket,
+    ...fast,
+  });
+  const seen = rj.record(c);
+  let fellBack = false;
+  c.addEventListener("fallback", () => (fellBack = true));
+  c.start();
+  await rj.until("live over SSE", () => c.state === State.LIVE);
+  assert.ok(fellBack);
+  assert.equal(c.transport, "sse");
+  const first = await rj.progress(server, job, 10);
+  await rj.until("an event over SSE", () => seen.events.length === 1);
+
+  via.cut();
+  const missed = await rj.progress(server, job, 40);
+  await rj.until("resumed over SSE", () => seen.hellos.length === 2);
+  assert.equal(seen.hellos[1].resumed, true);
+  const last = await rj.complete(server, job);
+  await rj.until("finished", () => c.state === State.FINISHED);
+  assert.deepEqual(seen.events.map((e) => e.seq), [first, missed, last]);
+
+  const h = await rj.history(server, job);
+  assert.equal(h.sessions.length, 1);
+  for (const e of h.sessions[0].events) {
+    if (["connected", "reconnected", "disconnected"].includes(e.kind)) assert.equal(e.details.transport, "sse");
+  }
+  via.close();
+});
