@@ -125,3 +125,87 @@ fn rejoin_js_stops_on_the_servers_own_reasons() {
         );
     }
 }
+
+/// The code block of `lang` under the heading that starts with `heading`.
+fn sample(doc: &str, heading: &str, lang: &str) -> String {
+    let at = doc.find(heading).unwrap_or_else(|| panic!("no {heading}"));
+    let rest = &doc[at..];
+    let open = format!("```{lang}\n");
+    let start = rest.find(&open).unwrap() + open.len();
+    let end = start + rest[start..].find("\n```").unwrap();
+    rest[start..end].to_owned()
+}
+
+/// Neither the Swift nor the Kotlin sample can be compiled here (no
+/// toolchain in the registries this machine reaches): their reconnect rules
+/// are checked against the protocol's constants instead.
+#[test]
+fn the_native_samples_follow_the_reconnect_rules() {
+    let d = doc("FRONTEND_HANDOFF.md");
+    let swift = sample(&d, "## Swift (iOS)", "swift");
+    let kotlin = sample(&d, "## Kotlin (Android)", "kotlin");
+    for (name, code) in [("Swift", &swift), ("Kotlin", &kotlin)] {
+        // Stops on the server's own reasons.
+        for reason in [close::JOB_FINISHED, close::REPLACED] {
+            assert!(
+                code.contains(&format!("\"{reason}\"")),
+                "{name} never stops on {reason:?}"
+            );
+        }
+        // Sends every resume parameter (the token travels in a header).
+        for p in param::ALL.iter().filter(|p| **p != param::TOKEN) {
+            assert!(code.contains(&format!("\"{p}\"")), "{name} never sends {p}");
+        }
+        assert!(code.contains("\"Bearer $token\"") || code.contains("\"Bearer \\(token)\""));
+        assert!(
+            !code.contains("name: \"token\"") && !code.contains("\"token\", token"),
+            "{name} puts the token in the URL"
+        );
+        // Stops on refusals that cannot pass, waits on those that say when.
+        assert!(code.contains("400, 403, 404"), "{name}'s refusals");
+        assert!(!code.contains("404, 409"), "{name} stops on 409, which the handoff retries");
+        assert!(
+            code.contains("429, 503") && code.contains("\"Retry-After\""),
+            "{name} ignores Retry-After"
+        );
+        // The backoff of the handoff's table: full jitter, 0.5 s base, 20 s cap.
+        assert!(
+            code.contains("0.5") || code.contains("500.0"),
+            "{name}'s backoff base"
+        );
+        assert!(
+            code.contains("20.0") || code.contains("20_000.0"),
+            "{name}'s backoff cap"
+        );
+        // A token that cannot be renewed ends the client instead of a loop,
+        // and one is renewed before it expires.
+        assert!(
+            code.contains("finish(.failed); done(false)")
+                || code.contains("finish(State.FAILED); done(false)"),
+            "{name} reconnects forever on a refused token"
+        );
+        assert!(
+            code.contains("planRenewal()"),
+            "{name} never renews before expiry"
+        );
+        // A live client that is woken pings at once instead of waiting.
+        assert!(
+            code.contains("== .live { ping(); return }")
+                || code.contains("== State.LIVE) { ping(); return }"),
+            "{name}'s wake does nothing while live"
+        );
+        // The resume position survives the app.
+        assert!(
+            code.contains("sessionId")
+                && (code.contains("UserDefaults") || code.contains("SharedPreferences"))
+        );
+    }
+    // Swift: the session is invalidated (a URLSession keeps its delegate),
+    // and the receive loop goes on past frames it cannot read.
+    assert!(swift.contains("invalidateAndCancel()"));
+    assert!(swift.contains("case .success:\n                self.receive(on: task)"));
+    // Kotlin: no client or thread pool of its own; callbacks on the main looper.
+    assert!(!kotlin.contains("OkHttpClient.Builder()") && !kotlin.contains("Executors."));
+    assert!(kotlin.contains("Handler(Looper.getMainLooper())"));
+    assert!(d.contains("runs on the **main queue**") && d.contains("runs on the **main thread**"));
+}

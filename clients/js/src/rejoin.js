@@ -37,7 +37,7 @@ export const State = Object.freeze({
   RECONNECTING: "reconnecting",
   FINISHED: "finished", // the job completed, failed or was cancelled
   REPLACED: "replaced", // our session was taken over by a newer socket of ours
-  FAILED: "failed", // refused for good (401 after a failed refresh, 403, 404, 409, a protocol error)
+  FAILED: "failed", // refused for good (401 after a failed refresh, 400, 403, 404, a protocol error)
   STOPPED: "stopped", // stop() was called
 });
 
@@ -401,7 +401,7 @@ export class RejoinClient extends EventTarget {
       if (await this._refresh()) return this._schedule();
       return; // _refresh ended the client
     }
-    if (status === 403 || status === 404 || status === 409) {
+    if (status === 400 || status === 403 || status === 404) {
       return this._end(State.FAILED, { code: status, reason: code });
     }
     if (status === 429 || status === 503) {
