@@ -163,7 +163,10 @@ fn the_native_samples_follow_the_reconnect_rules() {
         );
         // Stops on refusals that cannot pass, waits on those that say when.
         assert!(code.contains("400, 403, 404"), "{name}'s refusals");
-        assert!(!code.contains("404, 409"), "{name} stops on 409, which the handoff retries");
+        assert!(
+            !code.contains("404, 409"),
+            "{name} stops on 409, which the handoff retries"
+        );
         assert!(
             code.contains("429, 503") && code.contains("\"Retry-After\""),
             "{name} ignores Retry-After"

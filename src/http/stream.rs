@@ -38,7 +38,7 @@ use super::extract::parse_job_id;
 use super::upgrade::{check, reconnect_param, reject};
 use super::AppState;
 use crate::ws::protocol::param;
-use crate::ws::socket::{self, SocketParams};
+use crate::ws::socket;
 
 /// The transport recorded for sessions on this stream.
 pub const TRANSPORT: &str = "sse";
@@ -125,22 +125,15 @@ pub async fn stream(
         }
     }
 
-    let settings = state.upgrade.clone();
-    let params = SocketParams {
-        job_id: accepted.job_id,
-        attach: accepted.attach,
-        heartbeat_interval: settings.heartbeat_interval,
-        heartbeat_timeout: settings.heartbeat_timeout,
-        send_queue: settings.send_queue,
-        shutdown: state.shutdown.clone(),
-    };
+    let heartbeat = state.upgrade.heartbeat_interval;
+    let params = accepted.into_params(&state);
     let (events_tx, events) = mpsc::channel::<Result<SseEvent, Infallible>>(BUFFER);
     let alive = events_tx.clone();
     let sink = PollSender::new(events_tx)
         .sink_map_err(axum::Error::new)
         .with(|m: Message| std::future::ready(Ok::<_, axum::Error>(to_sse(m))));
     let sink = Box::pin(sink);
-    let reads = client_reads(alive, settings.heartbeat_interval);
+    let reads = client_reads(alive, heartbeat);
     state
         .tasks
         .spawn(socket::serve(sink, reads, state.engine.clone(), params));

@@ -197,21 +197,15 @@ async fn upgrade(
         Err(rejection) => return rejection.into_response(),
     };
     let settings = state.upgrade.clone();
-    let params = SocketParams {
-        job_id: accepted.job_id,
-        attach: accepted.attach,
-        heartbeat_interval: settings.heartbeat_interval,
-        heartbeat_timeout: settings.heartbeat_timeout,
-        send_queue: settings.send_queue,
-        shutdown: state.shutdown.clone(),
-    };
+    let offered_subprotocol = accepted.offered_subprotocol;
+    let params = accepted.into_params(&state);
     let mut ws = ws
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(settings.max_frame_bytes)
         .max_frame_size(settings.max_frame_bytes);
-    if accepted.offered_subprotocol {
+    if offered_subprotocol {
         ws = ws.protocols([SUBPROTOCOL]);
     }
     let engine = state.engine.clone();
@@ -221,6 +215,20 @@ async fn upgrade(
             let (tx, rx) = socket.split();
             tracker.track_future(socket::serve(tx, rx, engine, params))
         })
+}
+
+impl Accepted {
+    /// How the checked connection is to be served.
+    pub(super) fn into_params(self, state: &AppState) -> SocketParams {
+        SocketParams {
+            job_id: self.job_id,
+            attach: self.attach,
+            heartbeat_interval: state.upgrade.heartbeat_interval,
+            heartbeat_timeout: state.upgrade.heartbeat_timeout,
+            send_queue: state.upgrade.send_queue,
+            shutdown: state.shutdown.clone(),
+        }
+    }
 }
 
 /// Records a refused attempt on a known job, within the rate limit.

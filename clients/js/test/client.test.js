@@ -160,3 +160,28 @@ test("falls back to Server-Sent Events when upgrades cannot get through", async 
   }
   via.close();
 });
+
+/** A WebSocket whose every message arrives twice, as through a faulty relay. */
+class DoublingWebSocket extends WebSocket {
+  set onmessage(handler) {
+    super.onmessage = (m) => {
+      handler(m);
+      handler(m);
+    };
+  }
+  get onmessage() {
+    return super.onmessage;
+  }
+}
+
+test("a message that arrives twice is applied once", async () => {
+  const job = await rj.createJob(server);
+  const c = new RejoinClient({ jobId: job, token: rj.client(job), url: server.ws, WebSocket: DoublingWebSocket, ...fast });
+  const seen = rj.record(c);
+  c.start();
+  await rj.until("live", () => c.state === State.LIVE);
+  const seqs = [await rj.progress(server, job, 10), await rj.progress(server, job, 20), await rj.complete(server, job)];
+  await rj.until("finished", () => c.state === State.FINISHED);
+  assert.deepEqual(seen.events.map((e) => e.seq), seqs);
+  assert.equal(seen.hellos.length, 2, "the hello itself did come twice");
+});
