@@ -289,6 +289,7 @@ async fn the_openapi_document_lists_every_http_route() {
         "/v1/jobs/{job_id}/events",
         "/v1/jobs/{job_id}/token",
         "/v1/jobs/{job_id}/history",
+        "/v1/jobs/{job_id}/stream",
         "/v1/events",
         "/v1/events/stream",
         "/healthz",
