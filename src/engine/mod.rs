@@ -457,13 +457,12 @@ impl Engine {
         metadata: Option<serde_json::Value>,
         options: JobOptions,
     ) -> Result<Outcome, EngineError> {
-        let windows = options;
         let command = Command::CreateJob {
             metadata,
-            stall_after_secs: windows
+            stall_after_secs: options
                 .stall_after_secs
                 .unwrap_or(self.inner.windows.stall_after_secs.unwrap_or(0)),
-            timeout_secs: windows
+            timeout_secs: options
                 .timeout_secs
                 .unwrap_or(self.inner.windows.timeout_secs.unwrap_or(0)),
             notify: options.notify.unwrap_or_default(),

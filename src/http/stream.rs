@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::Message;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -33,9 +33,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
-use super::error::ApiError;
 use super::extract::parse_job_id;
-use super::upgrade::{check, reconnect_param, reject};
+use super::upgrade::{admit, check, reconnect_param, reject};
 use super::AppState;
 use crate::ws::protocol::param;
 use crate::ws::socket;
@@ -83,18 +82,13 @@ pub async fn stream(
     headers: HeaderMap,
     Query(mut query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(wait) = state.connect_rate.take(peer.ip(), Instant::now()) {
-        state.engine.metrics().observe_rate_limited();
-        return ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64).into_response();
+    if let Err(refused) = admit(&state, peer) {
+        return refused.into_response();
     }
     let job_id = match parse_job_id(&job_id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    if state.tasks.len() >= state.upgrade.max_connections {
-        state.engine.metrics().observe_refused_at_capacity();
-        return ApiError::TooManyConnections.into_response();
-    }
     // EventSource's own reconnect: resume after the last event it saw.
     if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         if !id.is_empty() {

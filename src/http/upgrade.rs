@@ -150,9 +150,8 @@ async fn upgrade(
     Query(query): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err(wait) = state.connect_rate.take(peer.ip(), Instant::now()) {
-        state.engine.metrics().observe_rate_limited();
-        return ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64).into_response();
+    if let Err(refused) = admit(&state, peer) {
+        return refused.into_response();
     }
     let job_id = match query.get(param::JOB_ID).map(|j| parse_job_id(j)) {
         None => {
@@ -165,11 +164,6 @@ async fn upgrade(
         Some(Err(e)) => return e.into_response(),
         Some(Ok(id)) => id,
     };
-    if state.tasks.len() >= state.upgrade.max_connections {
-        let refused = state.engine.metrics().observe_refused_at_capacity();
-        state.capacity_warning.refused(refused);
-        return ApiError::TooManyConnections.into_response();
-    }
     // For the rejection record; `check` refuses a malformed value.
     let reconnect = reconnect_param(&query).unwrap_or(false);
     let accepted = match check(&state, job_id, &headers, &query).await {
@@ -229,6 +223,23 @@ impl Accepted {
             shutdown: state.shutdown.clone(),
         }
     }
+}
+
+/// The refusals that come before any work on a connection (socket or
+/// stream): the per-address attempt limit, and the connection limit.
+pub(super) fn admit(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
+    if let Err(wait) = state.connect_rate.take(peer.ip(), Instant::now()) {
+        state.engine.metrics().observe_rate_limited();
+        return Err(ApiError::RateLimited(
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        ));
+    }
+    if state.tasks.len() >= state.upgrade.max_connections {
+        let refused = state.engine.metrics().observe_refused_at_capacity();
+        state.capacity_warning.refused(refused);
+        return Err(ApiError::TooManyConnections);
+    }
+    Ok(())
 }
 
 /// Records a refused attempt on a known job, within the rate limit.
