@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,6 +21,7 @@ use crate::clock::{Clock, Skewed, SystemClock};
 use crate::config::ServeArgs;
 use crate::engine::{Engine, EngineSettings, EngineTasks};
 use crate::http::rate::ConnectRate;
+use crate::http::request::TrustedProxies;
 use crate::http::upgrade::{RejectionLog, UpgradeSettings};
 use crate::http::{self, AppState, HttpSettings};
 use crate::log;
@@ -31,6 +32,7 @@ pub struct Application {
     state: AppState,
     tasks: EngineTasks,
     engine_stop: CancellationToken,
+    shutdown_timeout: Duration,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -58,6 +60,7 @@ impl Application {
         let heartbeat_timeout = seconds("--heartbeat-timeout-secs", args.heartbeat_timeout_secs)?;
         let node_lease = seconds("--node-lease-secs", args.node_lease_secs)?;
         let checkpoint_every = seconds("--checkpoint-every-secs", args.checkpoint_every_secs)?;
+        let shutdown_timeout = seconds("--shutdown-timeout-secs", args.shutdown_timeout_secs)?;
         anyhow::ensure!(args.send_queue > 0, "--send-queue must be at least 1");
         anyhow::ensure!(
             args.max_watchers_per_job > 0,
@@ -69,6 +72,7 @@ impl Application {
             None
         };
 
+        let proxies = TrustedProxies::parse(&args.trusted_proxies)?;
         let url = &args.database.database_url;
         let secret_dir = log::sqlite::database_path(url)
             .map(|p| p.parent().map(|d| d.to_path_buf()).unwrap_or_default());
@@ -126,6 +130,7 @@ impl Application {
                 args.connect_rate_per_ip,
                 args.connect_burst_per_ip,
             )),
+            proxies: Arc::new(proxies),
             demo,
         };
         if demo.is_some() {
@@ -136,6 +141,7 @@ impl Application {
             state,
             tasks,
             engine_stop,
+            shutdown_timeout,
         })
     }
 
@@ -149,17 +155,51 @@ impl Application {
         &self.state.engine
     }
 
-    /// Serves until `shutdown` resolves, then stops gracefully.
+    /// Serves until `shutdown` resolves, then stops gracefully, within the
+    /// shutdown deadline: past it, logs what it gave up on and returns
+    /// [`ShutdownTimedOut`].
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let deadline = self.shutdown_timeout;
+        let stopping = CancellationToken::new();
+        let progress = Arc::new(Mutex::new(Stage::Serving));
+        let work = self.serve_then_stop(shutdown, stopping.clone(), progress.clone());
+        let expired = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(deadline).await;
+        };
+        tokio::select! {
+            done = work => done,
+            () = expired => {
+                let stage = *progress.lock().unwrap_or_else(|p| p.into_inner());
+                let gave_up = stage.gave_up();
+                tracing::error!(
+                    deadline_secs = deadline.as_secs_f64(),
+                    stage = stage.name(),
+                    gave_up = %gave_up,
+                    "shutdown deadline passed; exiting without finishing (nothing unacknowledged was lost: what was not committed was never answered)"
+                );
+                Err(ShutdownTimedOut { deadline, gave_up }.into())
+            }
+        }
+    }
+
+    async fn serve_then_stop(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        stopping: CancellationToken,
+        progress: Arc<Mutex<Stage>>,
     ) -> anyhow::Result<()> {
         let Application {
             listener,
             state,
             tasks,
             engine_stop,
+            ..
         } = self;
+        let at = |stage: Stage| *progress.lock().unwrap_or_else(|p| p.into_inner()) = stage;
         let store = state.engine.store().clone();
         let engine = state.engine.clone();
         let (sockets, closing) = (state.tasks.clone(), state.shutdown.clone());
@@ -171,21 +211,46 @@ impl Application {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
+        let signalled = {
+            let progress = progress.clone();
+            let sockets = sockets.clone();
+            async move {
+                shutdown.await;
+                *progress.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Stage::Requests(sockets.len());
+                stopping.cancel();
+                // Upgraded sockets are not axum's to wait for: close them now.
+                closing.cancel();
+            }
+        };
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Upgraded sockets are not axum's to wait for: close them now.
-            closing.cancel();
-        })
+        .with_graceful_shutdown(signalled)
         .await
         .context("serving HTTP")?;
         // Every socket closes with 1001 and records its close; wait for all.
         sockets.close();
-        sockets.wait().await;
+        {
+            let open = sockets.clone();
+            let progress = progress.clone();
+            // The count of sockets still closing, kept current for the
+            // deadline's report.
+            let count = async move {
+                loop {
+                    *progress.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Stage::Sockets(open.len());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                () = sockets.wait() => {},
+                () = count => {},
+            }
+        }
         tracing::info!("sockets closed; draining the log writer");
+        at(Stage::Writer);
         engine_stop.cancel();
         tasks.scheduler.await.context("the scheduler panicked")?;
         tasks.writer.await.context("the log writer panicked")?;
@@ -195,10 +260,12 @@ impl Application {
             .await
             .context("the checkpoint writer panicked")?;
         // The next start folds nothing: every event is in this checkpoint.
+        at(Stage::Checkpoint);
         match engine.checkpoint_now().await {
             Ok(h) => tracing::info!(position = h.position, jobs = h.jobs, "checkpoint written"),
             Err(e) => tracing::warn!(error = %e, "cannot write the shutdown checkpoint"),
         }
+        at(Stage::Closing);
         if let Some(leases) = tasks.leases {
             leases.await.context("the lease keeper panicked")?;
         }
@@ -206,6 +273,61 @@ impl Application {
         tracing::info!("log flushed; bye");
         Ok(())
     }
+}
+
+/// Where a graceful shutdown has got to, for the deadline's report.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    Serving,
+    /// Waiting for HTTP requests in flight; sockets then open.
+    Requests(usize),
+    /// Sockets still closing (each records its close).
+    Sockets(usize),
+    Writer,
+    Checkpoint,
+    Closing,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Serving => "serving",
+            Stage::Requests(_) => "requests",
+            Stage::Sockets(_) => "sockets",
+            Stage::Writer => "writer",
+            Stage::Checkpoint => "checkpoint",
+            Stage::Closing => "closing",
+        }
+    }
+
+    /// What is left undone when shutdown stops here.
+    fn gave_up(self) -> String {
+        let after_sockets =
+            "draining the log writer, the shutdown checkpoint and closing the database";
+        match self {
+            Stage::Serving | Stage::Requests(_) => format!(
+                "HTTP requests in flight, recording the closes of {} open sockets, {after_sockets}",
+                match self {
+                    Stage::Requests(n) => n,
+                    _ => 0,
+                }
+            ),
+            Stage::Sockets(n) => format!("recording the closes of {n} sockets, {after_sockets}"),
+            Stage::Writer => after_sockets.to_owned(),
+            Stage::Checkpoint => {
+                "the shutdown checkpoint (the next start folds from the last one) and closing the database".to_owned()
+            }
+            Stage::Closing => "closing the database".to_owned(),
+        }
+    }
+}
+
+/// A graceful shutdown that did not finish within its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("shutdown did not finish within {}s; gave up on {gave_up}", deadline.as_secs_f64())]
+pub struct ShutdownTimedOut {
+    pub deadline: Duration,
+    pub gave_up: String,
 }
 
 /// Binds with a deep accept backlog: after a restart, thousands of clients

@@ -137,6 +137,14 @@ pub struct ServeArgs {
     #[arg(long, env = "REJOIN_CONNECT_RATE_PER_IP", default_value_t = 20.0)]
     pub connect_rate_per_ip: f64,
 
+    /// Proxies and load balancers in front of this server, as addresses or
+    /// CIDR blocks, comma-separated (`10.0.0.0/8,192.0.2.7`). Only requests
+    /// from these have `Forwarded` / `X-Forwarded-For` (and `x-request-id`)
+    /// believed, for the per-address connect limit and the address recorded
+    /// on `connected`; from anyone else the headers are ignored. Default: none.
+    #[arg(long, env = "REJOIN_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
     /// Connection attempts one address may make at once.
     #[arg(long, env = "REJOIN_CONNECT_BURST_PER_IP", default_value_t = 100)]
     pub connect_burst_per_ip: u32,
@@ -182,6 +190,20 @@ pub struct ServeArgs {
     /// came since. One is also written at every graceful shutdown.
     #[arg(long, env = "REJOIN_CHECKPOINT_EVERY_SECS", default_value_t = 300.0)]
     pub checkpoint_every_secs: f64,
+
+    /// Seconds a graceful shutdown (SIGTERM, Ctrl-C) may take: closing the
+    /// sockets and recording their closes, draining the log writer, the
+    /// checkpoint. Past it the process logs what it gave up on and exits
+    /// with status 1 (the log stays consistent: what was not committed was
+    /// never acknowledged).
+    #[arg(long, env = "REJOIN_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub shutdown_timeout_secs: f64,
+
+    /// Log lines on standard error: `text` for people, `json` (one object
+    /// per line, with `request_id`, `job` and `session` where there is one)
+    /// for log collectors. `REJOIN_LOG` sets the filter (default `info`).
+    #[arg(long, env = "REJOIN_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 
     /// Breaks durability on purpose: answers appends before they are
     /// committed. Only for the crash harness's negative control, which must
@@ -304,6 +326,15 @@ pub struct JobsArgs {
     pub json: bool,
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -163,6 +163,7 @@ fn run(ops: &[(usize, Op)], jobs: &[Uuid]) -> (Vec<EventRow>, World) {
                     client_epoch: reconnect.then(|| EPOCH.to_owned()),
                     log_epoch: EPOCH.into(),
                     user_agent: None,
+                    address: None,
                     node: behind.is_positive().then(|| format!("node-{behind}")),
                     transport: (*behind % 2 == 1).then(|| "sse".to_owned()),
                 }),

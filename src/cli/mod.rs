@@ -3,6 +3,7 @@
 mod checkpoint;
 pub mod history;
 mod jobs;
+pub mod logs;
 mod replay;
 mod serve;
 mod token;
@@ -23,20 +24,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::Replay(args) => replay::run(args).await,
         CliCommand::Checkpoint(args) => checkpoint::run(args).await,
     }
-}
-
-/// Logs to stderr; `REJOIN_LOG` (or `RUST_LOG`) sets the filter, default `info`
-/// (PostgreSQL notices such as "relation already exists, skipping" only from `warn`).
-pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("REJOIN_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info,sqlx::postgres::notice=warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Opens a log that must already exist (the read-only commands never create

@@ -1,11 +1,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::app::{shutdown_signal, Application};
+use crate::app::{shutdown_signal, Application, ShutdownTimedOut};
 use crate::config::ServeArgs;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    super::init_tracing();
+    super::logs::init(args.log_format);
     let app = Application::build(args).await?;
     let addr = app.local_addr();
     tracing::info!(%addr, "rejoin listening");
@@ -15,6 +15,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "rejoin listening on http://{addr}")?;
     out.flush()?;
     drop(out);
-    app.run(shutdown_signal()).await?;
-    Ok(ExitCode::SUCCESS)
+    match app.run(shutdown_signal()).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The tasks still running (a hung database) are not waited for.
+        Err(e) if e.is::<ShutdownTimedOut>() => {
+            eprintln!("rejoin: {e:#}");
+            std::process::exit(1)
+        }
+        Err(e) => Err(e),
+    }
 }

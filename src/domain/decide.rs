@@ -104,6 +104,8 @@ pub struct Attach {
     /// This log's epoch.
     pub log_epoch: String,
     pub user_agent: Option<String>,
+    /// The client's address (the peer, or forwarded by a trusted proxy).
+    pub address: Option<String>,
     /// The node that will hold the socket (on a shared log).
     pub node: Option<String>,
     /// `sse` for the Server-Sent Events stream; none for a WebSocket.
@@ -451,6 +453,7 @@ fn decide_attach(
                 sub: a.sub.clone(),
                 last_seq: state.last_seq,
                 user_agent: a.user_agent.clone(),
+                address: a.address.clone(),
                 node: a.node.clone(),
                 transport: a.transport.clone(),
             }),
@@ -488,6 +491,7 @@ fn decide_attach(
             client_epoch: a.client_epoch.clone(),
             missed,
             user_agent: a.user_agent.clone(),
+            address: a.address.clone(),
             node: a.node.clone(),
             transport: a.transport.clone(),
         }),
@@ -727,6 +731,7 @@ mod tests {
             client_epoch: Some(EPOCH.into()),
             log_epoch: EPOCH.into(),
             user_agent: None,
+            address: None,
             node: None,
             transport: None,
         });
@@ -975,6 +980,7 @@ mod tests {
             client_epoch: Some("another-log".into()),
             log_epoch: EPOCH.into(),
             user_agent: None,
+            address: None,
             node: None,
             transport: None,
         });

@@ -188,6 +188,10 @@ pub struct Connected {
     pub last_seq: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// The client's address: the peer, or the address a trusted proxy
+    /// forwarded (`--trusted-proxies`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     /// The node holding the socket, on a log shared by several nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -236,6 +240,10 @@ pub struct Reconnected {
     pub missed: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// The client's address: the peer, or the address a trusted proxy
+    /// forwarded (`--trusted-proxies`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     /// The node holding the socket, on a log shared by several nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,

@@ -108,12 +108,7 @@ impl IntoResponse for ApiError {
         }
         let status = self.status_code();
         // The documented body itself (`ErrorBody` is also the OpenAPI schema).
-        let body = super::ErrorBody {
-            error: super::ErrorDetail {
-                code: self.code().to_owned(),
-                message: self.to_string(),
-            },
-        };
+        let body = super::ErrorBody::new(self.code(), self.to_string());
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response

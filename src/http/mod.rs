@@ -11,6 +11,7 @@ pub mod history;
 pub mod jobs;
 pub mod openapi;
 pub mod rate;
+pub mod request;
 pub mod search;
 pub mod stream;
 mod support;
@@ -44,6 +45,23 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
+    /// The request's id, as in its `x-request-id` response header: quote it
+    /// when reporting the problem.
+    #[serde(rename = "requestId", skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl ErrorBody {
+    /// An error body naming the request being served.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                request_id: request::current().map(|id| id.to_string()),
+            },
+        }
+    }
 }
 
 /// Settings the handlers read.
@@ -72,6 +90,8 @@ pub struct AppState {
     pub capacity_warning: Arc<CapacityWarning>,
     /// Connection attempts per client address.
     pub connect_rate: Arc<rate::ConnectRate>,
+    /// Whose forwarding headers are believed (`--trusted-proxies`).
+    pub proxies: Arc<request::TrustedProxies>,
     /// Demo mode: how long a simulated job runs; `None` when off.
     pub demo: Option<std::time::Duration>,
 }
@@ -155,6 +175,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
+    let proxies = state.proxies.clone();
     let mut app = Router::new()
         .merge(health::router())
         .merge(jobs::router())
@@ -181,11 +202,18 @@ pub fn router(state: AppState) -> Router {
                         .extensions()
                         .get::<MatchedPath>()
                         .map_or("unmatched", |p| p.as_str());
-                    tracing::info_span!("http", method = %req.method(), route = %route)
+                    let id = req.extensions().get::<request::RequestId>();
+                    let id = id.map(|id| id.0.as_ref()).unwrap_or_default();
+                    tracing::info_span!("http", request_id = %id, method = %req.method(), route = %route)
                 })
                 // 5xx causes are logged where they happen (ApiError), at the rate
                 // they deserve; the layer's own error line per response is noise.
                 .on_failure(()),
         )
+        // Outermost: the address and the id are known to everything inside.
+        .layer(axum::middleware::from_fn_with_state(
+            proxies,
+            request::identify,
+        ))
         .with_state(state)
 }

@@ -18,15 +18,15 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::ws::Message;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use futures_util::{SinkExt, Stream};
 use serde_json::Value;
@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
 use super::extract::parse_job_id;
+use super::request::ClientAddr;
 use super::upgrade::{admit, check, reconnect_param, reject};
 use super::AppState;
 use crate::ws::protocol::param;
@@ -77,12 +78,12 @@ pub fn router() -> Router<AppState> {
 )]
 pub async fn stream(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
     Query(mut query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = admit(&state, peer) {
+    if let Err(refused) = admit(&state, client) {
         return refused.into_response();
     }
     let job_id = match parse_job_id(&job_id) {
@@ -99,7 +100,7 @@ pub async fn stream(
         }
     }
     let reconnect = reconnect_param(&query).unwrap_or(false);
-    let mut accepted = match check(&state, job_id, &headers, &query).await {
+    let mut accepted = match check(&state, job_id, client, &headers, &query).await {
         Ok(a) => a,
         Err(err) => {
             reject(&state, job_id, reconnect, &err).await;

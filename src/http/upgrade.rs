@@ -10,24 +10,26 @@
 //! attempts faster than `--connect-rate-per-ip` gets 429 with `Retry-After`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header::{HOST, ORIGIN, SEC_WEBSOCKET_PROTOCOL, USER_AGENT};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::parse_job_id;
+use super::request::ClientAddr;
 use super::AppState;
 use crate::auth::Role;
 use crate::domain::decide::Attach;
@@ -145,12 +147,12 @@ pub(super) struct Accepted {
 
 async fn upgrade(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err(refused) = admit(&state, peer) {
+    if let Err(refused) = admit(&state, client) {
         return refused.into_response();
     }
     let job_id = match query.get(param::JOB_ID).map(|j| parse_job_id(j)) {
@@ -166,7 +168,7 @@ async fn upgrade(
     };
     // For the rejection record; `check` refuses a malformed value.
     let reconnect = reconnect_param(&query).unwrap_or(false);
-    let accepted = match check(&state, job_id, &headers, &query).await {
+    let accepted = match check(&state, job_id, client, &headers, &query).await {
         Ok(a) => a,
         Err(err) => {
             reject(&state, job_id, reconnect, &err).await;
@@ -181,10 +183,10 @@ async fn upgrade(
         Err(_) if !headers.contains_key(axum::http::header::UPGRADE) => {
             return (
                 axum::http::StatusCode::UPGRADE_REQUIRED,
-                axum::Json(serde_json::json!({"error": {
-                    "code": "upgrade_required",
-                    "message": "this connection would be accepted: open it as a WebSocket",
-                }})),
+                axum::Json(super::ErrorBody::new(
+                    "upgrade_required",
+                    "this connection would be accepted: open it as a WebSocket",
+                )),
             )
                 .into_response()
         }
@@ -221,14 +223,15 @@ impl Accepted {
             heartbeat_timeout: state.upgrade.heartbeat_timeout,
             send_queue: state.upgrade.send_queue,
             shutdown: state.shutdown.clone(),
+            request_id: super::request::current().map(|id| id.to_string()),
         }
     }
 }
 
 /// The refusals that come before any work on a connection (socket or
 /// stream): the per-address attempt limit, and the connection limit.
-pub(super) fn admit(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
-    if let Err(wait) = state.connect_rate.take(peer.ip(), Instant::now()) {
+pub(super) fn admit(state: &AppState, client: IpAddr) -> Result<(), ApiError> {
+    if let Err(wait) = state.connect_rate.take(client, Instant::now()) {
         state.engine.metrics().observe_rate_limited();
         return Err(ApiError::RateLimited(
             wait.as_secs_f64().ceil().max(1.0) as u64
@@ -270,6 +273,7 @@ pub(super) async fn reject(state: &AppState, job_id: JobId, reconnect: bool, err
 pub(super) async fn check(
     state: &AppState,
     job_id: JobId,
+    client: IpAddr,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<Accepted, ApiError> {
@@ -374,6 +378,7 @@ pub(super) async fn check(
             client_epoch,
             log_epoch: state.engine.epoch().to_owned(),
             user_agent,
+            address: Some(client.to_string()),
             // Set by the engine, under the lease it holds at the attach.
             node: None,
             transport: None,

@@ -31,6 +31,8 @@ pub struct SocketParams {
     pub send_queue: usize,
     /// Cancelled when the server stops.
     pub shutdown: CancellationToken,
+    /// The id of the request that opened it, for its log lines.
+    pub request_id: Option<String>,
 }
 
 /// How the socket ended: what to send (if anything) and what to record.
@@ -136,8 +138,24 @@ fn send_failed(reason: SendError) -> Ending {
     }
 }
 
-/// Serves one upgraded socket to its end.
-pub async fn serve<Tx, Rx>(tx: Tx, mut rx: Rx, engine: Engine, params: SocketParams)
+/// Serves one upgraded socket to its end, its log lines in a `socket` span
+/// naming the upgrade's request id, the job and (once attached) the session.
+pub async fn serve<Tx, Rx>(tx: Tx, rx: Rx, engine: Engine, params: SocketParams)
+where
+    Tx: Sink<Message, Error = axum::Error> + Unpin,
+    Rx: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "socket",
+        request_id = params.request_id.as_deref().unwrap_or_default(),
+        job = %params.job_id,
+        session = tracing::field::Empty,
+    );
+    serve_in_span(tx, rx, engine, params).instrument(span).await
+}
+
+async fn serve_in_span<Tx, Rx>(tx: Tx, mut rx: Rx, engine: Engine, params: SocketParams)
 where
     Tx: Sink<Message, Error = axum::Error> + Unpin,
     Rx: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -149,6 +167,7 @@ where
         heartbeat_timeout,
         send_queue,
         shutdown,
+        request_id: _,
     } = params;
     let control = SocketControl::new(&shutdown);
     let mut conn = Conn {
@@ -178,6 +197,7 @@ where
         }
     };
     let session_id = attached.plan.session_id;
+    tracing::Span::current().record("session", tracing::field::display(session_id));
     let socket = attached.socket;
     tracing::debug!(job = %job_id, session = %session_id, socket, resumed = attached.plan.resumed, "socket attached");
 

@@ -147,6 +147,7 @@ fn connected() -> EventBody {
         sub: "client:bench".into(),
         last_seq: 1,
         user_agent: Some("bench".into()),
+        address: None,
         node: None,
         transport: None,
     })
