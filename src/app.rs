@@ -76,7 +76,7 @@ impl Application {
         let url = &args.database.database_url;
         let secret_dir = log::sqlite::database_path(url)
             .map(|p| p.parent().map(|d| d.to_path_buf()).unwrap_or_default());
-        let auth = Authority::from_args(&args.jwt, secret_dir.as_deref())?;
+        let auth = Authority::from_args(&args.jwt, secret_dir.as_deref()).await?;
         let webhook = Endpoint::from_args(&args.webhook, secret_dir.as_deref())?.map(Arc::new);
         if let Some(w) = &webhook {
             tracing::info!(endpoint = %w.display_url(), "webhook notifications on");

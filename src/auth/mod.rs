@@ -4,6 +4,7 @@
 //! RS256/ES256/EdDSA with a public key) and never taken from a token's header.
 //! `exp`, `sub` and `role` are required; `iss`/`aud` are checked when configured.
 
+mod jwks;
 mod secret;
 mod settings;
 
@@ -15,7 +16,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use secret::{load_or_create, load_or_create_secret, Secret};
+pub use jwks::Jwks;
+pub use secret::{load_or_create, load_or_create_secret, read_secret_file, Secret};
 pub use settings::{JwtAlgorithm, JwtArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -90,11 +92,20 @@ pub struct Minted {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Where verification keys come from.
+enum Verifying {
+    /// The HS256 secret or the configured public key.
+    Key(DecodingKey),
+    /// An identity provider's key set, by `kid`.
+    Jwks(std::sync::Arc<Jwks>),
+}
+
 /// Verifies and mints tokens with the configured key.
 pub struct Authority {
     algorithm: Algorithm,
     encoding: Option<EncodingKey>,
-    decoding: DecodingKey,
+    key_id: Option<String>,
+    decoding: Verifying,
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
@@ -105,6 +116,13 @@ impl std::fmt::Debug for Authority {
         f.debug_struct("Authority")
             .field("algorithm", &self.algorithm)
             .field("can_mint", &self.encoding.is_some())
+            .field(
+                "jwks",
+                &match &self.decoding {
+                    Verifying::Jwks(j) => Some(j),
+                    Verifying::Key(_) => None,
+                },
+            )
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish_non_exhaustive()
@@ -114,7 +132,8 @@ impl std::fmt::Debug for Authority {
 impl Authority {
     /// Builds the authority from configuration. With HS256 and no secret given,
     /// the secret kept beside the SQLite database is used (created on first use).
-    pub fn from_args(args: &JwtArgs, secret_dir: Option<&Path>) -> anyhow::Result<Self> {
+    /// With `--jwt-jwks-url`, the key set is fetched before this returns.
+    pub async fn from_args(args: &JwtArgs, secret_dir: Option<&Path>) -> anyhow::Result<Self> {
         use anyhow::Context;
         let read = |path: &Path| {
             std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))
@@ -125,9 +144,14 @@ impl Authority {
                     args.jwt_public_key.is_none() && args.jwt_private_key.is_none(),
                     "--jwt-public-key/--jwt-private-key need --jwt-algorithm RS256, ES256 or EdDSA"
                 );
-                let secret = match &args.jwt_secret {
-                    Some(s) => s.clone(),
-                    None => {
+                anyhow::ensure!(
+                    args.jwt_jwks_url.is_none(),
+                    "--jwt-jwks-url needs --jwt-algorithm RS256, ES256 or EdDSA"
+                );
+                let secret = match (&args.jwt_secret, &args.jwt_secret_file) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(file)) => read_secret_file(file, "--jwt-secret-file")?,
+                    (None, None) => {
                         let dir = secret_dir.context(
                             "no --jwt-secret given and the database is not a SQLite file to keep a generated one beside",
                         )?;
@@ -142,19 +166,27 @@ impl Authority {
                 (
                     Algorithm::HS256,
                     Some(EncodingKey::from_secret(bytes)),
-                    DecodingKey::from_secret(bytes),
+                    Some(DecodingKey::from_secret(bytes)),
                 )
             }
             alg => {
                 anyhow::ensure!(
-                    args.jwt_secret.is_none(),
-                    "--jwt-secret is for HS256; {alg:?} verifies with --jwt-public-key"
+                    args.jwt_secret.is_none() && args.jwt_secret_file.is_none(),
+                    "--jwt-secret is for HS256; {alg:?} verifies with --jwt-public-key or --jwt-jwks-url"
                 );
-                let public = args
-                    .jwt_public_key
-                    .as_deref()
-                    .context("--jwt-public-key is required for this algorithm")?;
-                let pem = read(public)?;
+                let pem = match (&args.jwt_public_key, &args.jwt_jwks_url) {
+                    (Some(public), _) => Some(read(public)?),
+                    (None, Some(_)) => None,
+                    (None, None) => anyhow::bail!(
+                        "--jwt-public-key or --jwt-jwks-url is required for this algorithm"
+                    ),
+                };
+                let public = |parse: fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>| {
+                    pem.as_deref()
+                        .map(parse)
+                        .transpose()
+                        .with_context(|| format!("--jwt-public-key is not a valid {alg:?} PEM key"))
+                };
                 let private = args.jwt_private_key.as_deref().map(read).transpose()?;
                 let bad = |what: &str| format!("{what} is not a valid {alg:?} PEM key");
                 match alg {
@@ -164,7 +196,7 @@ impl Authority {
                             .map(|k| EncodingKey::from_rsa_pem(&k))
                             .transpose()
                             .with_context(|| bad("--jwt-private-key"))?,
-                        DecodingKey::from_rsa_pem(&pem).with_context(|| bad("--jwt-public-key"))?,
+                        public(DecodingKey::from_rsa_pem)?,
                     ),
                     JwtAlgorithm::Es256 => (
                         Algorithm::ES256,
@@ -172,7 +204,7 @@ impl Authority {
                             .map(|k| EncodingKey::from_ec_pem(&k))
                             .transpose()
                             .with_context(|| bad("--jwt-private-key"))?,
-                        DecodingKey::from_ec_pem(&pem).with_context(|| bad("--jwt-public-key"))?,
+                        public(DecodingKey::from_ec_pem)?,
                     ),
                     JwtAlgorithm::EdDsa => (
                         Algorithm::EdDSA,
@@ -180,11 +212,35 @@ impl Authority {
                             .map(|k| EncodingKey::from_ed_pem(&k))
                             .transpose()
                             .with_context(|| bad("--jwt-private-key"))?,
-                        DecodingKey::from_ed_pem(&pem).with_context(|| bad("--jwt-public-key"))?,
+                        public(DecodingKey::from_ed_pem)?,
                     ),
                     JwtAlgorithm::Hs256 => unreachable!("handled above"),
                 }
             }
+        };
+
+        let decoding = match (decoding, &args.jwt_jwks_url) {
+            (Some(key), _) => Verifying::Key(key),
+            (None, Some(url)) => {
+                anyhow::ensure!(
+                    encoding.is_none() || args.jwt_key_id.is_some(),
+                    "--jwt-private-key with --jwt-jwks-url needs --jwt-key-id, the `kid` the JWKS publishes its public key under"
+                );
+                let secs = |name: &str, v: u64| {
+                    anyhow::ensure!(v > 0, "{name} must be at least 1");
+                    Ok(std::time::Duration::from_secs(v))
+                };
+                Verifying::Jwks(
+                    Jwks::fetch(
+                        url,
+                        algorithm,
+                        secs("--jwt-jwks-refresh-secs", args.jwt_jwks_refresh_secs)?,
+                        std::time::Duration::from_secs(args.jwt_jwks_cooldown_secs),
+                    )
+                    .await?,
+                )
+            }
+            (None, None) => unreachable!("a key or a key set is required above"),
         };
 
         let mut validation = Validation::new(algorithm);
@@ -207,6 +263,7 @@ impl Authority {
         Ok(Authority {
             algorithm,
             encoding,
+            key_id: args.jwt_key_id.clone(),
             decoding,
             validation,
             issuer: args.jwt_issuer.clone(),
@@ -214,25 +271,54 @@ impl Authority {
         })
     }
 
-    /// Checks signature, algorithm, expiry and the required claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::Invalid(format!("the `{c}` claim is required"))
+    /// Checks signature, algorithm, expiry and the required claims. With a
+    /// JWKS, the key is the one the token's `kid` names (fetched anew, within
+    /// the cool-down, when the set does not have it yet).
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let fetched;
+        let key = match &self.decoding {
+            Verifying::Key(key) => key,
+            Verifying::Jwks(set) => {
+                let header = jsonwebtoken::decode_header(token)
+                    .map_err(|_| AuthError::Invalid("malformed token".into()))?;
+                if header.alg != self.algorithm {
+                    return Err(AuthError::Invalid(
+                        "the token is not signed with the configured algorithm".into(),
+                    ));
                 }
-                ErrorKind::InvalidAlgorithm => AuthError::Invalid(
-                    "the token is not signed with the configured algorithm".into(),
-                ),
-                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
-                ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
-                ErrorKind::ImmatureSignature => {
-                    AuthError::Invalid("the token is not valid yet".into())
+                fetched = set.key(header.kid.as_deref()).await.map_err(|m| {
+                    AuthError::Invalid(
+                        match m {
+                            jwks::Missing::UnknownKid => "no key in the JWKS has the token's `kid`",
+                            jwks::Missing::NoKid => {
+                                "the token has no `kid` and the JWKS has several keys"
+                            }
+                        }
+                        .into(),
+                    )
+                })?;
+                &fetched
+            }
+        };
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::MissingRequiredClaim(c) => {
+                        AuthError::Invalid(format!("the `{c}` claim is required"))
+                    }
+                    ErrorKind::InvalidAlgorithm => AuthError::Invalid(
+                        "the token is not signed with the configured algorithm".into(),
+                    ),
+                    ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                    ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
+                    ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
+                    ErrorKind::ImmatureSignature => {
+                        AuthError::Invalid("the token is not valid yet".into())
+                    }
+                    ErrorKind::Json(e) => AuthError::Invalid(format!("bad claims: {e}")),
+                    _ => AuthError::Invalid("malformed token".into()),
                 }
-                ErrorKind::Json(e) => AuthError::Invalid(format!("bad claims: {e}")),
-                _ => AuthError::Invalid("malformed token".into()),
             })?;
         let claims = data.claims;
         if claims.role == Role::Client && claims.job.is_none() {
@@ -272,7 +358,9 @@ impl Authority {
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(serde_json::Value::String),
         };
-        let token = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key)
+        let mut header = Header::new(self.algorithm);
+        header.kid.clone_from(&self.key_id);
+        let token = jsonwebtoken::encode(&header, &claims, key)
             .map_err(|e| AuthError::Invalid(format!("signing failed: {e}")))?;
         Ok(Minted { token, expires_at })
     }

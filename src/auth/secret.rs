@@ -38,6 +38,16 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Reads a secret from `path` (given by `flag`), without surrounding
+/// whitespace; an empty or unreadable file is an error naming the flag.
+pub fn read_secret_file(path: &Path, flag: &str) -> anyhow::Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
+    let text = text.trim();
+    anyhow::ensure!(!text.is_empty(), "{flag}: {} is empty", path.display());
+    Ok(Secret(text.to_owned()))
+}
+
 /// Reads `dir/jwt-secret`, or creates it (mode 0600) with 32 random bytes.
 pub fn load_or_create_secret(dir: &Path) -> anyhow::Result<Secret> {
     load_or_create(dir, SECRET_FILE, "a JWT secret", hex::encode::<[u8; 32]>)

@@ -12,7 +12,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
     );
     let secret_dir = database_path(&args.database.database_url)
         .map(|p| p.parent().map(|d| d.to_path_buf()).unwrap_or_default());
-    let auth = Authority::from_args(&args.jwt, secret_dir.as_deref())?;
+    let auth = Authority::from_args(&args.jwt, secret_dir.as_deref()).await?;
     let sub = args
         .sub
         .clone()

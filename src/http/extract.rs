@@ -58,7 +58,7 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| AuthError::Invalid("expected `Authorization: Bearer <token>`".into()))?;
-        Ok(Caller(state.auth.verify(token)?))
+        Ok(Caller(state.auth.verify(token).await?))
     }
 }
 

@@ -66,8 +66,12 @@ const MAX_WINDOW_SECS: u64 = 30 * 24 * 3600;
 #[serde(rename_all = "camelCase")]
 pub struct CreateJobResponse {
     job_id: Uuid,
-    client_token: String,
-    client_token_expires_at: DateTime<Utc>,
+    /// Absent when this server verifies tokens but has no key to mint them
+    /// (an identity provider mints the job's client tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_token_expires_at: Option<DateTime<Utc>>,
     websocket_url: String,
 }
 
@@ -121,17 +125,21 @@ pub async fn create_job(
         Outcome::AlreadyExists => StatusCode::OK,
         _ => StatusCode::CREATED,
     };
-    let minted = state.auth.mint(
+    let minted = match state.auth.mint(
         Role::Client,
         &format!("client:{job_id}"),
         Some(job_id),
         ttl,
         state.engine.clock().now(),
-    )?;
+    ) {
+        Ok(m) => Some(m),
+        Err(crate::auth::AuthError::CannotMint) => None,
+        Err(e) => return Err(e.into()),
+    };
     let body = CreateJobResponse {
         job_id,
-        client_token: minted.token,
-        client_token_expires_at: minted.expires_at,
+        client_token: minted.as_ref().map(|m| m.token.clone()),
+        client_token_expires_at: minted.map(|m| m.expires_at),
         websocket_url: state.websocket_url(&headers, job_id),
     };
     Ok((status, Json(body)).into_response())

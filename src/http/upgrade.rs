@@ -331,7 +331,7 @@ pub(super) async fn check(
         other => other.cloned(),
     };
 
-    let claims = state.auth.verify(token).map_err(ApiError::from)?;
+    let claims = state.auth.verify(token).await.map_err(ApiError::from)?;
     check_origin(headers, &state.upgrade.allowed_origins)?;
     if claims.role != Role::Client {
         return Err(ApiError::Forbidden(format!(
