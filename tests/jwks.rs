@@ -308,7 +308,9 @@ async fn a_jwks_that_cannot_be_loaded_stops_the_start() {
         "http://127.0.0.1:{}/jwks.json",
         common::free_port().unwrap()
     );
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    /// A URL, what to make the provider answer, the error expected.
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Case> = vec![
         (unreachable.as_str(), Box::new(|| {}), "cannot connect"),
         (
             &idp.url,
