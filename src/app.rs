@@ -20,7 +20,7 @@ use crate::auth::Authority;
 use crate::clock::{Clock, Skewed, SystemClock};
 use crate::config::ServeArgs;
 use crate::engine::{Engine, EngineSettings, EngineTasks};
-use crate::http::rate::ConnectRate;
+use crate::http::rate::{self, ConnectRate};
 use crate::http::request::TrustedProxies;
 use crate::http::upgrade::{RejectionLog, UpgradeSettings};
 use crate::http::{self, AppState, HttpSettings};
@@ -203,6 +203,11 @@ impl Application {
         let store = state.engine.store().clone();
         let engine = state.engine.clone();
         let (sockets, closing) = (state.tasks.clone(), state.shutdown.clone());
+        tokio::spawn(sweep_limiters(
+            state.connect_rate.clone(),
+            state.rejections.clone(),
+            closing.clone(),
+        ));
         let app = http::router(state);
         // No Nagle: progress messages are small and must leave at once (with
         // Nagle, a replay of many small frames stalls on delayed ACKs).
@@ -272,6 +277,28 @@ impl Application {
         store.close().await;
         tracing::info!("log flushed; bye");
         Ok(())
+    }
+}
+
+/// Forgets idle per-address buckets and old rejection records every
+/// [`rate::SWEEP_EVERY`], until the server stops.
+async fn sweep_limiters(
+    rate: Arc<ConnectRate>,
+    rejections: Arc<RejectionLog>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(rate::SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let now = std::time::Instant::now();
+                let tracked = rate.sweep(now);
+                rejections.sweep(now);
+                tracing::trace!(tracked, "rate limiter swept");
+            }
+        }
     }
 }
 

@@ -1,14 +1,21 @@
 //! Connection attempts per client address: a token bucket per IP, so one
 //! address in a reconnect loop is answered 429 with `Retry-After` while every
-//! other client connects as usual.
+//! other client connects as usual. An attempt touches only its own bucket;
+//! buckets idle long enough to be full again are dropped by [`ConnectRate::sweep`],
+//! which the server runs every [`SWEEP_EVERY`], so a storm from many
+//! addresses costs each attempt the same as a quiet minute does.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Buckets idle this long are full again and are forgotten.
+/// Buckets idle this long are forgotten (a bucket refills fully within
+/// `burst / per_sec`; the defaults take 5 s).
 const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+/// How often the server sweeps idle buckets.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct ConnectRate {
@@ -36,9 +43,6 @@ impl ConnectRate {
             return Ok(());
         }
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > 10_000 {
-            buckets.retain(|_, (_, at)| now.duration_since(*at) < FORGET_AFTER);
-        }
         let (tokens, at) = buckets.entry(ip).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
         *at = now;
@@ -48,6 +52,25 @@ impl ConnectRate {
         } else {
             Err(Duration::from_secs_f64((1.0 - *tokens) / self.per_sec))
         }
+    }
+}
+
+impl ConnectRate {
+    /// Drops the buckets idle for [`FORGET_AFTER`] at `now` (a forgotten
+    /// address starts again with a full burst, as it would have by then);
+    /// returns how many are left.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets.retain(|_, (_, at)| now.saturating_duration_since(*at) < FORGET_AFTER);
+        if buckets.capacity() > 4 * buckets.len().max(1024) {
+            buckets.shrink_to_fit();
+        }
+        buckets.len()
+    }
+
+    /// Addresses with a bucket.
+    pub fn tracked(&self) -> usize {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -68,6 +91,22 @@ mod tests {
         assert!(rate.take(b, t0).is_ok(), "another address is not affected");
         assert!(rate.take(a, t0 + Duration::from_millis(500)).is_ok());
         assert!(rate.take(a, t0 + Duration::from_millis(500)).is_err());
+    }
+
+    #[test]
+    fn attempts_never_sweep_and_the_sweep_forgets_only_idle_addresses() {
+        let rate = ConnectRate::new(1.0, 1);
+        let t0 = Instant::now();
+        for n in 0..20_000u32 {
+            let ip = IpAddr::from(n.to_be_bytes());
+            assert!(rate.take(ip, t0).is_ok());
+        }
+        let late: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(rate.take(late, t0 + FORGET_AFTER).is_ok());
+        assert_eq!(rate.tracked(), 20_001, "attempts leave other buckets alone");
+        assert_eq!(rate.sweep(t0 + FORGET_AFTER), 1);
+        // The one kept still counts: its burst is spent.
+        assert!(rate.take(late, t0 + FORGET_AFTER).is_err());
     }
 
     #[test]

@@ -112,14 +112,18 @@ impl RejectionLog {
         }
     }
 
+    /// Drops the entries whose window has passed (run periodically, not per
+    /// refusal).
+    pub fn sweep(&self, now: Instant) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, (at, _)| now.saturating_duration_since(*at) < self.window);
+    }
+
     /// `Some(suppressed)` when this rejection is to be recorded, carrying how
     /// many were skipped since the last one; `None` to skip it.
     fn admit(&self, job: JobId, code: &'static str) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if seen.len() > 10_000 {
-            seen.retain(|_, (at, _)| now.duration_since(*at) < self.window);
-        }
         match seen.get_mut(&(job, code)) {
             Some((at, skipped)) if now.duration_since(*at) < self.window => {
                 *skipped += 1;

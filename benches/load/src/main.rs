@@ -10,6 +10,7 @@
 mod appends;
 mod fanout;
 pub mod idle;
+mod limiter;
 mod notify;
 mod peer;
 mod replay;
@@ -88,6 +89,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchScenario::Peer => peer::run(&args).await?,
         BenchScenario::Startup => startup::run(&args).await?,
         BenchScenario::Notify => notify::run(&args).await?,
+        BenchScenario::Limiter => limiter::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -345,6 +347,9 @@ pub enum BenchScenario {
     /// Webhook notifications under the fan-out load and under appends,
     /// against the same load without a webhook.
     Notify,
+    /// The per-address connect limiter under a storm from 50,000 addresses,
+    /// against a bare locked map and the previous per-attempt sweep.
+    Limiter,
 }
 
 #[derive(Clone, Debug, Parser)]
