@@ -376,7 +376,7 @@ const LISTEN_BACKLOG: u32 = 8192;
 
 /// The open-file limit less what the database, HTTP requests and the accept
 /// loop need, so the server refuses sockets with 503 before `accept` fails.
-fn default_max_connections() -> usize {
+pub fn default_max_connections() -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -24,6 +24,10 @@ pub struct Cli {
 pub enum CliCommand {
     /// Run the server.
     Serve(Box<ServeArgs>),
+    /// Print the configuration `rejoin serve` would run with, given the same
+    /// flags and environment: every setting, its value and where it came
+    /// from, with secrets redacted.
+    Config(Box<ConfigArgs>),
     /// Print a token signed with the server's key.
     Token(TokenArgs),
     /// Walk every job's hash chain and name the first event that does not match.
@@ -224,6 +228,15 @@ pub struct ServeArgs {
     /// How long a simulated demo job runs, in seconds.
     #[arg(long, env = "REJOIN_DEMO_DURATION_SECS", default_value_t = 60.0)]
     pub demo_duration_secs: f64,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ConfigArgs {
+    /// Print it as JSON: `{"setting": {"value", "source"}}`.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Clone, Debug, Args)]

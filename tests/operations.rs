@@ -480,3 +480,81 @@ async fn a_shutdown_within_the_deadline_exits_0() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("--shutdown-timeout-secs must be a positive number of seconds"));
 }
+
+#[tokio::test]
+async fn rejoin_config_prints_the_effective_settings_with_secrets_redacted() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rejoin"))
+        .args(["config", "--json", "--grace-secs", "30"])
+        .args(["--trusted-proxies", "10.0.0.0/8,192.0.2.7"])
+        .env("REJOIN_JWT_SECRET", SECRET)
+        .env(
+            "REJOIN_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .env(
+            "REJOIN_DATABASE_URL",
+            "postgres://rejoin:hunter2-db-password@db.internal/rejoin",
+        )
+        .env_remove("REJOIN_LISTEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for secret in [
+        SECRET,
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "hunter2-db-password",
+    ] {
+        assert!(!text.contains(secret), "{secret} printed: {text}");
+    }
+    let config: Value = serde_json::from_str(&text).unwrap();
+    let setting = |name: &str| {
+        (
+            config[name]["value"].clone(),
+            config[name]["source"].clone(),
+        )
+    };
+    assert_eq!(
+        setting("--grace-secs"),
+        (json!("30"), json!("command line"))
+    );
+    assert_eq!(
+        setting("--trusted-proxies"),
+        (json!(["10.0.0.0/8", "192.0.2.7"]), json!("command line"))
+    );
+    assert_eq!(
+        setting("--jwt-secret"),
+        (json!("[redacted]"), json!("environment REJOIN_JWT_SECRET"))
+    );
+    assert_eq!(setting("--webhook-secret").0, json!("[redacted]"));
+    assert_eq!(
+        setting("--database-url").0,
+        json!("postgres://rejoin:%5Bredacted%5D@db.internal/rejoin")
+    );
+    assert_eq!(
+        setting("--listen"),
+        (json!("127.0.0.1:8080"), json!("default"))
+    );
+    assert_eq!(setting("--shutdown-timeout-secs").0, json!("30"));
+    assert!(config["--max-connections"]["value"].as_u64().unwrap() >= 64);
+    assert!(
+        config.get("--unsafe-ack-before-commit").is_none(),
+        "hidden flags stay hidden"
+    );
+
+    // The text form: one line per setting.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rejoin"))
+        .args(["config", "--log-format", "json"])
+        .env("REJOIN_JWT_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains(SECRET));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("--log-format "))
+        .unwrap();
+    assert!(line.ends_with("json  (command line)"), "{line}");
+}

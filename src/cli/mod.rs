@@ -1,6 +1,7 @@
 //! The command-line subcommands. Each is a thin shell over the library.
 
 mod checkpoint;
+mod config;
 pub mod history;
 mod jobs;
 pub mod logs;
@@ -17,6 +18,7 @@ use crate::config::{Cli, CliCommand};
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         CliCommand::Serve(args) => serve::run(*args).await,
+        CliCommand::Config(args) => config::run(*args),
         CliCommand::Token(args) => token::run(args).await,
         CliCommand::Verify(args) => verify::run(args).await,
         CliCommand::History(args) => history::run(args).await,

@@ -103,9 +103,10 @@ impl Endpoint {
             matches!(url.scheme(), "http" | "https") && url.host().is_some(),
             "--webhook-url `{raw}` must be an http:// or https:// URL with a host"
         );
-        let secret = match &args.webhook_secret {
-            Some(s) => s.clone(),
-            None => {
+        let secret = match (&args.webhook_secret, &args.webhook_secret_file) {
+            (Some(s), _) => s.clone(),
+            (None, Some(file)) => crate::auth::read_secret_file(file, "--webhook-secret-file")?,
+            (None, None) => {
                 let dir = secret_dir.context(
                     "--webhook-url needs --webhook-secret here: the database is not a SQLite file to keep a generated one beside, and every node must sign with the same key",
                 )?;

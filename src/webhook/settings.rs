@@ -14,8 +14,17 @@ pub struct WebhookArgs {
     /// The Standard Webhooks signing secret: `whsec_` followed by the base64
     /// of a 24 to 64 byte key. Without it, one is generated once and kept in
     /// `webhook-secret` beside the SQLite database.
-    #[arg(long, env = "REJOIN_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REJOIN_WEBHOOK_SECRET",
+        hide_env_values = true,
+        conflicts_with = "webhook_secret_file"
+    )]
     pub webhook_secret: Option<Secret>,
+    /// A file holding the webhook signing secret (surrounding whitespace is
+    /// ignored), such as a mounted container or systemd credential.
+    #[arg(long, env = "REJOIN_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<std::path::PathBuf>,
     /// Seconds one attempt may take, from connecting to the answer.
     #[arg(long, env = "REJOIN_WEBHOOK_TIMEOUT_SECS", default_value_t = 10.0)]
     pub webhook_timeout_secs: f64,

@@ -32,6 +32,7 @@ fn webhook_args(url: &str) -> WebhookArgs {
     WebhookArgs {
         webhook_url: Some(url.to_owned()),
         webhook_secret: Some(rejoin::webhook::format_secret(&[9; 32])),
+        webhook_secret_file: None,
         webhook_timeout_secs: 10.0,
         webhook_retry_base_secs: 1.0,
         webhook_retry_cap_secs: 300.0,
