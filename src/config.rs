@@ -47,13 +47,18 @@ pub enum CliCommand {
 
 #[derive(Clone, Debug, Args)]
 pub struct DatabaseArgs {
-    /// Where the log lives: a SQLite file (`sqlite://PATH`, `sqlite:PATH` or a
-    /// plain path), created with its migrations on first start; or a
-    /// PostgreSQL database (`postgres://USER@HOST/DB`), migrated on start,
-    /// which several nodes may share.
+    /// Where the log lives. A SQLite file (`sqlite://PATH`, `sqlite:PATH` or
+    /// a plain path; `sqlite:///var/lib/rejoin/rejoin.db` for an absolute
+    /// one), created with its migrations on first start, owned by one
+    /// process. Or a PostgreSQL database,
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=require]`,
+    /// migrated by the first node to start, which several nodes share (each
+    /// holds a lease; give them all the same JWT key). Put a password in
+    /// REJOIN_DATABASE_URL, not on the command line.
     #[arg(
         long,
         env = "REJOIN_DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://sqlite/rejoin.db"
     )]
     pub database_url: String,
@@ -137,7 +142,8 @@ pub struct ServeArgs {
 
     /// WebSocket connection attempts per second one client address earns
     /// (beyond its burst); more get 429 with `Retry-After`. 0 turns the limit
-    /// off (behind a proxy every client shares its address).
+    /// off. Behind a load balancer, list it in --trusted-proxies, or every
+    /// client counts as the balancer's address.
     #[arg(long, env = "REJOIN_CONNECT_RATE_PER_IP", default_value_t = 20.0)]
     pub connect_rate_per_ip: f64,
 
