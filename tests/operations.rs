@@ -558,3 +558,75 @@ async fn rejoin_config_prints_the_effective_settings_with_secrets_redacted() {
         .unwrap();
     assert!(line.ends_with("json  (command line)"), "{line}");
 }
+
+#[tokio::test]
+async fn secrets_come_from_files_and_bad_files_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwt = dir.path().join("jwt-secret");
+    std::fs::write(&jwt, format!("  {SECRET}\n")).unwrap();
+    let hook = dir.path().join("webhook-secret");
+    std::fs::write(&hook, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    let db = format!("sqlite://{}", dir.path().join("files.db").display());
+    let args = |jwt: &std::path::Path, hook: &std::path::Path| -> Vec<String> {
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db,
+            "--jwt-secret-file",
+            &jwt.display().to_string(),
+            "--webhook-url",
+            "http://127.0.0.1:9/hook",
+            "--webhook-secret-file",
+            &hook.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut server = common::InProcess::start(&args(&jwt, &hook)).await.unwrap();
+    let res = reqwest::Client::new()
+        .get(format!("http://{}/v1/jobs", server.addr))
+        .bearer_auth(Tokens::new(SECRET).service())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "the file's secret, without its whitespace"
+    );
+    server.stop().await.unwrap();
+    assert!(
+        !std::fs::read_to_string(&jwt).unwrap().is_empty(),
+        "a given secret file is read, never rewritten"
+    );
+
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let missing = dir.path().join("missing");
+    for (args, expected) in [
+        (args(&missing, &hook), "--jwt-secret-file: cannot read"),
+        (args(&jwt, &empty), "--webhook-secret-file:"),
+    ] {
+        let Err(err) = common::InProcess::start(&args).await else {
+            panic!("a bad secret file must stop the start");
+        };
+        assert!(format!("{err:#}").contains(expected), "{err:#}");
+    }
+    // Both a secret and a file: refused before anything starts.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rejoin"))
+        .args([
+            "serve",
+            "--database-url",
+            &db,
+            "--jwt-secret",
+            "x".repeat(16).as_str(),
+        ])
+        .args(["--jwt-secret-file", &jwt.display().to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
