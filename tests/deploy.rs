@@ -99,13 +99,19 @@ fn secret_file(dir: &Path) -> PathBuf {
 }
 
 /// `rejoin` with exactly `env` (and PATH), as the unprivileged user when
-/// this test runs as root (as CI does), in `cwd`.
+/// this test runs as root (as CI does), in `cwd`. That user runs a copy of
+/// the binary beside `cwd`: the checkout's own may sit where it cannot reach.
 fn command(args: &[&str], env: &BTreeMap<String, String>, cwd: &Path) -> tokio::process::Command {
     let mut cmd = if is_root() {
+        let bin = cwd.parent().unwrap().join("rejoin-bin");
+        if !bin.exists() {
+            std::fs::copy(common::BIN, &bin).unwrap();
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let mut c = tokio::process::Command::new("setpriv");
         let id = UNPRIVILEGED.to_string();
         c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"]);
-        c.arg(common::BIN);
+        c.arg(bin);
         c
     } else {
         tokio::process::Command::new(common::BIN)
