@@ -136,6 +136,19 @@ async fn list_jobs(server: &InProcess, token: &str) -> (u16, String) {
     )
 }
 
+/// `POST /v1/jobs` with `service`: 201 and its body.
+async fn create_job(server: &InProcess, service: &str) -> Value {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/jobs", server.addr))
+        .bearer_auth(service)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn tokens_verify_by_kid_through_a_key_rotation() {
     let (a, b) = (Key::load("ed25519"), Key::load("ed25519-rotated"));
@@ -217,15 +230,7 @@ async fn tokens_verify_by_kid_through_a_key_rotation() {
     );
 
     // A client token from the provider opens its job's socket.
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/v1/jobs", server.addr))
-        .bearer_auth(&service_b)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let created: Value = res.json().await.unwrap();
+    let created = create_job(&server, &service_b).await;
     assert!(
         created.get("clientToken").is_none(),
         "a verifying-only server mints none: {created}"
@@ -381,15 +386,7 @@ async fn a_server_minting_beside_a_jwks_names_its_kid() {
     let server = InProcess::start(&args(&["--jwt-key-id", "a"]))
         .await
         .unwrap();
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/v1/jobs", server.addr))
-        .bearer_auth(a.token(Some("a"), "service", None))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let created: Value = res.json().await.unwrap();
+    let created = create_job(&server, &a.token(Some("a"), "service", None)).await;
     let token = created["clientToken"].as_str().unwrap();
     assert_eq!(
         jsonwebtoken::decode_header(token).unwrap().kid.as_deref(),

@@ -51,6 +51,21 @@ async fn probe(app: &TestApp, job: Uuid, forwarded_for: &str) -> u16 {
         .as_u16()
 }
 
+/// Reads an unknown job offering `x-request-id: id`: the id answered and
+/// the error body.
+async fn unknown_job_offering(app: &TestApp, id: &str) -> (String, Value) {
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/jobs/{}", Uuid::new_v4())))
+        .bearer_auth(app.service())
+        .header("x-request-id", id)
+        .send()
+        .await
+        .unwrap();
+    let header = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    (header, res.json().await.unwrap())
+}
+
 #[tokio::test]
 async fn every_response_carries_a_request_id_and_error_bodies_name_it() {
     let app = spawn_with(&[]).await;
@@ -78,34 +93,16 @@ async fn every_response_carries_a_request_id_and_error_bodies_name_it() {
     }
 
     // An id offered by a client that is not a trusted proxy is not taken.
-    let res = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{}", Uuid::new_v4())))
-        .bearer_auth(&service)
-        .header("x-request-id", "client-chosen-1")
-        .send()
-        .await
-        .unwrap();
-    let header = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let (header, body) = unknown_job_offering(&app, "client-chosen-1").await;
     assert_ne!(header, "client-chosen-1");
-    let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["requestId"], header);
 }
 
 #[tokio::test]
 async fn a_trusted_proxys_request_id_is_echoed_and_a_bad_one_replaced() {
     let app = spawn_with(&["--trusted-proxies", "127.0.0.0/8"]).await;
-    let service = app.service();
-    let res = app
-        .http
-        .get(app.url(&format!("/v1/jobs/{}", Uuid::new_v4())))
-        .bearer_auth(&service)
-        .header("x-request-id", "lb-4bf92f3577b34da6")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.headers()["x-request-id"], "lb-4bf92f3577b34da6");
-    let body: Value = res.json().await.unwrap();
+    let (header, body) = unknown_job_offering(&app, "lb-4bf92f3577b34da6").await;
+    assert_eq!(header, "lb-4bf92f3577b34da6");
     assert_eq!(body["error"]["requestId"], "lb-4bf92f3577b34da6");
 
     // Too long, or with characters a log line should not carry: replaced.

@@ -448,7 +448,26 @@ const INDEX_LOCK: i64 = 0x726a_6978; // "rjix"
 
 /// Creates the job index if it is missing; a missing one (new, or dropped)
 /// is folded again from the start of the log.
+/// Creates the job index's tables if needed. Its DDL and the position row
+/// can deadlock with a running node's indexer (PostgreSQL then aborts one
+/// side): a start retries rather than failing.
 async fn ensure_job_index(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        match try_ensure_job_index(pool).await {
+            Err(sqlx::Error::Database(e))
+                if attempt < 10 && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
+            {
+                attempt += 1;
+                tracing::debug!(attempt, error = %e, "job index setup retried");
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_ensure_job_index(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(INDEX_LOCK)
