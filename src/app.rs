@@ -163,6 +163,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let deadline = self.shutdown_timeout;
+        let sockets = self.state.tasks.clone();
         let stopping = CancellationToken::new();
         let progress = Arc::new(Mutex::new(Stage::Serving));
         let work = self.serve_then_stop(shutdown, stopping.clone(), progress.clone());
@@ -174,7 +175,7 @@ impl Application {
             done = work => done,
             () = expired => {
                 let stage = *progress.lock().unwrap_or_else(|p| p.into_inner());
-                let gave_up = stage.gave_up();
+                let gave_up = stage.gave_up(sockets.len());
                 tracing::error!(
                     deadline_secs = deadline.as_secs_f64(),
                     stage = stage.name(),
@@ -199,7 +200,7 @@ impl Application {
             engine_stop,
             ..
         } = self;
-        let at = |stage: Stage| *progress.lock().unwrap_or_else(|p| p.into_inner()) = stage;
+        let at = move |stage: Stage| *progress.lock().unwrap_or_else(|p| p.into_inner()) = stage;
         let store = state.engine.store().clone();
         let engine = state.engine.clone();
         let (sockets, closing) = (state.tasks.clone(), state.shutdown.clone());
@@ -217,12 +218,10 @@ impl Application {
             }
         });
         let signalled = {
-            let progress = progress.clone();
-            let sockets = sockets.clone();
+            let at = at.clone();
             async move {
                 shutdown.await;
-                *progress.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Stage::Requests(sockets.len());
+                at(Stage::Requests);
                 stopping.cancel();
                 // Upgraded sockets are not axum's to wait for: close them now.
                 closing.cancel();
@@ -237,23 +236,8 @@ impl Application {
         .context("serving HTTP")?;
         // Every socket closes with 1001 and records its close; wait for all.
         sockets.close();
-        {
-            let open = sockets.clone();
-            let progress = progress.clone();
-            // The count of sockets still closing, kept current for the
-            // deadline's report.
-            let count = async move {
-                loop {
-                    *progress.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Stage::Sockets(open.len());
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            };
-            tokio::select! {
-                () = sockets.wait() => {},
-                () = count => {},
-            }
-        }
+        at(Stage::Sockets);
+        sockets.wait().await;
         tracing::info!("sockets closed; draining the log writer");
         at(Stage::Writer);
         engine_stop.cancel();
@@ -306,10 +290,10 @@ async fn sweep_limiters(
 #[derive(Clone, Copy, Debug)]
 enum Stage {
     Serving,
-    /// Waiting for HTTP requests in flight; sockets then open.
-    Requests(usize),
+    /// Waiting for HTTP requests in flight.
+    Requests,
     /// Sockets still closing (each records its close).
-    Sockets(usize),
+    Sockets,
     Writer,
     Checkpoint,
     Closing,
@@ -319,27 +303,24 @@ impl Stage {
     fn name(self) -> &'static str {
         match self {
             Stage::Serving => "serving",
-            Stage::Requests(_) => "requests",
-            Stage::Sockets(_) => "sockets",
+            Stage::Requests => "requests",
+            Stage::Sockets => "sockets",
             Stage::Writer => "writer",
             Stage::Checkpoint => "checkpoint",
             Stage::Closing => "closing",
         }
     }
 
-    /// What is left undone when shutdown stops here.
-    fn gave_up(self) -> String {
+    /// What is left undone when shutdown stops here, with `open` sockets
+    /// not yet closed.
+    fn gave_up(self, open: usize) -> String {
         let after_sockets =
             "draining the log writer, the shutdown checkpoint and closing the database";
         match self {
-            Stage::Serving | Stage::Requests(_) => format!(
-                "HTTP requests in flight, recording the closes of {} open sockets, {after_sockets}",
-                match self {
-                    Stage::Requests(n) => n,
-                    _ => 0,
-                }
+            Stage::Serving | Stage::Requests => format!(
+                "HTTP requests in flight, recording the closes of {open} open sockets, {after_sockets}"
             ),
-            Stage::Sockets(n) => format!("recording the closes of {n} sockets, {after_sockets}"),
+            Stage::Sockets => format!("recording the closes of {open} sockets, {after_sockets}"),
             Stage::Writer => after_sockets.to_owned(),
             Stage::Checkpoint => {
                 "the shutdown checkpoint (the next start folds from the last one) and closing the database".to_owned()

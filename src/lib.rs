@@ -43,5 +43,6 @@ pub mod engine;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod outbound;
 pub mod webhook;
 pub mod ws;

@@ -21,7 +21,6 @@ use std::process::Stdio;
 use clap::CommandFactory;
 use common::{spawn_announcing, PATIENCE, SECRET};
 use rejoin_testkit::tokens::Tokens;
-use serde_json::Value;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
 
@@ -328,12 +327,8 @@ async fn the_systemd_unit_verifies_and_its_service_serves_and_stops_in_time() {
         .await
         .unwrap()
         .unwrap();
-    let ready: Value = reqwest::get(format!("http://{addr}/readyz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let http = reqwest::Client::new();
+    let ready = rejoin_testkit::get_json_at(&http, addr.parse().unwrap(), "/readyz", None).await;
     assert_eq!(ready["status"], "ready");
     assert!(
         state.join("rejoin.db").exists(),
@@ -414,14 +409,8 @@ async fn the_compose_nodes_share_one_postgres_log_with_the_compose_environment()
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for (_, addr) in &nodes {
-        let ready: Value = http
-            .get(format!("http://{addr}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready =
+            rejoin_testkit::get_json_at(&http, addr.parse().unwrap(), "/readyz", None).await;
         assert_eq!(ready["backend"], "postgres");
         ids.push(ready["node"].as_str().unwrap().to_owned());
     }

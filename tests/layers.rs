@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first: each may use those before it.
 const LAYERS: &[&str] = &[
-    "domain", "clock", "log", "metrics", "auth", "webhook", "engine", "ws", "http", "config",
-    "app", "cli",
+    "domain", "clock", "log", "metrics", "outbound", "auth", "webhook", "engine", "ws", "http",
+    "config", "app", "cli",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

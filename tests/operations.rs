@@ -245,6 +245,12 @@ impl Logged {
         format!("http://{}{path}", self.addr)
     }
 
+    /// GETs `path` with `token`: the JSON answer.
+    async fn get(&self, path: &str, token: &str) -> Value {
+        let addr = self.addr.parse().unwrap();
+        rejoin_testkit::get_json_at(&reqwest::Client::new(), addr, path, Some(token)).await
+    }
+
     /// SIGTERM, then the exit status and everything written to stderr.
     async fn stop(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().unwrap();
@@ -321,15 +327,7 @@ async fn json_log_lines_carry_request_job_and_session_ids_and_no_secret() {
     ws.close(None).await.unwrap();
     // The close is recorded before the socket's task ends; wait for it.
     loop {
-        let state: Value = http
-            .get(server.url(&format!("/v1/jobs/{job}")))
-            .bearer_auth(&service)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let state = server.get(&format!("/v1/jobs/{job}"), &service).await;
         if state["session"]["state"] == "grace" {
             break;
         }
@@ -428,15 +426,9 @@ async fn past_the_shutdown_deadline_the_process_says_what_it_gave_up_and_exits_1
     // Nothing acknowledged was lost: the next start records the socket the
     // stuck process left open, and serves.
     let server = serve_logged(&db, &[], &[("REJOIN_JWT_SECRET", SECRET)]).await;
-    let history: Value = http
-        .get(server.url(&format!("/v1/jobs/{job}/history")))
-        .bearer_auth(tokens.service())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = server
+        .get(&format!("/v1/jobs/{job}/history"), &tokens.service())
+        .await;
     assert_eq!(
         history["sessions"].as_array().unwrap().len(),
         1,

@@ -163,7 +163,7 @@ impl Jwks {
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("{}", without_url(&e)))?;
+            .map_err(|e| anyhow::anyhow!("{}", crate::outbound::describe(e)))?;
         anyhow::ensure!(
             res.status().is_success(),
             "the JWKS answered {}",
@@ -173,7 +173,7 @@ impl Jwks {
         while let Some(chunk) = res
             .chunk()
             .await
-            .map_err(|e| anyhow::anyhow!("{}", without_url(&e)))?
+            .map_err(|e| anyhow::anyhow!("{}", crate::outbound::describe(e)))?
         {
             body.extend_from_slice(&chunk);
             anyhow::ensure!(body.len() <= MAX_BYTES, "the JWKS is larger than 1 MiB");
@@ -186,25 +186,6 @@ impl Jwks {
         );
         Ok(keys)
     }
-}
-
-/// A transport error's text without the URL reqwest puts in it.
-fn without_url(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut text = String::from(if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    });
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 async fn refresh_every(jwks: Weak<Jwks>, every: Duration) {

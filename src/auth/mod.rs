@@ -92,6 +92,9 @@ pub struct Minted {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A token signed with another algorithm than the configured one.
+const WRONG_ALGORITHM: &str = "the token is not signed with the configured algorithm";
+
 /// Where verification keys come from.
 enum Verifying {
     /// The HS256 secret or the configured public key.
@@ -282,9 +285,7 @@ impl Authority {
                 let header = jsonwebtoken::decode_header(token)
                     .map_err(|_| AuthError::Invalid("malformed token".into()))?;
                 if header.alg != self.algorithm {
-                    return Err(AuthError::Invalid(
-                        "the token is not signed with the configured algorithm".into(),
-                    ));
+                    return Err(AuthError::Invalid(WRONG_ALGORITHM.into()));
                 }
                 fetched = set.key(header.kid.as_deref()).await.map_err(|m| {
                     AuthError::Invalid(
@@ -307,9 +308,7 @@ impl Authority {
                     ErrorKind::MissingRequiredClaim(c) => {
                         AuthError::Invalid(format!("the `{c}` claim is required"))
                     }
-                    ErrorKind::InvalidAlgorithm => AuthError::Invalid(
-                        "the token is not signed with the configured algorithm".into(),
-                    ),
+                    ErrorKind::InvalidAlgorithm => AuthError::Invalid(WRONG_ALGORITHM.into()),
                     ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                     ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
                     ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches};
+use clap::CommandFactory;
 use serde_json::{json, Map, Value};
 
 use crate::config::{Cli, ConfigArgs};
@@ -17,12 +17,11 @@ const SECRETS: [&str; 2] = ["jwt_secret", "webhook_secret"];
 pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     // The parsed arguments do not say where a value came from: read the
     // command line again for that.
-    let matches = Cli::command().get_matches();
+    let command = Cli::command();
+    let matches = command.clone().get_matches();
     let (_, sub) = matches
         .subcommand()
         .ok_or_else(|| anyhow::anyhow!("`rejoin config` expected"))?;
-    debug_assert!(ConfigArgs::from_arg_matches(sub).is_ok());
-    let command = Cli::command();
     let config = command
         .find_subcommand("config")
         .expect("the config subcommand exists");

@@ -220,27 +220,12 @@ impl Endpoint {
     }
 
     /// A transport error in a line, without the URL (it may carry
-    /// credentials).
+    /// credentials); a timeout names this endpoint's limit.
     fn describe(&self, e: reqwest::Error) -> String {
         if e.is_timeout() {
             return format!("timed out after {} s", self.timeout.as_secs_f64());
         }
-        let what = if e.is_connect() {
-            "cannot connect"
-        } else {
-            "request failed"
-        };
-        let mut causes = Vec::new();
-        let e = e.without_url();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            causes.push(s.to_string());
-            source = s.source();
-        }
-        match causes.last() {
-            Some(root) => format!("{what}: {root}"),
-            None => format!("{what}: {e}"),
-        }
+        crate::outbound::describe(e)
     }
 }
 
