@@ -141,6 +141,10 @@ async fn an_sse_client_resumes_with_last_event_id_after_an_abrupt_drop() {
     let h = hello.json();
     assert_eq!(h["resumed"], true);
     assert_eq!(h["missed"], 2);
+    assert_eq!(
+        hello.id, None,
+        "no position is promised before the replayed events arrive"
+    );
     for seq in missed {
         let e = s.event().await;
         assert_eq!(

@@ -124,9 +124,10 @@ pub async fn stream(
     let params = accepted.into_params(&state);
     let (events_tx, events) = mpsc::channel::<Result<SseEvent, Infallible>>(BUFFER);
     let alive = events_tx.clone();
+    let mut ids = Ids::default();
     let sink = PollSender::new(events_tx)
         .sink_map_err(axum::Error::new)
-        .with(|m: Message| std::future::ready(Ok::<_, axum::Error>(to_sse(m))));
+        .with(move |m: Message| std::future::ready(Ok::<_, axum::Error>(ids.event(m))));
     let sink = Box::pin(sink);
     let reads = client_reads(alive, heartbeat);
     state
@@ -142,30 +143,60 @@ pub async fn stream(
     res
 }
 
-/// One protocol message as an SSE event.
-fn to_sse(m: Message) -> Result<SseEvent, Infallible> {
-    Ok(match m {
-        Message::Text(text) => {
-            let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-            let mut event = SseEvent::default();
-            if let Some(kind) = v["type"].as_str() {
-                event = event.event(kind);
+/// The positions a stream has promised so far.
+#[derive(Debug, Default)]
+struct Ids {
+    /// The highest id sent: no later id is lower.
+    last: Option<i64>,
+}
+
+impl Ids {
+    /// One protocol message as an SSE event.
+    fn event(&mut self, m: Message) -> Result<SseEvent, Infallible> {
+        Ok(match m {
+            Message::Text(text) => {
+                let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                let mut event = SseEvent::default();
+                if let Some(kind) = v["type"].as_str() {
+                    event = event.event(kind);
+                }
+                if let Some(id) = self.id_of(&v) {
+                    event = event.id(id.to_string());
+                }
+                event.data(text.as_str())
             }
-            if let Some(id) = v["seq"].as_i64().or_else(|| v["lastSeq"].as_i64()) {
-                event = event.id(id.to_string());
+            Message::Close(frame) => {
+                let (code, reason) =
+                    frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
+                SseEvent::default()
+                    .event("close")
+                    .data(serde_json::json!({"code": code, "reason": reason}).to_string())
             }
-            event.data(text.as_str())
+            // Pings keep proxies from timing the stream out.
+            _ => SseEvent::default().comment("keep-alive"),
+        })
+    }
+
+    /// The id a message may carry: a job event's seq; the first message's
+    /// `lastSeq` unless a replay follows it; nothing for the others.
+    fn id_of(&mut self, message: &Value) -> Option<i64> {
+        let id = match message["seq"].as_i64() {
+            Some(seq) => seq,
+            None => {
+                let hello = matches!(message["type"].as_str(), Some("connected" | "reconnected"));
+                let replay_follows = message["missed"].as_u64().is_some_and(|n| n > 0);
+                if !hello || replay_follows {
+                    return None;
+                }
+                message["lastSeq"].as_i64()?
+            }
+        };
+        if self.last.is_some_and(|last| id < last) {
+            return None;
         }
-        Message::Close(frame) => {
-            let (code, reason) =
-                frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
-            SseEvent::default()
-                .event("close")
-                .data(serde_json::json!({"code": code, "reason": reason}).to_string())
-        }
-        // Pings keep proxies from timing the stream out.
-        _ => SseEvent::default().comment("keep-alive"),
-    })
+        self.last = Some(id);
+        Some(id)
+    }
 }
 
 /// What the session's loop reads from the client: an SSE client sends
@@ -193,4 +224,43 @@ fn tokio_stream_from(
     mut rx: mpsc::Receiver<Result<SseEvent, Infallible>>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ids(messages: &[Value]) -> Vec<Option<i64>> {
+        let mut ids = Ids::default();
+        messages.iter().map(|m| ids.id_of(m)).collect()
+    }
+
+    #[test]
+    fn a_resume_that_replays_promises_nothing_until_the_replayed_events() {
+        let hello = json!({"type": "reconnected", "lastSeq": 4, "missed": 3});
+        let replay = [2, 3, 4].map(|seq| json!({"type": "progress", "seq": seq}));
+        let mut messages = vec![hello];
+        messages.extend(replay);
+        assert_eq!(ids(&messages), [None, Some(2), Some(3), Some(4)]);
+    }
+
+    #[test]
+    fn a_first_message_with_nothing_to_replay_carries_the_head() {
+        let fresh = json!({"type": "connected", "lastSeq": 7});
+        let caught_up = json!({"type": "reconnected", "lastSeq": 7, "missed": 0});
+        assert_eq!(ids(&[fresh]), [Some(7)]);
+        assert_eq!(ids(&[caught_up]), [Some(7)]);
+    }
+
+    #[test]
+    fn ids_never_decrease_and_other_messages_carry_none() {
+        let messages = [
+            json!({"type": "connected", "lastSeq": 5}),
+            json!({"type": "pong"}),
+            json!({"type": "progress", "seq": 3}),
+            json!({"type": "progress", "seq": 6}),
+        ];
+        assert_eq!(ids(&messages), [Some(5), None, None, Some(6)]);
+    }
 }
