@@ -10,11 +10,13 @@
 //! - [`socket`]: WebSocket clients and reading their messages.
 //! - [`client`]: HTTP helpers by address (jobs, progress, metrics).
 //! - [`proxy`]: a TCP proxy to cut a node off from its database.
+//! - [`cut`]: a proxy that cuts one client connection after exactly k bytes.
 //! - [`receiver`]: a webhook endpoint on loopback that records every request.
 //! - [`db`]: fresh databases (SQLite files or PostgreSQL schemas) and direct
 //!   reads of the log.
 
 pub mod client;
+pub mod cut;
 pub mod db;
 pub mod process;
 pub mod proxy;
@@ -27,9 +29,11 @@ pub use client::{
     create_job_at, create_job_from, create_job_with, get_json_at, metric_at, post_json_at,
     progress_at,
 };
+pub use cut::{Cut, CutProxy};
 pub use db::{count_events, events_of, fresh_database, Db, LoggedEvent};
 pub use process::{
-    free_port, rss_kib, serve_args, serve_binary_at, spawn_announcing, start_binary, terminate,
+    announced_address, free_port, rss_kib, serve_args, serve_binary_at, spawn_announcing,
+    start_binary, terminate,
 };
 pub use proxy::{postgres_address, Proxy};
 pub use receiver::{Received, Receiver};
