@@ -185,3 +185,32 @@ test("a message that arrives twice is applied once", async () => {
   assert.deepEqual(seen.events.map((e) => e.seq), seqs);
   assert.equal(seen.hellos.length, 2, "the hello itself did come twice");
 });
+
+/** One resume over SSE through a proxy that cuts it after `k` bytes: the
+ * client, knowing only the events it fully read, resumes again and ends with
+ * every event once, in order. Returns how many bytes the resume carried. */
+async function resumeCutAfter(k) {
+  const job = await rj.createJob(server);
+  const via = await rj.cutProxy(server.addr, { nth: 2, k });
+  const c = new RejoinClient({ jobId: job, token: rj.client(job), url: via.ws, transport: "sse", ...fast });
+  const seen = rj.record(c);
+  c.start();
+  await rj.until("live", () => c.state === State.LIVE);
+  const first = await rj.progress(server, job, 10);
+  await rj.until("the first event", () => seen.events.length === 1);
+  via.cut(); // the first stream goes; the resume is the one cut after k bytes
+  const missed = [];
+  for (const p of [20, 30, 40]) missed.push(await rj.progress(server, job, p));
+  await rj.until("resumed", () => seen.hellos.length >= 2);
+  const last = await rj.complete(server, job);
+  await rj.until(`finished (cut after ${k})`, () => c.state === State.FINISHED);
+  assert.deepEqual(seen.events.map((e) => e.seq), [first, ...missed, last], `cut after ${k} bytes`);
+  via.close();
+  return via.forwarded();
+}
+
+test("over SSE, a resume cut after any byte loses nothing and repeats nothing", async () => {
+  const length = await resumeCutAfter(Infinity);
+  const points = 24;
+  for (let i = 0; i <= points; i++) await resumeCutAfter(Math.floor((i * length) / points));
+});

@@ -128,6 +128,56 @@ export async function proxy(addr) {
   };
 }
 
+/** A TCP proxy to `addr` whose connection number `nth` (from 1) passes the
+ * server's first `k` bytes and is then reset on both sides, the way a network
+ * drops a connection mid-message; the other connections pass untouched, and
+ * `cut()` resets those open. `forwarded()` is what connection `nth` passed. */
+export async function cutProxy(addr, { nth, k = Infinity }) {
+  const [host, port] = addr.split(":");
+  const sockets = new Set();
+  let count = 0;
+  let forwarded = 0;
+  const server = net.createServer((inbound) => {
+    count += 1;
+    const limited = count === nth;
+    const outbound = net.connect(Number(port), host);
+    for (const [s, other] of [[inbound, outbound], [outbound, inbound]]) {
+      sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => {
+        sockets.delete(s);
+        other.end();
+      });
+    }
+    inbound.pipe(outbound);
+    if (!limited) return outbound.pipe(inbound);
+    outbound.on("data", (chunk) => {
+      const room = k - forwarded;
+      if (chunk.length <= room) {
+        forwarded += chunk.length;
+        inbound.write(chunk);
+        return;
+      }
+      forwarded = k;
+      outbound.pause();
+      inbound.write(chunk.subarray(0, room), () => {
+        inbound.resetAndDestroy();
+        outbound.resetAndDestroy();
+      });
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const p = `127.0.0.1:${server.address().port}`;
+  return {
+    ws: `ws://${p}/ws/progress`,
+    forwarded: () => forwarded,
+    cut: () => {
+      for (const s of sockets) s.resetAndDestroy();
+    },
+    close: () => server.close(),
+  };
+}
+
 /** Collects a client's job events, states and hellos. */
 export function record(client) {
   const seen = { events: [], states: [], hellos: [] };
