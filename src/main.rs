@@ -4,7 +4,10 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = rejoin::config::Cli::parse();
+    let cli = match rejoin::config::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => refused(e),
+    };
     match rejoin::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -12,4 +15,18 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refused (or `--help`): reported as clap does, or as a
+/// JSON log line when JSON logs were asked for.
+fn refused(e: clap::Error) -> ! {
+    use rejoin::cli::logs;
+    if e.use_stderr() && logs::requested_format() == rejoin::config::LogFormat::Json {
+        let message = e.kind().to_string();
+        let mut fields = serde_json::Map::new();
+        fields.insert("error".into(), e.to_string().trim().into());
+        eprintln!("{}", logs::line("ERROR", &message, fields));
+        std::process::exit(e.exit_code());
+    }
+    e.exit()
 }

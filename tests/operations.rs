@@ -417,9 +417,17 @@ async fn past_the_shutdown_deadline_the_process_says_what_it_gave_up_and_exits_1
     assert_eq!(gave_up["deadline_secs"], 1.0);
     let what = gave_up["gave_up"].as_str().unwrap();
     assert!(what.contains("recording the closes of 1 sockets"), "{what}");
+    let stopped = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "rejoin stopped")
+        .unwrap_or_else(|| panic!("no last word: {stderr}"));
     assert!(
-        stderr.contains("rejoin: shutdown did not finish within 1s"),
-        "{stderr}"
+        stopped["error"]
+            .as_str()
+            .unwrap()
+            .contains("shutdown did not finish within 1s"),
+        "{stopped}"
     );
     drop(lock);
 
@@ -618,4 +626,115 @@ async fn secrets_come_from_files_and_bad_files_stop_the_start() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
+
+/// Every line of a JSON-logging process, on stdout and stderr, is a JSON
+/// object: `.lines()` of `text`, parsed, or the first line that is not.
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn with_json_logs_every_line_on_stdout_and_stderr_is_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("lines.db").display());
+    let run = |args: Vec<String>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rejoin"));
+        cmd.args(args).env("REJOIN_JWT_SECRET", SECRET);
+        cmd
+    };
+
+    // A running server: the address line, then the log; a graceful stop.
+    let mut cmd = tokio::process::Command::from(run(vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--database-url".into(),
+        db.clone(),
+        "--log-format".into(),
+        "json".into(),
+    ]));
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    use tokio::io::AsyncBufReadExt;
+    tokio::time::timeout(PATIENCE, stdout.read_line(&mut first))
+        .await
+        .expect("the address in time")
+        .unwrap();
+    let announced = &json_lines(&first)[0];
+    assert_eq!(announced["level"], "INFO", "{announced}");
+    let addr = rejoin_testkit::announced_address(&first);
+    assert_eq!(announced["url"], format!("http://{addr}"));
+    let http = reqwest::Client::new();
+    let refused = http
+        .get(format!("http://{addr}/v1/jobs"))
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let pid = child.id().unwrap();
+    // SAFETY: a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let mut rest = String::new();
+    let mut stderr = String::new();
+    let mut err = child.stderr.take().unwrap();
+    let read = async {
+        stdout.read_to_string(&mut rest).await.unwrap();
+        err.read_to_string(&mut stderr).await.unwrap();
+        child.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(PATIENCE, read).await.unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        json_lines(&rest).is_empty(),
+        "stdout after the address: {rest}"
+    );
+    assert!(json_lines(&stderr).len() > 2, "{stderr}");
+
+    // A start that fails, and a command line clap refuses: their last words
+    // are JSON too, with the reason.
+    let unopenable = run(vec![
+        "serve".into(),
+        "--database-url".into(),
+        "sqlite:///proc/no/such/dir/rejoin.db".into(),
+        "--log-format".into(),
+        "json".into(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(unopenable.status.code(), Some(1));
+    assert!(unopenable.stdout.is_empty());
+    let lines = json_lines(&String::from_utf8_lossy(&unopenable.stderr));
+    let last = lines.last().expect("a last word");
+    assert_eq!(
+        (&last["level"], &last["message"]),
+        (&json!("ERROR"), &json!("rejoin stopped"))
+    );
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("/proc/no/such/dir"),
+        "{last}"
+    );
+
+    let refused = run(vec!["serve".into(), "--grace-secs".into(), "soon".into()])
+        .env("REJOIN_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let lines = json_lines(&String::from_utf8_lossy(&refused.stderr));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0]["error"].as_str().unwrap().contains("--grace-secs"),
+        "{}",
+        lines[0]
+    );
 }

@@ -1,5 +1,7 @@
 //! Log output on standard error: text for people, or one flat JSON object
-//! per line for collectors. A JSON line holds `timestamp`, `level`, `target`,
+//! per line for collectors. In JSON every line the process writes is one:
+//! the address announced on stdout, a fatal error, a panic, a refused
+//! command line. A JSON line holds `timestamp`, `level`, `target`,
 //! `message`, the event's own fields, and the fields of every span it was
 //! written in (`request_id` from the `http` span, `job` and `session` from a
 //! socket's), innermost winning. Nothing in a log line comes from a raw URI
@@ -30,11 +32,65 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .fmt_fields(JsonFields::new())
-            .event_format(FlatJson)
-            .try_init(),
+        LogFormat::Json => {
+            std::panic::set_hook(Box::new(|info| {
+                let mut fields = Map::new();
+                fields.insert("panic".into(), info.to_string().into());
+                eprintln!("{}", line("ERROR", "the process panicked", fields));
+            }));
+            builder
+                .fmt_fields(JsonFields::new())
+                .event_format(FlatJson)
+                .try_init()
+        }
     };
+}
+
+/// One line in the form of the JSON log, for what is written outside the
+/// subscriber: `timestamp`, `level`, `target` `rejoin`, `message`, then
+/// `fields`.
+pub fn line(level: &str, message: &str, fields: Map<String, Value>) -> String {
+    let mut line = Map::new();
+    line.insert("timestamp".into(), now().into());
+    line.insert("level".into(), level.into());
+    line.insert("target".into(), "rejoin".into());
+    line.insert("message".into(), message.into());
+    line.extend(fields);
+    Value::Object(line).to_string()
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Writes why the process stops to stderr: `rejoin: …` in text, an `ERROR`
+/// line in JSON.
+pub fn fatal(format: LogFormat, error: &anyhow::Error) {
+    match format {
+        LogFormat::Text => eprintln!("rejoin: {error:#}"),
+        LogFormat::Json => {
+            let mut fields = Map::new();
+            fields.insert("error".into(), format!("{error:#}").into());
+            eprintln!("{}", line("ERROR", "rejoin stopped", fields));
+        }
+    }
+}
+
+/// The log format the command line or the environment asks for, read before
+/// the command line is parsed (to report a refused one in that format).
+pub fn requested_format() -> LogFormat {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--log-format=")
+            .map(str::to_owned)
+            .or_else(|| (a == "--log-format").then(|| args.get(i + 1).cloned().unwrap_or_default()))
+    });
+    let asked = flag.or_else(|| std::env::var("REJOIN_LOG_FORMAT").ok());
+    if asked.as_deref() == Some("json") {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    }
 }
 
 /// The JSON line format.
@@ -53,12 +109,7 @@ where
     ) -> fmt::Result {
         let meta = event.metadata();
         let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            chrono::Utc::now()
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                .into(),
-        );
+        line.insert("timestamp".into(), now().into());
         line.insert("level".into(), meta.level().as_str().into());
         line.insert("target".into(), meta.target().into());
         if let Some(scope) = ctx.event_scope() {

@@ -28,7 +28,7 @@ pub fn serve_args(listen: &str, db: &str, secret: &str, extra: &[&str]) -> Vec<S
     args
 }
 
-/// Starts a server process that prints `… http://ADDR` as its first line, and
+/// Starts a server process that announces `http://ADDR` on its first line, and
 /// returns it with that address, however long its start takes (a server
 /// folding a large log prints it only once it is ready).
 pub async fn spawn_announcing(
@@ -44,8 +44,17 @@ pub async fn spawn_announcing(
         .next_line()
         .await?
         .ok_or_else(|| anyhow::anyhow!("the process printed no address"))?;
-    let addr = line.rsplit("http://").next().unwrap_or_default().to_owned();
-    Ok((child, addr))
+    Ok((child, announced_address(&line)))
+}
+
+/// The `host:port` in the server's first line: `rejoin listening on
+/// http://ADDR`, or with JSON logs a line whose `url` is `http://ADDR`.
+pub fn announced_address(line: &str) -> String {
+    let url = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(json) => json["url"].as_str().unwrap_or_default().to_owned(),
+        Err(_) => line.to_owned(),
+    };
+    url.rsplit("http://").next().unwrap_or_default().to_owned()
 }
 
 /// Starts `cmd` (a `rejoin serve --listen 127.0.0.1:0 …`), its logs
