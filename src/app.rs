@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,6 +19,7 @@ use crate::auth::Authority;
 use crate::clock::{Clock, Skewed, SystemClock};
 use crate::config::ServeArgs;
 use crate::engine::{Engine, EngineSettings, EngineTasks};
+use crate::http::connections::{self, Connections, Limits};
 use crate::http::rate::{self, ConnectRate};
 use crate::http::request::TrustedProxies;
 use crate::http::upgrade::{RejectionLog, UpgradeSettings};
@@ -72,7 +72,16 @@ impl Application {
             None
         };
 
-        let proxies = TrustedProxies::parse(&args.trusted_proxies)?;
+        let proxies = Arc::new(TrustedProxies::parse(&args.trusted_proxies)?);
+        let limits = ConnectionLimits::from_flags(
+            args.max_tcp_connections,
+            args.max_connections,
+            args.max_connections_per_address,
+        )?;
+        let header_timeout = seconds("--header-timeout-secs", args.header_timeout_secs)?;
+        let proxy_idle_timeout =
+            seconds("--proxy-idle-timeout-secs", args.proxy_idle_timeout_secs)?;
+        let body_timeout = seconds("--body-timeout-secs", args.body_timeout_secs)?;
         let url = &args.database.database_url;
         let secret_dir = log::sqlite::database_path(url)
             .map(|p| p.parent().map(|d| d.to_path_buf()).unwrap_or_default());
@@ -105,7 +114,7 @@ impl Application {
         };
         let (engine, tasks) = Engine::start(store, clock, settings, engine_stop.clone()).await?;
         let state = AppState {
-            engine,
+            engine: engine.clone(),
             auth: Arc::new(auth),
             settings: Arc::new(HttpSettings {
                 public_url: args.public_url.clone(),
@@ -119,7 +128,7 @@ impl Application {
                 allowed_origins: args.allowed_origins.clone(),
                 max_frame_bytes: args.max_frame_bytes,
                 send_queue: args.send_queue,
-                max_connections: args.max_connections.unwrap_or_else(default_max_connections),
+                max_connections: limits.sockets,
                 max_watchers_per_job: args.max_watchers_per_job,
             }),
             tasks: TaskTracker::new(),
@@ -130,7 +139,19 @@ impl Application {
                 args.connect_rate_per_ip,
                 args.connect_burst_per_ip,
             )),
-            proxies: Arc::new(proxies),
+            connections: Connections::new(
+                Limits {
+                    max_open: limits.tcp,
+                    per_address: limits.per_address,
+                    header_timeout,
+                    proxy_idle_timeout,
+                    body_timeout,
+                    max_body_bytes: args.max_body_bytes,
+                },
+                proxies.clone(),
+                engine.clone(),
+            ),
+            proxies,
             demo,
         };
         if demo.is_some() {
@@ -209,31 +230,22 @@ impl Application {
             state.rejections.clone(),
             closing.clone(),
         ));
+        let connections = state.connections.clone();
         let app = http::router(state);
-        // No Nagle: progress messages are small and must leave at once (with
-        // Nagle, a replay of many small frames stalls on delayed ACKs).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
         let signalled = {
             let at = at.clone();
             async move {
                 shutdown.await;
                 at(Stage::Requests);
                 stopping.cancel();
-                // Upgraded sockets are not axum's to wait for: close them now.
+                // Upgraded sockets are not the connections' to wait for:
+                // close them now.
                 closing.cancel();
             }
         };
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signalled)
-        .await
-        .context("serving HTTP")?;
+        connections::serve(listener, app, connections, signalled)
+            .await
+            .context("serving HTTP")?;
         // Every socket closes with 1001 and records its close; wait for all.
         sockets.close();
         at(Stage::Sockets);
@@ -355,17 +367,61 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Pending connections the kernel may queue (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 8192;
 
-/// The open-file limit less what the database, HTTP requests and the accept
-/// loop need, so the server refuses sockets with 503 before `accept` fails.
-pub fn default_max_connections() -> usize {
+/// The process's open-file limit (1024 when it cannot be read).
+pub fn open_file_limit() -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    let files = if ok { limit.rlim_cur as usize } else { 1024 };
-    files.saturating_sub(256).max(64)
+    if ok {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    }
+}
+
+/// Descriptors kept from TCP connections, for the database and files.
+const FILES_ROOM: usize = 64;
+/// Connections kept from sockets and streams, for HTTP requests.
+const HTTP_ROOM: usize = 192;
+
+/// The connection limits, from the flags or their defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// TCP connections (`--max-tcp-connections`).
+    pub tcp: usize,
+    /// WebSockets and streams (`--max-connections`).
+    pub sockets: usize,
+    /// TCP connections from one address (`--max-connections-per-address`).
+    pub per_address: usize,
+}
+
+impl ConnectionLimits {
+    pub fn from_flags(
+        tcp: Option<usize>,
+        sockets: Option<usize>,
+        per_address: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let tcp = tcp.unwrap_or_else(|| open_file_limit().saturating_sub(FILES_ROOM).max(64));
+        let sockets = sockets.unwrap_or_else(|| tcp.saturating_sub(HTTP_ROOM).max(tcp / 2));
+        let per_address = per_address.unwrap_or((tcp / 8).max(16));
+        anyhow::ensure!(tcp > 0, "--max-tcp-connections must be at least 1");
+        anyhow::ensure!(
+            sockets < tcp,
+            "--max-connections ({sockets}) must be below --max-tcp-connections ({tcp}), so HTTP requests keep room"
+        );
+        anyhow::ensure!(
+            per_address > 0,
+            "--max-connections-per-address must be at least 1"
+        );
+        Ok(ConnectionLimits {
+            tcp,
+            sockets,
+            per_address,
+        })
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is

@@ -129,10 +129,43 @@ pub struct ServeArgs {
     )]
     pub max_client_token_ttl_secs: u64,
 
-    /// Most open WebSockets; further upgrades get 503. Default: the process's
-    /// open-file limit less 256 (kept for the database, HTTP and accepts).
+    /// Most open WebSockets and event streams; further ones get 503.
+    /// Default: --max-tcp-connections less 192, the room HTTP requests
+    /// (health checks, appends, operators) keep when sockets are at their
+    /// limit.
     #[arg(long, env = "REJOIN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// Most TCP connections open at once, sockets included. At the limit a
+    /// new connection closes the oldest one with no request in progress, or
+    /// is reset when every connection is busy. Default: the process's
+    /// open-file limit less 64 (kept for the database and files).
+    #[arg(long, env = "REJOIN_MAX_TCP_CONNECTIONS")]
+    pub max_tcp_connections: Option<usize>,
+
+    /// Most TCP connections from one peer address; more are reset at once.
+    /// Peers in --trusted-proxies are exempt. Default: an eighth of
+    /// --max-tcp-connections (at least 16).
+    #[arg(long, env = "REJOIN_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+
+    /// Seconds a connection has to send a complete request head, from its
+    /// start and from the end of each response (an idle kept-alive
+    /// connection is closed after it too).
+    #[arg(long, env = "REJOIN_HEADER_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub header_timeout_secs: f64,
+
+    /// The same for connections from --trusted-proxies, which load balancers
+    /// keep open between requests: longer than the balancer's own idle
+    /// timeout (60 s on common ones), so the server never closes a
+    /// connection the balancer is about to reuse.
+    #[arg(long, env = "REJOIN_PROXY_IDLE_TIMEOUT_SECS", default_value_t = 75.0)]
+    pub proxy_idle_timeout_secs: f64,
+
+    /// Seconds a request's whole body has to arrive; after it, 408 and the
+    /// connection closes.
+    #[arg(long, env = "REJOIN_BODY_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub body_timeout_secs: f64,
 
     /// Most watchers (sessions that have not ended: phones, tabs, support)
     /// one job may have; a fresh connect beyond it gets 409

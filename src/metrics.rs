@@ -72,6 +72,41 @@ pub struct Metrics {
     webhook_outcomes: Family<WebhookOutcome, Counter>,
     webhook_pending: Gauge,
     webhook_oldest: Gauge<f64, AtomicU64>,
+    tcp_connections: Gauge,
+    connection_ends: Family<ConnectionEndLabel, Counter>,
+}
+
+/// Why the server ended a TCP connection before it was useful, or refused
+/// it as soon as it was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionEnd {
+    /// Reset at accept: its address had as many connections as it may.
+    PerAddress,
+    /// Reset at accept: at the connection limit with every connection busy.
+    AtCapacity,
+    /// Closed to make room: the oldest with no request in progress.
+    Shed,
+    /// Closed: no complete request head within the header timeout.
+    HeaderTimeout,
+    /// Answered 408 and closed: the body did not arrive in time.
+    BodyTimeout,
+}
+
+impl ConnectionEnd {
+    fn label(self) -> &'static str {
+        match self {
+            ConnectionEnd::PerAddress => "per_address",
+            ConnectionEnd::AtCapacity => "at_capacity",
+            ConnectionEnd::Shed => "shed",
+            ConnectionEnd::HeaderTimeout => "header_timeout",
+            ConnectionEnd::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionEndLabel {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,6 +176,8 @@ impl Default for Metrics {
             webhook_outcomes: Family::default(),
             webhook_pending: Gauge::default(),
             webhook_oldest: Gauge::default(),
+            tcp_connections: Gauge::default(),
+            connection_ends: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -192,6 +229,16 @@ impl Default for Metrics {
             "rejoin_failed_commits",
             "Commits that failed (their requests got 503)",
             m.failed_commits.clone(),
+        );
+        registry.register(
+            "rejoin_tcp_connections",
+            "TCP connections open, upgraded sockets and streams included",
+            m.tcp_connections.clone(),
+        );
+        registry.register(
+            "rejoin_connections_ended_early",
+            "TCP connections reset at accept (per_address, at_capacity) or closed before they were useful (shed, header_timeout, body_timeout)",
+            m.connection_ends.clone(),
         );
         registry.register(
             "rejoin_refused_at_capacity",
@@ -364,6 +411,20 @@ impl Metrics {
     /// Counts one upgrade refused by the per-address rate limit.
     pub fn observe_rate_limited(&self) {
         self.rate_limited.inc();
+    }
+
+    /// Counts a connection ended early; returns the total for its reason.
+    pub fn observe_connection_end(&self, end: ConnectionEnd) -> u64 {
+        self.connection_ends
+            .get_or_create(&ConnectionEndLabel {
+                reason: end.label(),
+            })
+            .inc()
+            + 1
+    }
+
+    pub fn set_tcp_connections(&self, open: usize) {
+        self.tcp_connections.set(open as i64);
     }
 
     pub fn observe_refused_at_capacity(&self) -> u64 {

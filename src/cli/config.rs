@@ -57,17 +57,25 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         } else {
             raw.join(",").into()
         };
+        let defaults = crate::app::ConnectionLimits::from_flags(None, None, None).ok();
         let value = match (id, value) {
-            ("max_connections", Value::Null) => json!(crate::app::default_max_connections()),
+            ("max_connections", Value::Null) => json!(defaults.map(|l| l.sockets)),
+            ("max_tcp_connections", Value::Null) => json!(defaults.map(|l| l.tcp)),
+            ("max_connections_per_address", Value::Null) => {
+                json!(defaults.map(|l| l.per_address))
+            }
             ("database_url" | "webhook_url" | "jwt_jwks_url", Value::String(url)) => {
                 without_password(&url).into()
             }
             (_, value) => value,
         };
-        let source = if id == "max_connections" && source == "unset" {
-            "default (open-file limit less 256)".to_owned()
-        } else {
-            source
+        let source = match (id, source.as_str()) {
+            ("max_connections", "unset") => "default (TCP connections less 192)".to_owned(),
+            ("max_tcp_connections", "unset") => "default (open-file limit less 64)".to_owned(),
+            ("max_connections_per_address", "unset") => {
+                "default (an eighth of the TCP connections)".to_owned()
+            }
+            _ => source,
         };
         settings.insert(
             format!("--{}", arg.get_long().unwrap_or(id)),

@@ -2,6 +2,7 @@
 //! exposes `router()`; errors leave through [`error::ApiError`].
 
 pub mod client;
+pub mod connections;
 mod demo;
 pub mod error;
 pub mod events;
@@ -92,6 +93,8 @@ pub struct AppState {
     pub connect_rate: Arc<rate::ConnectRate>,
     /// Whose forwarding headers are believed (`--trusted-proxies`).
     pub proxies: Arc<request::TrustedProxies>,
+    /// Every TCP connection: counts, caps and deadlines.
+    pub connections: Arc<connections::Connections>,
     /// Demo mode: how long a simulated job runs; `None` when off.
     pub demo: Option<std::time::Duration>,
 }
@@ -176,6 +179,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
     let proxies = state.proxies.clone();
+    let connections = state.connections.clone();
     let mut app = Router::new()
         .merge(health::router())
         .merge(jobs::router())
@@ -193,6 +197,11 @@ pub fn router(state: AppState) -> Router {
         app = app.layer(cors);
     }
     app.layer(DefaultBodyLimit::max(max_body))
+        // A body that trickles in cannot hold its connection.
+        .layer(axum::middleware::from_fn_with_state(
+            connections,
+            connections::body_deadline,
+        ))
         .layer(
             // Spans name the route, never the raw URI: query strings may carry
             // tokens, and tokens are never logged.
