@@ -771,6 +771,28 @@ fn cut_points(length: u64, ends: &[u64]) -> Vec<u64> {
     ks.into_iter().collect()
 }
 
+/// Prints what a transport's cuts showed, and fails naming the first cut
+/// points that lost, repeated or reordered anything.
+fn report(
+    what: &str,
+    length: u64,
+    messages: usize,
+    tried: usize,
+    mut failures: Vec<(u64, String)>,
+) {
+    eprintln!(
+        "{what}: transcript {length} bytes, {messages} messages, {tried} cut points, {} lost something",
+        failures.len()
+    );
+    failures.sort_by_key(|(k, _)| *k);
+    assert!(
+        failures.is_empty(),
+        "{} of {tried} cut points failed; the first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+}
+
 /// Learns the transcript, then cuts it at every chosen point; fails naming
 /// each cut point that lost, repeated or reordered anything.
 async fn cut_everywhere(transport: Transport, how: Cut) {
@@ -795,18 +817,12 @@ async fn cut_everywhere(transport: Transport, how: Cut) {
         .filter_map(|(k, r)| async move { r.err().map(|e| (k, e)) })
         .collect()
         .await;
-    eprintln!(
-        "{transport:?} {how:?}: transcript {length} bytes, {} messages, {tried} cut points, {} lost something",
+    report(
+        &format!("{transport:?} {how:?}"),
+        length,
         ends.len(),
-        failures.len()
-    );
-    let mut failures = failures;
-    failures.sort_by_key(|(k, _)| *k);
-    assert!(
-        failures.is_empty(),
-        "{} of {tried} cut points failed; the first: {:#?}",
-        failures.len(),
-        &failures[..failures.len().min(3)]
+        tried,
+        failures,
     );
     drop(app);
 }
@@ -1020,18 +1036,12 @@ async fn cut_the_tail_everywhere(how: Cut) {
             Err(e) => failures.push((k, e)),
         }
     }
-    eprintln!(
-        "tail {how:?}: transcript {length} bytes, {} events, {} cut points, {} lost something",
+    report(
+        &format!("tail {how:?}"),
+        length,
         ends.len(),
         ks.len(),
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {} cut points failed; the first: {:#?}",
-        failures.len(),
-        ks.len(),
-        &failures[..failures.len().min(3)]
+        failures,
     );
 }
 

@@ -279,14 +279,7 @@ async fn ends(http: &reqwest::Client, server: SocketAddr) -> Vec<(&'static str, 
 }
 
 async fn ended_early(http: &reqwest::Client, server: SocketAddr, reason: &str) -> f64 {
-    let text = http
-        .get(format!("http://{server}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_at(http, server).await;
     let line = format!("rejoin_connections_ended_early_total{{reason=\"{reason}\"}}");
     // A reason never seen has no line yet.
     text.lines()

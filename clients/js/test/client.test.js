@@ -191,7 +191,7 @@ test("a message that arrives twice is applied once", async () => {
  * every event once, in order. Returns how many bytes the resume carried. */
 async function resumeCutAfter(k) {
   const job = await rj.createJob(server);
-  const via = await rj.cutProxy(server.addr, { nth: 2, k });
+  const via = await rj.proxy(server.addr, { nth: 2, k });
   const c = new RejoinClient({ jobId: job, token: rj.client(job), url: via.ws, transport: "sse", ...fast });
   const seen = rj.record(c);
   c.start();

@@ -98,11 +98,17 @@ export async function until(what, check) {
   }
 }
 
-/** A TCP proxy to `addr`; `cut()` destroys every connection through it. */
-export async function proxy(addr) {
+/** A TCP proxy to `addr`; `cut()` destroys every connection through it.
+ * With `nth` (from 1), that connection passes the server's first `k` bytes
+ * and is then reset on both sides, the way a network drops a connection
+ * mid-message; `forwarded()` is what it passed. */
+export async function proxy(addr, { nth = 0, k = Infinity } = {}) {
   const [host, port] = addr.split(":");
   const sockets = new Set();
+  let count = 0;
+  let forwarded = 0;
   const server = net.createServer((inbound) => {
+    count += 1;
     const outbound = net.connect(Number(port), host);
     for (const [s, other] of [[inbound, outbound], [outbound, inbound]]) {
       sockets.add(s);
@@ -114,43 +120,7 @@ export async function proxy(addr) {
       });
     }
     inbound.pipe(outbound);
-    outbound.pipe(inbound);
-  });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  const p = `127.0.0.1:${server.address().port}`;
-  return {
-    http: `http://${p}`,
-    ws: `ws://${p}/ws/progress`,
-    cut: () => {
-      for (const s of sockets) s.destroy();
-    },
-    close: () => server.close(),
-  };
-}
-
-/** A TCP proxy to `addr` whose connection number `nth` (from 1) passes the
- * server's first `k` bytes and is then reset on both sides, the way a network
- * drops a connection mid-message; the other connections pass untouched, and
- * `cut()` resets those open. `forwarded()` is what connection `nth` passed. */
-export async function cutProxy(addr, { nth, k = Infinity }) {
-  const [host, port] = addr.split(":");
-  const sockets = new Set();
-  let count = 0;
-  let forwarded = 0;
-  const server = net.createServer((inbound) => {
-    count += 1;
-    const limited = count === nth;
-    const outbound = net.connect(Number(port), host);
-    for (const [s, other] of [[inbound, outbound], [outbound, inbound]]) {
-      sockets.add(s);
-      s.on("error", () => {});
-      s.on("close", () => {
-        sockets.delete(s);
-        other.end();
-      });
-    }
-    inbound.pipe(outbound);
-    if (!limited) return outbound.pipe(inbound);
+    if (count !== nth) return outbound.pipe(inbound);
     outbound.on("data", (chunk) => {
       const room = k - forwarded;
       if (chunk.length <= room) {
@@ -169,10 +139,11 @@ export async function cutProxy(addr, { nth, k = Infinity }) {
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   const p = `127.0.0.1:${server.address().port}`;
   return {
+    http: `http://${p}`,
     ws: `ws://${p}/ws/progress`,
     forwarded: () => forwarded,
     cut: () => {
-      for (const s of sockets) s.resetAndDestroy();
+      for (const s of sockets) s.destroy();
     },
     close: () => server.close(),
   };

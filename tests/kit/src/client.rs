@@ -62,14 +62,7 @@ pub async fn progress_at(http: &reqwest::Client, addr: SocketAddr, job: Uuid, p:
 /// The value of the `/metrics` line that starts with `line_start` (a name
 /// with its labels and the space after them) on the server at `addr`.
 pub async fn metric_at(http: &reqwest::Client, addr: SocketAddr, line_start: &str) -> f64 {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_at(http, addr).await;
     text.lines()
         .find_map(|l| l.strip_prefix(line_start))
         .and_then(|v| v.trim().parse().ok())
@@ -103,6 +96,17 @@ pub async fn post_json_at(
         .bearer_auth(token)
         .json(body)
         .send()
+        .await
+        .unwrap()
+}
+
+/// The `/metrics` text of the server at `addr`.
+pub async fn metrics_at(http: &reqwest::Client, addr: SocketAddr) -> String {
+    http.get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
         .await
         .unwrap()
 }
