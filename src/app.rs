@@ -28,6 +28,8 @@ use crate::log;
 use crate::webhook::Endpoint;
 
 pub struct Application {
+    /// The SQLite log's lock, held until the server has stopped.
+    owner: Option<log::owner::Owner>,
     listener: TcpListener,
     state: AppState,
     tasks: EngineTasks,
@@ -91,6 +93,17 @@ impl Application {
             tracing::info!(endpoint = %w.display_url(), "webhook notifications on");
         }
         let mut store = log::open(url).await?;
+        // One process owns a SQLite log (a shared PostgreSQL log has leases).
+        let owner = match log::sqlite::database_path(url) {
+            Some(path) => match log::owner::take(&path) {
+                Ok(owner) => Some(owner),
+                Err(e) => {
+                    store.close().await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let listener =
             listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         let engine_stop = CancellationToken::new();
@@ -158,6 +171,7 @@ impl Application {
             tracing::warn!("demo mode is on: anyone can start jobs at /demo");
         }
         Ok(Application {
+            owner,
             listener,
             state,
             tasks,
@@ -215,6 +229,7 @@ impl Application {
         progress: Arc<Mutex<Stage>>,
     ) -> anyhow::Result<()> {
         let Application {
+            owner,
             listener,
             state,
             tasks,
@@ -271,6 +286,7 @@ impl Application {
             leases.await.context("the lease keeper panicked")?;
         }
         store.close().await;
+        drop(owner);
         tracing::info!("log flushed; bye");
         Ok(())
     }

@@ -222,9 +222,11 @@ impl Writer {
         }
     }
 
-    /// Decides, commits and answers one batch. On a shared log another node
-    /// may have taken a seq this batch wanted: the jobs it touched are caught
-    /// up from the log and the batch decided again.
+    /// Decides, commits and answers one batch. When the log already holds a
+    /// seq this batch wanted (another node on a shared log took it, or
+    /// something wrote a SQLite log behind this process's back), the jobs it
+    /// touched are caught up from the log and the batch decided again: the
+    /// log is the truth, memory a cache.
     async fn process(&self, mut requests: Vec<WriteRequest>) {
         const ATTEMPTS: usize = 8;
         for attempt in 1..=ATTEMPTS {
@@ -234,7 +236,7 @@ impl Writer {
                     tracing::debug!(
                         jobs = touched.len(),
                         attempt,
-                        "appended elsewhere first; catching up"
+                        "the log moved on behind this writer; catching up"
                     );
                     if let Err(e) = self.catch_up(&touched).await {
                         return self.refuse(requests, &e.to_string());
@@ -271,7 +273,7 @@ impl Writer {
         let mut staged = stage(requests, prepared, now, self.notify_max_age);
         let committed = match self.commit(&staged).await {
             Ok(committed) => committed,
-            Err(StoreError::Conflict(_)) if self.store.shared() => return Err(staged.touched),
+            Err(StoreError::Conflict(_)) => return Err(staged.touched),
             Err(e) => {
                 tracing::error!(error = %e, events = staged.rows.len(), "append failed; batch refused");
                 self.metrics.observe_failed_commit();

@@ -9,6 +9,7 @@
 
 pub mod chain;
 pub mod job_index;
+pub mod owner;
 pub mod pages;
 pub mod postgres;
 pub mod sqlite;
