@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authority;
+use crate::auth::{Authority, SecretHome};
 use crate::clock::{Clock, Skewed, SystemClock};
 use crate::config::ServeArgs;
 use crate::engine::{Engine, EngineSettings, EngineTasks};
@@ -84,10 +84,11 @@ impl Application {
         let proxy_idle_timeout =
             seconds("--proxy-idle-timeout-secs", args.proxy_idle_timeout_secs)?;
         let body_timeout = seconds("--body-timeout-secs", args.body_timeout_secs)?;
-        let url = &args.database.database_url;
-        let secret_dir = log::sqlite::database_path(url)
-            .map(|p| p.parent().map(|d| d.to_path_buf()).unwrap_or_default());
-        let auth = Authority::from_args(&args.jwt, secret_dir.as_deref()).await?;
+        let url = &args.database.url();
+        // Only `serve` generates the secrets it does not find.
+        let secret_dir = args.database.secret_dir();
+        let keys = secret_dir.as_deref().map(SecretHome::Create);
+        let auth = Authority::from_args(&args.jwt, keys).await?;
         let webhook = Endpoint::from_args(&args.webhook, secret_dir.as_deref())?.map(Arc::new);
         if let Some(w) = &webhook {
             tracing::info!(endpoint = %w.display_url(), "webhook notifications on");

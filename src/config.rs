@@ -2,6 +2,7 @@
 //! variable beside it. `rejoin --help` and `rejoin serve --help` document each.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
@@ -47,21 +48,46 @@ pub enum CliCommand {
 
 #[derive(Clone, Debug, Args)]
 pub struct DatabaseArgs {
-    /// Where the log lives. A SQLite file (`sqlite://PATH`, `sqlite:PATH` or
-    /// a plain path; `sqlite:///var/lib/rejoin/rejoin.db` for an absolute
-    /// one), created with its migrations on first start, owned by one
-    /// process. Or a PostgreSQL database,
+    /// The data directory: the SQLite log (`rejoin.db`) and the secrets
+    /// `rejoin serve` generates (`jwt-secret`, `webhook-secret`) live here,
+    /// unless --database-url names another file. Give every command the same
+    /// one (or run them from the same directory).
+    #[arg(long, env = "REJOIN_DATA_DIR", default_value = "sqlite")]
+    pub data_dir: PathBuf,
+
+    /// Where the log lives, when not `rejoin.db` in --data-dir. A SQLite file
+    /// (`sqlite://PATH`, `sqlite:PATH` or a plain path;
+    /// `sqlite:///var/lib/rejoin/rejoin.db` for an absolute one), created
+    /// with its migrations on first start, owned by one process; the
+    /// generated secrets live beside it. Or a PostgreSQL database,
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=require]`,
     /// migrated by the first node to start, which several nodes share (each
     /// holds a lease; give them all the same JWT key). Put a password in
     /// REJOIN_DATABASE_URL, not on the command line.
-    #[arg(
-        long,
-        env = "REJOIN_DATABASE_URL",
-        hide_env_values = true,
-        default_value = "sqlite://sqlite/rejoin.db"
-    )]
-    pub database_url: String,
+    #[arg(long, env = "REJOIN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// The log's URL: --database-url, or `rejoin.db` in --data-dir.
+    pub fn url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => default_database_url(&self.data_dir),
+        }
+    }
+
+    /// Where the generated secrets are kept: beside a SQLite log; none for
+    /// PostgreSQL.
+    pub fn secret_dir(&self) -> Option<PathBuf> {
+        crate::log::sqlite::database_path(&self.url())
+            .map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default())
+    }
+}
+
+/// The log in a data directory.
+pub fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("rejoin.db").display())
 }
 
 #[derive(Clone, Debug, Args)]

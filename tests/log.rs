@@ -211,6 +211,52 @@ async fn the_binary_starts_with_no_configuration_and_stops_cleanly_on_sigterm() 
         .unwrap();
     assert_eq!(res.status(), 201);
 
+    // From another directory, `rejoin token` never makes a key of its own: it
+    // says where it looked and how to point it at the server's data directory,
+    // and with that directory it signs tokens the server takes.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let token_from = |dir: &std::path::Path, extra: &[&str]| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["token", "--role", "service"])
+            .args(extra)
+            .current_dir(dir)
+            .env_remove("REJOIN_JWT_SECRET")
+            .env_remove("REJOIN_DATA_DIR")
+            .env_remove("REJOIN_DATABASE_URL");
+        cmd
+    };
+    let lost = token_from(elsewhere.path(), &[]).output().await.unwrap();
+    assert!(!lost.status.success());
+    let said = String::from_utf8_lossy(&lost.stderr);
+    let looked = elsewhere.path().join("sqlite/jwt-secret");
+    assert!(said.contains(&looked.display().to_string()), "{said}");
+    assert!(
+        said.contains("--data-dir") && said.contains("--jwt-secret-file"),
+        "{said}"
+    );
+    assert!(!elsewhere.path().join("sqlite").exists(), "wrote nothing");
+    let data_dir = cwd.path().join("sqlite");
+    let found = token_from(
+        elsewhere.path(),
+        &["--data-dir", data_dir.to_str().unwrap()],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        found.status.success(),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    let token = String::from_utf8(found.stdout).unwrap().trim().to_owned();
+    let res = http
+        .get(format!("http://{addr}/v1/jobs"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the server takes it");
+
     let pid = child.id().unwrap() as i32;
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use jwks::Jwks;
-pub use secret::{load_or_create, load_or_create_secret, read_secret_file, Secret};
+pub use secret::{find_secret, load_or_create, load_or_create_secret, read_secret_file, Secret};
 pub use settings::{JwtAlgorithm, JwtArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -132,11 +132,23 @@ impl std::fmt::Debug for Authority {
     }
 }
 
+/// Where the generated HS256 secret is kept (beside the SQLite log), and
+/// whether this command may create it: only `serve` does; every other
+/// command uses the one it finds or says where it looked.
+#[derive(Clone, Copy, Debug)]
+pub enum SecretHome<'a> {
+    Create(&'a Path),
+    Find(&'a Path),
+}
+
 impl Authority {
     /// Builds the authority from configuration. With HS256 and no secret given,
     /// the secret kept beside the SQLite database is used (created on first use).
     /// With `--jwt-jwks-url`, the key set is fetched before this returns.
-    pub async fn from_args(args: &JwtArgs, secret_dir: Option<&Path>) -> anyhow::Result<Self> {
+    pub async fn from_args(
+        args: &JwtArgs,
+        secret_home: Option<SecretHome<'_>>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let read = |path: &Path| {
             std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))
@@ -154,12 +166,12 @@ impl Authority {
                 let secret = match (&args.jwt_secret, &args.jwt_secret_file) {
                     (Some(s), _) => s.clone(),
                     (None, Some(file)) => read_secret_file(file, "--jwt-secret-file")?,
-                    (None, None) => {
-                        let dir = secret_dir.context(
-                            "no --jwt-secret given and the database is not a SQLite file to keep a generated one beside",
-                        )?;
-                        load_or_create_secret(dir)?
-                    }
+                    (None, None) => match secret_home.context(
+                        "no --jwt-secret given and the database is not a SQLite file to keep a generated one beside",
+                    )? {
+                        SecretHome::Create(dir) => load_or_create_secret(dir)?,
+                        SecretHome::Find(dir) => find_secret(dir)?,
+                    },
                 };
                 anyhow::ensure!(
                     secret.expose().len() >= 16,

@@ -48,6 +48,29 @@ pub fn read_secret_file(path: &Path, flag: &str) -> anyhow::Result<Secret> {
     Ok(Secret(text.to_owned()))
 }
 
+/// Reads the secret `rejoin serve` generated in `dir`; never creates one.
+/// Missing, it is an error saying where it looked and how to point there.
+pub fn find_secret(dir: &Path) -> anyhow::Result<Secret> {
+    let path = dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let text = text.trim();
+            anyhow::ensure!(!text.is_empty(), "{} is empty", path.display());
+            Ok(Secret(text.to_owned()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let looked = std::path::absolute(&path).unwrap_or(path);
+            anyhow::bail!(
+                "no JWT secret at {}: `rejoin serve` generates it in its data directory on first start. \
+                 Point this command at the server's: --data-dir DIR (REJOIN_DATA_DIR) or --database-url, \
+                 as the server was started; or give the key with --jwt-secret-file (or REJOIN_JWT_SECRET)",
+                looked.display()
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 /// Reads `dir/jwt-secret`, or creates it (mode 0600) with 32 random bytes.
 pub fn load_or_create_secret(dir: &Path) -> anyhow::Result<Secret> {
     load_or_create(dir, SECRET_FILE, "a JWT secret", hex::encode::<[u8; 32]>)

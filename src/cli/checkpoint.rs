@@ -8,7 +8,7 @@ use crate::engine::recover::recover;
 use std::process::ExitCode;
 
 pub async fn run(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.database.database_url).await?;
+    let store = super::open_existing(&args.database.url()).await?;
     if args.list {
         let headers = store.checkpoints().await?;
         if headers.is_empty() {

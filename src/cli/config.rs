@@ -58,7 +58,14 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             raw.join(",").into()
         };
         let defaults = crate::app::ConnectionLimits::from_flags(None, None, None).ok();
+        let data_dir = sub
+            .get_one::<std::path::PathBuf>("data_dir")
+            .cloned()
+            .unwrap_or_default();
         let value = match (id, value) {
+            ("database_url", Value::Null) => {
+                json!(crate::config::default_database_url(&data_dir))
+            }
             ("max_connections", Value::Null) => json!(defaults.map(|l| l.sockets)),
             ("max_tcp_connections", Value::Null) => json!(defaults.map(|l| l.tcp)),
             ("max_connections_per_address", Value::Null) => {
@@ -70,6 +77,7 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             (_, value) => value,
         };
         let source = match (id, source.as_str()) {
+            ("database_url", "unset") => "default (rejoin.db in --data-dir)".to_owned(),
             ("max_connections", "unset") => "default (TCP connections less 192)".to_owned(),
             ("max_tcp_connections", "unset") => "default (open-file limit less 64)".to_owned(),
             ("max_connections_per_address", "unset") => {

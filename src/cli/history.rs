@@ -6,7 +6,7 @@ use crate::domain::history::{Entry, History};
 use crate::domain::JobState;
 
 pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.database.database_url).await?;
+    let store = super::open_existing(&args.database.url()).await?;
     let found = crate::engine::history(store.as_ref(), args.job, chrono::Utc::now()).await?;
     store.close().await;
     let (state, history) =

@@ -25,7 +25,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
         params.push((format!("meta.{k}"), v.to_owned()));
     }
     let filter = parse_filter(&params).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = super::open_existing(&args.database.database_url).await?;
+    let store = super::open_existing(&args.database.url()).await?;
     // Watchers live in a server's memory, not in the log: left out here.
     let found = page(store.as_ref(), &filter, i64::MAX, |_| None).await;
     store.close().await;

@@ -42,7 +42,7 @@ impl Progress {
 }
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.database.database_url).await?;
+    let store = super::open_existing(&args.database.url()).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut summary = SummaryBuilder::default();

@@ -1,18 +1,17 @@
 use std::process::ExitCode;
 
-use crate::auth::{Authority, Role};
+use crate::auth::{Authority, Role, SecretHome};
 use crate::clock::{Clock, SystemClock};
 use crate::config::TokenArgs;
-use crate::log::sqlite::database_path;
 
 pub async fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.role != Role::Client || args.job.is_some(),
         "--role client needs --job JOB_ID"
     );
-    let secret_dir = database_path(&args.database.database_url)
-        .map(|p| p.parent().map(|d| d.to_path_buf()).unwrap_or_default());
-    let auth = Authority::from_args(&args.jwt, secret_dir.as_deref()).await?;
+    // The key `serve` uses: never a new one.
+    let secret_dir = args.database.secret_dir();
+    let auth = Authority::from_args(&args.jwt, secret_dir.as_deref().map(SecretHome::Find)).await?;
     let sub = args
         .sub
         .clone()

@@ -4,7 +4,7 @@ use crate::config::VerifyArgs;
 use crate::log;
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let store = super::open_existing(&args.database.database_url).await?;
+    let store = super::open_existing(&args.database.url()).await?;
     let report = log::verify::verify(store.as_ref()).await?;
     store.close().await;
     match report.first_broken {
