@@ -44,6 +44,45 @@ pub enum CliCommand {
     /// Write a checkpoint of the log's live state now, list the checkpoints,
     /// or delete them (they are derived: a start without one folds the log).
     Checkpoint(CheckpointArgs),
+    /// Follow a job over its WebSocket from a terminal: one JSON line per
+    /// update, resuming after drops; exit 0 when the job completed, 1
+    /// otherwise.
+    Watch(WatchArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct WatchArgs {
+    /// The WebSocket endpoint: `ws://HOST:PORT/ws/progress` (plain WebSocket;
+    /// behind TLS, watch from inside the network or through a local tunnel).
+    #[arg(long)]
+    pub url: String,
+    /// The job to follow.
+    #[arg(long)]
+    pub job: Uuid,
+    /// The job's client token (renewed before it expires).
+    #[arg(long, env = "REJOIN_WATCH_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Resume from this seq (the last one processed) instead of connecting
+    /// afresh.
+    #[arg(long)]
+    pub last_seq: Option<i64>,
+    /// The session to resume.
+    #[arg(long)]
+    pub session_id: Option<Uuid>,
+    /// The epoch of the log the last seq is from.
+    #[arg(long)]
+    pub epoch: Option<String>,
+    /// Seconds between the watcher's pings; a connection silent for two of
+    /// them is taken as dropped.
+    #[arg(long, default_value_t = 15.0)]
+    pub ping_secs: f64,
+    /// The first retry comes within this many seconds; each later one within
+    /// twice the one before (full jitter).
+    #[arg(long, default_value_t = 0.5)]
+    pub retry_base_secs: f64,
+    /// The longest wait between attempts, in seconds.
+    #[arg(long, default_value_t = 20.0)]
+    pub retry_cap_secs: f64,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -1,9 +1,10 @@
 //! The README's walk-through, run as written: its lines go, one at a time,
 //! to a bash shell against a real server on its own SQLite file, with
 //! `cargo run --release -q --` standing for the built binary and
-//! `localhost:8080` for the server's address. The `websocat` lines are
-//! played by a WebSocket client here (the same URL, expanded by the shell;
-//! `kill %1` drops it without a close frame), so the test needs only curl.
+//! `localhost:8080` for the server's address; the `watch` lines run the
+//! binary's watcher in the background, as they would in a terminal. Then
+//! every message the README shows in a comment is checked against what the
+//! server and the watcher printed: the README's messages are the server's.
 
 mod common;
 
@@ -11,24 +12,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{spawn_announcing, BIN, PATIENCE};
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::mpsc;
 
-/// The walk-through's shell lines: its first `sh` block, without comments.
-fn walkthrough() -> Vec<String> {
+/// The walk-through's first `sh` block.
+fn walkthrough_block() -> String {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let section = &readme[readme.find("## Walk-through").expect("a walk-through")..];
-    let block = section
+    section
         .split("```sh\n")
         .nth(1)
         .unwrap()
         .split("```")
         .next()
-        .unwrap();
-    block
+        .unwrap()
+        .to_owned()
+}
+
+/// The walk-through's shell lines, without comments.
+fn walkthrough() -> Vec<String> {
+    walkthrough_block()
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -36,20 +41,112 @@ fn walkthrough() -> Vec<String> {
         .collect()
 }
 
-/// What one watcher received: its messages, and its close.
-#[derive(Default, Debug)]
-struct Watched {
-    messages: Vec<Value>,
-    close: Option<(u16, String)>,
+/// The `"key":value` pairs a comment shows in full (a value with `…` in it
+/// is elided), one list per `{…}` in the comment.
+fn documented(comment: &str) -> Vec<Vec<(String, Value)>> {
+    let mut objects = Vec::new();
+    for part in comment.split("{\"").skip(1) {
+        let mut pairs = Vec::new();
+        for field in part.split(",\"") {
+            let Some((key, value)) = field.split_once("\":") else {
+                continue;
+            };
+            let key = key.trim_start_matches('"');
+            let value = value.trim_end_matches(['}', ' ', ')']);
+            let value = value.split_whitespace().next().unwrap_or_default();
+            if value.contains('…') || value.starts_with('{') || key.contains('…') {
+                continue;
+            }
+            if let Ok(v) = serde_json::from_str::<Value>(value) {
+                pairs.push((key.to_owned(), v));
+            }
+        }
+        objects.push(pairs);
+    }
+    objects
 }
 
+/// Whether `v` holds every pair (numbers compared as numbers).
+fn shows(v: &Value, pairs: &[(String, Value)]) -> bool {
+    pairs.iter().all(|(k, want)| match (&v[k], want) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (got, want) => got == want,
+    })
+}
+
+/// A watcher's update lines, told apart from the commands' output.
+fn is_watch_line(v: &Value) -> bool {
+    matches!(
+        v["type"].as_str(),
+        Some("connection" | "state" | "event" | "finished")
+    )
+}
+
+/// A bash shell: its output lines, with the watchers' update lines routed
+/// aside as they come.
 struct Shell {
     stdin: tokio::process::ChildStdin,
-    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    _child: tokio::process::Child,
+    output: mpsc::UnboundedReceiver<String>,
+    child: tokio::process::Child,
+}
+
+impl Drop for Shell {
+    /// The shell and its background jobs (a watcher left running when a
+    /// check failed) go together: they share its process group.
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: a signal to the process group this test started.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        }
+    }
 }
 
 impl Shell {
+    fn start(db: &str, watched: Arc<Mutex<Vec<Value>>>) -> Shell {
+        let mut child = tokio::process::Command::new("bash")
+            .args(["--noprofile", "--norc"])
+            .env("REJOIN_DATABASE_URL", db)
+            .env("REJOIN", BIN)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, output) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                // A background watcher's line may land right after curl's
+                // output, which ends without a newline: split the values.
+                let values: Result<Vec<Value>, _> = serde_json::Deserializer::from_str(&line)
+                    .into_iter()
+                    .collect();
+                let rest = match values {
+                    Ok(values) => {
+                        let (watch, rest): (Vec<Value>, Vec<Value>) =
+                            values.into_iter().partition(is_watch_line);
+                        watched.lock().unwrap().extend(watch);
+                        if rest.is_empty() {
+                            continue;
+                        }
+                        rest.iter().map(Value::to_string).collect()
+                    }
+                    Err(_) => line,
+                };
+                if tx.send(rest).is_err() {
+                    return;
+                }
+            }
+        });
+        Shell {
+            stdin: child.stdin.take().unwrap(),
+            output,
+            child,
+        }
+    }
+
     /// Runs one line; its output and exit status.
     async fn run(&mut self, line: &str) -> (String, i32) {
         // Curl prints no newline after its body: the marker starts a line
@@ -58,10 +155,9 @@ impl Shell {
         self.stdin.write_all(script.as_bytes()).await.unwrap();
         let mut out = String::new();
         loop {
-            let next = tokio::time::timeout(PATIENCE, self.stdout.next_line())
+            let next = tokio::time::timeout(PATIENCE, self.output.recv())
                 .await
                 .expect("the line finishes in time")
-                .unwrap()
                 .expect("the shell is running");
             if let Some(status) = next.strip_prefix("__done__ ") {
                 return (out.trim().to_owned(), status.parse().unwrap());
@@ -97,100 +193,66 @@ async fn the_walk_through_works_as_written() {
         .expect("the server starts")
         .unwrap();
 
-    let mut child = tokio::process::Command::new("bash")
-        .args(["--noprofile", "--norc"])
-        .env("REJOIN_DATABASE_URL", &db)
-        .env("REJOIN", BIN)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut shell = Shell {
-        stdin: child.stdin.take().unwrap(),
-        stdout: BufReader::new(child.stdout.take().unwrap()).lines(),
-        _child: child,
-    };
-    // `cargo run --release -q -- ARGS` is the built binary with ARGS.
-    let (_, status) = shell.run(r#"cargo() { shift 4; "$REJOIN" "$@"; }"#).await;
+    let watched = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let mut shell = Shell::start(&db, watched.clone());
+    // `cargo run --release -q -- ARGS` is the built binary with ARGS; in a
+    // subshell (`&`, `$(…)`) it replaces the subshell, as `cargo run` execs
+    // the program, so `kill %1` reaches the watcher itself.
+    let (_, status) = shell
+        .run(r#"cargo() { shift 4; if [ "$BASH_SUBSHELL" -gt 0 ]; then exec "$REJOIN" "$@"; else "$REJOIN" "$@"; fi; }"#)
+        .await;
     assert_eq!(status, 0);
+    let lines_of = |kind: &'static str, field: &'static str, value: &'static str| {
+        let watched = watched.clone();
+        move || {
+            watched
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l["type"] == kind && l[field] == value)
+                .count()
+        }
+    };
 
     let mut outputs = Vec::new();
-    let mut watchers: Vec<Arc<Mutex<Watched>>> = Vec::new();
-    let mut live: Option<tokio::task::JoinHandle<()>> = None;
+    let mut watchers = 0;
     for line in walkthrough() {
         let line = line.replace("localhost:8080", &addr);
-        if let Some(rest) = line.strip_prefix("websocat") {
-            let quoted = &rest[rest.find('"').unwrap()..=rest.rfind('"').unwrap()];
-            let (url, status) = shell.run(&format!("printf '%s\\n' {quoted}")).await;
-            assert_eq!(status, 0);
-            let (mut ws, _) = tokio_tungstenite::connect_async(url.trim()).await.unwrap();
-            let watched = Arc::new(Mutex::new(Watched::default()));
-            watchers.push(watched.clone());
-            live = Some(tokio::spawn(async move {
-                while let Some(Ok(msg)) = ws.next().await {
-                    let mut w = watched.lock().unwrap();
-                    match msg {
-                        Message::Text(t) => w.messages.push(serde_json::from_str(&t).unwrap()),
-                        Message::Close(f) => {
-                            w.close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
-                            return;
-                        }
-                        _ => {}
-                    }
-                }
-            }));
-            let w = watchers.last().unwrap().clone();
-            until("the watcher's first message", || {
-                !w.lock().unwrap().messages.is_empty()
-            })
-            .await;
-        } else if line == "kill %1" {
-            let w = watchers.last().unwrap().clone();
-            until("the progress to reach the watcher", || {
-                w.lock()
-                    .unwrap()
-                    .messages
-                    .iter()
-                    .any(|m| m["type"] == "progress")
-            })
-            .await;
-            live.take().unwrap().abort(); // the socket is dropped, no close frame
+        if line == "kill %1" {
+            let progressed = lines_of("event", "event", "progress");
+            until("the progress to reach the watcher", || progressed() == 1).await;
+        }
+        let (out, status) = shell.run(&line).await;
+        assert_eq!(status, 0, "`{line}` failed: {out}");
+        if line.contains(" watch ") {
+            watchers += 1;
+            let live = lines_of("connection", "state", "live");
+            until("the watcher live", || live() == watchers).await;
         } else {
-            let (out, status) = shell.run(&line).await;
-            assert_eq!(status, 0, "`{line}` failed: {out}");
             outputs.push((line, out));
         }
     }
-    let second = watchers[1].clone();
-    until("the close after completed", || {
-        second.lock().unwrap().close.is_some()
-    })
-    .await;
+    let finished = lines_of("finished", "status", "completed");
+    until("the watcher's end", || finished() == 1).await;
+    let watched = watched.lock().unwrap().clone();
 
     // The create answer, printed by `echo "$CREATED"`.
     let created: Value = serde_json::from_str(&outputs[2].1).unwrap();
     assert!(created["clientToken"].is_string(), "{created}");
-
-    let first = watchers[0].lock().unwrap();
-    assert_eq!(first.messages[0]["type"], "connected");
-    assert_eq!(first.messages[0]["jobId"], created["jobId"]);
-    assert_eq!(first.messages[1]["type"], "progress");
-    assert_eq!(first.messages[1]["progress"], 45.0);
-    assert_eq!(first.messages[1]["seq"], 3, "the README's lastSeq=3");
-
-    let second = second.lock().unwrap();
-    let types: Vec<&str> = second
-        .messages
+    let hellos: Vec<&Value> = watched.iter().filter(|l| l["type"] == "state").collect();
+    assert_eq!(hellos.len(), 2, "{watched:#?}");
+    assert_eq!(hellos[0]["hello"], "connected");
+    assert_eq!(hellos[0]["jobId"], created["jobId"]);
+    assert_eq!(hellos[1]["hello"], "reconnected");
+    assert_eq!(hellos[1]["resumed"], true);
+    assert_eq!(hellos[1]["sessionId"], hellos[0]["sessionId"]);
+    let events: Vec<(&str, i64)> = watched
         .iter()
-        .map(|m| m["type"].as_str().unwrap())
+        .filter(|l| l["type"] == "event")
+        .map(|l| (l["event"].as_str().unwrap(), l["seq"].as_i64().unwrap()))
         .collect();
-    assert_eq!(types, ["reconnected", "progress", "completed"]);
-    assert_eq!(second.messages[0]["resumed"], true);
-    assert_eq!(second.messages[0]["missed"], 1);
-    assert_eq!(second.messages[1]["progress"], 60.0);
-    assert_eq!(second.close, Some((1000, "job finished".to_owned())));
+    assert_eq!(events[0], ("progress", 3), "the README's --last-seq 3");
+    assert_eq!(events.len(), 3, "each event once: {events:?}");
 
     // Every curl printed JSON; the last three read the job back.
     let json = |i: usize| -> Value {
@@ -203,4 +265,29 @@ async fn the_walk_through_works_as_written() {
     assert_eq!(as_of["status"], "running");
     assert_eq!(as_of["progress"], 45.0);
     assert_eq!(json(n - 1)["sessions"].as_array().unwrap().len(), 1);
+
+    // Each message the README shows is one the server or the watcher
+    // printed, field for field where it is not elided.
+    let mut printed: Vec<Value> = watched;
+    printed.extend(
+        outputs
+            .iter()
+            .filter_map(|(_, out)| serde_json::from_str::<Value>(out).ok()),
+    );
+    let block = walkthrough_block();
+    let comments = block
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("# {"));
+    let mut checked = 0;
+    for comment in comments {
+        for pairs in documented(comment) {
+            assert!(
+                printed.iter().any(|p| shows(p, &pairs)),
+                "the README shows {pairs:?} ({comment}), which nothing printed: {printed:#?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} documented messages found");
 }

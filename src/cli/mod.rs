@@ -9,6 +9,7 @@ mod replay;
 mod serve;
 mod token;
 mod verify;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         CliCommand::Jobs(args) => jobs::run(args).await,
         CliCommand::Replay(args) => replay::run(args).await,
         CliCommand::Checkpoint(args) => checkpoint::run(args).await,
+        CliCommand::Watch(args) => watch::run(args).await,
     }
 }
 
