@@ -85,11 +85,19 @@ async fn the_demo_page_follows_a_job_to_completion_through_drops_and_offline_spe
     b.wait_until(&lives(3), "the resume after going online", patience)
         .await;
 
-    // Cut 3: another abrupt drop.
+    // Cut 3: the page's own "Drop the connection": an outage long enough
+    // that events are missed, then replayed.
     b.wait_until(&applied(10), "ten events", patience).await;
-    drop_socket(&app, &job_str).await;
-    b.wait_until(&lives(4), "the resume after the second drop", patience)
+    let replayed_before = b.eval("window.demo.replayed").await.as_u64().unwrap();
+    b.eval(r##"document.getElementById("drop").click(); true"##)
         .await;
+    b.wait_until(&lives(4), "the resume after the outage", patience)
+        .await;
+    let replayed = b.eval("window.demo.replayed").await.as_u64().unwrap();
+    assert!(
+        replayed > replayed_before,
+        "the outage missed events and the resume replayed them"
+    );
 
     b.wait_until(
         "window.demo.status === 'completed' && window.demo.state === 'finished'",

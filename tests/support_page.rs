@@ -182,6 +182,40 @@ async fn support_staff_find_a_job_open_it_and_watch_an_event_arrive_live() {
     )
     .await;
 
+    // The job finishes: the page says so, stops following, shows the last
+    // progress message as past, and draws its timeline to its end.
+    let mut ws = app.ws_client(stalls).await;
+    common::next_json(&mut ws).await;
+    let done = app
+        .post_event(stalls, json!({"type": "completed", "result": {"books": 3}}))
+        .await;
+    assert_eq!(done.status(), 201);
+    b.wait_until(
+        r##"document.getElementById("live-state").textContent.includes("nothing more will come")"##,
+        "the page to see the job finished",
+        patience,
+    )
+    .await;
+    let text = b.eval("document.body.innerText").await;
+    let text = text.as_str().unwrap();
+    assert!(!text.contains("following live"), "{text}");
+    assert!(text.contains("completed: {\"books\":3}"), "{text}");
+    // (labels are upper-cased by the page's style)
+    assert!(
+        text.to_lowercase().contains("last progress message"),
+        "{text}"
+    );
+    let reach = b
+        .eval(
+            r##"(() => { const s = [...document.querySelectorAll(".session .bar span")].pop();
+                 return parseFloat(s.style.left) + parseFloat(s.style.width); })()"##,
+        )
+        .await;
+    assert!(
+        reach.as_f64().unwrap() > 95.0,
+        "the last session's bar reaches the axis's end: {reach}"
+    );
+
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("support-search-live.png");
     b.screenshot(&shot).await;
     let png = std::fs::read(&shot).expect("the screenshot was written");

@@ -53,12 +53,11 @@ pub fn describe(e: &Entry) -> String {
                 n("missed")
             )
         }
-        "disconnected" => format!(
-            "closed {} {}; grace until {}",
-            n("code"),
-            s("reason"),
-            s("graceUntil")
-        ),
+        "disconnected" => match d.get("graceUntil").and_then(|g| g.as_str()) {
+            Some(until) => format!("closed {} {}; grace until {until}", n("code"), s("reason")),
+            // A close after the job's end ends the session: no grace window.
+            None => format!("closed {} {}; the session ended", n("code"), s("reason")),
+        },
         "replaced" => format!(
             "socket closed {} {}: another connection took over",
             n("code"),

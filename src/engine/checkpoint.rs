@@ -1,5 +1,5 @@
 //! Checkpoints: the live jobs as of a log position, written beside the log so
-//! that a start folds only the events after it (SPEC §7).
+//! that a start folds only the events after it.
 //!
 //! A checkpoint is derived and disposable. It is written in parts of
 //! [`PART_JOBS`] job states (JSON), each part in a short transaction of its

@@ -1,4 +1,4 @@
-//! The jobs held in memory: every live job (SPEC §7: not finished, or with a
+//! The jobs held in memory: every live job (not finished, or with a
 //! session connected or in its grace window), plus a bounded cache of
 //! recently used finished ones. Anything else is read back from the log on
 //! demand; what is held here is a cache of the log in both halves, the live

@@ -65,9 +65,13 @@ async function start() {
   watch.href = `/demo#job=${job.jobId}&token=${encodeURIComponent(job.clientToken)}`;
   watch.hidden = false;
 
+  // A tick of the simulated job; the page's drop is an outage of a few.
+  demo.outageMs = Math.max(1500, (job.durationSecs * 1000 / 20) * 2.5);
   const client = new RejoinClient({
     jobId: job.jobId,
     token: job.clientToken,
+    WebSocket: OutageSocket,
+    fetch: outageFetch,
     baseDelayMs: 250,
     maxDelayMs: 4000,
     pingIntervalMs: 5000,
@@ -118,10 +122,28 @@ async function start() {
   client.start();
 }
 
+// "Drop the connection" is a network outage, as on a switch from Wi-Fi to
+// cellular: the server drops the socket, and for a few of the job's ticks no
+// connection gets through, so events are missed and then replayed.
+function OutageSocket(url, protocols) {
+  if (Date.now() >= (demo.downUntil || 0)) return new WebSocket(url, protocols);
+  const refused = { readyState: 0, close() {}, send() {} };
+  setTimeout(() => refused.onclose && refused.onclose({ code: 1006, reason: "" }), 5);
+  return refused;
+}
+
+function outageFetch(...args) {
+  if (Date.now() < (demo.downUntil || 0)) return Promise.reject(new TypeError("the network is down"));
+  return fetch(...args);
+}
+
 async function drop() {
   if (!demo.jobId) return;
+  demo.downUntil = Date.now() + demo.outageMs;
   const res = await fetch(`/demo/jobs/${demo.jobId}/drop`, { method: "POST" });
-  log(res.ok ? "asked the server to drop the connection" : `drop refused: ${res.status}`);
+  log(res.ok
+    ? `the network is down for ${(demo.outageMs / 1000).toFixed(1)} s; the job goes on`
+    : `drop refused: ${res.status}`);
 }
 
 $("start").addEventListener("click", start);

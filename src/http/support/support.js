@@ -148,13 +148,26 @@ function bar(session, start, end) {
     })));
 }
 
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+
+// How a finished job ended, in a few words.
+function outcome(job) {
+  if (job.status === "completed") return job.result === undefined ? "completed" : `completed: ${JSON.stringify(job.result)}`;
+  if (job.status === "failed") return job.error ? `failed: ${job.error.code}: ${job.error.message}` : "failed";
+  return job.reason ? `cancelled: ${job.reason}` : "cancelled";
+}
+
 function render(job, history) {
+  const finished = TERMINAL.has(job.status);
   const state = $("state");
   fill(state, 
     el("h2", {}, "Job ", el("code", {}, job.jobId), " ", el("span", { class: `status ${job.status}` }, job.status)),
     el("div", { class: "progress" }, el("div", { style: `width:${job.progress}%` })),
     facts([
-      ["progress", `${job.progress}%`], ["message", job.message ?? "–"], ["last update", time(job.lastUpdate)],
+      ["progress", `${job.progress}%`],
+      // A finished job's message is its last progress message, not news.
+      finished ? ["ended", `${outcome(job)} at ${time(job.lastUpdate)}`] : ["message", job.message ?? "–"],
+      finished ? ["last progress message", job.message ?? "–"] : ["last update", time(job.lastUpdate)],
       ["last seq", job.lastSeq], ["session", job.session ? `${job.session.state}` : "none yet"],
       ["watchers", (job.watchers || []).length],
       ["grace until", job.session && job.session.graceUntil ? time(job.session.graceUntil) : "–"],
@@ -184,7 +197,8 @@ function render(job, history) {
 
   const times = history.sessions.flatMap((s) => [Date.parse(s.startedAt), ...s.events.map((e) => Date.parse(e.at))]);
   const start = Math.min(...times);
-  const end = Math.max(...times, Date.now());
+  // A finished job's axis ends where its history does; a running one's now.
+  const end = finished ? Math.max(...times) : Math.max(...times, Date.now());
   const timeline = $("timeline");
   fill(timeline, 
     el("h2", {}, `Sessions (${history.totalSessions}): one lane per watcher, on one time axis`),
@@ -229,7 +243,7 @@ const api = (token) => async (path) => {
 };
 
 // The job on screen and its live follower.
-const shown = { token: null, id: null, seq: 0, timer: null, busy: false };
+const shown = { token: null, id: null, seq: 0, timer: null, busy: false, finished: false };
 
 function renderEvents(events) {
   const rows = events.filter((e) => describeJobEvent(e) !== null);
@@ -253,7 +267,10 @@ async function load(token, jobId) {
     ]);
     render(job, history);
     renderEvents(log.events);
-    Object.assign(shown, { token, id, seq: log.events.length ? log.events[log.events.length - 1].seq : 0 });
+    Object.assign(shown, {
+      token, id, seq: log.events.length ? log.events[log.events.length - 1].seq : 0,
+      finished: TERMINAL.has(job.status),
+    });
     notice.textContent = `Loaded at ${time(new Date().toISOString())}.`;
     document.body.dataset.loaded = "true";
     follow();
@@ -267,7 +284,12 @@ async function load(token, jobId) {
 // appended, and its state and history redrawn when anything came.
 function follow() {
   clearInterval(shown.timer);
-  if (!$("live").checked || !shown.id) return;
+  if (!shown.id) return;
+  if (shown.finished) {
+    $("live-state").textContent = " the job has finished: nothing more will come";
+    return;
+  }
+  if (!$("live").checked) return;
   $("live-state").textContent = " following live";
   shown.timer = setInterval(async () => {
     if (shown.busy) return;
@@ -282,6 +304,10 @@ function follow() {
         const [job, history] = await Promise.all([get(`/v1/jobs/${shown.id}`), get(`/v1/jobs/${shown.id}/history`)]);
         render(job, history);
         document.body.dataset.seq = String(shown.seq);
+        if (TERMINAL.has(job.status)) {
+          shown.finished = true;
+          follow();
+        }
       }
     } catch (err) {
       $("live-state").textContent = ` live updates paused: ${err.message}`;
