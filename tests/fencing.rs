@@ -5,8 +5,8 @@
 //! deadline is decided once, on the database's clock; a database outage
 //! answers 503 and loses nothing acknowledged.
 //!
-//! Needs `REJOIN_TEST_POSTGRES_URL` (`.ci/run` sets it for its PostgreSQL
-//! pass); skipped without it.
+//! Needs `REJOIN_TEST_POSTGRES_URL`: ignored by a plain `cargo test`;
+//! `.ci/run`'s PostgreSQL pass runs them.
 
 mod common;
 
@@ -210,28 +210,33 @@ async fn stall_until(grace_secs: &str, then: &str) -> Option<(Value, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_stalled_past_its_lease_and_the_grace_window_fences_and_its_client_starts_over_elsewhere(
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn a_node_stalled_past_its_lease_and_the_grace_window_fences_and_its_client_starts_over_elsewhere_on_postgres(
 ) {
     let Some((back, session)) = stall_until("3", "grace_expired").await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     assert_eq!(back["resumed"], false);
     assert_ne!(back["sessionId"], session.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_stalled_past_its_lease_only_fences_and_its_client_resumes_on_the_other() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn a_node_stalled_past_its_lease_only_fences_and_its_client_resumes_on_the_other_on_postgres()
+{
     let Some((back, session)) = stall_until("30", "disconnected").await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     assert_eq!(back["resumed"], true);
     assert_eq!(back["sessionId"], session.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_cut_off_from_the_database_fences_itself_and_serves_again_once_it_heals() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn a_node_cut_off_from_the_database_fences_itself_and_serves_again_once_it_heals_on_postgres()
+{
     let Some(url) = fresh().await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     let proxy = Proxy::start(postgres_address(&url)).await;
     let lease = LEASE_SECS.to_string();
@@ -283,9 +288,11 @@ async fn a_node_cut_off_from_the_database_fences_itself_and_serves_again_once_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn appends_answer_503_while_the_database_is_down_and_nothing_acknowledged_is_lost() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn appends_answer_503_while_the_database_is_down_and_nothing_acknowledged_is_lost_on_postgres(
+) {
     let Some(url) = fresh().await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     // Both nodes reach the database through one proxy: cutting it is the
     // database restarting, as its clients see it. The outage is shorter
@@ -374,9 +381,10 @@ async fn appends_answer_503_while_the_database_is_down_and_nothing_acknowledged_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_with_a_skewed_clock_writes_and_keeps_deadlines_on_the_database_clock() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn a_node_with_a_skewed_clock_writes_and_keeps_deadlines_on_the_database_clock_on_postgres() {
     let Some(url) = fresh().await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     let flags = ["--grace-secs", "2", "--node-lease-secs", "2"];
     let _a = Node::start(&url, &flags).await;

@@ -4,8 +4,8 @@
 //! window expires once, whichever node's scheduler gets there; a node killed
 //! with SIGKILL has its sessions recorded and expired by the other, once.
 //!
-//! Needs `REJOIN_TEST_POSTGRES_URL` (`.ci/run` sets it for its PostgreSQL
-//! pass); skipped without it.
+//! Needs `REJOIN_TEST_POSTGRES_URL`: ignored by a plain `cargo test`;
+//! `.ci/run`'s PostgreSQL pass runs them.
 
 mod common;
 
@@ -62,9 +62,10 @@ fn query(job: Uuid) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_posted_to_one_node_reaches_a_client_on_the_other() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn an_event_posted_to_one_node_reaches_a_client_on_the_other_on_postgres() {
     let Some((_, a, b)) = cluster().await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     let job = create_job_at(&reqwest::Client::new(), a.addr).await;
     let mut ws = ws_connect(b.addr, &query(job)).await.unwrap();
@@ -78,9 +79,10 @@ async fn an_event_posted_to_one_node_reaches_a_client_on_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_drops_from_one_node_resumes_on_the_other() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn a_client_that_drops_from_one_node_resumes_on_the_other_on_postgres() {
     let Some((_, a, b)) = cluster().await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     let job = create_job_at(&reqwest::Client::new(), a.addr).await;
     let mut ws = ws_connect(a.addr, &query(job)).await.unwrap();
@@ -115,9 +117,10 @@ async fn a_client_that_drops_from_one_node_resumes_on_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reconnect_to_one_node_replaces_the_socket_held_by_the_other() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn a_reconnect_to_one_node_replaces_the_socket_held_by_the_other_on_postgres() {
     let Some((url, a, b)) = cluster().await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     let job = create_job_at(&reqwest::Client::new(), a.addr).await;
     let mut old = ws_connect(a.addr, &query(job)).await.unwrap();
@@ -145,9 +148,10 @@ async fn a_reconnect_to_one_node_replaces_the_socket_held_by_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grace_window_expires_once_whichever_node_gets_there() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn a_grace_window_expires_once_whichever_node_gets_there_on_postgres() {
     let Some((url, a, b)) = cluster().await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     let mut jobs = Vec::new();
     for _ in 0..5 {
@@ -185,9 +189,10 @@ async fn a_grace_window_expires_once_whichever_node_gets_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_nodes_sessions_are_recorded_and_expired_by_the_other_once() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn a_killed_nodes_sessions_are_recorded_and_expired_by_the_other_once_on_postgres() {
     let Some((url, mut a, b)) = cluster().await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     let mut held = Vec::new();
     let mut jobs = Vec::new();
@@ -237,9 +242,10 @@ async fn a_killed_nodes_sessions_are_recorded_and_expired_by_the_other_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_joins_starts_from_a_checkpoint_and_the_tail() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn a_node_that_joins_starts_from_a_checkpoint_and_the_tail_on_postgres() {
     let Some((url, a, mut b)) = cluster().await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     let http = reqwest::Client::new();
     let running = create_job_at(&http, a.addr).await;
@@ -285,9 +291,11 @@ async fn a_node_that_joins_starts_from_a_checkpoint_and_the_tail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watchers_of_one_job_on_both_nodes_receive_every_event_and_keep_their_sessions() {
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn watchers_of_one_job_on_both_nodes_receive_every_event_and_keep_their_sessions_on_postgres()
+{
     let Some((_, a, b)) = cluster().await else {
-        return eprintln!("skipped: REJOIN_TEST_POSTGRES_URL is not set");
+        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
     };
     let http = reqwest::Client::new();
     let job = create_job_at(&http, a.addr).await;

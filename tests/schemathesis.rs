@@ -30,19 +30,13 @@ fn st() -> Option<String> {
     if found {
         return Some("st".into());
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must install schemathesis (see .ci/run)"
-    );
     None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs schemathesis from PyPI (.ci/run installs it)"]
 async fn every_operation_survives_schemathesis() {
-    let Some(st) = st() else {
-        eprintln!("skipped: schemathesis (st) is not installed");
-        return;
-    };
+    let st = st().expect("this test needs schemathesis: SCHEMATHESIS=PATH or `st` on PATH");
     let app = spawn_app().await;
     // Something to find: a job with events and a session.
     let job = app.create_job().await;

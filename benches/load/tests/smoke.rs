@@ -89,6 +89,7 @@ async fn storm_smoke() {
 /// rejoin must deliver every acknowledged event in both fan-outs (1:1 and ten
 /// watchers a job), through resets, silent drops and a restart; what Socket.IO delivers is a measurement, not checked.
 #[tokio::test]
+#[ignore = "needs npm and the network: installs the Socket.IO peer"]
 async fn peer_smoke() {
     let out = bench("peer").await;
     let rejoin_rows: Vec<&str> = out
