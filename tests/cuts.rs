@@ -863,7 +863,7 @@ async fn tail_connection(
     addr: SocketAddr,
     start: i64,
     view: &watch::Sender<TailView>,
-    until: watch::Receiver<i64>,
+    mut until: watch::Receiver<i64>,
 ) {
     let after = view.borrow().last_event_id.unwrap_or(start);
     let http = reqwest::Client::builder()
@@ -883,7 +883,17 @@ async fn tail_connection(
             if view.borrow().last_event_id.unwrap_or(start) >= *until.borrow() {
                 break;
             }
-            let Ok(Some(Ok(chunk))) = tokio::time::timeout(PATIENCE, body.next()).await else {
+            // The end may be named after the client already has it.
+            let chunk = tokio::select! {
+                chunk = tokio::time::timeout(PATIENCE, body.next()) => chunk,
+                changed = until.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Ok(Some(Ok(chunk))) = chunk else {
                 break;
             };
             buf.extend_from_slice(&chunk);
