@@ -398,3 +398,38 @@ async fn the_per_address_cap_spares_trusted_proxies_which_get_their_own_idle_tim
         );
     }
 }
+
+/// The deadlines are for connections on their way to being useful: an SSE
+/// stream and a WebSocket, once open, outlive them by far.
+#[tokio::test]
+async fn an_open_stream_and_socket_outlive_the_header_and_body_timeouts() {
+    let app = common::spawn_with(&[
+        "--header-timeout-secs",
+        "0.5",
+        "--body-timeout-secs",
+        "0.5",
+        "--heartbeat-interval-secs",
+        "0.2",
+    ])
+    .await;
+    let job = app.create_job().await;
+    let token = app.token(rejoin::auth::Role::Client, Some(job));
+    let mut stream = reqwest::get(app.url(&format!("/v1/jobs/{job}/stream?token={token}")))
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut ws = app.ws_client(job).await;
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    tokio::time::sleep(Duration::from_secs(2)).await; // four deadlines' worth
+    let seq = app.progress(job, 50.0).await;
+    assert_eq!(next_json(&mut ws).await["seq"], seq, "the socket is open");
+    let mut got = String::new();
+    while !got.contains(&format!("id: {seq}")) {
+        let chunk = tokio::time::timeout(PATIENCE, stream.chunk())
+            .await
+            .expect("the stream is open")
+            .unwrap()
+            .expect("the stream has not ended");
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}

@@ -1,6 +1,6 @@
 //! The README's walk-through, run as written: its lines go, one at a time,
 //! to a bash shell against a real server on its own SQLite file, with
-//! `cargo run --release -q --` standing for the built binary and
+//! `cargo run -q --` standing for the built binary and
 //! `localhost:8080` for the server's address; the `watch` lines run the
 //! binary's watcher in the background, as they would in a terminal. Then
 //! every message the README shows in a comment is checked against what the
@@ -195,11 +195,11 @@ async fn the_walk_through_works_as_written() {
 
     let watched = Arc::new(Mutex::new(Vec::<Value>::new()));
     let mut shell = Shell::start(&db, watched.clone());
-    // `cargo run --release -q -- ARGS` is the built binary with ARGS; in a
-    // subshell (`&`, `$(…)`) it replaces the subshell, as `cargo run` execs
-    // the program, so `kill %1` reaches the watcher itself.
+    // `cargo run … -- ARGS` is the built binary with ARGS; in a subshell
+    // (`&`, `$(…)`) it replaces the subshell, as `cargo run` execs the
+    // program, so `kill %1` reaches the watcher itself.
     let (_, status) = shell
-        .run(r#"cargo() { shift 4; if [ "$BASH_SUBSHELL" -gt 0 ]; then exec "$REJOIN" "$@"; else "$REJOIN" "$@"; fi; }"#)
+        .run(r#"cargo() { while [ "$1" != "--" ]; do shift; done; shift; if [ "$BASH_SUBSHELL" -gt 0 ]; then exec "$REJOIN" "$@"; else "$REJOIN" "$@"; fi; }"#)
         .await;
     assert_eq!(status, 0);
     let lines_of = |kind: &'static str, field: &'static str, value: &'static str| {
