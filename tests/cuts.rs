@@ -1060,6 +1060,11 @@ async fn the_analytics_tail_reset_after_any_byte_loses_nothing() {
     cut_the_tail_everywhere(Cut::Reset).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analytics_tail_dropped_silently_after_any_byte_loses_nothing() {
+    cut_the_tail_everywhere(Cut::Silent).await;
+}
+
 /// SIGKILL at a sample of points of an append burst (after 0, 1, 5, 17 and
 /// 40 acknowledgements): the client, resumed on the restarted server, holds
 /// every acknowledged event once; an event that was never acknowledged may
