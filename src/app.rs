@@ -85,8 +85,9 @@ impl Application {
             seconds("--proxy-idle-timeout-secs", args.proxy_idle_timeout_secs)?;
         let body_timeout = seconds("--body-timeout-secs", args.body_timeout_secs)?;
         let url = &args.database.url();
+        let sqlite_file = args.database.sqlite_file();
         // Only `serve` generates the secrets it does not find.
-        let secret_dir = args.database.secret_dir();
+        let secret_dir = sqlite_file.as_deref().map(crate::config::secret_dir_of);
         let keys = secret_dir.as_deref().map(SecretHome::Create);
         let auth = Authority::from_args(&args.jwt, keys).await?;
         let webhook = Endpoint::from_args(&args.webhook, secret_dir.as_deref())?.map(Arc::new);
@@ -95,8 +96,8 @@ impl Application {
         }
         let mut store = log::open(url).await?;
         // One process owns a SQLite log (a shared PostgreSQL log has leases).
-        let owner = match log::sqlite::database_path(url) {
-            Some(path) => match log::owner::take(&path) {
+        let owner = match &sqlite_file {
+            Some(path) => match log::owner::take(path) {
                 Ok(owner) => Some(owner),
                 Err(e) => {
                     store.close().await;
@@ -147,7 +148,7 @@ impl Application {
             }),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            capacity_warning: Arc::default(),
+            capacity_warning: Arc::new(rate::LogEvery::new(Duration::from_secs(10))),
             rejections: Arc::new(RejectionLog::new(Duration::from_secs(10))),
             connect_rate: Arc::new(ConnectRate::new(
                 args.connect_rate_per_ip,

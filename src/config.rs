@@ -116,12 +116,24 @@ impl DatabaseArgs {
         }
     }
 
+    /// The SQLite log's file; none for PostgreSQL.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        crate::log::sqlite::database_path(&self.url())
+    }
+
     /// Where the generated secrets are kept: beside a SQLite log; none for
     /// PostgreSQL.
     pub fn secret_dir(&self) -> Option<PathBuf> {
-        crate::log::sqlite::database_path(&self.url())
-            .map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default())
+        self.sqlite_file().map(|file| secret_dir_of(&file))
     }
+}
+
+/// The directory of a SQLite log's generated secrets: its own.
+pub fn secret_dir_of(sqlite_file: &Path) -> PathBuf {
+    sqlite_file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The log in a data directory.

@@ -22,10 +22,11 @@ async fn main() -> ExitCode {
 fn refused(e: clap::Error) -> ! {
     use rejoin::cli::logs;
     if e.use_stderr() && logs::requested_format() == rejoin::config::LogFormat::Json {
-        let message = e.kind().to_string();
-        let mut fields = serde_json::Map::new();
-        fields.insert("error".into(), e.to_string().trim().into());
-        eprintln!("{}", logs::line("ERROR", &message, fields));
+        let error = e.to_string().trim().to_owned();
+        eprintln!(
+            "{}",
+            logs::line("ERROR", &e.kind().to_string(), "error", error)
+        );
         std::process::exit(e.exit_code());
     }
     e.exit()

@@ -254,7 +254,8 @@ async fn sse_connection(
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             let block: Vec<u8> = buf.drain(..end + 2).collect();
             let block = String::from_utf8_lossy(&block).into_owned();
-            let done = view.send_modify_with(|v| dispatch(v, &block));
+            let mut done = false;
+            view.send_modify(|v| done = dispatch(v, &block));
             if done || (hello_only && !view.borrow().hellos.is_empty()) {
                 return Opened::Served;
             }
@@ -294,19 +295,6 @@ fn dispatch(view: &mut View, block: &str) -> bool {
         Err(e) => view.errors.push(format!("not JSON: {e}")),
     }
     view.finished
-}
-
-/// Small extension: modify the watched value and return something from it.
-trait SendModifyWith<T> {
-    fn send_modify_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R;
-}
-
-impl<T> SendModifyWith<T> for watch::Sender<T> {
-    fn send_modify_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let mut out = None;
-        self.send_modify(|v| out = Some(f(v)));
-        out.expect("send_modify runs its closure")
-    }
 }
 
 /// A server and the HTTP client the script posts with.

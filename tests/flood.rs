@@ -282,9 +282,7 @@ async fn ended_early(http: &reqwest::Client, server: SocketAddr, reason: &str) -
     let text = common::metrics_at(http, server).await;
     let line = format!("rejoin_connections_ended_early_total{{reason=\"{reason}\"}}");
     // A reason never seen has no line yet.
-    text.lines()
-        .find_map(|l| l.strip_prefix(&line))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    common::metric_in(&text, &line).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

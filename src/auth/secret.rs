@@ -52,21 +52,28 @@ pub fn read_secret_file(path: &Path, flag: &str) -> anyhow::Result<Secret> {
 /// Missing, it is an error saying where it looked and how to point there.
 pub fn find_secret(dir: &Path) -> anyhow::Result<Secret> {
     let path = dir.join(SECRET_FILE);
-    match std::fs::read_to_string(&path) {
+    if let Some(secret) = read_kept(&path)? {
+        return Ok(secret);
+    }
+    let looked = std::path::absolute(&path).unwrap_or(path);
+    anyhow::bail!(
+        "no JWT secret at {}: `rejoin serve` generates it in its data directory on first start. \
+         Point this command at the server's: --data-dir DIR (REJOIN_DATA_DIR) or --database-url, \
+         as the server was started; or give the key with --jwt-secret-file (or REJOIN_JWT_SECRET)",
+        looked.display()
+    )
+}
+
+/// A kept secret at `path`, without surrounding whitespace; `None` when
+/// there is no file; an empty one is an error.
+fn read_kept(path: &Path) -> anyhow::Result<Option<Secret>> {
+    match std::fs::read_to_string(path) {
         Ok(text) => {
             let text = text.trim();
             anyhow::ensure!(!text.is_empty(), "{} is empty", path.display());
-            Ok(Secret(text.to_owned()))
+            Ok(Some(Secret(text.to_owned())))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let looked = std::path::absolute(&path).unwrap_or(path);
-            anyhow::bail!(
-                "no JWT secret at {}: `rejoin serve` generates it in its data directory on first start. \
-                 Point this command at the server's: --data-dir DIR (REJOIN_DATA_DIR) or --database-url, \
-                 as the server was started; or give the key with --jwt-secret-file (or REJOIN_JWT_SECRET)",
-                looked.display()
-            )
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
@@ -85,14 +92,8 @@ pub fn load_or_create(
     encode: fn([u8; 32]) -> String,
 ) -> anyhow::Result<Secret> {
     let path = dir.join(file);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let text = text.trim().to_owned();
-            anyhow::ensure!(!text.is_empty(), "{} is empty", path.display());
-            return Ok(Secret(text));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    if let Some(secret) = read_kept(&path)? {
+        return Ok(secret);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut bytes = [0u8; 32];

@@ -26,6 +26,12 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         .find_subcommand("config")
         .expect("the config subcommand exists");
     let mut settings = Map::new();
+    // Derived defaults, shown as the values they come to here.
+    let defaults = crate::app::ConnectionLimits::from_flags(None, None, None).ok();
+    let data_dir = sub
+        .get_one::<std::path::PathBuf>("data_dir")
+        .cloned()
+        .unwrap_or_default();
     for arg in config.get_arguments() {
         let id = arg.get_id().as_str();
         if arg.is_hide_set() || id == "json" || id == "help" {
@@ -57,11 +63,6 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         } else {
             raw.join(",").into()
         };
-        let defaults = crate::app::ConnectionLimits::from_flags(None, None, None).ok();
-        let data_dir = sub
-            .get_one::<std::path::PathBuf>("data_dir")
-            .cloned()
-            .unwrap_or_default();
         let value = match (id, value) {
             ("database_url", Value::Null) => {
                 json!(crate::config::default_database_url(&data_dir))

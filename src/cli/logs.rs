@@ -34,9 +34,8 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => {
             std::panic::set_hook(Box::new(|info| {
-                let mut fields = Map::new();
-                fields.insert("panic".into(), info.to_string().into());
-                eprintln!("{}", line("ERROR", "the process panicked", fields));
+                let panic = info.to_string();
+                eprintln!("{}", line("ERROR", "the process panicked", "panic", panic));
             }));
             builder
                 .fmt_fields(JsonFields::new())
@@ -47,15 +46,15 @@ pub fn init(format: LogFormat) {
 }
 
 /// One line in the form of the JSON log, for what is written outside the
-/// subscriber: `timestamp`, `level`, `target` `rejoin`, `message`, then
-/// `fields`.
-pub fn line(level: &str, message: &str, fields: Map<String, Value>) -> String {
+/// subscriber: `timestamp`, `level`, `target` `rejoin`, `message`, and the
+/// one field that says the rest (`key`: `value`).
+pub fn line(level: &str, message: &str, key: &str, value: impl Into<Value>) -> String {
     let mut line = Map::new();
     line.insert("timestamp".into(), now().into());
     line.insert("level".into(), level.into());
     line.insert("target".into(), "rejoin".into());
     line.insert("message".into(), message.into());
-    line.extend(fields);
+    line.insert(key.into(), value.into());
     Value::Object(line).to_string()
 }
 
@@ -69,9 +68,8 @@ pub fn fatal(format: LogFormat, error: &anyhow::Error) {
     match format {
         LogFormat::Text => eprintln!("rejoin: {error:#}"),
         LogFormat::Json => {
-            let mut fields = Map::new();
-            fields.insert("error".into(), format!("{error:#}").into());
-            eprintln!("{}", line("ERROR", "rejoin stopped", fields));
+            let error = format!("{error:#}");
+            eprintln!("{}", line("ERROR", "rejoin stopped", "error", error));
         }
     }
 }

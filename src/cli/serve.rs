@@ -1,8 +1,6 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use serde_json::{Map, Value};
-
 use super::logs;
 use crate::app::{shutdown_signal, Application, ShutdownTimedOut};
 use crate::config::{LogFormat, ServeArgs};
@@ -42,11 +40,7 @@ fn announce(format: LogFormat, addr: std::net::SocketAddr) -> std::io::Result<()
     let mut out = std::io::stdout().lock();
     match format {
         LogFormat::Text => writeln!(out, "{message}")?,
-        LogFormat::Json => {
-            let mut fields = Map::new();
-            fields.insert("url".into(), Value::String(url));
-            writeln!(out, "{}", logs::line("INFO", &message, fields))?
-        }
+        LogFormat::Json => writeln!(out, "{}", logs::line("INFO", &message, "url", url))?,
     }
     out.flush()
 }

@@ -23,12 +23,12 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::config::WatchArgs;
+use crate::domain::close;
+use crate::domain::notify::Backoff;
+use crate::engine::jitter;
 
 /// Renew a token this many seconds before it expires.
 const RENEW_BEFORE_SECS: i64 = 30;
-
-const JOB_FINISHED: &str = "job finished";
-const REPLACED: &str = "Client reconnecting";
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let positive = |name: &str, v: f64| {
@@ -39,8 +39,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         Ok(Duration::from_secs_f64(v))
     };
     let ping = positive("--ping-secs", args.ping_secs)?;
-    let base = positive("--retry-base-secs", args.retry_base_secs)?;
-    let cap = positive("--retry-cap-secs", args.retry_cap_secs)?;
+    let backoff = Backoff {
+        base: positive("--retry-base-secs", args.retry_base_secs)?,
+        cap: positive("--retry-cap-secs", args.retry_cap_secs)?,
+    };
     let http_base = http_base(&args.url)?;
     let mut watcher = Watcher {
         http: reqwest::Client::new(),
@@ -53,8 +55,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         attempt: 0,
         renewed: false,
         ping,
-        base,
-        cap,
+        backoff,
         args,
     };
     Ok(watcher.run().await)
@@ -90,8 +91,7 @@ struct Watcher {
     /// A 401 was answered by a renewal already.
     renewed: bool,
     ping: Duration,
-    base: Duration,
-    cap: Duration,
+    backoff: Backoff,
 }
 
 /// What to do after a connection attempt.
@@ -116,24 +116,15 @@ fn connection(state: &str) -> Value {
 
 impl Watcher {
     async fn run(&mut self) -> ExitCode {
-        say(connection(if self.resuming {
-            "reconnecting"
-        } else {
-            "connecting"
-        }));
+        say(connection(self.trying()));
         loop {
             match self.attempt_once().await {
                 Next::End(code) => return code,
                 Next::Now => continue,
                 Next::Retry(at_least) => {
-                    let delay = self.backoff().max(at_least);
                     self.attempt += 1;
-                    let state = if self.resuming {
-                        "reconnecting"
-                    } else {
-                        "connecting"
-                    };
-                    let mut line = connection(state);
+                    let delay = self.backoff.delay(self.attempt, jitter()).max(at_least);
+                    let mut line = connection(self.trying());
                     line["retryInMs"] = json!(delay.as_millis() as u64);
                     say(line);
                     tokio::time::sleep(delay).await;
@@ -142,15 +133,13 @@ impl Watcher {
         }
     }
 
-    /// `random(0, min(cap, base × 2^attempt))`.
-    fn backoff(&self) -> Duration {
-        let ceiling = self
-            .cap
-            .min(self.base.saturating_mul(1u32 << self.attempt.min(20)));
-        let mut bytes = [0u8; 8];
-        let _ = getrandom::fill(&mut bytes);
-        let unit = (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64;
-        ceiling.mul_f64(unit)
+    /// The state while trying to get a connection.
+    fn trying(&self) -> &'static str {
+        if self.resuming {
+            "reconnecting"
+        } else {
+            "connecting"
+        }
     }
 
     fn ended(&self, state: &str, detail: Option<Value>) -> Next {
@@ -298,7 +287,7 @@ impl Watcher {
                         Some(Ok(Message::Close(frame))) => {
                             let (code, reason) = frame
                                 .map(|f| (u16::from(f.code), f.reason.to_string()))
-                                .unwrap_or((1005, String::new()));
+                                .unwrap_or((close::NO_STATUS, String::new()));
                             return self.closed(code, &reason);
                         }
                         Some(Ok(_)) => {}
@@ -391,14 +380,16 @@ impl Watcher {
     /// The server closed the socket.
     fn closed(&mut self, code: u16, reason: &str) -> Next {
         match (code, reason) {
-            (1000, JOB_FINISHED) => {
+            (close::NORMAL, close::JOB_FINISHED) => {
                 let status = self.status.clone().unwrap_or_default();
                 say(json!({"type": "finished", "status": status}));
                 self.ended("finished", None)
             }
-            (1000, REPLACED) => self.ended("replaced", None),
-            (1003 | 1009, _) => self.ended("failed", Some(json!({"code": code, "reason": reason}))),
-            (1012, _) => Next::Now,
+            (close::NORMAL, close::REPLACED) => self.ended("replaced", None),
+            (close::UNSUPPORTED_DATA | close::TOO_BIG, _) => {
+                self.ended("failed", Some(json!({"code": code, "reason": reason})))
+            }
+            (close::SERVICE_RESTART, _) => Next::Now,
             _ => Next::Retry(Duration::ZERO),
         }
     }

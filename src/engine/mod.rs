@@ -39,6 +39,7 @@ pub use checkpoint::{write as write_checkpoint, Snapshot};
 use hub::{Hub, Registration};
 use jobs::{load_job, JobTable};
 use lease::Lease;
+pub use notify::jitter;
 use scheduler::{Deadline, Due, Schedule};
 use writer::{CheckpointPolicy, WriteRequest, Writer};
 

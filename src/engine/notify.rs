@@ -115,8 +115,8 @@ impl Notifier {
     }
 }
 
-/// A uniform draw in 0..1.
-fn jitter() -> f64 {
+/// A uniform draw in 0..1: the jitter of a retry's backoff.
+pub fn jitter() -> f64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         return 0.5;

@@ -30,10 +30,10 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
@@ -50,6 +50,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use super::error::ApiError;
+use super::rate::LogEvery;
 use super::request::TrustedProxies;
 use crate::engine::Engine;
 use crate::metrics::ConnectionEnd;
@@ -92,13 +93,6 @@ struct Inner {
     next: u64,
 }
 
-/// Why a connection was reset as soon as it was accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refused {
-    PerAddress,
-    AtCapacity,
-}
-
 impl Connections {
     pub fn new(limits: Limits, proxies: Arc<TrustedProxies>, engine: Engine) -> Arc<Self> {
         Arc::new(Connections {
@@ -110,25 +104,21 @@ impl Connections {
         })
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A slot for a connection from `ip`, shedding the oldest idle one at
-    /// the limit; or why there is none.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Arc<Slot>, Refused> {
+    /// the limit; or why there is none (`PerAddress` or `AtCapacity`).
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Arc<Slot>, ConnectionEnd> {
         let counted = !self.proxies.contains(ip);
         let shed = CancellationToken::new();
         let mut inner = self.lock();
         if counted && inner.per_address.get(&ip).copied().unwrap_or(0) >= self.limits.per_address {
-            return Err(Refused::PerAddress);
+            return Err(ConnectionEnd::PerAddress);
         }
         if inner.open >= self.limits.max_open {
-            let (_, oldest) = inner.idle.pop_first().ok_or(Refused::AtCapacity)?;
+            let (_, oldest) = inner.idle.pop_first().ok_or(ConnectionEnd::AtCapacity)?;
             oldest.cancel();
             self.engine
                 .metrics()
@@ -153,16 +143,11 @@ impl Connections {
         }))
     }
 
-    fn refused(&self, why: Refused, ip: IpAddr) {
-        let (end, what) = match why {
-            Refused::PerAddress => (
-                ConnectionEnd::PerAddress,
-                "too many connections from one address",
-            ),
-            Refused::AtCapacity => (
-                ConnectionEnd::AtCapacity,
-                "at the connection limit with every connection busy",
-            ),
+    fn refused(&self, end: ConnectionEnd, ip: IpAddr) {
+        let what = if end == ConnectionEnd::PerAddress {
+            "too many connections from one address"
+        } else {
+            "at the connection limit with every connection busy"
         };
         let total = self.engine.metrics().observe_connection_end(end);
         if self.warned.now() {
@@ -490,33 +475,4 @@ pub async fn body_deadline(
 fn close_after(res: &mut Response) {
     res.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-}
-
-/// Lets something happen at most once per interval (a warning in a flood).
-struct LogEvery {
-    every: Duration,
-    started: Instant,
-    /// Milliseconds since `started` when it last happened, plus one (0: never).
-    last: AtomicU64,
-}
-
-impl LogEvery {
-    fn new(every: Duration) -> Self {
-        LogEvery {
-            every,
-            started: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-
-    /// True at most once per interval.
-    fn now(&self) -> bool {
-        let now = self.started.elapsed().as_millis() as u64 + 1;
-        let last = self.last.load(Ordering::Relaxed);
-        (last == 0 || now >= last + self.every.as_millis() as u64)
-            && self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
 }

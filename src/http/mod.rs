@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authority;
 use crate::engine::Engine;
 use error::ApiError;
-use upgrade::{CapacityWarning, RejectionLog, UpgradeSettings};
+use upgrade::{RejectionLog, UpgradeSettings};
 
 /// The body of every error answer.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -88,7 +88,8 @@ pub struct AppState {
     /// Cancelled when the server stops: sockets close with 1001, tails end.
     pub shutdown: CancellationToken,
     pub rejections: Arc<RejectionLog>,
-    pub capacity_warning: Arc<CapacityWarning>,
+    /// Refusals at the socket limit are logged at most once every 10 s.
+    pub capacity_warning: Arc<rate::LogEvery>,
     /// Connection attempts per client address.
     pub connect_rate: Arc<rate::ConnectRate>,
     /// Whose forwarding headers are believed (`--trusted-proxies`).

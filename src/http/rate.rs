@@ -3,10 +3,13 @@
 //! other client connects as usual. An attempt touches only its own bucket;
 //! buckets idle long enough to be full again are dropped by [`ConnectRate::sweep`],
 //! which the server runs every [`SWEEP_EVERY`], so a storm from many
-//! addresses costs each attempt the same as a quiet minute does.
+//! addresses costs each attempt the same as a quiet minute does. And
+//! [`LogEvery`], which lets a warning about such a storm through at most
+//! once per interval.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -116,5 +119,36 @@ mod tests {
         for _ in 0..100 {
             assert!(rate.take(ip, Instant::now()).is_ok());
         }
+    }
+}
+
+/// Lets something happen at most once per interval: a warning in a flood of
+/// refusals is logged once, not once per refusal.
+#[derive(Debug)]
+pub struct LogEvery {
+    every: Duration,
+    started: Instant,
+    /// Milliseconds since `started` when it last happened, plus one (0: never).
+    last: AtomicU64,
+}
+
+impl LogEvery {
+    pub fn new(every: Duration) -> Self {
+        LogEvery {
+            every,
+            started: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// True at most once per interval.
+    pub fn now(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now >= last + self.every.as_millis() as u64)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }

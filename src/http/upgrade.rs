@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -51,42 +50,6 @@ pub struct UpgradeSettings {
     pub max_connections: usize,
     /// Most watchers (sessions that have not ended) one job may have.
     pub max_watchers_per_job: usize,
-}
-
-/// Logs refusals at the connection limit at most once every ten seconds, so
-/// a flood of refusals cannot flood the log.
-#[derive(Debug)]
-pub struct CapacityWarning {
-    started: Instant,
-    last_warned: AtomicU64,
-}
-
-impl Default for CapacityWarning {
-    fn default() -> Self {
-        CapacityWarning {
-            started: Instant::now(),
-            last_warned: AtomicU64::new(0),
-        }
-    }
-}
-
-impl CapacityWarning {
-    /// A refusal at the connection limit, `refused` so far.
-    fn refused(&self, refused: u64) {
-        let now = self.started.elapsed().as_secs();
-        let last = self.last_warned.load(Ordering::Relaxed);
-        if (last == 0 || now >= last + 10)
-            && self
-                .last_warned
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(
-                refused,
-                "at the connection limit: refusing new sockets with 503"
-            );
-        }
-    }
 }
 
 pub fn router() -> Router<AppState> {
@@ -243,7 +206,12 @@ pub(super) fn admit(state: &AppState, client: IpAddr) -> Result<(), ApiError> {
     }
     if state.tasks.len() >= state.upgrade.max_connections {
         let refused = state.engine.metrics().observe_refused_at_capacity();
-        state.capacity_warning.refused(refused);
+        if state.capacity_warning.now() {
+            tracing::warn!(
+                refused,
+                "at the connection limit: refusing new sockets with 503"
+            );
+        }
         return Err(ApiError::TooManyConnections);
     }
     Ok(())

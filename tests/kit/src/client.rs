@@ -63,10 +63,15 @@ pub async fn progress_at(http: &reqwest::Client, addr: SocketAddr, job: Uuid, p:
 /// with its labels and the space after them) on the server at `addr`.
 pub async fn metric_at(http: &reqwest::Client, addr: SocketAddr, line_start: &str) -> f64 {
     let text = metrics_at(http, addr).await;
+    metric_in(&text, line_start).unwrap_or_else(|| panic!("no `{line_start}` in /metrics:\n{text}"))
+}
+
+/// The value of the line of a `/metrics` text that starts with
+/// `line_start`; `None` when there is none (a label never observed).
+pub fn metric_in(text: &str, line_start: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(line_start))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{line_start}` in /metrics:\n{text}"))
 }
 
 /// GETs `path` from the server at `addr` (with `token`, if any) and returns

@@ -26,7 +26,7 @@ pub mod socket;
 pub mod tokens;
 
 pub use client::{
-    create_job_at, create_job_from, create_job_with, get_json_at, metric_at, metrics_at,
+    create_job_at, create_job_from, create_job_with, get_json_at, metric_at, metric_in, metrics_at,
     post_json_at, progress_at,
 };
 pub use cut::{Cut, CutProxy};
