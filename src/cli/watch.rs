@@ -248,7 +248,12 @@ impl Watcher {
             .await;
         match res {
             Ok(res) if res.status().is_success() => {
-                let body: Value = res.json().await.unwrap_or_default();
+                let body: Value = res
+                    .bytes()
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
                 if let Some(token) = body["clientToken"].as_str() {
                     self.args.token = token.to_owned();
                 }

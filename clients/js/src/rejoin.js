@@ -233,6 +233,9 @@ export class RejoinClient extends EventTarget {
       this._closed(code, reason, opened);
     };
     socket.onclose = (close) => end(close.code, close.reason);
+    // A connection given up for dead ends now: its closing handshake can
+    // wait as long as the dead network does.
+    socket.abandon = (code, reason) => end(code, reason);
     // Some runtimes (Node 20's) report a refused handshake only as an error.
     socket.onerror = () => {
       if (!opened) end(1006, "");
@@ -490,7 +493,15 @@ export class RejoinClient extends EventTarget {
     if (this._final()) return;
     clearTimeout(this._timer);
     this._timer = null;
-    if (this.socket) this.socket.close(CLOSE_OFFLINE, "browser offline");
+    this._drop(CLOSE_OFFLINE, "browser offline");
+  }
+
+  /** Closes the connection and takes it as closed at once. */
+  _drop(code, reason) {
+    const socket = this.socket;
+    if (!socket) return;
+    socket.close(code, reason);
+    if (socket.abandon) socket.abandon(code, reason);
   }
 
   _startPings() {
@@ -512,7 +523,7 @@ export class RejoinClient extends EventTarget {
         : this.options.pingTimeoutMs;
       this._silenceTimer = setTimeout(() => {
         this._silenceTimer = null;
-        if (this.socket) this.socket.close(CLOSE_SILENT, "no answer to ping");
+        this._drop(CLOSE_SILENT, "no answer to ping");
       }, timeout);
     }
   }

@@ -11,16 +11,22 @@
 //! - [`client`]: HTTP helpers by address (jobs, progress, metrics).
 //! - [`proxy`]: a TCP proxy to cut a node off from its database.
 //! - [`cut`]: a proxy that cuts one client connection after exactly k bytes.
+//! - [`relay`]: a relay between a client and a server that resets, silences
+//!   or refuses connections and follows a restarted server.
+//! - [`conformance`]: the client conformance suite's runner
+//!   (`clients/conformance`; the `rejoin-conformance` program).
 //! - [`receiver`]: a webhook endpoint on loopback that records every request.
 //! - [`db`]: fresh databases (SQLite files or PostgreSQL schemas) and direct
 //!   reads of the log.
 
 pub mod client;
+pub mod conformance;
 pub mod cut;
 pub mod db;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
+pub mod relay;
 pub mod server;
 pub mod socket;
 pub mod tokens;
