@@ -112,6 +112,19 @@ async fn missing_malformed_expired_and_foreign_tokens_get_401() {
         assert_eq!(status, 401, "{name}: {body}");
         assert_eq!(body["error"]["code"], code, "{name}");
     }
+    // The challenge names its realm: Foundation on Linux crashes on a bare
+    // `Bearer` (the Swift client's renewal sees this answer).
+    let res = reqwest::Client::new()
+        .post(app.url("/v1/jobs"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"Bearer realm="rejoin""#
+    );
     // Within the leeway is still accepted.
     let (status, _) = status_of(&app, Some(&mint(&sub_role(json!({"exp": now() - 2}))))).await;
     assert_eq!(status, 201);

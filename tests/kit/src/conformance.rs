@@ -108,14 +108,22 @@ pub async fn run(rejoin: &Path, client: &Client, scenario: &Scenario) -> anyhow:
 /// What one start of the watcher printed, and how it ended.
 struct Run {
     child: Option<Child>,
-    lines: Arc<Mutex<Vec<Value>>>,
+    /// Each line, with when the runner read it.
+    lines: Arc<Mutex<Vec<(Instant, Value)>>>,
     exit: Option<i32>,
+    started: Instant,
+    /// The position it was started from (`--session-id`, `--last-seq`, `--epoch`).
+    given: Option<(String, i64, String)>,
     /// The seq it was told to resume after (`--last-seq`).
     resumed_after: Option<i64>,
 }
 
 impl Run {
     fn lines(&self) -> Vec<Value> {
+        self.timed().into_iter().map(|(_, l)| l).collect()
+    }
+
+    fn timed(&self) -> Vec<(Instant, Value)> {
         self.lines.lock().unwrap().clone()
     }
 
@@ -395,12 +403,14 @@ impl World {
         ];
         args.extend(FAST.iter().map(|s| s.to_string()));
         let mut resumed_after = None;
+        let mut given = None;
         if let Some(from) = step["position"].as_str() {
             let (session, last, mut epoch) = self.run()?.position()?;
             if from == "previous_other_epoch" {
                 epoch = Uuid::new_v4().to_string();
             }
             resumed_after = Some(last);
+            given = Some((session.clone(), last, epoch.clone()));
             args.extend([
                 "--session-id".into(),
                 session,
@@ -435,13 +445,15 @@ impl World {
             while let Ok(Some(line)) = reader.next_line().await {
                 let value = serde_json::from_str(&line)
                     .unwrap_or_else(|_| json!({"type": "not-json", "line": line}));
-                kept.lock().unwrap().push(value);
+                kept.lock().unwrap().push((Instant::now(), value));
             }
         });
         self.runs.push(Run {
             child: Some(child),
             lines,
             exit: None,
+            started: Instant::now(),
+            given,
             resumed_after,
         });
         Ok(())
@@ -582,6 +594,7 @@ impl World {
                 "finished lines {finished:?}, expected none"
             ),
         }
+        self.check_resumes(run)?;
         if let Some(most) = expect["refused_at_most"].as_u64() {
             let refused = self
                 .relay
@@ -597,6 +610,80 @@ impl World {
                 refused > 0,
                 "the refusal was never met: the scenario tests nothing"
             );
+        }
+        Ok(())
+    }
+
+    /// Every upgrade the watcher sent with `reconnect=true` names the position
+    /// it had: the session and epoch of its last hello (or those it was
+    /// given) and the last seq it had processed before the connection that
+    /// request led to (a resume from its own `lastSeq`, not the server's
+    /// replay and the client's dedup).
+    fn check_resumes(&self, run: &Run) -> anyhow::Result<()> {
+        let lines = run.timed();
+        for accepted in self.relay.accepted() {
+            let Some(request) = accepted.request.as_deref() else {
+                continue;
+            };
+            let target = request.split(' ').nth(1).unwrap_or_default();
+            let Some(query) = target.strip_prefix("/ws/progress?") else {
+                continue;
+            };
+            if accepted.at < run.started {
+                continue;
+            }
+            let param = |name: &str| {
+                query.split('&').find_map(|kv| {
+                    kv.strip_prefix(name)
+                        .and_then(|v| v.strip_prefix('='))
+                        .map(str::to_owned)
+                })
+            };
+            if param("reconnect").as_deref() != Some("true") {
+                continue;
+            }
+            // What the watcher had shown before the hello this request led to.
+            let next_hello = lines
+                .iter()
+                .position(|(at, l)| *at > accepted.at && l["type"] == "state")
+                .unwrap_or(lines.len());
+            let before = &lines[..next_hello];
+            let hello = before.iter().rev().find(|(_, l)| l["type"] == "state");
+            let (session, epoch) = match (hello, &run.given) {
+                (Some((_, h)), _) => (
+                    h["sessionId"].as_str().map(str::to_owned),
+                    h["epoch"].as_str().map(str::to_owned),
+                ),
+                (None, Some((s, _, e))) => (Some(s.clone()), Some(e.clone())),
+                (None, None) => (None, None),
+            };
+            let last = before
+                .iter()
+                .rev()
+                .find(|(_, l)| l["type"] == "event")
+                .and_then(|(_, l)| l["seq"].as_i64())
+                .or_else(|| {
+                    before
+                        .iter()
+                        .find(|(_, l)| l["type"] == "state" && l["hello"] == "connected")
+                        .and_then(|(_, l)| l["lastSeq"].as_i64())
+                })
+                .or(run.resumed_after);
+            let want = [
+                ("sessionId", session),
+                ("lastSeq", last.map(|n| n.to_string())),
+                ("epoch", epoch),
+            ];
+            for (name, value) in want {
+                if let Some(value) = value {
+                    ensure!(
+                        param(name).as_deref() == Some(value.as_str()),
+                        "a resume sent {name}={:?}, expected {value}: {}",
+                        param(name),
+                        redacted(request)
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -642,4 +729,19 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
+}
+
+/// A request line without its token.
+fn redacted(request: &str) -> String {
+    request
+        .split('&')
+        .map(|kv| {
+            if kv.starts_with("token=") {
+                "token=…"
+            } else {
+                kv
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }

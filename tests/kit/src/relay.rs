@@ -31,6 +31,8 @@ pub struct Accepted {
     pub at: Instant,
     /// The status the relay answered with, or `None` when it was passed on.
     pub refused: Option<u16>,
+    /// The request line the client sent first (`GET /ws/progress?… HTTP/1.1`).
+    pub request: Option<String>,
 }
 
 /// A refusal in force: new connections get this answer until `until`.
@@ -77,15 +79,20 @@ impl Relay {
                         s.accepted.push(Accepted {
                             at: now,
                             refused: refusal.as_ref().map(|r| r.status),
+                            request: None,
                         });
                         (refusal, s.upstream)
                     };
+                    let seen = RequestLine {
+                        shared: shared.clone(),
+                        index: shared.lock().unwrap().accepted.len() - 1,
+                    };
                     match (refusal, upstream) {
                         (Some(r), _) => {
-                            tokio::spawn(refuse(client, r));
+                            tokio::spawn(refuse(client, r, seen));
                         }
                         (None, Some(upstream)) => {
-                            tokio::spawn(relay(client, upstream, cuts.subscribe()));
+                            tokio::spawn(relay(client, upstream, cuts.subscribe(), seen));
                         }
                         (None, None) => reset(client),
                     }
@@ -137,8 +144,27 @@ impl std::ops::Drop for Relay {
     }
 }
 
+/// Where a connection's first request line is kept.
+struct RequestLine {
+    shared: Arc<Mutex<Shared>>,
+    index: usize,
+}
+
+impl RequestLine {
+    /// Keeps the first line of `bytes`, the start of what the client sent.
+    fn keep(&self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let line = text.split("\r\n").next().unwrap_or_default().to_owned();
+        let mut s = self.shared.lock().unwrap();
+        let accepted = &mut s.accepted[self.index];
+        if accepted.request.is_none() {
+            accepted.request = Some(line);
+        }
+    }
+}
+
 /// Reads the request's head, then answers it with the refusal.
-async fn refuse(mut client: TcpStream, r: Refusal) {
+async fn refuse(mut client: TcpStream, r: Refusal, seen: RequestLine) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
@@ -147,6 +173,7 @@ async fn refuse(mut client: TcpStream, r: Refusal) {
             _ => return,
         }
     }
+    seen.keep(&head);
     let code = match r.status {
         429 => "rate_limited",
         409 => "too_many_watchers",
@@ -167,7 +194,12 @@ async fn refuse(mut client: TcpStream, r: Refusal) {
     let _ = client.shutdown().await;
 }
 
-async fn relay(client: TcpStream, upstream: SocketAddr, mut cuts: broadcast::Receiver<Drop>) {
+async fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mut cuts: broadcast::Receiver<Drop>,
+    seen: RequestLine,
+) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         return reset(client);
     };
@@ -181,7 +213,10 @@ async fn relay(client: TcpStream, upstream: SocketAddr, mut cuts: broadcast::Rec
         tokio::select! {
             cut = cuts.recv() => break cut.unwrap_or(Drop::Reset),
             n = cr.read(&mut up) => match n {
-                Ok(n) if n > 0 => if sw.write_all(&up[..n]).await.is_err() { break Drop::Reset },
+                Ok(n) if n > 0 => {
+                    seen.keep(&up[..n]);
+                    if sw.write_all(&up[..n]).await.is_err() { break Drop::Reset }
+                }
                 _ => break Drop::Reset,
             },
             n = sr.read(&mut down) => match n {
