@@ -27,7 +27,8 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::process::{serve_args, start_binary};
+use crate::client::post_json_at;
+use crate::process::serve_binary_at;
 use crate::relay::{Drop, Relay};
 use crate::socket::{first_message, ws_connect, Ws};
 use crate::tokens::{Tokens, SECRET};
@@ -110,6 +111,8 @@ struct Run {
     child: Option<Child>,
     /// Each line, with when the runner read it.
     lines: Arc<Mutex<Vec<(Instant, Value)>>>,
+    /// The task reading its stdout: done once the pipe is.
+    reader: Option<tokio::task::JoinHandle<()>>,
     exit: Option<i32>,
     started: Instant,
     /// The position it was started from (`--session-id`, `--last-seq`, `--epoch`).
@@ -306,7 +309,7 @@ impl World {
             }
             "new_epoch" => {
                 self.kill().await?;
-                let url = self.db_url();
+                let url = db_url(self.dir.path());
                 let mut db = crate::db::Db::connect(&url).await;
                 // The log as a restore into a new log would leave it: the
                 // same events under another epoch. (The log keeps its meta
@@ -441,7 +444,7 @@ impl World {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let mut reader = BufReader::new(child.stdout.take().expect("piped")).lines();
         let kept = lines.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = reader.next_line().await {
                 let value = serde_json::from_str(&line)
                     .unwrap_or_else(|_| json!({"type": "not-json", "line": line}));
@@ -451,6 +454,7 @@ impl World {
         self.runs.push(Run {
             child: Some(child),
             lines,
+            reader: Some(reader),
             exit: None,
             started: Instant::now(),
             given,
@@ -460,22 +464,13 @@ impl World {
     }
 
     async fn append(&self, event: Value) -> anyhow::Result<i64> {
-        let res = self
-            .http
-            .post(format!("http://{}/v1/jobs/{}/events", self.addr, self.job))
-            .bearer_auth(self.tokens.service())
-            .json(&event)
-            .send()
-            .await?;
+        let path = format!("/v1/jobs/{}/events", self.job);
+        let res = post_json_at(&self.http, self.addr, &path, &self.tokens.service(), &event).await;
         ensure!(res.status() == 201, "posting {event}: {}", res.status());
         let body: Value = res.json().await?;
         body["seq"]
             .as_i64()
             .ok_or_else(|| anyhow!("no seq in {body}"))
-    }
-
-    fn db_url(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("rejoin.db").display())
     }
 
     async fn kill(&mut self) -> anyhow::Result<()> {
@@ -503,13 +498,9 @@ impl World {
             .await
             .map_err(|_| anyhow!("the watcher did not exit within {WAIT:?}"))??;
         // Its last lines may still be in the pipe.
-        let lines = run.lines.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while Arc::strong_count(&lines) > 2 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        if let Some(reader) = run.reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+        }
         run.exit = Some(status.code().unwrap_or(-1));
         Ok(())
     }
@@ -709,16 +700,14 @@ impl World {
     }
 }
 
+/// `rejoin serve` on the log in `dir`, tokens expiring on the second.
 async fn serve(rejoin: &Path, dir: &Path) -> (Child, std::net::SocketAddr) {
-    let db = format!("sqlite://{}", dir.join("rejoin.db").display());
-    let mut cmd = Command::new(rejoin);
-    cmd.args(serve_args(
-        "127.0.0.1:0",
-        &db,
-        SECRET,
-        &["--jwt-leeway-secs", "0"],
-    ));
-    start_binary(cmd).await
+    serve_binary_at(rejoin, &db_url(dir), SECRET, &["--jwt-leeway-secs", "0"]).await
+}
+
+/// The SQLite log of a scenario's server.
+fn db_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("rejoin.db").display())
 }
 
 /// Polls `check` every 10 ms until it holds, for at most [`WAIT`].

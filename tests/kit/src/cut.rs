@@ -185,6 +185,6 @@ async fn relay(
 /// `set_linger` because a non-zero linger blocks the closing thread; a zero
 /// one never waits.)
 #[allow(deprecated)]
-fn reset_on_close(socket: &TcpStream) {
+pub(crate) fn reset_on_close(socket: &TcpStream) {
     let _ = socket.set_linger(Some(Duration::ZERO));
 }

@@ -16,6 +16,8 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cut::reset_on_close;
+
 /// What happens to the connections open at a cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drop {
@@ -237,9 +239,7 @@ async fn relay(
     reset(server);
 }
 
-/// Closes with a TCP reset (a zero linger), as a dropped network does.
-#[allow(deprecated)]
+/// Closes with a TCP reset, as a dropped network does.
 fn reset(socket: TcpStream) {
-    let _ = socket.set_linger(Some(Duration::ZERO));
-    drop(socket);
+    reset_on_close(&socket);
 }

@@ -250,21 +250,14 @@ public actor RejoinClient {
     /// rest is read from the job's event stream, resumed from `lastSeq`, which replays
     /// what is missing and ends.
     private func fetchTail() async {
-        var parts = URLComponents(url: connectURL(), resolvingAgainstBaseURL: false)!
-        parts.scheme = parts.scheme == "wss" ? "https" : "http"
-        parts.path = "/v1/jobs/\(jobId)/stream"
-        guard let streamURL = parts.url else { return }
+        let query = URLComponents(url: connectURL(), resolvingAgainstBaseURL: false)?.percentEncodedQuery
+        guard let streamURL = httpURL(url, path: "/v1/jobs/\(jobId)/stream", query: query) else { return }
         var request = URLRequest(url: streamURL, timeoutInterval: 10)
         request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
         request.setValue("text/event-stream", forHTTPHeaderField: "Accept")
-        let session = self.session
-        let body: Data? = await withCheckedContinuation { (done: CheckedContinuation<Data?, Never>) in
-            session.dataTask(with: request) { data, response, _ in
-                let ok = (response as? HTTPURLResponse)?.statusCode == 200
-                done.resume(returning: ok ? data : nil)
-            }.resume()
-        }
-        guard let body, let text = String(data: body, encoding: .utf8) else { return }
+        guard let (body, status) = try? await load(request, with: session), status == 200,
+            let text = String(data: body, encoding: .utf8)
+        else { return }
         for block in text.components(separatedBy: "\n\n") {
             var event = "message"
             var data = ""
@@ -466,35 +459,24 @@ public actor RejoinClient {
 
 /// Renews a client token with `POST /v1/jobs/{id}/token`, authorised by the current one.
 public struct ServerTokenProvider: TokenProvider {
-    private let base: URL
+    private let endpoint: URL
     private let session: URLSession
 
     /// A provider for the server behind `endpoint` (its `ws(s)://HOST/ws/progress` URL).
     public init(endpoint: URL, session: URLSession = URLSession(configuration: .default)) {
-        var parts = URLComponents(url: endpoint, resolvingAgainstBaseURL: false)!
-        parts.scheme = parts.scheme == "wss" ? "https" : (parts.scheme == "ws" ? "http" : parts.scheme)
-        parts.path = ""
-        parts.query = nil
-        self.base = parts.url!
+        self.endpoint = endpoint
         self.session = session
     }
 
     /// The new token, `nil` when the server refuses (401, 403, 404); throws on anything passing.
     public func renew(jobId: String, current: String) async throws -> String? {
-        var request = URLRequest(url: base.appendingPathComponent("v1/jobs/\(jobId)/token"))
-        request.httpMethod = "POST"
-        request.httpBody = Data()
-        request.setValue("Bearer \(current)", forHTTPHeaderField: "Authorization")
-        let (data, status) = try await withCheckedThrowingContinuation {
-            (done: CheckedContinuation<(Data, Int), any Error>) in
-            session.dataTask(with: request) { data, response, error in
-                if let error {
-                    done.resume(throwing: error)
-                } else {
-                    done.resume(returning: (data ?? Data(), (response as? HTTPURLResponse)?.statusCode ?? 0))
-                }
-            }.resume()
+        guard let tokenURL = httpURL(endpoint, path: "/v1/jobs/\(jobId)/token") else {
+            throw URLError(.badURL)
         }
+        var request = URLRequest(url: tokenURL)
+        request.httpMethod = "POST"
+        request.setValue("Bearer \(current)", forHTTPHeaderField: "Authorization")
+        let (data, status) = try await load(request, with: session)
         if [401, 403, 404].contains(status) { return nil }
         guard (200..<300).contains(status),
             let body = try JSONSerialization.jsonObject(with: data) as? [String: Any],

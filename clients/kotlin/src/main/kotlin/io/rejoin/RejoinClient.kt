@@ -390,9 +390,7 @@ class RejoinClient @JvmOverloads constructor(
         // Two intervals of silence: the connection is gone (phones leave
         // half-open sockets behind that never report an error).
         if (silentMs >= 2 * options.pingIntervalMs) {
-            ws.cancel()
-            drop()
-            schedule(0)
+            giveUp(ws)
             return
         }
         ws.send("{\"type\":\"ping\"}")
@@ -403,12 +401,15 @@ class RejoinClient @JvmOverloads constructor(
         val sent = System.nanoTime()
         ws.send("{\"type\":\"ping\"}")
         loop.schedule({
-            if (socket === ws && heard < sent) {
-                ws.cancel()
-                drop()
-                schedule(0)
-            }
+            if (socket === ws && heard < sent) giveUp(ws)
         }, options.pingIntervalMs, TimeUnit.MILLISECONDS)
+    }
+
+    /** The socket is taken as dead: dropped without a closing handshake, and a reconnect scheduled. */
+    private fun giveUp(ws: WebSocket) {
+        ws.cancel()
+        drop()
+        schedule(0)
     }
 
     private fun scheduleAck(ws: WebSocket) {
