@@ -216,8 +216,11 @@ class RejoinClient @JvmOverloads constructor(
             }
 
             override fun onClosing(webSocket: WebSocket, code: Int, reason: String) {
-                webSocket.close(code, null)
+                // The close is read before the answer is sent: answering a
+                // server that has already gone fails, and that failure must
+                // not be taken for a drop before the close it answers.
                 onLoop { if (socket === ws) closed(code, reason) }
+                webSocket.close(code, null)
             }
 
             override fun onClosed(webSocket: WebSocket, code: Int, reason: String) = onLoop {
