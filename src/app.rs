@@ -127,9 +127,12 @@ impl Application {
             webhook,
             ..EngineSettings::default()
         };
-        let (engine, tasks) = Engine::start(store, clock, settings, engine_stop.clone()).await?;
+        let started = Engine::start(store.clone(), clock, settings, engine_stop.clone()).await?;
+        let (engine, tasks) = (started.engine, started.tasks);
         let state = AppState {
             engine: engine.clone(),
+            store,
+            clock: started.clock,
             auth: Arc::new(auth),
             settings: Arc::new(HttpSettings {
                 public_url: args.public_url.clone(),
@@ -239,7 +242,7 @@ impl Application {
             ..
         } = self;
         let at = move |stage: Stage| *progress.lock().unwrap_or_else(|p| p.into_inner()) = stage;
-        let store = state.engine.store().clone();
+        let store = state.store.clone();
         let engine = state.engine.clone();
         let (sockets, closing) = (state.tasks.clone(), state.shutdown.clone());
         tokio::spawn(sweep_limiters(

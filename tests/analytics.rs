@@ -89,12 +89,11 @@ async fn generate(store: &SqliteStore) -> Expected {
             Some(session),
             t,
             EventBody::Connected(Connected {
-                sub: "c".into(),
+                client: Client {
+                    sub: "c".into(),
+                    ..Client::default()
+                },
                 last_seq: 0,
-                user_agent: None,
-                address: None,
-                node: None,
-                transport: None,
             }),
         );
         w.expected.sessions += 1;
@@ -148,17 +147,16 @@ async fn generate(store: &SqliteStore) -> Expected {
                     Some(session),
                     t,
                     EventBody::Reconnected(Reconnected {
-                        sub: "c".into(),
+                        client: Client {
+                            sub: "c".into(),
+                            ..Client::default()
+                        },
                         resumed,
                         previous_session_id: None,
                         gap_ms: Some(gap),
                         client_last_seq: Some(last_seq),
                         client_epoch: None,
                         missed: 0,
-                        user_agent: None,
-                        address: None,
-                        node: None,
-                        transport: None,
                     }),
                 );
                 w.expected.reconnects += 1;

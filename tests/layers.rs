@@ -4,8 +4,13 @@
 //! grouped imports and inline paths) in each file, attributed to the
 //! top-level module the file belongs to.
 //!
-//! `cargo test --test layers` checks it; a new module must be placed in the
-//! list, which is the architecture's order (docs/ARCHITECTURE.md).
+//! Inside the modules with a core of their own, `domain` and `engine`, the
+//! files are layered the same way ([`FILES`]): each file may use only the
+//! files listed before it, and none uses its module's `mod.rs`, which only
+//! declares the files and re-exports.
+//!
+//! `cargo test --test layers` checks it; a new module or file must be placed
+//! in its list, which is the architecture's order (docs/ARCHITECTURE.md).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,6 +19,36 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     "domain", "clock", "log", "metrics", "outbound", "auth", "webhook", "engine", "ws", "http",
     "config", "app", "cli",
+];
+
+/// Within a module, lowest first: each file may use those before it.
+const FILES: &[(&str, &[&str])] = &[
+    (
+        "domain",
+        &[
+            "close", "event", "notify", "state", "chain", "decide", "reaction", "deadline", "plan",
+            "history", "summary",
+        ],
+    ),
+    (
+        "engine",
+        &[
+            "settings",
+            "lease",
+            "hub",
+            "queue",
+            "jobs",
+            "checkpoint",
+            "recover",
+            "index",
+            "notify",
+            "scheduler",
+            "writer",
+            "membership",
+            "api",
+            "start",
+        ],
+    ),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -29,6 +64,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The top-level modules named by `crate::` paths in `source`.
 fn crate_paths(source: &str) -> BTreeSet<String> {
+    names_after(source, "crate::")
+}
+
+/// The first names of the paths that start with `prefix` in `source`'s code
+/// (comments left out).
+fn names_after(source: &str, prefix: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let code: String = source
         .lines()
@@ -36,8 +77,8 @@ fn crate_paths(source: &str) -> BTreeSet<String> {
         .collect::<Vec<_>>()
         .join("\n");
     let mut rest = code.as_str();
-    while let Some(i) = rest.find("crate::") {
-        rest = &rest[i + "crate::".len()..];
+    while let Some(i) = rest.find(prefix) {
+        rest = &rest[i + prefix.len()..];
         if let Some(group) = rest.strip_prefix('{') {
             // `crate::{a, b::c, d::{e, f}}`: the first name of each item.
             let mut depth = 0;
@@ -123,6 +164,55 @@ fn every_module_uses_only_the_layers_below_it() {
             "LAYERS names `{layer}`, which src/ lacks"
         );
     }
+}
+
+#[test]
+fn every_file_of_domain_and_engine_uses_only_the_files_below_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut wrong = Vec::new();
+    for (module, order) in FILES {
+        let dir = src.join(module);
+        let mut files = Vec::new();
+        rust_files(&dir, &mut files);
+        let rank = |name: &str| order.iter().position(|f| *f == name);
+        for file in &files {
+            let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+            let source = std::fs::read_to_string(file).unwrap();
+            // A file's own tests (at its end) may use anything.
+            let code = source.split("#[cfg(test)]").next().unwrap();
+            let mut used = names_after(code, &format!("crate::{module}::"));
+            if name == "mod" {
+                // `mod.rs` sits above every file; its `super` is the crate.
+                continue;
+            }
+            used.extend(names_after(code, "super::"));
+            let own = rank(&name).unwrap_or_else(|| {
+                panic!("src/{module}/{name}.rs is not in FILES: place it in the order")
+            });
+            for u in used {
+                match rank(&u) {
+                    Some(r) if r < own => {}
+                    Some(_) => wrong.push(format!(
+                        "src/{module}/{name}.rs uses `{u}`, a file above or beside it"
+                    )),
+                    None => wrong.push(format!(
+                        "src/{module}/{name}.rs uses `{u}` from {module}/mod.rs, which sits above it"
+                    )),
+                }
+            }
+        }
+        for f in order.iter() {
+            assert!(
+                dir.join(format!("{f}.rs")).exists(),
+                "FILES names {module}/{f}.rs, which src/ lacks"
+            );
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "files point one way:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

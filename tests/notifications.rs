@@ -812,7 +812,8 @@ async fn job_notification_request(app: &TestApp, job: Uuid) -> (String, i64, Str
         next_at: due[0].at,
         last_error: None,
     };
-    let body = serde_json::to_vec(&rejoin::domain::notify::body(&state, &pending)).unwrap();
+    let body =
+        serde_json::to_vec(&rejoin::domain::reaction::webhook_body(&state, &pending)).unwrap();
     let ts = Utc::now().timestamp();
     let key = rejoin::webhook::parse_secret(&secret()).unwrap();
     let signature = rejoin::webhook::sign(&key, &id, ts, &body);

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
 use super::event::{
-    Connected, Disconnected, EventBody, FailureInfo, GraceExpired, JobCreated, JobFailed,
+    Client, Connected, Disconnected, EventBody, FailureInfo, GraceExpired, JobCreated, JobFailed,
     JobStalled, NotificationAbandoned, NotificationAttempt, NotificationDelivered,
     NotificationRetry, Notify, Reconnected, Replaced, SessionId,
 };
@@ -110,6 +110,19 @@ pub struct Attach {
     pub node: Option<String>,
     /// `sse` for the Server-Sent Events stream; none for a WebSocket.
     pub transport: Option<String>,
+}
+
+impl Attach {
+    /// Who is attaching, as the log records it.
+    fn client(&self) -> Client {
+        Client {
+            sub: self.sub.clone(),
+            user_agent: self.user_agent.clone(),
+            address: self.address.clone(),
+            node: self.node.clone(),
+            transport: self.transport.clone(),
+        }
+    }
 }
 
 /// How an attached socket is to be served.
@@ -450,12 +463,8 @@ fn decide_attach(
         events.push(Planned::session(
             session_id,
             EventBody::Connected(Connected {
-                sub: a.sub.clone(),
+                client: a.client(),
                 last_seq: state.last_seq,
-                user_agent: a.user_agent.clone(),
-                address: a.address.clone(),
-                node: a.node.clone(),
-                transport: a.transport.clone(),
             }),
         ));
         let plan = AttachPlan {
@@ -483,17 +492,13 @@ fn decide_attach(
     events.push(Planned::session(
         session_id,
         EventBody::Reconnected(Reconnected {
-            sub: a.sub.clone(),
+            client: a.client(),
             resumed,
             previous_session_id: previous.filter(|id| *id != session_id),
             gap_ms,
             client_last_seq: a.client_last_seq,
             client_epoch: a.client_epoch.clone(),
             missed,
-            user_agent: a.user_agent.clone(),
-            address: a.address.clone(),
-            node: a.node.clone(),
-            transport: a.transport.clone(),
         }),
     ));
     let plan = AttachPlan {

@@ -178,14 +178,13 @@ pub struct JobCancelled {
     pub reason: Option<String>,
 }
 
-/// A fresh connect started a session.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Who opened a socket, and where from: what `connected` and `reconnected`
+/// both record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Connected {
+pub struct Client {
     /// The token's `sub`.
     pub sub: String,
-    /// The job's last delivered seq when the socket opened.
-    pub last_seq: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     /// The client's address: the peer, or the address a trusted proxy
@@ -198,6 +197,16 @@ pub struct Connected {
     /// `sse` for the Server-Sent Events stream; none for a WebSocket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
+}
+
+/// A fresh connect started a session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connected {
+    #[serde(flatten)]
+    pub client: Client,
+    /// The job's last delivered seq when the socket opened.
+    pub last_seq: i64,
 }
 
 /// A socket closed; the session's grace window opened, or, for the close
@@ -221,7 +230,8 @@ pub struct Disconnected {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Reconnected {
-    pub sub: String,
+    #[serde(flatten)]
+    pub client: Client,
     /// True when the grace window was still open and the session continues.
     pub resumed: bool,
     /// The session the client had before, when it was not resumed.
@@ -238,18 +248,6 @@ pub struct Reconnected {
     pub client_epoch: Option<String>,
     /// How many job events were replayed to the client.
     pub missed: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
-    /// The client's address: the peer, or the address a trusted proxy
-    /// forwarded (`--trusted-proxies`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    /// The node holding the socket, on a log shared by several nodes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// `sse` for the Server-Sent Events stream; none for a WebSocket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transport: Option<String>,
 }
 
 /// The job's open socket was closed because another connection took over.

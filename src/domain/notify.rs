@@ -6,15 +6,14 @@
 //! events of the job: `notification_due`, then per attempt a
 //! `notification_attempt` claim (committed before the request is sent) and
 //! its result, until `notification_delivered` or `notification_abandoned`.
+//! When one is due, and what it says, is in `reaction`.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
-use super::event::{Event, EventBody, JobId, NotificationDue, Notify};
-use super::state::{JobState, SessionPhase};
+use super::event::{EventBody, JobId};
 
 /// A notification not yet delivered or abandoned.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,73 +94,6 @@ pub fn notifiable_kind(body: &EventBody) -> Option<&'static str> {
         EventBody::JobStalled(_) => Some("job.stalled"),
         _ => None,
     }
-}
-
-/// The `notification_due` that `event` (just applied to `state`) calls
-/// for, if any: for a job's end or stall, unless its `notify` is `never`,
-/// or `unwatched` while a watcher has a live socket.
-pub fn due(state: &JobState, event: &Event, max_age: Duration) -> Option<EventBody> {
-    let kind = notifiable_kind(&event.body)?;
-    let reason = match state.notify {
-        Notify::Never => return None,
-        Notify::Always => "always",
-        Notify::Unwatched => {
-            if state
-                .watchers
-                .iter()
-                .any(|s| s.phase == SessionPhase::Connected)
-            {
-                return None;
-            }
-            "unwatched"
-        }
-    };
-    let max_age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-    Some(EventBody::NotificationDue(NotificationDue {
-        id: webhook_id(state.job_id, event.seq),
-        for_seq: event.seq,
-        kind: kind.to_owned(),
-        status: state.status.as_str().to_owned(),
-        progress: state.progress,
-        reason: reason.to_owned(),
-        expires_at: event.at.checked_add_signed(max_age).unwrap_or(event.at),
-    }))
-}
-
-/// The webhook body: the same on every attempt. `state` is the job now;
-/// what it says of the notified moment comes from `n`, and a finished
-/// job's result or error does not change.
-pub fn body(state: &JobState, n: &PendingNotification) -> Value {
-    let mut body = json!({
-        "type": n.kind,
-        "jobId": state.job_id,
-        "seq": n.for_seq,
-        "status": n.status,
-        "progress": n.progress,
-        "metadata": state.metadata.clone().unwrap_or(Value::Null),
-        "at": super::event::format_time(&n.due_at),
-    });
-    let fields = body.as_object_mut().expect("a JSON object");
-    match n.kind.as_str() {
-        "job.completed" => {
-            fields.insert("result".into(), state.result.clone().unwrap_or(Value::Null));
-        }
-        "job.failed" => {
-            if let Some(e) = &state.error {
-                fields.insert(
-                    "error".into(),
-                    json!({"code": e.code, "message": e.message}),
-                );
-            }
-        }
-        "job.cancelled" => {
-            if let Some(r) = &state.cancel_reason {
-                fields.insert("reason".into(), json!(r));
-            }
-        }
-        _ => {}
-    }
-    body
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::event::{Event, EventBody, FailureInfo, JobId, Notify, SessionId};
+use super::event::{Client, Event, EventBody, FailureInfo, JobId, Notify, SessionId};
 use super::notify::{Notified, PendingNotification};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -89,13 +89,13 @@ pub struct SessionState {
 
 impl SessionState {
     /// A session whose first socket opened at `at`.
-    fn start(
-        session_id: SessionId,
-        at: DateTime<Utc>,
-        node: Option<String>,
-        user_agent: Option<String>,
-        transport: Option<String>,
-    ) -> Self {
+    fn start(session_id: SessionId, at: DateTime<Utc>, client: &Client) -> Self {
+        let Client {
+            node,
+            user_agent,
+            transport,
+            ..
+        } = client.clone();
         SessionState {
             session_id,
             started_at: at,
@@ -391,9 +391,7 @@ impl JobState {
             EventBody::Connected(c) => {
                 self.counts.connects += 1;
                 if let Some(id) = event.session_id {
-                    let (ua, transport) = (c.user_agent.clone(), c.transport.clone());
-                    let s = SessionState::start(id, at, c.node.clone(), ua, transport);
-                    self.add_watcher(s);
+                    self.add_watcher(SessionState::start(id, at, &c.client));
                 }
             }
             EventBody::Reconnected(r) => {
@@ -404,15 +402,11 @@ impl JobState {
                         s.phase = SessionPhase::Connected;
                         s.sockets += 1;
                         s.last_connect_at = at;
-                        s.node.clone_from(&r.node);
-                        s.user_agent.clone_from(&r.user_agent);
-                        s.transport.clone_from(&r.transport);
+                        s.node.clone_from(&r.client.node);
+                        s.user_agent.clone_from(&r.client.user_agent);
+                        s.transport.clone_from(&r.client.transport);
                     }
-                    _ => {
-                        let (ua, transport) = (r.user_agent.clone(), r.transport.clone());
-                        let s = SessionState::start(id, at, r.node.clone(), ua, transport);
-                        self.add_watcher(s);
-                    }
+                    _ => self.add_watcher(SessionState::start(id, at, &r.client)),
                 }
             }
             EventBody::Disconnected(d) => {

@@ -4,17 +4,53 @@
 //! a node that lost it stops speaking for its sessions (see `lease.rs`).
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::hub::{CloseReason, Hub};
+use super::jobs::JobTable;
 use super::lease::Lease;
-use super::{writer, Engine};
+use super::queue::{Closes, SocketRef};
+use super::writer;
 use crate::clock::Corrected;
-use crate::domain::{JobId, SessionId, SessionPhase};
+use crate::domain::SessionPhase;
 use crate::log::{LogStore, Pages};
+use crate::metrics::Metrics;
+
+/// What keeping a lease needs of the engine: the lease itself, the state
+/// to find lost sessions in, the sockets to close when fenced, and the way
+/// to record closes.
+pub(super) struct Member {
+    pub store: Arc<dyn LogStore>,
+    pub lease: Arc<Lease>,
+    pub jobs: Arc<Mutex<JobTable>>,
+    pub hub: Arc<Hub>,
+    pub closes: Closes,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Member {
+    fn fence(&self, why: &str) {
+        fence(&self.lease, &self.hub, &self.metrics, why);
+    }
+}
+
+/// Stops speaking for this node's sessions: retires its lease and closes
+/// every socket it holds (1012, reconnect), so that no other node acts on
+/// them while this one still does. The first call does it.
+pub(super) fn fence(lease: &Lease, hub: &Hub, metrics: &Metrics, why: &str) {
+    if lease.fence() {
+        let sockets = hub.close_every(CloseReason::Fenced);
+        metrics.observe_fenced();
+        tracing::error!(
+            sockets,
+            "fenced: {why}; closing every socket and taking a new lease"
+        );
+    }
+}
 
 /// Takes a new lease under a fresh node id, and sets the node's clock to
 /// the database's (measured around the request). Returns the id.
@@ -118,13 +154,13 @@ pub(super) async fn follow(
 ///
 /// Gives the lease up at shutdown.
 pub(super) async fn keep_lease(
-    engine: Engine,
+    engine: Member,
     clock: Arc<Corrected>,
     ttl: Duration,
     shutdown: CancellationToken,
 ) {
-    let store = engine.store().clone();
-    let lease = engine.lease().clone();
+    let store = engine.store.clone();
+    let lease = engine.lease.clone();
     let mut tick = tokio::time::interval(ttl / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut suspects = HashSet::new();
@@ -186,11 +222,12 @@ pub(super) async fn keep_lease(
             );
         }
         let recorded = engine
+            .closes
             .record_lost(lost)
             .await
-            .and(engine.record_unrecorded(unrecorded).await);
+            .and(engine.closes.record_unrecorded(unrecorded).await);
         match recorded {
-            Ok(()) => engine.metrics().observe_lease_check(),
+            Ok(()) => engine.metrics.observe_lease_check(),
             Err(e) => tracing::warn!(error = %e, "cannot record a lost node's sessions"),
         }
     }
@@ -201,22 +238,20 @@ pub(super) async fn keep_lease(
     }
 }
 
-type SessionRef = (JobId, SessionId, u32);
-
 /// The sessions the log shows connected on nodes whose leases ran out; and
 /// those it shows connected on this node (`id`) without a socket here, both
 /// now and at the last round (`suspects`, updated): a socket attaching or
 /// closing right now is never taken for one.
 fn lost_sessions(
-    engine: &Engine,
+    engine: &Member,
     id: &str,
     live: &[String],
-    suspects: &mut HashSet<SessionRef>,
-) -> (Vec<SessionRef>, Vec<SessionRef>) {
+    suspects: &mut HashSet<SocketRef>,
+) -> (Vec<SocketRef>, Vec<SocketRef>) {
     let mut lost = Vec::new();
     let mut orphans = HashSet::new();
     {
-        let table = engine.table();
+        let table = engine.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let connected = table
             .live()
             .flat_map(|job| job.watchers.iter().map(move |s| (job.job_id, s)))
@@ -233,7 +268,7 @@ fn lost_sessions(
             }
         }
     }
-    orphans.retain(|(job, session, _)| !engine.hub().holds(*job, *session));
+    orphans.retain(|(job, session, _)| !engine.hub.holds(*job, *session));
     let unrecorded = orphans.intersection(suspects).copied().collect();
     *suspects = orphans;
     (lost, unrecorded)

@@ -15,9 +15,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::jobs::JobTable;
-use super::Queue;
+use super::queue::Queue;
 use crate::clock::Clock;
-use crate::domain::notify::{body, AttemptResult};
+use crate::domain::notify::AttemptResult;
+use crate::domain::reaction::webhook_body;
 use crate::domain::{Command, JobId};
 use crate::webhook::Endpoint;
 
@@ -81,7 +82,7 @@ impl Notifier {
             let table = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
             table.peek(c.job_id).and_then(|state| {
                 let n = state.notification(c.for_seq)?;
-                let body = serde_json::to_vec(&body(state, n)).ok()?;
+                let body = serde_json::to_vec(&webhook_body(state, n)).ok()?;
                 Some((n.id.clone(), body))
             })
         };
@@ -109,7 +110,7 @@ impl Notifier {
             backoff: self.endpoint.backoff,
             jitter: jitter(),
         };
-        if let Err(e) = self.queue.execute(c.job_id, command, None).await {
+        if let Err(e) = self.queue.execute(c.job_id, command).await {
             tracing::warn!(job = %c.job_id, id, attempt = c.attempt, error = %e, "cannot record a webhook attempt's result; its claim will run out and the attempt be made again");
         }
     }

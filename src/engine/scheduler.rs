@@ -4,9 +4,10 @@
 //! notification (handed to the notifier once its claim is committed).
 //!
 //! Deadlines live in the log (`disconnected.graceUntil`, and the job's
-//! windows in `job_created` with its last job event); this task only keeps
-//! them in a sorted set, filled from the rebuilt state at start and from the
-//! writer after each committed event. A job has at most one stall and one
+//! windows in `job_created` with its last job event) and come from the
+//! domain (`deadline::of_job`); this task only keeps them in a sorted set,
+//! filled from the rebuilt state at start and from the writer after each
+//! committed event. A job has at most one stall and one
 //! timeout deadline here (a newer one replaces it; a finished job's are
 //! dropped), so the set is bounded by live work. Each deadline goes through
 //! the writer like any other change, and `decide` ignores one that is not due
@@ -25,65 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::lease::Lease;
 use super::notify::Claimed;
-use super::{EngineError, Outcome, Queue};
+use super::queue::{EngineError, Queue};
 use crate::clock::Clock;
-use crate::domain::{Command, EventBody, JobId, JobState, SessionId};
-
-/// What may come due.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Due {
-    /// A session's grace window closes.
-    Grace(SessionId),
-    /// The job has gone its stall window without a job event.
-    Stall,
-    /// The job's timeout.
-    Timeout,
-    /// The next attempt of the notification of the job event at this seq
-    /// (or the expiry of the claim in flight).
-    Notify(i64),
-}
-
-/// Something comes due at `at`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Deadline {
-    pub at: DateTime<Utc>,
-    pub job_id: JobId,
-    pub due: Due,
-}
-
-/// What the writer tells the scheduler.
-#[derive(Clone, Copy, Debug)]
-pub enum Schedule {
-    /// A deadline to keep (for `Stall` and `Timeout`, replacing the job's).
-    At(Deadline),
-    /// The job has no such deadline any more (it finished, or it stalled).
-    Clear(JobId, Due),
-}
-
-impl Schedule {
-    /// The job's stall and timeout deadlines, and its pending notifications'
-    /// next attempts, as its state now has them. (A notification settled
-    /// leaves a deadline that decides nothing when it comes.)
-    pub fn job(state: &JobState) -> Vec<Schedule> {
-        let job_id = state.job_id;
-        let one = |due, at: Option<DateTime<Utc>>| match at {
-            Some(at) => Schedule::At(Deadline { at, job_id, due }),
-            None => Schedule::Clear(job_id, due),
-        };
-        let mut all = vec![
-            one(Due::Stall, state.stall_deadline()),
-            one(Due::Timeout, state.timeout_deadline()),
-        ];
-        all.extend(state.notifications.iter().map(|n| {
-            Schedule::At(Deadline {
-                at: n.next_at,
-                job_id,
-                due: Due::Notify(n.for_seq),
-            })
-        }));
-        all
-    }
-}
+use crate::domain::deadline::{Deadline, Due, Schedule};
+use crate::domain::{Command, EventBody, JobId};
 
 /// What the scheduler may do: read the clock and ask the writer to decide a
 /// deadline (which `decide` refuses unless it is due).
@@ -119,22 +65,19 @@ impl Expiry {
                     node: self.lease.node().map(|n| n.to_string()),
                     claim: claims.claim,
                 };
-                let outcome = self.queue.execute(d.job_id, command, None).await?;
-                if let Outcome::Appended(events) = outcome {
-                    for event in events {
-                        if let EventBody::NotificationAttempt(a) = &event.body {
-                            let _ = claims.tx.send(Claimed {
-                                job_id: d.job_id,
-                                for_seq,
-                                attempt: a.attempt,
-                            });
-                        }
+                for event in self.queue.execute(d.job_id, command).await? {
+                    if let EventBody::NotificationAttempt(a) = &event.body {
+                        let _ = claims.tx.send(Claimed {
+                            job_id: d.job_id,
+                            for_seq,
+                            attempt: a.attempt,
+                        });
                     }
                 }
                 return Ok(());
             }
         };
-        self.queue.execute(d.job_id, command, None).await.map(drop)
+        self.queue.execute(d.job_id, command).await.map(drop)
     }
 
     /// Whether this node acts on such a deadline at all.

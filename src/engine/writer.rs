@@ -20,39 +20,30 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::Snapshot;
 use super::hub::{CloseReason, Hub, Registration};
 use super::jobs::{load_job, Held, JobTable, Logged};
 use super::lease::Lease;
+use super::queue::{
+    Appended, Attached, Created, EngineError, Reply as Answer, WriteRequest, WriterStats,
+};
 use super::recover::needs_reload;
-use super::scheduler::{Deadline, Due, Schedule};
-use super::{Attached, EngineError, Outcome, WriterStats};
 use crate::clock::Clock;
-use crate::domain::decide::{AttachPlan, Planned};
-use crate::domain::event::Disconnected;
-use crate::domain::notify;
+use crate::domain::deadline::{self, Schedule};
+use crate::domain::decide::AttachPlan;
 use crate::domain::state::{fingerprint, IdempotentAppend};
 use crate::domain::{
-    decide, Command, Decision, DomainError, Event, EventBody, JobId, JobState, SessionId,
+    plan, Command, DomainError, Event, EventBody, JobId, JobState, Policy, Reply, SessionId,
     SessionPhase,
 };
-use crate::log::chain::seal;
 use crate::log::{for_each_job_event_after, EventRow, LogStore, StoreError};
 use crate::metrics::Metrics;
 
-/// One queued command and where to send its answer.
-pub(crate) struct WriteRequest {
-    pub job_id: JobId,
-    pub command: Command,
-    /// For `Attach`: the socket to feed once the attach is committed.
-    pub registration: Option<Registration>,
-    pub reply: oneshot::Sender<Result<Outcome, EngineError>>,
-}
-
 /// How a request will be answered once the batch is committed.
+#[derive(Debug)]
 enum Pending {
     /// Events `range` of the batch were appended for it.
     Appended(std::ops::Range<usize>),
@@ -87,6 +78,8 @@ struct Staged {
     events: Vec<Event>,
     rows: Vec<EventRow>,
     answers: Vec<Result<Pending, DomainError>>,
+    /// The deadlines the batch's events leave, in order.
+    deadlines: Vec<Schedule>,
 }
 
 /// When to take a checkpoint: after so many events, or so long after the
@@ -132,9 +125,8 @@ pub(crate) struct Writer {
     pub max_batch: usize,
     /// This node's lease: whose sessions it may deliver to.
     pub lease: Arc<Lease>,
-    /// With a webhook endpoint: how long a notification may stay pending.
-    /// Without one, no notification is due.
-    pub notify_max_age: Option<Duration>,
+    /// The server's settings that plans depend on.
+    pub policy: Policy,
 }
 
 /// Events another node appended, read by the follower, and the position it
@@ -252,9 +244,7 @@ impl Writer {
     /// Answers every request with `log_unavailable`.
     fn refuse(&self, requests: Vec<WriteRequest>, why: &str) {
         for req in requests {
-            let _ = req
-                .reply
-                .send(Err(EngineError::Unavailable(why.to_owned())));
+            req.refuse(EngineError::Unavailable(why.to_owned()));
         }
     }
 
@@ -270,7 +260,7 @@ impl Writer {
             }
         };
         let now = self.clock.now();
-        let mut staged = stage(requests, prepared, now, self.notify_max_age);
+        let mut staged = stage(requests, prepared, now, &self.policy);
         let committed = match self.commit(&staged).await {
             Ok(committed) => committed,
             Err(StoreError::Conflict(_)) => return Err(staged.touched),
@@ -278,17 +268,17 @@ impl Writer {
                 tracing::error!(error = %e, events = staged.rows.len(), "append failed; batch refused");
                 self.metrics.observe_failed_commit();
                 for (req, answer) in requests.drain(..).zip(staged.answers) {
-                    let error = match answer {
+                    req.refuse(match answer {
                         Err(domain) => EngineError::Domain(domain),
                         Ok(_) => EngineError::Unavailable(e.to_string()),
-                    };
-                    let _ = req.reply.send(Err(error));
+                    });
                 }
                 return Ok(());
             }
         };
         self.store_states(&mut staged);
-        self.after_commit(&committed, true);
+        self.publish(&committed, true);
+        self.schedule(std::mem::take(&mut staged.deadlines));
         self.answer(requests, staged.answers, &committed);
         Ok(())
     }
@@ -409,31 +399,71 @@ impl Writer {
         committed: &[Arc<Event>],
     ) {
         for (req, answer) in requests.drain(..).zip(answers) {
-            let outcome = match answer {
-                Err(e) => Err(EngineError::Domain(e)),
-                Ok(Pending::Appended(range)) => Ok(Outcome::Appended(
-                    committed[range].iter().map(|e| Event::clone(e)).collect(),
-                )),
-                Ok(Pending::Attached {
-                    job_id,
-                    plan,
-                    snapshot,
-                    socket,
-                }) => {
-                    if let Some(reg) = req.registration {
-                        self.attach(job_id, &plan, &snapshot, socket, reg, committed);
-                    }
-                    Ok(Outcome::Attached(Box::new(Attached {
+            let pending = match answer {
+                Ok(pending) => pending,
+                Err(e) => {
+                    req.refuse(EngineError::Domain(e));
+                    continue;
+                }
+            };
+            let events = |range: std::ops::Range<usize>| -> Vec<Event> {
+                committed[range].iter().map(|e| Event::clone(e)).collect()
+            };
+            match (req.reply, pending) {
+                (Answer::Events(tx), Pending::Appended(range)) => {
+                    let _ = tx.send(Ok(events(range)));
+                }
+                (Answer::Events(tx), Pending::Nothing) => {
+                    let _ = tx.send(Ok(Vec::new()));
+                }
+                (Answer::Create(tx), Pending::Appended(range)) => {
+                    let created = events(range).into_iter().next();
+                    let _ = tx.send(created.map(|e| Created::New(Box::new(e))).ok_or_else(|| {
+                        EngineError::Internal("a job was created with no event".into())
+                    }));
+                }
+                (Answer::Create(tx), Pending::AlreadyExists) => {
+                    let _ = tx.send(Ok(Created::Existing));
+                }
+                (Answer::Append(tx), Pending::Appended(range)) => {
+                    let seq = committed[range].last().map(|e| e.seq);
+                    let _ = tx.send(
+                        seq.map(|seq| Appended {
+                            seq,
+                            replayed: false,
+                        })
+                        .ok_or_else(|| EngineError::Internal("an append with no event".into())),
+                    );
+                }
+                (Answer::Append(tx), Pending::Duplicate { seq }) => {
+                    let _ = tx.send(Ok(Appended {
+                        seq,
+                        replayed: true,
+                    }));
+                }
+                (
+                    Answer::Attach(reg, tx),
+                    Pending::Attached {
+                        job_id,
+                        plan,
+                        snapshot,
+                        socket,
+                    },
+                ) => {
+                    self.attach(job_id, &plan, &snapshot, socket, reg, committed);
+                    let _ = tx.send(Ok(Attached {
                         plan,
                         snapshot: *snapshot,
                         socket,
-                    })))
+                    }));
                 }
-                Ok(Pending::AlreadyExists) => Ok(Outcome::AlreadyExists),
-                Ok(Pending::Duplicate { seq }) => Ok(Outcome::Duplicate { seq }),
-                Ok(Pending::Nothing) => Ok(Outcome::Nothing),
-            };
-            let _ = req.reply.send(outcome);
+                (reply, pending) => {
+                    tracing::error!(?pending, "a plan's answer does not fit its command");
+                    reply.refuse(EngineError::Internal(
+                        "the engine answered a command with what it cannot produce".into(),
+                    ));
+                }
+            }
         }
     }
 
@@ -508,16 +538,32 @@ impl Writer {
                 _ => {}
             }
         }
-        self.after_commit(&fresh, false);
+        self.publish(&fresh, false);
+        let mut moved: Vec<JobId> = fresh.iter().map(|e| e.job_id).collect();
+        moved.dedup();
+        let deadlines: Vec<Schedule> = {
+            let table = self.table();
+            moved
+                .iter()
+                .filter_map(|job| table.peek(*job))
+                .flat_map(|state| deadline::of_job(state))
+                .collect()
+        };
+        self.schedule(deadlines);
         behind
     }
 
-    /// Fans committed job events out to the sockets that were live before this
-    /// batch, and hands new deadlines to the scheduler: grace windows, the
-    /// stall and timeout of each job a job event (or its creation) moved,
-    /// and the next attempts of its notifications.
-    /// `own`: appended by this node (counted in its metrics).
-    fn after_commit(&self, committed: &[Arc<Event>], own: bool) {
+    /// Hands the scheduler the deadlines committed events leave.
+    fn schedule(&self, deadlines: Vec<Schedule>) {
+        for d in deadlines {
+            let _ = self.deadlines.send(d);
+        }
+    }
+
+    /// Moves the head and fans committed job events out to the sockets
+    /// that were live before this batch. `own`: appended by this node
+    /// (counted in its metrics).
+    fn publish(&self, committed: &[Arc<Event>], own: bool) {
         if let Some(last) = committed.last() {
             self.head.send_if_modified(|head| {
                 let moved = last.position > *head;
@@ -526,49 +572,16 @@ impl Writer {
             });
         }
         let mut owned: Option<(JobId, Vec<SessionId>)> = None;
-        let mut moved: Vec<JobId> = Vec::new();
         for event in committed {
-            if (event.body.is_job_event()
-                || event.body.notification_id().is_some()
-                || matches!(event.body, EventBody::JobCreated(_)))
-                && moved.last() != Some(&event.job_id)
-            {
-                moved.push(event.job_id);
-            }
             if own {
                 self.metrics.observe(event);
             }
-            match &event.body {
-                body if body.is_job_event() => {
-                    if owned.as_ref().is_none_or(|(job, _)| *job != event.job_id) {
-                        owned = Some((event.job_id, self.owned_sessions(event.job_id)));
-                    }
-                    let sessions = owned.as_ref().map_or(&[][..], |(_, s)| s);
-                    self.hub.publish(event, sessions);
+            if event.body.is_job_event() {
+                if owned.as_ref().is_none_or(|(job, _)| *job != event.job_id) {
+                    owned = Some((event.job_id, self.owned_sessions(event.job_id)));
                 }
-                EventBody::Disconnected(Disconnected {
-                    grace_until: Some(grace_until),
-                    ..
-                }) => {
-                    if let Some(session_id) = event.session_id {
-                        let _ = self.deadlines.send(Schedule::At(Deadline {
-                            at: *grace_until,
-                            job_id: event.job_id,
-                            due: Due::Grace(session_id),
-                        }));
-                    }
-                }
-                _ => {}
-            }
-        }
-        moved.sort_unstable();
-        moved.dedup();
-        let table = self.table();
-        for job in moved {
-            if let Some(state) = table.peek(job) {
-                for s in Schedule::job(state) {
-                    let _ = self.deadlines.send(s);
-                }
+                let sessions = owned.as_ref().map_or(&[][..], |(_, s)| s);
+                self.hub.publish(event, sessions);
             }
         }
     }
@@ -623,13 +636,13 @@ pub(crate) fn snapshot(jobs: &Mutex<JobTable>, applied: &AtomicI64) -> Snapshot 
     }
 }
 
-/// Step 2: decides each request against the state as it will be after the
-/// requests before it, sealing the events it appends into their chains.
+/// Step 2: plans each request against the state as it will be after the
+/// requests before it.
 fn stage(
     requests: &[WriteRequest],
     prepared: Prepared,
     now: chrono::DateTime<chrono::Utc>,
-    notify_max_age: Option<Duration>,
+    policy: &Policy,
 ) -> Staged {
     let Prepared {
         jobs: mut states,
@@ -643,97 +656,50 @@ fn stage(
         events: Vec::new(),
         rows: Vec::new(),
         answers: Vec::with_capacity(requests.len()),
+        deadlines: Vec::new(),
     };
     for req in requests {
         let state = states
             .get_mut(&req.job_id)
             .expect("prepare reads every job the batch names");
-        let key = match &req.command {
+        let prior = match &req.command {
             Command::AppendJobEvent {
                 idempotency_key: Some(k),
                 ..
-            } => Some(k.clone()),
+            } => priors.get(&(req.job_id, k.clone())).copied(),
             _ => None,
         };
-        let prior = key
-            .as_ref()
-            .and_then(|k| priors.get(&(req.job_id, k.clone())).copied());
-        let answer = match decide(state, prior.as_ref(), &req.command, now) {
-            Err(e) => Err(e),
-            Ok(Decision::AlreadyExists) => Ok(Pending::AlreadyExists),
-            Ok(Decision::Duplicate { seq }) => Ok(Pending::Duplicate { seq }),
-            Ok(Decision::Nothing) => Ok(Pending::Nothing),
-            Ok(Decision::Append(planned)) => {
-                let range =
-                    staged.seal(req.job_id, planned, key.as_deref(), state, &mut priors, now);
-                // A job's end (or stall) that calls for a notification
-                // commits with it; the request's answer is its own events.
-                if let Some(max_age) = notify_max_age {
-                    let due: Vec<Planned> = staged.events[range.clone()]
-                        .iter()
-                        .filter_map(|e| notify::due(state, e, max_age))
-                        .map(|body| Planned {
-                            session_id: None,
-                            body,
-                        })
-                        .collect();
-                    if !due.is_empty() {
-                        staged.seal(req.job_id, due, None, state, &mut priors, now);
-                    }
-                }
-                Ok(Pending::Appended(range))
+        let answer = plan(state, prior.as_ref(), &req.command, now, policy).map(|plan| {
+            if let Some((key, remembered)) = plan.keyed {
+                // A retry later in the same batch finds it.
+                priors.insert((req.job_id, key), remembered);
             }
-            Ok(Decision::Attach {
-                events: planned,
-                plan,
-            }) => {
-                staged.seal(req.job_id, planned, None, state, &mut priors, now);
-                let socket = state.watcher(plan.session_id).map_or(0, |s| s.sockets);
-                Ok(Pending::Attached {
+            let start = staged.events.len();
+            if !plan.events.is_empty() {
+                staged.touched.insert(req.job_id);
+            }
+            for sealed in plan.events {
+                staged
+                    .rows
+                    .push(EventRow::sealed(&sealed.event, sealed.payload));
+                staged.events.push(sealed.event);
+            }
+            staged.deadlines.extend(plan.deadlines);
+            match plan.reply {
+                Reply::Appended => Pending::Appended(start..start + plan.own),
+                Reply::Attached { plan, socket } => Pending::Attached {
                     job_id: req.job_id,
                     plan,
                     snapshot: Box::new(state.clone()),
                     socket,
-                })
+                },
+                Reply::AlreadyExists => Pending::AlreadyExists,
+                Reply::Duplicate { seq } => Pending::Duplicate { seq },
+                Reply::Nothing => Pending::Nothing,
             }
-        };
+        });
         staged.answers.push(answer);
     }
     staged.states = states;
     staged
-}
-
-impl Staged {
-    /// Seals `planned` into the job's chain (moving `state` past them) and
-    /// returns their range in the batch. A keyed append's key is remembered,
-    /// so a retry later in the same batch finds it.
-    fn seal(
-        &mut self,
-        job_id: JobId,
-        planned: Vec<Planned>,
-        key: Option<&str>,
-        state: &mut JobState,
-        priors: &mut HashMap<(JobId, String), IdempotentAppend>,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> std::ops::Range<usize> {
-        let start = self.events.len();
-        for p in planned {
-            let mut event = Event::new(job_id, p.session_id, now, p.body);
-            event.idempotency_key = key.map(str::to_owned);
-            let row = seal(state, &mut event);
-            if let Some(k) = key {
-                priors.insert(
-                    (job_id, k.to_owned()),
-                    IdempotentAppend {
-                        seq: event.seq,
-                        fingerprint: fingerprint(&event.body),
-                    },
-                );
-            }
-            self.events.push(event);
-            self.rows.push(row);
-        }
-        self.touched.insert(job_id);
-        start..self.events.len()
-    }
 }

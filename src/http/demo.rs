@@ -94,7 +94,7 @@ async fn start_job(
         &format!("demo:{job_id}"),
         Some(job_id),
         3600,
-        state.engine.clock().now(),
+        state.clock.now(),
     )?;
     let engine = state.engine.clone();
     let stop = state.shutdown.clone();

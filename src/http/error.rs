@@ -172,6 +172,7 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::Domain(d) => d.into(),
             EngineError::Unavailable(cause) => ApiError::Unavailable(cause),
+            EngineError::Internal(cause) => ApiError::Internal(cause),
         }
     }
 }

@@ -117,7 +117,7 @@ pub async fn job_events(
     }
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
-    let store = state.engine.store().as_ref();
+    let store = state.store.as_ref();
     let mut page = Pages::job(store, &job_id.to_string(), after, i64::MAX).page_size(limit);
     let rows = page.next().await?.unwrap_or_default();
     Ok(Json(to_page(rows, page.cursor())?))
@@ -156,14 +156,14 @@ pub async fn global_log(
         // Up to the head as of now, or `limit` events.
         let until = *state.engine.watch_head().borrow();
         let limit = q.limit.map_or(u64::MAX, u64::from);
-        let body = Body::from_stream(ndjson(state.engine.store().clone(), after, until, limit));
+        let body = Body::from_stream(ndjson(state.store.clone(), after, until, limit));
         let mut res = body.into_response();
         res.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
         return Ok(res);
     }
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
-    let mut page = Pages::log(state.engine.store().as_ref(), after).page_size(limit);
+    let mut page = Pages::log(state.store.as_ref(), after).page_size(limit);
     let rows = page.next().await?.unwrap_or_default();
     Ok(Json(to_page(rows, page.cursor())?).into_response())
 }
@@ -269,12 +269,7 @@ pub async fn live_tail(
         None => None,
     };
     let start = last_id.or(q.after).unwrap_or_else(|| *head.borrow());
-    let stream = tail(
-        state.engine.store().clone(),
-        head,
-        start,
-        state.shutdown.clone(),
-    );
+    let stream = tail(state.store.clone(), head, start, state.shutdown.clone());
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

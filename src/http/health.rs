@@ -32,17 +32,17 @@ pub async fn healthz() -> Json<Value> {
         (status = 503, description = "The database does not answer, or this node does not hold its lease", body = super::ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state.engine.store().ping().await?;
+    state.store.ping().await?;
     if !state.engine.serving() {
         return Err(ApiError::Unavailable(crate::engine::NOT_SERVING.into()));
     }
     Ok(Json(json!({
         "status": "ready",
-        "backend": state.engine.store().backend(),
+        "backend": state.store.backend(),
         "epoch": state.engine.epoch(),
         // On a shared log: the id this node serves under (the `node` of
         // its sessions' and webhook attempts' events).
-        "node": state.engine.lease().node().map(|n| n.to_string()),
+        "node": state.engine.node().map(|n| n.to_string()),
     })))
 }
 
@@ -59,7 +59,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         clock_offset: engine.clock_offset(),
         notifications: engine.notifications_pending(),
     };
-    let body = engine.metrics().render(now, engine.clock().now());
+    let body = engine.metrics().render(now, state.clock.now());
     (
         [(
             CONTENT_TYPE,

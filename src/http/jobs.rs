@@ -21,7 +21,7 @@ use crate::domain::event::{
 };
 use crate::domain::state::ConnectionCounts;
 use crate::domain::{EventBody, JobState, JobStatus, SessionPhase};
-use crate::engine::Outcome;
+use crate::engine::Created;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -122,15 +122,15 @@ pub async fn create_job(
         .create_job_with(job_id, req.metadata.map(Value::Object), options)
         .await?;
     let status = match outcome {
-        Outcome::AlreadyExists => StatusCode::OK,
-        _ => StatusCode::CREATED,
+        Created::Existing => StatusCode::OK,
+        Created::New(_) => StatusCode::CREATED,
     };
     let minted = match state.auth.mint(
         Role::Client,
         &format!("client:{job_id}"),
         Some(job_id),
         ttl,
-        state.engine.clock().now(),
+        state.clock.now(),
     ) {
         Ok(m) => Some(m),
         Err(crate::auth::AuthError::CannotMint) => None,
@@ -259,12 +259,8 @@ pub async fn append_event(
 ) -> Result<Response, ApiError> {
     let job_id = parse_job_id(&job_id)?;
     let key = idempotency_key(&headers)?;
-    let outcome = state.engine.append(job_id, req.into(), key).await?;
-    let (seq, replayed) = match outcome {
-        Outcome::Appended(events) => (events.last().map_or(0, |e| e.seq), false),
-        Outcome::Duplicate { seq } => (seq, true),
-        other => return Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
-    };
+    let appended = state.engine.append(job_id, req.into(), key).await?;
+    let (seq, replayed) = (appended.seq, appended.replayed);
     let mut response = (StatusCode::CREATED, Json(AppendResponse { job_id, seq })).into_response();
     if replayed {
         response
@@ -324,13 +320,9 @@ pub async fn refresh_token(
         Role::Client => caller.0.sub.clone(),
         _ => format!("client:{job_id}"),
     };
-    let minted = state.auth.mint(
-        Role::Client,
-        &sub,
-        Some(job_id),
-        ttl,
-        state.engine.clock().now(),
-    )?;
+    let minted = state
+        .auth
+        .mint(Role::Client, &sub, Some(job_id), ttl, state.clock.now())?;
     Ok(Json(TokenResponse {
         job_id,
         client_token: minted.token,

@@ -30,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authority;
+use crate::clock::Clock;
 use crate::engine::Engine;
+use crate::log::LogStore;
 use error::ApiError;
 use upgrade::{RejectionLog, UpgradeSettings};
 
@@ -78,6 +80,11 @@ pub struct HttpSettings {
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    /// The log, for the reads that page through it (the event feed, the
+    /// job search, health).
+    pub store: Arc<dyn LogStore>,
+    /// The clock the engine decides by: tokens and views are timed by it.
+    pub clock: Arc<dyn Clock>,
     pub auth: Arc<Authority>,
     pub settings: Arc<HttpSettings>,
     pub upgrade: Arc<UpgradeSettings>,

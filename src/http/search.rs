@@ -163,7 +163,7 @@ pub async fn list_jobs(
     let engine = &state.engine;
     let head = *engine.watch_head().borrow();
     // Only jobs held in memory have watchers: a job with one is live.
-    let list = page(engine.store().as_ref(), &filter, head, |job| {
+    let list = page(state.store.as_ref(), &filter, head, |job| {
         Some(engine.watcher_count(job))
     })
     .await?;

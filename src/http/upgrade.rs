@@ -328,7 +328,7 @@ pub(super) async fn check(
         .ok_or_else(|| ApiError::NotFound("job not found".into()))?;
     // A new session beside the job's watchers must fit under the limit (the
     // writer decides again, on the latest state, once the socket is open).
-    let now = state.engine.clock().now();
+    let now = state.clock.now();
     let max_watchers = state.upgrade.max_watchers_per_job;
     let resumes = reconnect && job.resume_target(session_id, now).is_some();
     if !resumes && job.open_watchers(now) >= max_watchers {

@@ -1,42 +1,33 @@
-//! The per-job hash chain: each event's SHA-256 covers its content and the hash
-//! of the job's previous event, so any edit to a stored event breaks the chain
-//! from that event on. The first event of a job chains to the empty string.
-
-use sha2::{Digest, Sha256};
+//! The hash chain as the log stores it: rows sealed and checked with the
+//! domain's chain (`domain::chain`), for whatever fills or verifies a log
+//! directly.
 
 use super::EventRow;
+use crate::domain::chain::{self, Hashed};
 use crate::domain::{Event, JobState};
 
-/// Adds `event` to the end of its job's chain: gives it the next seq and its
-/// hash, moves `state` past it, and returns the row to store. The writer seals
-/// every append this way, and so does anything that fills a log directly.
+/// Adds `event` to the end of its job's chain (the next seq, its hash,
+/// `state` moved past it) and returns the row to store.
 pub fn seal(state: &mut JobState, event: &mut Event) -> EventRow {
-    event.seq = state.head_seq + 1;
-    let mut row = EventRow::from_event(event);
-    row.hash = event_hash(&state.head_hash, &row);
-    event.hash.clone_from(&row.hash);
-    state.apply(event);
+    let sealed = chain::seal(state, event.clone());
+    let row = EventRow::sealed(&sealed.event, sealed.payload);
+    *event = sealed.event;
     row
 }
 
-/// The hash an event must carry, given its job's previous hash.
+/// The hash a stored row must carry, given its job's previous hash.
 pub fn event_hash(prev_hash: &str, row: &EventRow) -> String {
-    let mut h = Sha256::new();
-    // Newline-separated fields; only the payload (last) may contain newlines,
-    // and the idempotency key is restricted to visible ASCII.
-    for field in [
+    chain::event_hash(
         prev_hash,
-        row.job_id.as_str(),
-        &row.seq.to_string(),
-        row.session_id.as_deref().unwrap_or(""),
-        row.kind.as_str(),
-        &row.schema_version.to_string(),
-        row.idempotency_key.as_deref().unwrap_or(""),
-        row.at.as_str(),
-    ] {
-        h.update(field.as_bytes());
-        h.update(b"\n");
-    }
-    h.update(row.payload.as_bytes());
-    hex::encode(h.finalize())
+        &Hashed {
+            job_id: &row.job_id,
+            seq: row.seq,
+            session_id: row.session_id.as_deref(),
+            kind: &row.kind,
+            schema_version: row.schema_version,
+            idempotency_key: row.idempotency_key.as_deref(),
+            at: &row.at,
+            payload: &row.payload,
+        },
+    )
 }

@@ -58,6 +58,22 @@ impl EventRow {
         }
     }
 
+    /// The row of an event sealed into its chain (its payload encoded once).
+    pub fn sealed(event: &Event, payload: String) -> Self {
+        EventRow {
+            position: event.position,
+            job_id: event.job_id.to_string(),
+            seq: event.seq,
+            session_id: event.session_id.map(|s| s.to_string()),
+            kind: event.body.kind().to_owned(),
+            schema_version: crate::domain::event::SCHEMA_VERSION,
+            payload,
+            idempotency_key: event.idempotency_key.clone(),
+            at: format_time(&event.at),
+            hash: event.hash.clone(),
+        }
+    }
+
     /// Decodes the row, naming its position if it cannot be.
     pub fn decode_stored(&self) -> Result<Event, StoreError> {
         self.decode().map_err(|source| StoreError::Corrupt {

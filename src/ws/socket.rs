@@ -19,7 +19,6 @@ use crate::domain::event::WsErrored;
 use crate::domain::{Event, EventBody, JobId, SessionId};
 use crate::engine::hub::{CloseReason, Registration, SocketControl};
 use crate::engine::Engine;
-use crate::log::Pages;
 
 /// How one socket is to be served.
 #[derive(Clone, Debug)]
@@ -269,7 +268,7 @@ where
     let head = attached.snapshot.head_seq;
     if let Some(after) = attached.plan.replay_after {
         let id = job_id.to_string();
-        let mut pages = Pages::job(engine.store().as_ref(), &id, after, head).page_size(1000);
+        let mut pages = engine.replay(&id, after, head).page_size(1000);
         loop {
             let events = match pages.next_events().await {
                 Ok(Some(events)) => events,

@@ -125,7 +125,7 @@ fn interleaved_rows(n: usize, jobs: usize) -> Vec<EventRow> {
 async fn engine_rate(url: &str, appenders: usize, total: usize) -> anyhow::Result<f64> {
     let store: Arc<dyn LogStore> = rejoin::log::open(url).await?;
     let stop = CancellationToken::new();
-    let (engine, tasks) = Engine::start(
+    let rejoin::engine::Started { engine, tasks, .. } = Engine::start(
         store.clone(),
         Arc::new(SystemClock),
         EngineSettings::default(),

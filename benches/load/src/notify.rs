@@ -182,7 +182,7 @@ async fn ending_appends(
         webhook,
         ..EngineSettings::default()
     };
-    let (engine, tasks) =
+    let rejoin::engine::Started { engine, tasks, .. } =
         Engine::start(store.clone(), Arc::new(SystemClock), settings, stop.clone()).await?;
     let started = Instant::now();
     let mut handles = Vec::new();

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{created, progress, rate, rss_kib, serve_args, spawn_rejoin, JobWriter, Latencies};
 use crate::BenchArgs;
-use rejoin::domain::event::{Connected, Disconnected, GraceExpired, JobCompleted};
+use rejoin::domain::event::{Client, Connected, Disconnected, GraceExpired, JobCompleted};
 use rejoin::domain::EventBody;
 use rejoin::log::{EventRow, LogStore};
 
@@ -144,12 +144,12 @@ async fn generate(url: &str, finished: usize, live: usize) -> anyhow::Result<(u6
 
 fn connected() -> EventBody {
     EventBody::Connected(Connected {
-        sub: "client:bench".into(),
+        client: Client {
+            sub: "client:bench".into(),
+            user_agent: Some("bench".into()),
+            ..Client::default()
+        },
         last_seq: 1,
-        user_agent: Some("bench".into()),
-        address: None,
-        node: None,
-        transport: None,
     })
 }
 

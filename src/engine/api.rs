@@ -1,0 +1,352 @@
+//! The engine as its callers see it: one method per command, each with its
+//! own reply, and the reads of the state it holds.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::checkpoint::{self, Snapshot};
+use super::hub::{self, Hub, Registration};
+use super::jobs::{self, load_job, JobTable};
+use super::lease::Lease;
+use super::membership;
+use super::queue::{Appended, Attached, Closes, Created, EngineError, Queue, WriterStats};
+use super::settings::{JobOptions, Startup};
+use super::writer;
+use crate::clock::{Clock, Corrected};
+use crate::domain::decide::Attach;
+use crate::domain::history::{History, HistoryBuilder};
+use crate::domain::{Command, EventBody, JobId, JobState, SessionId, SessionPhase};
+use crate::log::{for_each_job_event, CheckpointHeader, LogStore, Pages, StoreError};
+use crate::metrics::Metrics;
+
+/// Why a node without its lease refuses sockets.
+pub const NOT_SERVING: &str =
+    "this node does not hold its lease on the shared log; reconnect to another node or retry";
+
+#[derive(Clone)]
+pub struct Engine {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) store: Arc<dyn LogStore>,
+    pub(super) jobs: Arc<Mutex<JobTable>>,
+    /// Every event up to this position is applied to `jobs`.
+    pub(super) applied: Arc<AtomicI64>,
+    pub(super) queue: Queue,
+    pub(super) epoch: String,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) stats: Arc<WriterStats>,
+    pub(super) hub: Arc<Hub>,
+    pub(super) closes: Closes,
+    pub(super) windows: JobOptions,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) head: watch::Receiver<i64>,
+    /// This node's lease on a shared log (always held on a log of one).
+    pub(super) lease: Arc<Lease>,
+    /// On a shared log: the clock every node writes and compares deadlines
+    /// on, the database's (`clock` reads it too).
+    pub(super) shared_clock: Option<Arc<Corrected>>,
+    pub(super) startup: Startup,
+}
+
+impl Engine {
+    /// Creates a job (or finds it) with the server's stall and timeout
+    /// windows.
+    pub async fn create_job(
+        &self,
+        job_id: JobId,
+        metadata: Option<serde_json::Value>,
+    ) -> Result<Created, EngineError> {
+        self.create_job_with(job_id, metadata, JobOptions::default())
+            .await
+    }
+
+    /// Creates a job (or finds it); `options` overrides the server's stall
+    /// and timeout windows (0: none) and sets when its end is notified.
+    pub async fn create_job_with(
+        &self,
+        job_id: JobId,
+        metadata: Option<serde_json::Value>,
+        options: JobOptions,
+    ) -> Result<Created, EngineError> {
+        let command = Command::CreateJob {
+            metadata,
+            stall_after_secs: options
+                .stall_after_secs
+                .unwrap_or(self.inner.windows.stall_after_secs.unwrap_or(0)),
+            timeout_secs: options
+                .timeout_secs
+                .unwrap_or(self.inner.windows.timeout_secs.unwrap_or(0)),
+            notify: options.notify.unwrap_or_default(),
+        };
+        self.inner.queue.create(job_id, command).await
+    }
+
+    /// Appends one job event.
+    pub async fn append(
+        &self,
+        job_id: JobId,
+        body: EventBody,
+        idempotency_key: Option<String>,
+    ) -> Result<Appended, EngineError> {
+        let command = Command::AppendJobEvent {
+            body,
+            idempotency_key,
+        };
+        self.inner.queue.append(job_id, command).await
+    }
+
+    /// Records an observed connection event (`ws_error`, `connect_rejected`).
+    pub async fn record(
+        &self,
+        job_id: JobId,
+        session_id: Option<SessionId>,
+        body: EventBody,
+    ) -> Result<(), EngineError> {
+        self.inner
+            .queue
+            .execute(job_id, Command::Record { session_id, body })
+            .await
+            .map(drop)
+    }
+
+    /// Attaches a socket: records the connect (and the replaced socket, or the
+    /// expired session, before it) and, once committed, feeds `registration`
+    /// with every later job event.
+    /// A node that does not hold its lease attaches nothing.
+    pub async fn attach(
+        &self,
+        job_id: JobId,
+        mut attach: Attach,
+        registration: Registration,
+    ) -> Result<Attached, EngineError> {
+        if !self.serving() {
+            return Err(EngineError::Unavailable(NOT_SERVING.into()));
+        }
+        attach.node = self.inner.lease.node().map(|n| n.to_string());
+        self.inner
+            .queue
+            .attach(job_id, Command::Attach(attach), registration)
+            .await
+    }
+
+    /// Records that socket `socket` of the session closed, opening its grace
+    /// window; nothing if it was no longer the live socket.
+    pub async fn detach(
+        &self,
+        job_id: JobId,
+        session_id: SessionId,
+        socket: u32,
+        code: u16,
+        reason: &str,
+        acked_seq: Option<i64>,
+    ) -> Result<(), EngineError> {
+        self.inner
+            .closes
+            .detach((job_id, session_id, socket), code, reason, acked_seq)
+            .await
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Follows the position of the last committed event.
+    pub fn watch_head(&self) -> watch::Receiver<i64> {
+        self.inner.head.clone()
+    }
+
+    /// The job's state and connection history as of now, folded from its
+    /// events in one read of the log; `None` for an unknown job.
+    pub async fn history(&self, job_id: JobId) -> Result<Option<(JobState, History)>, StoreError> {
+        history(self.inner.store.as_ref(), job_id, self.inner.clock.now()).await
+    }
+
+    /// Drops the job's live sockets without a close frame, as a network
+    /// would.
+    pub fn drop_socket(&self, job_id: JobId) -> bool {
+        self.inner.hub.close_all(job_id, hub::CloseReason::Dropped)
+    }
+
+    /// Live sockets, one per watcher at most.
+    pub fn live_sockets(&self) -> usize {
+        self.inner.hub.len()
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, JobTable> {
+        self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The job's current state, if it exists: from memory, or read back from
+    /// the log (by index) and kept in the cache of finished jobs.
+    pub async fn job(&self, job_id: JobId) -> Result<Option<Arc<JobState>>, StoreError> {
+        let token = {
+            let mut table = self.table();
+            if let Some((job, held)) = table.get(job_id) {
+                if held == jobs::Held::Cached {
+                    self.inner.metrics.observe_cache_hit();
+                }
+                return Ok(Some(job));
+            }
+            table.begin_load(job_id)
+        };
+        self.inner.metrics.observe_job_loaded();
+        let loaded = load_job(self.inner.store.as_ref(), job_id).await;
+        let mut table = self.table();
+        match loaded {
+            Ok(state) if state.exists() => {
+                let state = Arc::new(state);
+                table.finish_load(token, state.clone());
+                Ok(Some(state))
+            }
+            Ok(_) => {
+                table.cancel_load(job_id, token);
+                Ok(None)
+            }
+            Err(e) => {
+                table.cancel_load(job_id, token);
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn job_exists(&self, job_id: JobId) -> Result<bool, StoreError> {
+        Ok(self.job(job_id).await?.is_some())
+    }
+
+    /// The job's watchers (sessions that have not ended). A job with any is
+    /// live, so always held: one not held has none.
+    pub fn watcher_count(&self, job_id: JobId) -> usize {
+        self.table().peek(job_id).map_or(0, |j| j.watchers.len())
+    }
+
+    /// Jobs held in memory: (live, cached).
+    pub fn jobs_in_memory(&self) -> (usize, usize) {
+        let table = self.table();
+        (table.live_count(), table.cached_count())
+    }
+
+    /// Watchers of live jobs now: (connected, in grace, the most one job has).
+    pub fn watchers(&self) -> (usize, usize, usize) {
+        let table = self.table();
+        let (mut connected, mut grace, mut most) = (0, 0, 0);
+        for job in table.live() {
+            most = most.max(job.watchers.len());
+            for s in &job.watchers {
+                match s.phase {
+                    SessionPhase::Connected => connected += 1,
+                    SessionPhase::Grace { .. } => grace += 1,
+                    SessionPhase::Ended { .. } => {}
+                }
+            }
+        }
+        (connected, grace, most)
+    }
+
+    /// Webhook notifications pending (every such job is live), and when the
+    /// oldest became due.
+    pub fn notifications_pending(&self) -> (usize, Option<chrono::DateTime<chrono::Utc>>) {
+        let table = self.table();
+        let pending = table.live().flat_map(|job| job.notifications.iter());
+        pending.fold((0, None), |(n, oldest), p| {
+            let oldest = match oldest {
+                Some(o) if o <= p.due_at => Some(o),
+                _ => Some(p.due_at),
+            };
+            (n + 1, oldest)
+        })
+    }
+
+    /// How the state was rebuilt at start.
+    pub fn startup(&self) -> &Startup {
+        &self.inner.startup
+    }
+
+    /// Every live job as of the last applied position.
+    pub fn snapshot(&self) -> Snapshot {
+        writer::snapshot(&self.inner.jobs, &self.inner.applied)
+    }
+
+    /// Writes a checkpoint of the live state now (at shutdown, after the
+    /// writer has stopped; or from `rejoin checkpoint`).
+    pub async fn checkpoint_now(&self) -> Result<CheckpointHeader, StoreError> {
+        let header = checkpoint::write(
+            self.inner.store.as_ref(),
+            &self.inner.epoch,
+            self.snapshot(),
+            self.inner.clock.now(),
+        )
+        .await?;
+        self.inner.metrics.observe_checkpoint(&header);
+        Ok(header)
+    }
+
+    /// The job's state as it stood at `seq`, folded from the log.
+    pub async fn job_as_of(&self, job_id: JobId, seq: i64) -> Result<Option<JobState>, StoreError> {
+        let mut state = JobState::genesis(job_id);
+        for_each_job_event(self.inner.store.as_ref(), &job_id.to_string(), seq, |e| {
+            state.apply(&e)
+        })
+        .await?;
+        Ok(state.exists().then_some(state))
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.inner.epoch
+    }
+
+    /// Whether this node may take sockets: always on a log of one; on a
+    /// shared log, while it holds its lease.
+    pub fn serving(&self) -> bool {
+        self.inner.lease.holds()
+    }
+
+    /// This node's id on a shared log, while it holds a lease.
+    pub fn node(&self) -> Option<Arc<str>> {
+        self.inner.lease.node()
+    }
+
+    /// On a shared log: the database's clock less this node's, as last
+    /// measured.
+    pub fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.inner.shared_clock.as_ref().map(|c| c.offset())
+    }
+
+    /// Stops speaking for this node's sessions: retires its lease and
+    /// closes every socket it holds (1012, reconnect), so that no other node
+    /// acts on them while this one still does. The first call does it.
+    pub fn fence(&self, why: &str) {
+        membership::fence(&self.inner.lease, &self.inner.hub, &self.inner.metrics, why);
+    }
+
+    /// The job's events after `after` through `through`, a page at a time
+    /// (a socket's replay).
+    pub fn replay<'a>(&'a self, job: &'a str, after: i64, through: i64) -> Pages<'a> {
+        Pages::job(self.inner.store.as_ref(), job, after, through)
+    }
+
+    /// The writer's counts, exact at any moment.
+    pub fn stats(&self) -> &WriterStats {
+        &self.inner.stats
+    }
+}
+
+/// A job's state and connection history as of `now`, from one read of its
+/// events (by index); `None` when the job does not exist.
+pub async fn history(
+    store: &dyn LogStore,
+    job_id: JobId,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<(JobState, History)>, StoreError> {
+    let mut state = JobState::genesis(job_id);
+    let mut builder = HistoryBuilder::default();
+    for_each_job_event(store, &job_id.to_string(), i64::MAX, |e| {
+        state.apply(&e);
+        builder.apply(&e);
+    })
+    .await?;
+    Ok(state.exists().then(|| (state, builder.finish(now))))
+}

@@ -1,0 +1,237 @@
+//! The writer's queue, the one way to ask for a change, and the types every
+//! part of the engine shares: what a command is answered, and why not.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::hub::{Hub, Registration};
+use crate::domain::close;
+use crate::domain::decide::AttachPlan;
+use crate::domain::{Command, DomainError, Event, JobId, JobState, SessionId};
+
+/// A socket attached to a job: how to serve it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attached {
+    pub plan: AttachPlan,
+    /// The job as it stood when the socket attached: the first message is built
+    /// from it, and the replay reads the log up to its `head_seq`.
+    pub snapshot: JobState,
+    /// The socket's ordinal within its session; its close names it.
+    pub socket: u32,
+}
+
+/// What creating a job did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Created {
+    /// The job is new: its `job_created`, committed.
+    New(Box<Event>),
+    /// The job already existed; nothing was appended.
+    Existing,
+}
+
+/// What appending a job event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The event's seq in its job.
+    pub seq: i64,
+    /// A retried keyed append: `seq` is the first attempt's.
+    pub replayed: bool,
+}
+
+/// How the writer answers a request, by what the command was.
+pub(super) enum Reply {
+    /// Every command that only appends (or finds nothing to do): its events.
+    Events(oneshot::Sender<Result<Vec<Event>, EngineError>>),
+    Create(oneshot::Sender<Result<Created, EngineError>>),
+    Append(oneshot::Sender<Result<Appended, EngineError>>),
+    /// `Attach`, with the socket to feed once the attach is committed.
+    Attach(Registration, oneshot::Sender<Result<Attached, EngineError>>),
+}
+
+/// One queued command and how to answer it.
+pub(super) struct WriteRequest {
+    pub job_id: JobId,
+    pub command: Command,
+    pub reply: Reply,
+}
+
+impl Reply {
+    /// Answers with an error, whatever the command.
+    pub fn refuse(self, error: EngineError) {
+        let _ = match self {
+            Reply::Events(tx) => tx.send(Err(error)).map_err(drop),
+            Reply::Create(tx) => tx.send(Err(error)).map_err(drop),
+            Reply::Append(tx) => tx.send(Err(error)).map_err(drop),
+            Reply::Attach(_, tx) => tx.send(Err(error)).map_err(drop),
+        };
+    }
+}
+
+impl WriteRequest {
+    /// Answers with an error, whatever the command.
+    pub fn refuse(self, error: EngineError) {
+        self.reply.refuse(error);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The log cannot be written (database error, or the server is stopping).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug: the engine answered a command with what it cannot produce.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The writer's queue and commit counts, exact and readable at any moment (for
+/// tests that watch group commit happen; `/metrics` has the histograms).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Requests waiting in the writer's queue.
+    pub queued: AtomicU64,
+    /// Requests the writer has taken off the queue.
+    pub taken: AtomicU64,
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Events appended.
+    pub events: AtomicU64,
+}
+
+impl WriterStats {
+    pub(super) fn record_commit(&self, events: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+    }
+}
+
+/// The writer's queue: the one way to ask for a change.
+#[derive(Clone)]
+pub(super) struct Queue {
+    pub tx: mpsc::Sender<WriteRequest>,
+    pub stats: Arc<WriterStats>,
+}
+
+impl Queue {
+    /// Queues a command that only appends; waits until its events are
+    /// durable and returns them (none when nothing needed doing).
+    pub async fn execute(
+        &self,
+        job_id: JobId,
+        command: Command,
+    ) -> Result<Vec<Event>, EngineError> {
+        self.ask(job_id, command, Reply::Events).await
+    }
+
+    pub async fn create(&self, job_id: JobId, command: Command) -> Result<Created, EngineError> {
+        self.ask(job_id, command, Reply::Create).await
+    }
+
+    pub async fn append(&self, job_id: JobId, command: Command) -> Result<Appended, EngineError> {
+        self.ask(job_id, command, Reply::Append).await
+    }
+
+    pub async fn attach(
+        &self,
+        job_id: JobId,
+        command: Command,
+        registration: Registration,
+    ) -> Result<Attached, EngineError> {
+        self.ask(job_id, command, |tx| Reply::Attach(registration, tx))
+            .await
+    }
+
+    /// Queues a command and waits until it is answered.
+    async fn ask<T>(
+        &self,
+        job_id: JobId,
+        command: Command,
+        reply: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Reply,
+    ) -> Result<T, EngineError> {
+        let (tx, answer) = oneshot::channel();
+        let request = WriteRequest {
+            job_id,
+            command,
+            reply: reply(tx),
+        };
+        let stopping = || EngineError::Unavailable("the server is shutting down".into());
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(request).await.is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(stopping());
+        }
+        answer.await.map_err(|_| stopping())?
+    }
+}
+
+/// A session's socket, by its ordinal.
+pub(super) type SocketRef = (JobId, SessionId, u32);
+
+/// Recording sockets' closes: the one way a session's grace window opens.
+#[derive(Clone)]
+pub(super) struct Closes {
+    pub queue: Queue,
+    pub hub: Arc<Hub>,
+    /// How long a session survives without a socket.
+    pub grace: chrono::Duration,
+}
+
+impl Closes {
+    /// Records that socket `socket` of the session closed, opening its grace
+    /// window; nothing if it was no longer the live socket.
+    pub async fn detach(
+        &self,
+        (job_id, session_id, socket): SocketRef,
+        code: u16,
+        reason: &str,
+        acked_seq: Option<i64>,
+    ) -> Result<(), EngineError> {
+        self.hub.unregister(job_id, session_id, socket);
+        let command = Command::Detach {
+            session_id,
+            socket,
+            code,
+            reason: reason.to_owned(),
+            acked_seq,
+            grace: self.grace,
+        };
+        self.queue.execute(job_id, command).await.map(drop)
+    }
+
+    /// Records sessions whose sockets died with their server (this process's
+    /// predecessor, or a node whose lease ran out) as disconnected with 1012
+    /// `server restart`.
+    pub async fn record_lost(&self, sockets: Vec<SocketRef>) -> Result<(), EngineError> {
+        self.record(sockets, close::SERVICE_RESTART, close::SERVER_RESTART)
+            .await
+    }
+
+    /// Records closes whose `disconnected` could not be written when they
+    /// happened (the log was unavailable): as 1006.
+    pub async fn record_unrecorded(&self, sockets: Vec<SocketRef>) -> Result<(), EngineError> {
+        self.record(sockets, close::ABNORMAL, close::UNRECORDED)
+            .await
+    }
+
+    /// Records each socket as closed with `code` and `reason`. Concurrently,
+    /// so the writer commits them in a few transactions; a session that moved
+    /// on meanwhile is left alone.
+    async fn record(
+        &self,
+        sockets: Vec<SocketRef>,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        let recorded = futures_util::future::join_all(
+            sockets
+                .into_iter()
+                .map(|socket| self.detach(socket, code, reason, None)),
+        )
+        .await;
+        recorded.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+    }
+}
