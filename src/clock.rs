@@ -1,13 +1,58 @@
 //! Time, injected: the engine and the scheduler read the clock through this
-//! trait so that tests can control it.
+//! trait, so that tests can set it ([`ManualClock`]).
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 
 use crate::domain::event::to_log_precision;
 
 pub trait Clock: Send + Sync + 'static {
     /// Now, at the log's precision (microseconds).
     fn now(&self) -> DateTime<Utc>;
+
+    /// For a clock that is set rather than running ([`ManualClock`]): each
+    /// time it is set, so that whoever sleeps until a time on it wakes. A
+    /// running clock has none: a sleep on real time ends with it.
+    fn settings(&self) -> Option<watch::Receiver<DateTime<Utc>>> {
+        None
+    }
+}
+
+/// A clock that stands still until it is moved: the tests' clock. Grace
+/// windows, stalls, timeouts and notification retries come due when it is
+/// moved past them, at once, whatever their length.
+pub struct ManualClock {
+    now: watch::Sender<DateTime<Utc>>,
+}
+
+impl ManualClock {
+    /// A clock standing at `start`.
+    pub fn at(start: DateTime<Utc>) -> Self {
+        ManualClock {
+            now: watch::Sender::new(to_log_precision(start)),
+        }
+    }
+
+    /// A clock standing at the wall clock's time now.
+    pub fn starting_now() -> Self {
+        ManualClock::at(Utc::now())
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: chrono::Duration) {
+        self.now
+            .send_modify(|now| *now = to_log_precision(*now + by));
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.borrow()
+    }
+
+    fn settings(&self) -> Option<watch::Receiver<DateTime<Utc>>> {
+        Some(self.now.subscribe())
+    }
 }
 
 /// The system's wall clock.
@@ -63,6 +108,10 @@ impl Clock for Corrected {
     fn now(&self) -> DateTime<Utc> {
         to_log_precision(self.local.now() + self.offset())
     }
+
+    fn settings(&self) -> Option<watch::Receiver<DateTime<Utc>>> {
+        self.local.settings()
+    }
 }
 
 /// The system clock off by a fixed amount: a node with a skewed clock, for
@@ -79,6 +128,21 @@ impl Clock for Skewed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manual_clock_stands_still_until_moved_and_tells_of_each_move() {
+        let clock = ManualClock::starting_now();
+        let start = clock.now();
+        assert_eq!(clock.now(), start);
+        let mut moves = clock.settings().unwrap();
+        clock.advance(chrono::Duration::seconds(61));
+        assert!(moves.has_changed().unwrap());
+        assert_eq!(
+            *moves.borrow_and_update(),
+            start + chrono::Duration::seconds(61)
+        );
+        assert_eq!(clock.now(), start + chrono::Duration::seconds(61));
+    }
 
     #[test]
     fn a_corrected_clock_reads_the_remote_clock_measured_half_way() {

@@ -1,7 +1,7 @@
 //! Tokens and roles against a real server: who may do what, and which tokens
 //! are refused.
 
-mod common;
+use crate::common;
 
 use common::{mint, spawn_app, spawn_with, SECRET};
 use rejoin::auth::Role;

@@ -1,7 +1,7 @@
 //! rejoin.js and the demo in a real browser (headless Chromium over the
 //! DevTools protocol) against a real server.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -4,11 +4,9 @@
 //! from none, answers exactly as the one before it; finished jobs leave
 //! memory and are read back from the log; the cache stays within its bound.
 
-mod common;
+use crate::common;
 
-use std::time::Duration;
-
-use common::{next_close, next_json, spawn_on, spawn_with, Db, TestApp, PATIENCE};
+use common::{next_close, next_json, spawn_on, spawn_with, Db, TestApp};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -280,18 +278,11 @@ async fn after_a_crash_a_start_folds_only_what_follows_the_last_checkpoint() {
     for p in 0..35 {
         last = common::progress_at(&http, addr, job, f64::from(p)).await;
     }
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let position = loop {
+    let position = common::eventually("a checkpoint past position 30", || async {
         let position = common::metric_at(&http, addr, "rejoin_checkpoint_position ").await;
-        if position >= 30.0 {
-            break position;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no checkpoint past position 30 (at {position})"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        (position >= 30.0).then_some(position)
+    })
+    .await;
     // SIGKILL: no shutdown checkpoint.
     server.kill().await.unwrap();
     let total = common::count_events(&db).await as f64;

@@ -2,7 +2,7 @@
 //! may also call the API from a browser with a bearer token. Real preflights
 //! (OPTIONS with the headers a browser sends) and real requests.
 
-mod common;
+use crate::common;
 
 use common::{spawn_app, spawn_with};
 use reqwest::Method;

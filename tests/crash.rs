@@ -2,13 +2,12 @@
 //! the log shows their sockets closed with 1012 `server restart`, a client
 //! resumes its session, and a grace window still expires on time.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::{
-    create_job_at, events_of, next_json, progress_at, serve_binary, token_for, ws_connect, PATIENCE,
+    create_job_at, events_of, next_json, progress_at, serve_binary, token_for, ws_connect,
 };
 use serde_json::Value;
 use tokio::process::Child;
@@ -96,14 +95,10 @@ async fn after_sigkill_sessions_are_recorded_as_server_restart_and_resume_or_exp
     assert_eq!(next_json(&mut ws).await["seq"], missed);
 
     // The other session's window, opened by the restart, expires on time.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while job_state(&http, addr, abandoned).await["session"]["state"] != "ended" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the grace window never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually("the grace window to expire", || async {
+        (job_state(&http, addr, abandoned).await["session"]["state"] == "ended").then_some(())
+    })
+    .await;
     let until: chrono::DateTime<chrono::Utc> = events_of(&url, abandoned, "disconnected").await[0]
         .payload["graceUntil"]
         .as_str()

@@ -14,7 +14,7 @@
 //! CI runs a few rounds; the long form:
 //! `REJOIN_CRASH_ITERATIONS=200 cargo test --release --test crash_harness -- --nocapture`
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -108,22 +108,16 @@ async fn round(
         let job = create_job_at(&http, addr).await;
         if unsafe_ack {
             // Answered before its commit: wait until the job is really there.
-            let deadline = tokio::time::Instant::now() + PATIENCE;
-            while http
-                .get(format!("http://{addr}/v1/jobs/{job}"))
-                .bearer_auth(token_for("service", None))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                != 200
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "job {job} never appeared"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            common::eventually(&format!("job {job} to appear"), || async {
+                let res = http
+                    .get(format!("http://{addr}/v1/jobs/{job}"))
+                    .bearer_auth(token_for("service", None))
+                    .send()
+                    .await
+                    .unwrap();
+                (res.status() == 200).then_some(())
+            })
+            .await;
         }
         let mut ws = ws_connect(
             addr,

@@ -24,7 +24,7 @@
 //! cut the same way, and a server killed with SIGKILL during an append burst
 //! must still give a resuming client every acknowledged event once.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;

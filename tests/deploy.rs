@@ -11,7 +11,7 @@
 //! - the compose file's node environment: two nodes on one PostgreSQL log
 //!   (in `.ci/run`'s PostgreSQL pass).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

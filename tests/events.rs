@@ -2,7 +2,7 @@
 //! appends, NDJSON, the SSE tail resumed with Last-Event-ID, metrics and the
 //! OpenAPI document.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -4,7 +4,7 @@
 //! The disk-full test mounts a 2 MiB tmpfs, so it needs root: a plain
 //! `cargo test` ignores it, `cargo test -- --ignored` (CI, as root) runs it.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -8,14 +8,14 @@
 //! Needs `REJOIN_TEST_POSTGRES_URL`: ignored by a plain `cargo test`;
 //! `.ci/run`'s PostgreSQL pass runs them.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    create_job_at, events_of, next_json, postgres_address, progress_at, serve_binary, token_for,
-    ws_connect, Proxy, Ws, PATIENCE,
+    create_job_at, events_of, eventually, next_json, postgres_address, progress_at, serve_binary,
+    token_for, ws_connect, Proxy, Ws, PATIENCE,
 };
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -63,22 +63,6 @@ async fn fresh() -> Option<String> {
 
 fn query(job: Uuid) -> String {
     format!("jobId={job}&token={}", token_for("client", Some(job)))
-}
-
-/// Polls `check` until it answers `Some`, for at most [`PATIENCE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(t) = check().await {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The job's logged events of `kind` for `session`.

@@ -14,7 +14,7 @@
 //! (`REJOIN_FLOOD_FDS=20000 REJOIN_FLOOD_CONNECTIONS=19900 cargo test --release
 //! --test flood -- --nocapture`) prints the same figures.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The connection history, over HTTP and from `rejoin history`, tells exactly
 //! the story a scripted client lived through.
 
-mod common;
+use crate::common;
 
 use common::{spawn_with, story};
 use rejoin::auth::Role;

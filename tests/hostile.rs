@@ -11,7 +11,7 @@
 //! frames, a foreign Origin, a client token for another job, a client that
 //! never reads (tests/ws.rs).
 
-mod common;
+use crate::common;
 
 use common::{next_json, refused_status, spawn_app, spawn_with, TestApp};
 use rejoin::auth::Role;

@@ -1,7 +1,7 @@
 //! The job API against a real server: creation, appends, idempotency, terminal
 //! events, malformed input, state folded from the log, restarts.
 
-mod common;
+use crate::common;
 
 use common::{spawn_app, spawn_with};
 use rejoin::auth::Role;

@@ -1,16 +1,19 @@
 //! Job lifecycle deadlines: a job that goes quiet stalls (once per quiet
 //! spell) and a job that runs too long times out, both decided from the log
 //! by the same scheduler as grace windows: on time, once, after a SIGKILL and
-//! with two nodes on one PostgreSQL log. Short configured windows (1–2 s).
+//! with two nodes on one PostgreSQL log. In-process servers run on a clock
+//! the test moves (windows of a minute or an hour pass at once); a server
+//! process restarted after its deadlines is started with its clock ahead.
 
-mod common;
+use crate::common;
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use common::{
-    create_job_from, events_of, next_close, next_json, serve_binary, spawn_app, spawn_with,
-    token_for, ws_connect, PATIENCE,
+    create_job_from, events_of, next_close, next_json, serve_binary, spawn_app, spawn_on_clock,
+    spawn_with, token_for, ws_connect,
 };
+use rejoin::clock::{Clock, ManualClock};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -26,30 +29,28 @@ async fn job_state(http: &reqwest::Client, addr: std::net::SocketAddr, job: Uuid
 
 /// Polls the log until `job` has at least one event of `kind`.
 async fn wait_for_kind(url: &str, job: Uuid, kind: &str) -> Vec<common::LoggedEvent> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let found = events_of(url, job, kind).await;
-        if !found.is_empty() {
-            return found;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no `{kind}` in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(&format!("a `{kind}` in the log"), || async {
+        Some(events_of(url, job, kind).await).filter(|found| !found.is_empty())
+    })
+    .await
 }
 
 #[tokio::test]
 async fn a_quiet_job_stalls_once_its_watchers_hear_it_and_the_next_event_clears_it() {
-    let app = spawn_app().await;
-    let job = create_job_from(&app.http, app.addr, &json!({"stallAfterSecs": 1})).await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let app = spawn_on_clock(&[], clock.clone()).await;
+    let job = create_job_from(&app.http, app.addr, &json!({"stallAfterSecs": 60})).await;
     let mut ws = app.ws_client(job).await;
     assert_eq!(next_json(&mut ws).await["type"], "connected");
     let last = app.progress(job, 40.0).await;
     let progress = next_json(&mut ws).await;
     assert_eq!(progress["seq"], last);
 
+    // Just short of the window, nothing; at it, the stall.
+    clock.advance(chrono::Duration::seconds(59));
+    app.engine.deadlines_decided_through(clock.now()).await;
+    assert!(app.events_of(job, "stalled").await.is_empty());
+    clock.advance(chrono::Duration::seconds(1));
     let stalled = next_json(&mut ws).await;
     assert_eq!(stalled["type"], "stalled");
     assert_eq!(stalled["seq"], last + 1);
@@ -57,14 +58,15 @@ async fn a_quiet_job_stalls_once_its_watchers_hear_it_and_the_next_event_clears_
     let since: chrono::DateTime<chrono::Utc> =
         serde_json::from_value(stalled["since"].clone()).unwrap();
     let at: chrono::DateTime<chrono::Utc> = serde_json::from_value(stalled["at"].clone()).unwrap();
-    assert!(at - since >= chrono::Duration::seconds(1), "{stalled}");
+    assert_eq!(at - since, chrono::Duration::seconds(60), "{stalled}");
     let state = app.get_job(job).await;
     assert_eq!(state["stalled"], true);
     assert_eq!(state["stalledSince"], progress["at"]);
 
-    // The stall does not restart its own clock: a second window passes
-    // with no second `stalled`.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The stall does not restart its own clock: more windows pass with no
+    // second `stalled`.
+    clock.advance(chrono::Duration::seconds(180));
+    app.engine.deadlines_decided_through(clock.now()).await;
     assert_eq!(app.events_of(job, "stalled").await.len(), 1);
 
     // The next job event clears it, and a new quiet spell stalls again.
@@ -73,6 +75,7 @@ async fn a_quiet_job_stalls_once_its_watchers_hear_it_and_the_next_event_clears_
     let state = app.get_job(job).await;
     assert_eq!(state["stalled"], false);
     assert!(state.get("stalledSince").is_none());
+    clock.advance(chrono::Duration::seconds(60));
     let again = next_json(&mut ws).await;
     assert_eq!(again["type"], "stalled");
     assert_eq!(app.events_of(job, "stalled").await.len(), 2);
@@ -80,13 +83,19 @@ async fn a_quiet_job_stalls_once_its_watchers_hear_it_and_the_next_event_clears_
 
 #[tokio::test]
 async fn a_job_that_runs_past_its_timeout_fails_once_and_refuses_later_events() {
-    let app = spawn_app().await;
-    let job = create_job_from(&app.http, app.addr, &json!({"timeoutSecs": 1})).await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let app = spawn_on_clock(&[], clock.clone()).await;
+    let job = create_job_from(&app.http, app.addr, &json!({"timeoutSecs": 3600})).await;
     let mut ws = app.ws_client(job).await;
     assert_eq!(next_json(&mut ws).await["type"], "connected");
     app.progress(job, 10.0).await;
     next_json(&mut ws).await;
 
+    // Job events do not move the timeout: it counts from the creation.
+    clock.advance(chrono::Duration::seconds(3599));
+    app.progress(job, 20.0).await;
+    next_json(&mut ws).await;
+    clock.advance(chrono::Duration::seconds(1));
     let failed = next_json(&mut ws).await;
     assert_eq!(failed["type"], "failed");
     assert_eq!(failed["error"]["code"], "timeout");
@@ -97,10 +106,12 @@ async fn a_job_that_runs_past_its_timeout_fails_once_and_refuses_later_events() 
     assert_eq!(late.status(), 409);
     let body: Value = late.json().await.unwrap();
     assert_eq!(body["error"]["code"], "job_finished");
+    clock.advance(chrono::Duration::seconds(7200));
+    app.engine.deadlines_decided_through(clock.now()).await;
     assert_eq!(app.events_of(job, "failed").await.len(), 1);
     let state = app.get_job(job).await;
     assert_eq!(state["status"], "failed");
-    assert_eq!(state["timeoutSecs"], 1);
+    assert_eq!(state["timeoutSecs"], 3600);
 }
 
 #[tokio::test]
@@ -142,9 +153,9 @@ async fn deadlines_that_passed_while_the_server_was_down_fire_once_at_its_next_s
     let times_out = create_job_from(&http, addr, &json!({"timeoutSecs": 1})).await;
     first.kill().await.unwrap(); // SIGKILL, before either deadline
 
-    // Both deadlines pass while nothing runs.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (_second, addr) = serve_binary(&url, &[]).await;
+    // Both deadlines pass while nothing runs: the next start finds its
+    // clock (set 5 s ahead) past them.
+    let (_second, addr) = serve_binary(&url, &["--clock-skew-ms", "5000"]).await;
     wait_for_kind(&url, stalls, "stalled").await;
     wait_for_kind(&url, times_out, "failed").await;
     assert_eq!(job_state(&http, addr, stalls).await["stalled"], true);

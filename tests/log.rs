@@ -2,7 +2,7 @@
 //! `rejoin verify` checks, group commit, and a server that starts with no
 //! configuration.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,14 +7,13 @@
 //! Needs `REJOIN_TEST_POSTGRES_URL`: ignored by a plain `cargo test`;
 //! `.ci/run`'s PostgreSQL pass runs them.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::{
     create_job_at, events_of, next_close, next_json, progress_at, serve_binary, token_for,
-    ws_connect, PATIENCE,
+    ws_connect,
 };
 use serde_json::Value;
 use tokio::process::Child;
@@ -43,18 +42,22 @@ async fn cluster() -> Option<(String, Node, Node)> {
 
 /// Waits until the node at `addr` shows `job`'s session in `state`.
 async fn wait_for_session(addr: SocketAddr, job: Uuid, state: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    common::eventually(&format!("the session {state} on {addr}"), || async {
         let service = token_for("service", None);
         let path = format!("/v1/jobs/{job}");
         let job_state =
             common::get_json_at(&reqwest::Client::new(), addr, &path, Some(&service)).await;
-        if job_state["session"]["state"] == state {
-            return job_state;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job_state}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (job_state["session"]["state"] == state).then_some(job_state)
+    })
+    .await
+}
+
+/// Waits until `job`'s grace window has expired (on whichever node).
+async fn expired(url: &str, job: Uuid) {
+    common::eventually(&format!("job {job}'s grace expiry"), || async {
+        (!events_of(url, job, "grace_expired").await.is_empty()).then_some(())
+    })
+    .await;
 }
 
 fn query(job: Uuid) -> String {
@@ -163,14 +166,7 @@ async fn a_grace_window_expires_once_whichever_node_gets_there_on_postgres() {
     }
     // Both nodes hold each deadline (1 s); each window expires exactly once.
     for job in &jobs {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while events_of(&url, *job, "grace_expired").await.is_empty() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job {job} never expired"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        expired(&url, *job).await;
     }
     // Once both nodes hold every session as ended, neither scheduler can
     // record another expiry (decide refuses an ended session): then count.
@@ -209,14 +205,7 @@ async fn a_killed_nodes_sessions_are_recorded_and_expired_by_the_other_once_on_p
     // A's lease (2 s) runs out; B records each session as closed by a lost
     // server (1012), then expires its grace window (1 s).
     for (job, session) in &jobs {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while events_of(&url, *job, "grace_expired").await.is_empty() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job {job} never expired"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        expired(&url, *job).await;
         let closes = events_of(&url, *job, "disconnected").await;
         assert_eq!(closes.len(), 1, "job {job}: {closes:?}");
         assert_eq!(closes[0].payload["code"], 1012);
@@ -226,14 +215,10 @@ async fn a_killed_nodes_sessions_are_recorded_and_expired_by_the_other_once_on_p
     // its lease keeper has looked twice.
     let c = node(&url).await;
     let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while common::metric_at(&http, c.addr, "rejoin_lease_checks_total ").await < 2.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "C's lease keeper never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually("C's lease keeper to look twice", || async {
+        (common::metric_at(&http, c.addr, "rejoin_lease_checks_total ").await >= 2.0).then_some(())
+    })
+    .await;
     for (job, _) in &jobs {
         assert_eq!(events_of(&url, *job, "disconnected").await.len(), 1);
         assert_eq!(events_of(&url, *job, "grace_expired").await.len(), 1);

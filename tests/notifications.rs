@@ -4,16 +4,17 @@
 //! request; signatures are checked with the `standardwebhooks` package from
 //! PyPI (`.ci/run` installs it and sets `STANDARDWEBHOOKS_PYTHON`).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use common::{
     create_job_from, events_of, free_port, metric_at, next_json, post_json_at, serve_binary,
     spawn_with, token_for, LoggedEvent, Received, Receiver, TestApp, BIN, PATIENCE,
 };
+use rejoin::clock::ManualClock;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -48,6 +49,13 @@ async fn spawn_notifying(url: &str, extra: &[&str]) -> TestApp {
     flags.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     spawn_with(&refs).await
+}
+
+/// The same, on a clock the test moves.
+async fn spawn_notifying_on(url: &str, clock: Arc<ManualClock>) -> TestApp {
+    let flags = webhook_flags(url, "0.05", "0.2");
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    common::spawn_on_clock(&refs, clock).await
 }
 
 /// A Python with `standardwebhooks`, if there is one (under CI there must be).
@@ -103,19 +111,10 @@ fn verify_with_standardwebhooks(python: &str, secret: &str, r: &Received) -> Res
 
 /// Polls the log until `job` has `n` events of `kind`.
 async fn wait_for_kind(url: &str, job: Uuid, kind: &str, n: usize) -> Vec<LoggedEvent> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let found = events_of(url, job, kind).await;
-        if found.len() >= n {
-            return found;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{n} `{kind}` did not come in time (have {})",
-            found.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(&format!("{n} `{kind}`"), || async {
+        Some(events_of(url, job, kind).await).filter(|found| found.len() >= n)
+    })
+    .await
 }
 
 async fn complete(http: &reqwest::Client, addr: SocketAddr, job: Uuid, result: Value) {
@@ -324,13 +323,16 @@ async fn a_watcher_with_a_live_socket_means_no_notification_unless_notify_is_alw
 #[tokio::test]
 async fn failed_jobs_timeouts_and_stalls_are_notified_too() {
     let receiver = Receiver::start().await;
-    let app = spawn_notifying(&receiver.url(), &[]).await;
-    let stalls = app.create_job_from(json!({"stallAfterSecs": 1})).await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let app = spawn_notifying_on(&receiver.url(), clock.clone()).await;
+    let stalls = app.create_job_from(json!({"stallAfterSecs": 60})).await;
+    clock.advance(chrono::Duration::seconds(60));
     let stalled = wait_for_kind(&app.database_url, stalls, "notification_delivered", 1).await;
     assert_eq!(stalled.len(), 1);
     let failed = app
-        .create_job_from(json!({"timeoutSecs": 1, "metadata": {"u": 1}}))
+        .create_job_from(json!({"timeoutSecs": 3600, "metadata": {"u": 1}}))
         .await;
+    clock.advance(chrono::Duration::seconds(3600));
     wait_for_kind(&app.database_url, failed, "notification_delivered", 1).await;
     let requests = receiver.wait_for(2).await;
     let of = |job: Uuid| {

@@ -2,9 +2,7 @@
 //! and error bodies, client addresses only through trusted proxies, JSON
 //! log lines with ids and without secrets, and the shutdown deadline.
 
-mod common;
-
-use std::time::Duration;
+use crate::common;
 
 use common::{first_message, spawn_with, TestApp, Ws, PATIENCE};
 use rejoin::auth::Role;
@@ -326,13 +324,11 @@ async fn json_log_lines_carry_request_job_and_session_ids_and_no_secret() {
         .to_owned();
     ws.close(None).await.unwrap();
     // The close is recorded before the socket's task ends; wait for it.
-    loop {
+    common::eventually("the close recorded", || async {
         let state = server.get(&format!("/v1/jobs/{job}"), &service).await;
-        if state["session"]["state"] == "grace" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (state["session"]["state"] == "grace").then_some(())
+    })
+    .await;
     let (status, stderr) = server.stop().await;
     assert!(status.success(), "{status}: {stderr}");
 

@@ -3,7 +3,7 @@
 //! the read-only commands work beside a running server; and a log changed
 //! behind the server's back is caught up from, not fought with.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

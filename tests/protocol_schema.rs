@@ -4,7 +4,7 @@
 //! error codes and statuses, agrees with the OpenAPI document, is served, and
 //! refuses what the server must not send.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -6,10 +6,9 @@
 //! every message the README shows in a comment is checked against what the
 //! server and the watcher printed: the README's messages are the server's.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::{spawn_announcing, BIN, PATIENCE};
 use serde_json::Value;
@@ -169,14 +168,7 @@ impl Shell {
 }
 
 async fn until(what: &str, check: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(what, || async { check().then_some(()) }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

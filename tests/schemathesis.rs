@@ -14,7 +14,7 @@
 //! job's head, a TTL over the configured maximum, a body-less create taken as
 //! `{}`): positive_data_acceptance and negative_data_rejection.
 
-mod common;
+use crate::common;
 
 use common::spawn_app;
 use rejoin::auth::Role;

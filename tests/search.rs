@@ -2,7 +2,7 @@
 //! time and metadata, newest first, paged exactly while jobs are being
 //! created, from the job index (rebuilt from the log when it is missing).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

@@ -3,7 +3,7 @@
 //! `sse`. Read with a real HTTP client and a plain SSE parser; every event's
 //! data is checked against docs/protocol.schema.json.
 
-mod common;
+use crate::common;
 
 use common::{check_server_message, next_json, spawn_with, TestApp, PATIENCE};
 use futures_util::StreamExt;

@@ -4,7 +4,7 @@
 //! Needs Debian's `chromium` (`.ci/run` installs it). Without it the test says
 //! so and passes on a developer machine, but fails under CI (`CI` set).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! 0 when the job completes; it stops, exiting 1, on a failed job, an unknown
 //! job and a token it cannot renew.
 
-mod common;
+use crate::common;
 
 use common::{spawn_app, Proxy, TestApp, BIN, PATIENCE};
 use rejoin::auth::Role;

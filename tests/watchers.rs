@@ -6,11 +6,16 @@
 //! close that ends every session without a grace window, and a slow watcher
 //! that does not hold up a fast one.
 
-mod common;
+use crate::common;
 
-use common::{next_close, next_json, refused_status, spawn_with, TestApp, Ws, PATIENCE};
+use std::sync::Arc;
+
+use common::{
+    next_close, next_json, refused_status, spawn_on_clock, spawn_with, TestApp, Ws, PATIENCE,
+};
 use futures_util::StreamExt;
 use rejoin::auth::Role;
+use rejoin::clock::ManualClock;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -34,6 +39,17 @@ async fn watch(app: &TestApp, job: Uuid) -> (Ws, Value) {
     let hello = next_json(&mut ws).await;
     assert_eq!(hello["type"], "connected");
     (ws, hello)
+}
+
+/// Waits until `count` of the job's watchers are in their grace window
+/// (their sockets' closes recorded), so that moving the clock expires them.
+async fn in_grace(app: &TestApp, job: Uuid, count: usize) {
+    app.wait_for_job(job, "the close recorded", |s| {
+        s["watchers"]
+            .as_array()
+            .is_some_and(|w| w.iter().filter(|w| w["state"] == "grace").count() == count)
+    })
+    .await;
 }
 
 /// Reconnects to `job` naming `session` (or none).
@@ -168,12 +184,15 @@ async fn a_reconnect_without_a_session_id_continues_the_most_recent_session() {
 
 #[tokio::test]
 async fn two_sessions_grace_windows_expire_independently_each_once() {
-    let app = spawn_with(&["--grace-secs", "0.4"]).await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let app = spawn_on_clock(&["--grace-secs", "60"], clock.clone()).await;
     let job = app.create_job().await;
     let (first, a) = watch(&app, job).await;
     let (second, b) = watch(&app, job).await;
     drop(first);
+    in_grace(&app, job, 1).await;
     // The first window expires while the second session is connected.
+    clock.advance(chrono::Duration::seconds(60));
     let state = app
         .wait_for_job(job, "the first expiry", |s| {
             s["watchers"].as_array().is_some_and(|w| w.len() == 1)
@@ -182,6 +201,8 @@ async fn two_sessions_grace_windows_expire_independently_each_once() {
     assert_eq!(state["watchers"][0]["sessionId"], b["sessionId"]);
     assert_eq!(state["watchers"][0]["state"], "connected");
     drop(second);
+    in_grace(&app, job, 1).await;
+    clock.advance(chrono::Duration::seconds(60));
     app.wait_for_job(job, "both expired", |s| {
         s["watchers"].as_array().is_some_and(|w| w.is_empty())
     })
@@ -341,7 +362,8 @@ async fn a_slow_watcher_is_closed_with_1013_while_a_fast_one_gets_every_event() 
 
 #[tokio::test]
 async fn a_finished_jobs_watchers_are_not_abandoned_in_the_analytics() {
-    let app = spawn_with(&["--grace-secs", "0.3"]).await;
+    let clock = Arc::new(ManualClock::starting_now());
+    let app = spawn_on_clock(&["--grace-secs", "60"], clock.clone()).await;
     // Finished while watched: the session ends with the job.
     let finished = app.create_job().await;
     let (mut ws, _) = watch(&app, finished).await;
@@ -352,6 +374,8 @@ async fn a_finished_jobs_watchers_are_not_abandoned_in_the_analytics() {
     let left = app.create_job().await;
     let (ws, _) = watch(&app, left).await;
     drop(ws);
+    in_grace(&app, left, 1).await;
+    clock.advance(chrono::Duration::seconds(60));
     app.wait_for_job(left, "the expiry", |s| {
         s["watchers"].as_array().is_some_and(|w| w.is_empty())
     })

@@ -2,7 +2,7 @@
 //! live events, resume after a drop, replaced sockets, grace expiry, refusals,
 //! heartbeats, slow clients, terminal events and client messages.
 
-mod common;
+use crate::common;
 
 use common::{
     next_close, next_json, refused_status, send_text, spawn_app, spawn_with, TestApp, Ws,
@@ -172,7 +172,8 @@ async fn a_reconnect_while_the_socket_is_open_replaces_it_with_client_reconnecti
 
 #[tokio::test]
 async fn after_the_grace_window_a_reconnect_starts_a_new_session_and_expiry_is_recorded_once() {
-    let app = spawn_with(&["--grace-secs", "0.3"]).await;
+    let clock = std::sync::Arc::new(rejoin::clock::ManualClock::starting_now());
+    let app = common::spawn_on_clock(&["--grace-secs", "60"], clock.clone()).await;
     let job = app.create_job().await;
     let mut ws = app.ws_client(job).await;
     let hello = next_json(&mut ws).await;
@@ -180,6 +181,11 @@ async fn after_the_grace_window_a_reconnect_starts_a_new_session_and_expiry_is_r
     app.progress(job, 10.0).await;
     let last = next_json(&mut ws).await["seq"].as_i64().unwrap();
     drop(ws);
+    app.wait_for_job(job, "the close recorded", |s| {
+        s["session"]["state"] == "grace"
+    })
+    .await;
+    clock.advance(chrono::Duration::seconds(60));
     app.wait_for_job(job, "the grace expiry", |s| {
         s["session"]["state"] == "ended"
     })
@@ -594,18 +600,7 @@ async fn at_the_connection_limit_new_sockets_get_503_until_one_closes() {
         s["session"]["state"] == "grace"
     })
     .await;
-    let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    let mut third = loop {
-        match app.ws(&query).await {
-            Ok(ws) => break ws,
-            Err(_) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "no room after a close"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        }
-    };
+    let mut third =
+        common::eventually("room after a close", || async { app.ws(&query).await.ok() }).await;
     assert_eq!(next_json(&mut third).await["type"], "connected");
 }

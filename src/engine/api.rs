@@ -44,6 +44,9 @@ pub(super) struct Inner {
     pub(super) windows: JobOptions,
     pub(super) metrics: Arc<Metrics>,
     pub(super) head: watch::Receiver<i64>,
+    /// The clock's time through which the scheduler has decided every due
+    /// deadline.
+    pub(super) decided: watch::Receiver<chrono::DateTime<chrono::Utc>>,
     /// This node's lease on a shared log (always held on a log of one).
     pub(super) lease: Arc<Lease>,
     /// On a shared log: the clock every node writes and compares deadlines
@@ -152,6 +155,15 @@ impl Engine {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Waits until every deadline due by `at` on the engine's clock (grace
+    /// windows, stalls, timeouts, notification attempts) is decided: its
+    /// events committed, or found no longer due. With a clock that is set,
+    /// what a test waits on after moving it.
+    pub async fn deadlines_decided_through(&self, at: chrono::DateTime<chrono::Utc>) {
+        let mut decided = self.inner.decided.clone();
+        let _ = decided.wait_for(|through| *through >= at).await;
     }
 
     /// Follows the position of the last committed event.

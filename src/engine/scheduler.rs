@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Lease;
@@ -36,6 +36,8 @@ use crate::domain::{Command, EventBody, JobId};
 pub(super) struct Expiry {
     pub queue: Queue,
     pub clock: Arc<dyn Clock>,
+    /// The clock's time through which every due deadline is decided.
+    pub decided: watch::Sender<DateTime<Utc>>,
     /// Only a node that holds its lease decides a deadline.
     pub lease: Arc<Lease>,
     /// Where committed claims go to be sent; none when this node has no
@@ -149,7 +151,24 @@ pub(super) async fn run(
     for s in initial.into_iter().filter(keeps) {
         deadlines.apply(s);
     }
+    // A clock that is set (a test's) wakes the scheduler when it moves.
+    let mut settings = expiry.clock.settings();
     loop {
+        // What the writer sent before now is known before anything is
+        // judged not due.
+        while let Ok(s) = incoming.try_recv() {
+            if keeps(&s) {
+                deadlines.apply(s);
+            }
+        }
+        let now = expiry.clock.now();
+        if deadlines.first().is_none_or(|d| d.at > now) {
+            expiry.decided.send_if_modified(|through| {
+                let moved = now > *through;
+                *through = (*through).max(now);
+                moved
+            });
+        }
         let wait = deadlines.first().map(|d| {
             (d.at - expiry.clock.now())
                 .to_std()
@@ -162,6 +181,7 @@ pub(super) async fn run(
                 Some(_) => {}
                 None => break,
             },
+            _ = clock_set(settings.as_mut()) => {}
             _ = sleep_or_forever(wait) => {
                 let now = expiry.clock.now();
                 while let Some(d) = deadlines.first().filter(|d| d.at <= now) {
@@ -187,6 +207,16 @@ pub(super) async fn run(
         }
     }
     tracing::debug!("scheduler stopped");
+}
+
+/// Returns when the clock is set (never for a running clock).
+async fn clock_set(settings: Option<&mut watch::Receiver<DateTime<Utc>>>) {
+    if let Some(s) = settings {
+        if s.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 async fn sleep_or_forever(wait: Option<Duration>) {

@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 struct Wiring {
     requests: mpsc::Receiver<WriteRequest>,
     head: watch::Sender<i64>,
+    decided: watch::Sender<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A started engine: the engine, its tasks, and the clock it decides by (on
@@ -128,6 +129,7 @@ impl Engine {
         let stats = Arc::new(WriterStats::default());
         let (tx, requests) = mpsc::channel(settings.queue_capacity);
         let (head_tx, head_rx) = watch::channel(head);
+        let (decided_tx, decided_rx) = watch::channel(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let queue = Queue {
             tx,
             stats: stats.clone(),
@@ -152,6 +154,7 @@ impl Engine {
                 windows: settings.windows,
                 metrics,
                 head: head_rx,
+                decided: decided_rx,
                 lease,
                 shared_clock,
                 startup,
@@ -162,6 +165,7 @@ impl Engine {
             Wiring {
                 requests,
                 head: head_tx,
+                decided: decided_tx,
             },
         )
     }
@@ -235,6 +239,7 @@ impl Engine {
             scheduler::Expiry {
                 queue: inner.queue.clone(),
                 clock: inner.clock.clone(),
+                decided: wiring.decided,
                 lease: inner.lease.clone(),
                 notifier,
             },

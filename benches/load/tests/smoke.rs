@@ -5,7 +5,12 @@
 //! The scenarios run the `rejoin` binary built beside `rejoin-bench`, which
 //! `cargo test` builds with it (the server package's binary).
 
+/// Each scenario is a load: at most two run at once, however many test
+/// threads there are, so that none starves another on a small machine.
+static AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 async fn bench(scenario: &str) -> String {
+    let _turn = AT_ONCE.acquire().await.expect("never closed");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rejoin-bench"))
         .args([scenario, "--smoke"])
         .env("REJOIN_LOG", "warn")

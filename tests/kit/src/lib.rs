@@ -30,6 +30,7 @@ pub mod relay;
 pub mod server;
 pub mod socket;
 pub mod tokens;
+pub mod wait;
 
 pub use client::{
     create_job_at, create_job_from, create_job_with, get_json_at, metric_at, metric_in, metrics_at,
@@ -44,10 +45,12 @@ pub use process::{
 pub use proxy::{postgres_address, Proxy};
 pub use receiver::{Received, Receiver};
 pub use server::{
-    init_logs, spawn_app, spawn_in, spawn_on, spawn_with, InProcess, KeyedServer, TestApp,
+    init_logs, spawn_app, spawn_in, spawn_on, spawn_on_clock, spawn_with, InProcess, KeyedServer,
+    TestApp,
 };
 pub use socket::{
     check_server_message, first_message, next_close, next_json, refused_status, send_text,
     ws_connect, Ws, PATIENCE,
 };
 pub use tokens::{mint, token_for, Tokens, SECRET};
+pub use wait::eventually;

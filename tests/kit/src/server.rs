@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rejoin::app::Application;
 use rejoin::auth::Role;
+use rejoin::clock::{Clock, ManualClock};
 use rejoin::config::ServeArgs;
 use rejoin::engine::Engine;
 use serde_json::{json, Value};
@@ -17,7 +18,7 @@ use uuid::Uuid;
 
 use crate::db::{count_events, events_of, fresh_database, LoggedEvent};
 use crate::process::serve_args;
-use crate::socket::{ws_connect, Ws, PATIENCE};
+use crate::socket::{ws_connect, Ws};
 use crate::tokens::{token_for, SECRET};
 
 /// Logs go to stderr only when `TEST_LOG` is set.
@@ -42,8 +43,20 @@ impl InProcess {
     /// Builds and runs the server from `rejoin serve`'s arguments (without
     /// the program and subcommand names).
     pub async fn start(args: &[String]) -> anyhow::Result<InProcess> {
+        Self::start_on(args, None).await
+    }
+
+    /// The same, on `clock` when given (else the system's).
+    pub async fn start_on(
+        args: &[String],
+        clock: Option<Arc<dyn Clock>>,
+    ) -> anyhow::Result<InProcess> {
         init_logs();
-        let app = Application::build(ServeArgs::from_args(args)?).await?;
+        let args = ServeArgs::from_args(args)?;
+        let app = match clock {
+            Some(clock) => Application::build_with_clock(args, clock).await?,
+            None => Application::build(args).await?,
+        };
         let addr = app.local_addr();
         let engine = app.engine().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -121,8 +134,26 @@ pub async fn spawn_in(dir: Arc<tempfile::TempDir>, extra: Vec<String>) -> TestAp
     spawn_on(dir, db, extra).await
 }
 
+/// Starts a server on a clock the test moves: its windows (grace, stall,
+/// timeout, retries) pass when the test advances `clock`, not before.
+pub async fn spawn_on_clock(extra: &[&str], clock: Arc<ManualClock>) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let db = fresh_database(dir.path()).await;
+    let extra = extra.iter().map(|s| s.to_string()).collect();
+    start_app(dir, db, extra, Some(clock)).await
+}
+
 /// Starts a server on the database at `db`.
 pub async fn spawn_on(dir: Arc<tempfile::TempDir>, db: String, extra: Vec<String>) -> TestApp {
+    start_app(dir, db, extra, None).await
+}
+
+async fn start_app(
+    dir: Arc<tempfile::TempDir>,
+    db: String,
+    extra: Vec<String>,
+    clock: Option<Arc<ManualClock>>,
+) -> TestApp {
     let extra_refs: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut args = serve_args("127.0.0.1:0", &db, SECRET, &extra_refs);
     args.remove(0); // "serve"
@@ -133,7 +164,10 @@ pub async fn spawn_on(dir: Arc<tempfile::TempDir>, db: String, extra: Vec<String
         .position(|a| a == "--connect-rate-per-ip")
         .unwrap();
     args.drain(limit..limit + 2);
-    let server = InProcess::start(&args).await.expect("server builds");
+    let clock = clock.map(|c| c as Arc<dyn Clock>);
+    let server = InProcess::start_on(&args, clock)
+        .await
+        .expect("server builds");
     TestApp {
         addr: server.addr,
         http: reqwest::Client::new(),
@@ -305,18 +339,10 @@ impl TestApp {
         what: &str,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let state = self.get_job(job).await;
-            if check(&state) {
-                return state;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {state}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        crate::wait::eventually(what, || async {
+            Some(self.get_job(job).await).filter(|state| check(state))
+        })
+        .await
     }
 
     /// Stops the server gracefully and waits for it.
