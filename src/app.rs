@@ -100,7 +100,7 @@ impl Application {
             Some(path) => match log::owner::take(path) {
                 Ok(owner) => Some(owner),
                 Err(e) => {
-                    store.close().await;
+                    store.events.close().await;
                     return Err(e);
                 }
             },
@@ -111,7 +111,7 @@ impl Application {
         let engine_stop = CancellationToken::new();
         if args.unsafe_ack_before_commit {
             tracing::warn!("--unsafe-ack-before-commit: appends are answered before they are durable; acknowledged events WILL be lost in a crash");
-            store = log::write_behind::WriteBehind::wrap(store);
+            store.events = log::write_behind::WriteBehind::wrap(store.events);
         }
         let settings = EngineSettings {
             grace,
@@ -290,7 +290,7 @@ impl Application {
         if let Some(leases) = tasks.leases {
             leases.await.context("the lease keeper panicked")?;
         }
-        store.close().await;
+        store.events.close().await;
         drop(owner);
         tracing::info!("log flushed; bye");
         Ok(())

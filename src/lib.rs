@@ -10,12 +10,14 @@
 //! `tests/layers.rs`):
 //!
 //! - [`domain`]: the event catalogue, the pure fold of job and session state,
-//!   the pure decisions of what a command appends, the close codes the log
-//!   records. No I/O, no clock.
-//! - [`clock`]: injected time.
-//! - [`log`]: durable storage behind the [`log::LogStore`] trait (SQLite in
-//!   `log/sqlite.rs`, PostgreSQL for several nodes in `log/postgres.rs`), the
-//!   per-job hash chain, `verify` and the checkpoints' tables.
+//!   the pure planner of everything a command causes (its events sealed into
+//!   the job's hash chain, their reactions, the deadlines after them), the
+//!   close codes the log records. No I/O, no clock.
+//! - [`clock`]: injected time, and the manual clock tests move.
+//! - [`log`]: durable storage by concern ([`log::Log`]: the event log, the
+//!   checkpoints, the job index and, on a shared log, the nodes' membership;
+//!   SQLite in `log/sqlite.rs`, PostgreSQL for several nodes in
+//!   `log/postgres.rs`), `verify` and the checkpoints' tables.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`auth`]: tokens, roles and their settings.
 //! - [`webhook`]: the operator's webhook endpoint: its settings, Standard

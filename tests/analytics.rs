@@ -8,7 +8,7 @@ use rejoin::domain::event::*;
 use rejoin::domain::{Event, EventBody, JobState};
 use rejoin::log::chain::seal;
 use rejoin::log::sqlite::SqliteStore;
-use rejoin::log::{EventRow, LogStore};
+use rejoin::log::{EventLog, EventRow};
 use serde_json::Value;
 use sqlx::{Connection, Row};
 use uuid::Uuid;

@@ -76,7 +76,7 @@ async fn appends_get_increasing_seqs_and_the_state_is_the_fold_of_the_log() {
     // Fold the database file independently and compare.
     let store = rejoin::log::open(&app.db_url()).await.unwrap();
     let mut world = World::default();
-    rejoin::log::for_each_event(store.as_ref(), 0, |_, e| {
+    rejoin::log::for_each_event(store.events.as_ref(), 0, |_, e| {
         world.apply(&e);
         Ok(())
     })

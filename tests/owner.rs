@@ -88,7 +88,7 @@ async fn appends_keep_working_after_the_log_changed_behind_the_servers_back() {
 
     // Another connection to the log appends an event the server never saw.
     let store = rejoin::log::open(&app.db_url()).await.unwrap();
-    let mut state = rejoin::engine::jobs::load_job(store.as_ref(), job)
+    let mut state = rejoin::engine::jobs::load_job(store.events.as_ref(), job)
         .await
         .unwrap();
     let mut event = Event::new(
@@ -102,7 +102,7 @@ async fn appends_keep_working_after_the_log_changed_behind_the_servers_back() {
         }),
     );
     let row = rejoin::log::chain::seal(&mut state, &mut event);
-    store.append(&[row]).await.unwrap();
+    store.events.append(&[row]).await.unwrap();
 
     // The server's next append finds the seq taken, catches up, and goes on.
     let next = app.progress(job, 30.0).await;
@@ -119,7 +119,9 @@ async fn appends_keep_working_after_the_log_changed_behind_the_servers_back() {
         (state["lastSeq"].as_i64(), state["progress"].as_f64()),
         (Some(next), Some(30.0))
     );
-    let report = rejoin::log::verify::verify(store.as_ref()).await.unwrap();
+    let report = rejoin::log::verify::verify(store.events.as_ref())
+        .await
+        .unwrap();
     assert!(report.first_broken.is_none(), "the chain holds: {report:?}");
-    store.close().await;
+    store.events.close().await;
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 pub async fn run(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_existing(&args.database.url()).await?;
     if args.list {
-        let headers = store.checkpoints().await?;
+        let headers = store.checkpoints.checkpoints().await?;
         if headers.is_empty() {
             println!("no checkpoints");
         }
@@ -21,17 +21,17 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
             );
         }
     } else if args.delete {
-        store.delete_checkpoints_except(&[]).await?;
+        store.checkpoints.delete_checkpoints_except(&[]).await?;
         println!("deleted every checkpoint; the next start folds the whole log");
     } else {
-        let epoch = store.epoch().await?;
-        let recovered = recover(store.as_ref(), &epoch, 0).await?;
+        let epoch = store.events.epoch().await?;
+        let recovered = recover(&store, &epoch, 0).await?;
         let snapshot = crate::engine::Snapshot {
             position: recovered.position,
             jobs: recovered.table.live().cloned().collect(),
         };
         let header = crate::engine::write_checkpoint(
-            store.as_ref(),
+            &store,
             &epoch,
             snapshot,
             crate::clock::Clock::now(&SystemClock),
@@ -42,6 +42,6 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
             header.id, header.position, header.jobs, recovered.folded
         );
     }
-    store.close().await;
+    store.events.close().await;
     Ok(ExitCode::SUCCESS)
 }

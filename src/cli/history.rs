@@ -7,8 +7,8 @@ use crate::domain::JobState;
 
 pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_existing(&args.database.url()).await?;
-    let found = crate::engine::history(store.as_ref(), args.job, chrono::Utc::now()).await?;
-    store.close().await;
+    let found = crate::engine::history(store.events.as_ref(), args.job, chrono::Utc::now()).await?;
+    store.events.close().await;
     let (state, history) =
         found.ok_or_else(|| anyhow::anyhow!("no job {} in this log", args.job))?;
     if args.json {

@@ -27,8 +27,8 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let filter = parse_filter(&params).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = super::open_existing(&args.database.url()).await?;
     // Watchers live in a server's memory, not in the log: left out here.
-    let found = page(store.as_ref(), &filter, i64::MAX, |_| None).await;
-    store.close().await;
+    let found = page(&store, &filter, i64::MAX, |_| None).await;
+    store.events.close().await;
     let list = found?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);

@@ -32,7 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Opens a log that must already exist (the read-only commands never create
 /// one by accident).
-pub async fn open_existing(url: &str) -> anyhow::Result<std::sync::Arc<dyn crate::log::LogStore>> {
+pub async fn open_existing(url: &str) -> anyhow::Result<crate::log::Log> {
     if let Some(path) = crate::log::sqlite::database_path(url) {
         anyhow::ensure!(path.exists(), "no database at {}", path.display());
     }

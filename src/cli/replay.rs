@@ -49,8 +49,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut progress = Progress::new();
     let mut count = 0u64;
     let mut pages = match args.job {
-        Some(job) => Pages::job(store.as_ref(), &job.to_string(), args.from, i64::MAX),
-        None => Pages::log(store.as_ref(), args.from),
+        Some(job) => Pages::job(store.events.as_ref(), &job.to_string(), args.from, i64::MAX),
+        None => Pages::log(store.events.as_ref(), args.from),
     };
     while let Some(rows) = pages.next().await? {
         for row in rows {
@@ -67,7 +67,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
         progress.tick(count);
     }
-    store.close().await;
+    store.events.close().await;
     progress.done(count);
     match args.format {
         ReplayFormat::Ndjson => {}

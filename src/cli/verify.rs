@@ -5,8 +5,8 @@ use crate::log;
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let store = super::open_existing(&args.database.url()).await?;
-    let report = log::verify::verify(store.as_ref()).await?;
-    store.close().await;
+    let report = log::verify::verify(store.events.as_ref()).await?;
+    store.events.close().await;
     match report.first_broken {
         None => {
             println!(

@@ -18,7 +18,7 @@ use crate::clock::{Clock, Corrected};
 use crate::domain::decide::Attach;
 use crate::domain::history::{History, HistoryBuilder};
 use crate::domain::{Command, EventBody, JobId, JobState, SessionId, SessionPhase};
-use crate::log::{for_each_job_event, CheckpointHeader, LogStore, Pages, StoreError};
+use crate::log::{for_each_job_event, CheckpointHeader, EventLog, Log, Pages, StoreError};
 use crate::metrics::Metrics;
 
 /// Why a node without its lease refuses sockets.
@@ -31,7 +31,7 @@ pub struct Engine {
 }
 
 pub(super) struct Inner {
-    pub(super) store: Arc<dyn LogStore>,
+    pub(super) store: Log,
     pub(super) jobs: Arc<Mutex<JobTable>>,
     /// Every event up to this position is applied to `jobs`.
     pub(super) applied: Arc<AtomicI64>,
@@ -174,7 +174,12 @@ impl Engine {
     /// The job's state and connection history as of now, folded from its
     /// events in one read of the log; `None` for an unknown job.
     pub async fn history(&self, job_id: JobId) -> Result<Option<(JobState, History)>, StoreError> {
-        history(self.inner.store.as_ref(), job_id, self.inner.clock.now()).await
+        history(
+            self.inner.store.events.as_ref(),
+            job_id,
+            self.inner.clock.now(),
+        )
+        .await
     }
 
     /// Drops the job's live sockets without a close frame, as a network
@@ -206,7 +211,7 @@ impl Engine {
             table.begin_load(job_id)
         };
         self.inner.metrics.observe_job_loaded();
-        let loaded = load_job(self.inner.store.as_ref(), job_id).await;
+        let loaded = load_job(self.inner.store.events.as_ref(), job_id).await;
         let mut table = self.table();
         match loaded {
             Ok(state) if state.exists() => {
@@ -286,7 +291,7 @@ impl Engine {
     /// writer has stopped; or from `rejoin checkpoint`).
     pub async fn checkpoint_now(&self) -> Result<CheckpointHeader, StoreError> {
         let header = checkpoint::write(
-            self.inner.store.as_ref(),
+            &self.inner.store,
             &self.inner.epoch,
             self.snapshot(),
             self.inner.clock.now(),
@@ -299,9 +304,12 @@ impl Engine {
     /// The job's state as it stood at `seq`, folded from the log.
     pub async fn job_as_of(&self, job_id: JobId, seq: i64) -> Result<Option<JobState>, StoreError> {
         let mut state = JobState::genesis(job_id);
-        for_each_job_event(self.inner.store.as_ref(), &job_id.to_string(), seq, |e| {
-            state.apply(&e)
-        })
+        for_each_job_event(
+            self.inner.store.events.as_ref(),
+            &job_id.to_string(),
+            seq,
+            |e| state.apply(&e),
+        )
         .await?;
         Ok(state.exists().then_some(state))
     }
@@ -337,7 +345,7 @@ impl Engine {
     /// The job's events after `after` through `through`, a page at a time
     /// (a socket's replay).
     pub fn replay<'a>(&'a self, job: &'a str, after: i64, through: i64) -> Pages<'a> {
-        Pages::job(self.inner.store.as_ref(), job, after, through)
+        Pages::job(self.inner.store.events.as_ref(), job, after, through)
     }
 
     /// The writer's counts, exact at any moment.
@@ -349,7 +357,7 @@ impl Engine {
 /// A job's state and connection history as of `now`, from one read of its
 /// events (by index); `None` when the job does not exist.
 pub async fn history(
-    store: &dyn LogStore,
+    store: &dyn EventLog,
     job_id: JobId,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<(JobState, History)>, StoreError> {

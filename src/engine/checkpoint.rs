@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::state::FOLD_VERSION;
 use crate::domain::JobState;
-use crate::log::{CheckpointHeader, LogStore, StoreError};
+use crate::log::{CheckpointHeader, EventLog, Log, StoreError};
 
 /// Job states per part.
 pub const PART_JOBS: usize = 1000;
@@ -43,7 +43,7 @@ pub struct Loaded {
 }
 
 /// The hash of the event at `position`, or "" for position 0.
-async fn hash_at(store: &dyn LogStore, position: i64) -> Result<Option<String>, StoreError> {
+async fn hash_at(store: &dyn EventLog, position: i64) -> Result<Option<String>, StoreError> {
     if position == 0 {
         return Ok(Some(String::new()));
     }
@@ -58,17 +58,19 @@ async fn hash_at(store: &dyn LogStore, position: i64) -> Result<Option<String>, 
 /// Writes `snapshot` as a new checkpoint, then deletes all but the newest
 /// [`KEEP`].
 pub async fn write(
-    store: &dyn LogStore,
+    store: &Log,
     epoch: &str,
     snapshot: Snapshot,
     now: DateTime<Utc>,
 ) -> Result<CheckpointHeader, StoreError> {
-    let position_hash = hash_at(store, snapshot.position).await?.ok_or_else(|| {
-        StoreError::Unavailable(format!(
-            "no event at position {} to checkpoint",
-            snapshot.position
-        ))
-    })?;
+    let position_hash = hash_at(store.events.as_ref(), snapshot.position)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "no event at position {} to checkpoint",
+                snapshot.position
+            ))
+        })?;
     let jobs = snapshot.jobs.len() as i64;
     // Encoding is CPU work: off the async threads.
     let bodies = tokio::task::spawn_blocking(move || encode(&snapshot.jobs))
@@ -76,7 +78,10 @@ pub async fn write(
         .map_err(|e| StoreError::Unavailable(format!("encoding a checkpoint failed: {e}")))?;
     let id = Uuid::new_v4().to_string();
     for (part, body) in bodies.iter().enumerate() {
-        store.write_checkpoint_part(&id, part as i32, body).await?;
+        store
+            .checkpoints
+            .write_checkpoint_part(&id, part as i32, body)
+            .await?;
     }
     let header = CheckpointHeader {
         id,
@@ -89,10 +94,10 @@ pub async fn write(
         parts: bodies.len() as i32,
         digest: digest(&bodies),
     };
-    store.write_checkpoint_header(&header).await?;
-    let headers = store.checkpoints().await?;
+    store.checkpoints.write_checkpoint_header(&header).await?;
+    let headers = store.checkpoints.checkpoints().await?;
     let keep: Vec<&str> = headers.iter().take(KEEP).map(|h| h.id.as_str()).collect();
-    store.delete_checkpoints_except(&keep).await?;
+    store.checkpoints.delete_checkpoints_except(&keep).await?;
     Ok(header)
 }
 
@@ -122,11 +127,11 @@ fn digest(bodies: &[String]) -> String {
 /// The newest checkpoint that passes every check, and why each newer one
 /// was ignored. `None` when there is none to use.
 pub async fn load_newest(
-    store: &dyn LogStore,
+    store: &Log,
     epoch: &str,
 ) -> Result<(Option<Loaded>, Vec<String>), StoreError> {
     let mut ignored = Vec::new();
-    for header in store.checkpoints().await? {
+    for header in store.checkpoints.checkpoints().await? {
         match check(store, epoch, &header).await? {
             Ok(jobs) => return Ok((Some(Loaded { header, jobs }), ignored)),
             Err(why) => {
@@ -143,7 +148,7 @@ pub async fn load_newest(
 
 /// The checkpoint's jobs, or why it cannot be used.
 async fn check(
-    store: &dyn LogStore,
+    store: &Log,
     epoch: &str,
     h: &CheckpointHeader,
 ) -> Result<Result<Vec<JobState>, String>, StoreError> {
@@ -156,7 +161,7 @@ async fn check(
     if h.epoch != epoch {
         return Ok(Err(format!("made from another log (epoch {})", h.epoch)));
     }
-    match hash_at(store, h.position).await? {
+    match hash_at(store.events.as_ref(), h.position).await? {
         Some(hash) if hash == h.position_hash => {}
         Some(_) => {
             return Ok(Err(
@@ -165,7 +170,7 @@ async fn check(
         }
         None => return Ok(Err("its position is past the end of the log".into())),
     }
-    let bodies = store.checkpoint_parts(&h.id).await?;
+    let bodies = store.checkpoints.checkpoint_parts(&h.id).await?;
     if bodies.len() != h.parts as usize {
         return Ok(Err(format!(
             "{} of its {} parts are stored",

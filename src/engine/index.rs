@@ -5,14 +5,13 @@
 //! before they were asked.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::log::job_index::fold;
-use crate::log::{IndexRow, LogStore, StoreError};
+use crate::log::{IndexRow, Log, StoreError};
 
 /// Events folded per transaction.
 const PAGE: u32 = 1000;
@@ -22,14 +21,14 @@ const SPACING: Duration = Duration::from_millis(250);
 
 /// Folds the index forward until it covers position `through` (or the end
 /// of the log).
-pub async fn catch_up(store: &dyn LogStore, through: i64) -> Result<(), StoreError> {
+pub async fn catch_up(store: &Log, through: i64) -> Result<(), StoreError> {
     let mut raced = 0;
     loop {
-        let from = store.job_index_position().await?;
+        let from = store.index.job_index_position().await?;
         if from >= through {
             return Ok(());
         }
-        let rows = store.read_log(from, PAGE).await?;
+        let rows = store.events.read_log(from, PAGE).await?;
         let Some(to) = rows.last().map(|r| r.position) else {
             return Ok(());
         };
@@ -41,6 +40,7 @@ pub async fn catch_up(store: &dyn LogStore, through: i64) -> Result<(), StoreErr
         ids.sort_unstable();
         ids.dedup();
         let mut held: HashMap<String, IndexRow> = store
+            .index
             .job_index_rows(&ids)
             .await?
             .into_iter()
@@ -50,7 +50,7 @@ pub async fn catch_up(store: &dyn LogStore, through: i64) -> Result<(), StoreErr
         let rows: Vec<IndexRow> = changed.iter().filter_map(|id| held.remove(id)).collect();
         // Another writer (a node on the same log) moved the index first:
         // read the position again and go on from there, a few times.
-        if !store.write_job_index(&rows, from, to).await? {
+        if !store.index.write_job_index(&rows, from, to).await? {
             raced += 1;
             if raced > 3 {
                 return Ok(());
@@ -62,14 +62,10 @@ pub async fn catch_up(store: &dyn LogStore, through: i64) -> Result<(), StoreErr
 /// The index task: catches up whenever the head moves (at most every
 /// [`SPACING`], and every second for what other nodes append), until
 /// `shutdown`.
-pub(super) async fn run(
-    store: Arc<dyn LogStore>,
-    mut head: watch::Receiver<i64>,
-    shutdown: CancellationToken,
-) {
+pub(super) async fn run(store: Log, mut head: watch::Receiver<i64>, shutdown: CancellationToken) {
     loop {
         let through = *head.borrow_and_update();
-        if let Err(e) = catch_up(store.as_ref(), through).await {
+        if let Err(e) = catch_up(&store, through).await {
             tracing::warn!(error = %e, "cannot bring the job index up to date; retrying");
         }
         // At most a few index commits a second under load (each is a

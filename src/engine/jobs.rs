@@ -13,11 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::domain::{Event, JobId, JobState};
-use crate::log::{for_each_job_event, LogStore, StoreError};
+use crate::log::{for_each_job_event, EventLog, StoreError};
 
 /// Reads one job back from the log (its events, by index) and folds it. A
 /// job that does not exist comes back as its genesis state.
-pub async fn load_job(store: &dyn LogStore, id: JobId) -> Result<JobState, StoreError> {
+pub async fn load_job(store: &dyn EventLog, id: JobId) -> Result<JobState, StoreError> {
     let mut state = JobState::genesis(id);
     for_each_job_event(store, &id.to_string(), i64::MAX, |e| state.apply(&e)).await?;
     Ok(state)

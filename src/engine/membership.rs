@@ -17,14 +17,14 @@ use super::queue::{Closes, SocketRef};
 use super::writer;
 use crate::clock::Corrected;
 use crate::domain::SessionPhase;
-use crate::log::{LogStore, Pages};
+use crate::log::{EventLog, Membership, Pages};
 use crate::metrics::Metrics;
 
 /// What keeping a lease needs of the engine: the lease itself, the state
 /// to find lost sessions in, the sockets to close when fenced, and the way
 /// to record closes.
 pub(super) struct Member {
-    pub store: Arc<dyn LogStore>,
+    pub members: Arc<dyn Membership>,
     pub lease: Arc<Lease>,
     pub jobs: Arc<Mutex<JobTable>>,
     pub hub: Arc<Hub>,
@@ -55,7 +55,7 @@ pub(super) fn fence(lease: &Lease, hub: &Hub, metrics: &Metrics, why: &str) {
 /// Takes a new lease under a fresh node id, and sets the node's clock to
 /// the database's (measured around the request). Returns the id.
 pub(super) async fn take(
-    store: &dyn LogStore,
+    members: &dyn Membership,
     lease: &Lease,
     clock: &Corrected,
     ttl: Duration,
@@ -63,7 +63,7 @@ pub(super) async fn take(
     let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
     let sent = Instant::now();
     let before = clock.local();
-    let db_now = store.take_lease(&id, ttl).await?;
+    let db_now = members.take_lease(&id, ttl).await?;
     clock.observe(before, db_now, clock.local());
     lease.granted(id.clone(), sent, ttl);
     Ok(id)
@@ -76,7 +76,8 @@ const FOLLOW_POLL: Duration = Duration::from_secs(1);
 /// (woken by the store's notifications, and every [`FOLLOW_POLL`] in case one
 /// was missed) and hands it to the writer, until `shutdown`.
 pub(super) async fn follow(
-    store: Arc<dyn LogStore>,
+    events: Arc<dyn EventLog>,
+    members: Arc<dyn Membership>,
     mut cursor: i64,
     absorb: mpsc::Sender<writer::Absorbed>,
     shutdown: CancellationToken,
@@ -84,7 +85,7 @@ pub(super) async fn follow(
     let mut listener = None;
     loop {
         if listener.is_none() {
-            listener = match store.listen().await {
+            listener = match members.listen().await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen for other nodes' appends; polling");
@@ -93,7 +94,7 @@ pub(super) async fn follow(
             };
         }
         loop {
-            let mut page = Pages::log(store.as_ref(), cursor).page_size(1000);
+            let mut page = Pages::log(events.as_ref(), cursor).page_size(1000);
             match page.next().await {
                 Ok(None) => break,
                 Ok(Some(rows)) => {
@@ -159,7 +160,7 @@ pub(super) async fn keep_lease(
     ttl: Duration,
     shutdown: CancellationToken,
 ) {
-    let store = engine.store.clone();
+    let members = engine.members.clone();
     let lease = engine.lease.clone();
     let mut tick = tokio::time::interval(ttl / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -176,7 +177,7 @@ pub(super) async fn keep_lease(
             _ = tick.tick() => {}
         }
         let Some(id) = lease.held_id().filter(|_| lease.holds()) else {
-            match take(store.as_ref(), &lease, &clock, ttl).await {
+            match take(members.as_ref(), &lease, &clock, ttl).await {
                 Ok(id) => tracing::info!(node = %id, "took a new lease on the shared log"),
                 Err(e) => tracing::warn!(error = %e, "cannot take a lease on the shared log"),
             }
@@ -184,7 +185,7 @@ pub(super) async fn keep_lease(
         };
         let sent = Instant::now();
         let before = clock.local();
-        match store.renew_lease(&id, ttl).await {
+        match members.renew_lease(&id, ttl).await {
             Ok(Some(db_now)) => {
                 clock.observe(before, db_now, clock.local());
                 lease.renewed(sent, ttl);
@@ -198,7 +199,7 @@ pub(super) async fn keep_lease(
                 continue;
             }
         }
-        let live = match store.live_nodes().await {
+        let live = match members.live_nodes().await {
             Ok(live) => live,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the nodes' leases");
@@ -232,7 +233,7 @@ pub(super) async fn keep_lease(
         }
     }
     if let Some(id) = lease.node() {
-        if let Err(e) = store.end_lease(&id).await {
+        if let Err(e) = members.end_lease(&id).await {
             tracing::warn!(error = %e, "cannot give up this node's lease");
         }
     }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::checkpoint;
 use super::jobs::{load_job, JobTable, Logged};
 use crate::domain::{Event, EventBody, JobId};
-use crate::log::{for_each_event, CheckpointHeader, LogStore, StoreError};
+use crate::log::{for_each_event, CheckpointHeader, Log, StoreError};
 
 /// What start-up rebuilt.
 #[derive(Debug)]
@@ -49,7 +49,7 @@ pub fn needs_reload(logged: Logged, event: &Event) -> bool {
 }
 
 pub async fn recover(
-    store: &dyn LogStore,
+    store: &Log,
     epoch: &str,
     cache_entries: usize,
 ) -> Result<Recovered, StoreError> {
@@ -78,7 +78,7 @@ pub async fn recover(
     let mut position = from;
     let mut folded = 0u64;
     let mut to_load: HashSet<JobId> = HashSet::new();
-    for_each_event(store, from, |_, event| {
+    for_each_event(store.events.as_ref(), from, |_, event| {
         position = event.position;
         folded += 1;
         if needs_reload(table.apply_logged(&event), &event) {
@@ -88,7 +88,9 @@ pub async fn recover(
     })
     .await?;
     for id in to_load {
-        table.put(std::sync::Arc::new(load_job(store, id).await?));
+        table.put(std::sync::Arc::new(
+            load_job(store.events.as_ref(), id).await?,
+        ));
     }
     tracing::info!(
         checkpoint = header.as_ref().map(|h| h.position),

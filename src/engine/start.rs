@@ -21,7 +21,7 @@ use super::{index, membership, notify, recover, scheduler};
 use crate::clock::{Clock, Corrected};
 use crate::domain::deadline::{self, Schedule};
 use crate::domain::{JobId, SessionId, SessionPhase};
-use crate::log::{LogStore, StoreError};
+use crate::log::{Log, StoreError};
 use crate::metrics::Metrics;
 
 /// The ends of the engine's channels its tasks take at start.
@@ -58,22 +58,21 @@ impl Engine {
     /// and starts the writer. The writer stops when `shutdown` is cancelled,
     /// after answering what was already queued.
     pub async fn start(
-        store: Arc<dyn LogStore>,
+        store: Log,
         clock: Arc<dyn Clock>,
         settings: EngineSettings,
         shutdown: CancellationToken,
     ) -> Result<Started, StoreError> {
-        let epoch = store.epoch().await?;
-        let recovered =
-            recover::recover(store.as_ref(), &epoch, settings.job_cache_entries).await?;
+        let epoch = store.events.epoch().await?;
+        let recovered = recover::recover(&store, &epoch, settings.job_cache_entries).await?;
         let (waiting, orphaned) = sessions_to_resume(&recovered.table, store.shared());
         // On a shared log this process is a node with a lease, taken before
         // any socket can name it, and its clock is the database's.
-        let (clock, shared_clock, lease) = if store.shared() {
+        let (clock, shared_clock, lease) = if let Some(members) = &store.members {
             let corrected = Arc::new(Corrected::new(clock));
             let lease = Lease::shared();
             let node =
-                membership::take(store.as_ref(), &lease, &corrected, settings.node_lease).await?;
+                membership::take(members.as_ref(), &lease, &corrected, settings.node_lease).await?;
             tracing::info!(node = %node, offset_ms = corrected.offset().num_milliseconds(), "joined the shared log");
             (corrected.clone() as Arc<dyn Clock>, Some(corrected), lease)
         } else {
@@ -108,7 +107,7 @@ impl Engine {
     /// The engine over the rebuilt state, and the ends of its channels that
     /// its tasks take.
     fn assemble(
-        store: Arc<dyn LogStore>,
+        store: Log,
         (clock, shared_clock): (Arc<dyn Clock>, Option<Arc<Corrected>>),
         settings: &EngineSettings,
         epoch: String,
@@ -201,11 +200,12 @@ impl Engine {
         };
         // On a shared log, a follower reads what other nodes append and the
         // writer absorbs it between its own batches.
-        let absorb = inner.store.shared().then(|| {
+        let absorb = inner.store.members.clone().map(|members| {
             let (absorb_tx, absorb_rx) = mpsc::channel(64);
             let from = inner.applied.load(Ordering::Relaxed);
             tokio::spawn(membership::follow(
-                inner.store.clone(),
+                inner.store.events.clone(),
+                members,
                 from,
                 absorb_tx,
                 shutdown.clone(),
@@ -252,10 +252,11 @@ impl Engine {
             inner.head.clone(),
             shutdown.clone(),
         ));
-        let leases = inner.shared_clock.clone().map(|clock| {
+        let leases = inner.store.members.clone().zip(inner.shared_clock.clone());
+        let leases = leases.map(|(members, clock)| {
             tokio::spawn(membership::keep_lease(
                 membership::Member {
-                    store: inner.store.clone(),
+                    members,
                     lease: inner.lease.clone(),
                     jobs: inner.jobs.clone(),
                     hub: inner.hub.clone(),
@@ -283,7 +284,7 @@ impl Engine {
             let started = std::time::Instant::now();
             let jobs = snapshot.jobs.len();
             match checkpoint::write(
-                self.inner.store.as_ref(),
+                &self.inner.store,
                 &self.inner.epoch,
                 snapshot,
                 self.inner.clock.now(),

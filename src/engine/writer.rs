@@ -39,7 +39,7 @@ use crate::domain::{
     plan, Command, DomainError, Event, EventBody, JobId, JobState, Policy, Reply, SessionId,
     SessionPhase,
 };
-use crate::log::{for_each_job_event_after, EventRow, LogStore, StoreError};
+use crate::log::{for_each_job_event_after, EventRow, Log, StoreError};
 use crate::metrics::Metrics;
 
 /// How a request will be answered once the batch is committed.
@@ -111,7 +111,7 @@ impl CheckpointDue {
 }
 
 pub(crate) struct Writer {
-    pub store: Arc<dyn LogStore>,
+    pub store: Log,
     pub jobs: Arc<Mutex<JobTable>>,
     pub hub: Arc<Hub>,
     pub deadlines: mpsc::UnboundedSender<Schedule>,
@@ -319,7 +319,7 @@ impl Writer {
         }
         for id in &missing {
             self.metrics.observe_job_loaded();
-            jobs.insert(*id, load_job(self.store.as_ref(), *id).await?);
+            jobs.insert(*id, load_job(self.store.events.as_ref(), *id).await?);
         }
         let mut keys: HashMap<JobId, Vec<&str>> = HashMap::new();
         for req in requests {
@@ -333,7 +333,12 @@ impl Writer {
         }
         let mut priors = HashMap::new();
         for (job, keys) in keys {
-            for row in self.store.find_keyed(&job.to_string(), &keys).await? {
+            for row in self
+                .store
+                .events
+                .find_keyed(&job.to_string(), &keys)
+                .await?
+            {
                 let event = row.decode_stored()?;
                 if let Some(key) = event.idempotency_key.clone() {
                     priors.insert(
@@ -360,7 +365,7 @@ impl Writer {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        let positions = self.store.append(&staged.rows).await?;
+        let positions = self.store.events.append(&staged.rows).await?;
         self.stats.record_commit(staged.rows.len());
         self.metrics
             .observe_commit(staged.rows.len(), started.elapsed().as_secs_f64());
@@ -473,7 +478,7 @@ impl Writer {
         for job in jobs {
             let head = self.table().peek(*job).map_or(0, |j| j.head_seq);
             let mut events = Vec::new();
-            for_each_job_event_after(self.store.as_ref(), &job.to_string(), head, |e| {
+            for_each_job_event_after(self.store.events.as_ref(), &job.to_string(), head, |e| {
                 events.push(e)
             })
             .await?;

@@ -27,7 +27,7 @@ use super::error::ApiError;
 use super::extract::{parse_job_id, Caller};
 use super::AppState;
 use crate::auth::Role;
-use crate::log::{EventEnvelope, EventRow, LogStore, Pages, StoreError};
+use crate::log::{EventEnvelope, EventLog, EventRow, Pages, StoreError};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -117,7 +117,7 @@ pub async fn job_events(
     }
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
-    let store = state.store.as_ref();
+    let store = state.store.events.as_ref();
     let mut page = Pages::job(store, &job_id.to_string(), after, i64::MAX).page_size(limit);
     let rows = page.next().await?.unwrap_or_default();
     Ok(Json(to_page(rows, page.cursor())?))
@@ -156,14 +156,14 @@ pub async fn global_log(
         // Up to the head as of now, or `limit` events.
         let until = *state.engine.watch_head().borrow();
         let limit = q.limit.map_or(u64::MAX, u64::from);
-        let body = Body::from_stream(ndjson(state.store.clone(), after, until, limit));
+        let body = Body::from_stream(ndjson(state.store.events.clone(), after, until, limit));
         let mut res = body.into_response();
         res.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
         return Ok(res);
     }
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
-    let mut page = Pages::log(state.store.as_ref(), after).page_size(limit);
+    let mut page = Pages::log(state.store.events.as_ref(), after).page_size(limit);
     let rows = page.next().await?.unwrap_or_default();
     Ok(Json(to_page(rows, page.cursor())?).into_response())
 }
@@ -172,7 +172,7 @@ pub async fn global_log(
 /// read a page at a time. A failed read or a payload that is not JSON ends
 /// the body with an error (the client sees a truncated stream).
 fn ndjson(
-    store: std::sync::Arc<dyn LogStore>,
+    store: std::sync::Arc<dyn EventLog>,
     after: i64,
     until: i64,
     limit: u64,
@@ -269,14 +269,19 @@ pub async fn live_tail(
         None => None,
     };
     let start = last_id.or(q.after).unwrap_or_else(|| *head.borrow());
-    let stream = tail(state.store.clone(), head, start, state.shutdown.clone());
+    let stream = tail(
+        state.store.events.clone(),
+        head,
+        start,
+        state.shutdown.clone(),
+    );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
 struct Tail {
-    store: std::sync::Arc<dyn LogStore>,
+    store: std::sync::Arc<dyn EventLog>,
     head: watch::Receiver<i64>,
     cursor: i64,
     ready: VecDeque<EventRow>,
@@ -307,7 +312,7 @@ fn tail_error(e: &StoreError) -> SseEvent {
 /// The watch only wakes the reader; the events come from the log, so a missed
 /// wake-up loses nothing.
 fn tail(
-    store: std::sync::Arc<dyn LogStore>,
+    store: std::sync::Arc<dyn EventLog>,
     head: watch::Receiver<i64>,
     cursor: i64,
     shutdown: CancellationToken,

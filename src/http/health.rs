@@ -32,13 +32,13 @@ pub async fn healthz() -> Json<Value> {
         (status = 503, description = "The database does not answer, or this node does not hold its lease", body = super::ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state.store.ping().await?;
+    state.store.events.ping().await?;
     if !state.engine.serving() {
         return Err(ApiError::Unavailable(crate::engine::NOT_SERVING.into()));
     }
     Ok(Json(json!({
         "status": "ready",
-        "backend": state.store.backend(),
+        "backend": state.store.events.backend(),
         "epoch": state.engine.epoch(),
         // On a shared log: the id this node serves under (the `node` of
         // its sessions' and webhook attempts' events).

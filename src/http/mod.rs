@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authority;
 use crate::clock::Clock;
 use crate::engine::Engine;
-use crate::log::LogStore;
+use crate::log::Log;
 use error::ApiError;
 use upgrade::{RejectionLog, UpgradeSettings};
 
@@ -82,7 +82,7 @@ pub struct AppState {
     pub engine: Engine,
     /// The log, for the reads that page through it (the event feed, the
     /// job search, health).
-    pub store: Arc<dyn LogStore>,
+    pub store: Log,
     /// The clock the engine decides by: tokens and views are timed by it.
     pub clock: Arc<dyn Clock>,
     pub auth: Arc<Authority>,

@@ -163,7 +163,7 @@ pub async fn list_jobs(
     let engine = &state.engine;
     let head = *engine.watch_head().borrow();
     // Only jobs held in memory have watchers: a job with one is live.
-    let list = page(state.store.as_ref(), &filter, head, |job| {
+    let list = page(&state.store, &filter, head, |job| {
         Some(engine.watcher_count(job))
     })
     .await?;
@@ -173,7 +173,7 @@ pub async fn list_jobs(
 /// One page of the index after bringing it up to `through`, with the
 /// cursor of the next page if there is one; `watchers` counts a job's.
 pub async fn page(
-    store: &dyn crate::log::LogStore,
+    store: &crate::log::Log,
     filter: &JobFilter,
     through: i64,
     watchers: impl Fn(Uuid) -> Option<usize>,
@@ -183,7 +183,7 @@ pub async fn page(
         limit: filter.limit + 1,
         ..filter.clone()
     };
-    let mut rows = store.find_jobs(&one_more).await?;
+    let mut rows = store.index.find_jobs(&one_more).await?;
     let more = rows.len() > filter.limit as usize;
     rows.truncate(filter.limit as usize);
     let next_after = more

@@ -1,8 +1,10 @@
 //! The log: durable, append-only storage of events.
 //!
-//! [`LogStore`] is the one interface to it, with a backend per database:
-//! `sqlite.rs` (embedded, one process per log) and `postgres.rs` (a log
-//! shared by several nodes), chosen by [`open`] from the database URL. Stores keep rows as they are written ([`EventRow`]); the
+//! A backend per database, `sqlite.rs` (embedded, one process per log) and
+//! `postgres.rs` (a log shared by several nodes), chosen by [`open`] from the
+//! database URL, gives its stores by concern ([`Log`]): the event log, the
+//! checkpoints, the job index, and, shared only, the nodes' membership.
+//! Stores keep rows as they are written ([`EventRow`]); the
 //! domain's typed [`Event`] is converted at this boundary. A store never decides
 //! anything: seqs and hashes arrive computed by the writer, and the database's
 //! unique `(job_id, seq)` is the last line of defence against two writers.
@@ -121,9 +123,9 @@ pub enum StoreError {
     Open(String),
 }
 
-/// Durable, append-only event storage.
+/// The event log: durable, append-only, read by position or by job.
 #[async_trait]
-pub trait LogStore: Send + Sync + 'static {
+pub trait EventLog: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
@@ -154,6 +156,13 @@ pub trait LogStore: Send + Sync + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Closes the connections after the last append.
+    async fn close(&self);
+}
+
+/// Checkpoints of the folded state, stored beside the log.
+#[async_trait]
+pub trait Checkpoints: Send + Sync + 'static {
     /// The checkpoints' headers, newest position first.
     async fn checkpoints(&self) -> Result<Vec<CheckpointHeader>, StoreError>;
 
@@ -175,7 +184,12 @@ pub trait LogStore: Send + Sync + 'static {
     /// Deletes every checkpoint but those in `keep`, and parts no header
     /// names (left by a writer that stopped half-way).
     async fn delete_checkpoints_except(&self, keep: &[&str]) -> Result<(), StoreError>;
+}
 
+/// The job index: a summary row per job, folded from the log, for listing
+/// and searching jobs.
+#[async_trait]
+pub trait JobIndex: Send + Sync + 'static {
     /// The job index: the log position it is folded through.
     async fn job_index_position(&self) -> Result<i64, StoreError>;
 
@@ -195,53 +209,67 @@ pub trait LogStore: Send + Sync + 'static {
     /// Jobs the index holds that match `filter`, newest first (by the
     /// position of their creation), at most `filter.limit`.
     async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError>;
+}
 
-    /// Whether other processes append to this log too (several nodes on one
-    /// database): the engine then follows the log and retries conflicts.
-    fn shared(&self) -> bool {
-        false
-    }
-
-    /// On a shared log: a new lease for `node`, until the database's
-    /// `now() + ttl`. Returns the database's clock as it granted it.
+/// What only a log shared by several nodes has: the nodes' leases, kept on
+/// the database's clock, and a hint when another node appended.
+#[async_trait]
+pub trait Membership: Send + Sync + 'static {
+    /// A new lease for `node`, until the database's `now() + ttl`. Returns the database's clock as it granted it.
     async fn take_lease(
         &self,
-        _node: &str,
-        _ttl: std::time::Duration,
-    ) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
-        Ok(chrono::Utc::now())
-    }
+        node: &str,
+        ttl: std::time::Duration,
+    ) -> Result<chrono::DateTime<chrono::Utc>, StoreError>;
 
-    /// On a shared log: extends `node`'s lease to the database's
+    /// Extends `node`'s lease to the database's
     /// `now() + ttl`, only if it has not run out. Returns the database's
     /// clock as it renewed it, or `None` when the lease had run out (it is
     /// then never renewed: the node takes a new one under a new id).
     async fn renew_lease(
         &self,
-        _node: &str,
-        _ttl: std::time::Duration,
-    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
-        Ok(Some(chrono::Utc::now()))
-    }
+        node: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError>;
 
-    /// On a shared log: the nodes whose leases have not run out.
-    async fn live_nodes(&self) -> Result<Vec<String>, StoreError> {
-        Ok(Vec::new())
-    }
+    /// The nodes whose leases have not run out.
+    async fn live_nodes(&self) -> Result<Vec<String>, StoreError>;
 
-    /// On a shared log: gives up `node`'s lease (a clean stop).
-    async fn end_lease(&self, _node: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
+    /// Gives up `node`'s lease (a clean stop).
+    async fn end_lease(&self, node: &str) -> Result<(), StoreError>;
 
-    /// On a shared log: a stream that yields whenever another process may
+    /// A stream that yields whenever another process may
     /// have appended (a hint; the log is read to find out what).
-    async fn listen(&self) -> Result<Option<Box<dyn AppendListener>>, StoreError> {
-        Ok(None)
+    async fn listen(&self) -> Result<Option<Box<dyn AppendListener>>, StoreError>;
+}
+
+/// A backend's stores, each by its concern. `members` is there only for a
+/// backend several nodes share (PostgreSQL): the engine follows the log,
+/// takes a lease and retries conflicts only when it has one.
+#[derive(Clone)]
+pub struct Log {
+    pub events: Arc<dyn EventLog>,
+    pub checkpoints: Arc<dyn Checkpoints>,
+    pub index: Arc<dyn JobIndex>,
+    pub members: Option<Arc<dyn Membership>>,
+}
+
+impl Log {
+    /// The stores of a backend that keeps every concern itself.
+    pub fn of<S: EventLog + Checkpoints + JobIndex>(store: Arc<S>) -> Self {
+        Log {
+            events: store.clone(),
+            checkpoints: store.clone(),
+            index: store,
+            members: None,
+        }
     }
 
-    /// Closes the connections after the last append.
-    async fn close(&self);
+    /// Whether other processes append to this log too (several nodes on one
+    /// database).
+    pub fn shared(&self) -> bool {
+        self.members.is_some()
+    }
 }
 
 /// A checkpoint as listed: what it covers and how to check it. Its parts
@@ -310,17 +338,21 @@ pub trait AppendListener: Send {
 /// Opens the log named by a database URL: `postgres://…` (or `postgresql://…`)
 /// for PostgreSQL; `sqlite://PATH`, `sqlite:PATH` or a bare file path for
 /// SQLite.
-pub async fn open(url: &str) -> Result<Arc<dyn LogStore>, StoreError> {
+pub async fn open(url: &str) -> Result<Log, StoreError> {
     if postgres::is_postgres(url) {
-        return Ok(Arc::new(postgres::PostgresStore::open(url).await?));
+        let store = Arc::new(postgres::PostgresStore::open(url).await?);
+        return Ok(Log {
+            members: Some(store.clone()),
+            ..Log::of(store)
+        });
     }
-    Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    Ok(Log::of(Arc::new(sqlite::SqliteStore::open(url).await?)))
 }
 
 /// Visits every event after position `after`, in order, decoded. The next
 /// page is read while this one is decoded and visited (the start-up fold).
 pub async fn for_each_event(
-    store: &dyn LogStore,
+    store: &dyn EventLog,
     after: i64,
     mut visit: impl FnMut(&EventRow, Event) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
@@ -342,7 +374,7 @@ pub async fn for_each_event(
 
 /// Visits one job's events with `seq <= through_seq`, in order, decoded.
 pub async fn for_each_job_event(
-    store: &dyn LogStore,
+    store: &dyn EventLog,
     job_id: &str,
     through_seq: i64,
     visit: impl FnMut(Event),
@@ -352,7 +384,7 @@ pub async fn for_each_job_event(
 
 /// Visits one job's events after `after_seq`, in seq order.
 pub async fn for_each_job_event_after(
-    store: &dyn LogStore,
+    store: &dyn EventLog,
     job_id: &str,
     after_seq: i64,
     visit: impl FnMut(Event),
@@ -361,7 +393,7 @@ pub async fn for_each_job_event_after(
 }
 
 async fn for_each_job_event_between(
-    store: &dyn LogStore,
+    store: &dyn EventLog,
     job_id: &str,
     after_seq: i64,
     through_seq: i64,

@@ -14,7 +14,7 @@
 //! node wrote that this build cannot decode and goes on, so one unknown event
 //! cannot stop cross-node delivery.
 
-use super::{EventRow, LogStore, StoreError};
+use super::{EventLog, EventRow, StoreError};
 use crate::domain::Event;
 
 /// Rows per page unless the reader asks for another size.
@@ -35,7 +35,7 @@ enum Range {
 /// Pages of the log, read one at a time; ends after the first page that is
 /// not full (what was committed when it was read).
 pub struct Pages<'a> {
-    store: &'a dyn LogStore,
+    store: &'a dyn EventLog,
     range: Range,
     page: u32,
     done: bool,
@@ -43,7 +43,7 @@ pub struct Pages<'a> {
 
 impl<'a> Pages<'a> {
     /// The whole log after position `after`.
-    pub fn log(store: &'a dyn LogStore, after: i64) -> Self {
+    pub fn log(store: &'a dyn EventLog, after: i64) -> Self {
         Pages {
             store,
             range: Range::Log { after },
@@ -53,7 +53,7 @@ impl<'a> Pages<'a> {
     }
 
     /// One job's events with `after < seq <= through`.
-    pub fn job(store: &'a dyn LogStore, job_id: &str, after: i64, through: i64) -> Self {
+    pub fn job(store: &'a dyn EventLog, job_id: &str, after: i64, through: i64) -> Self {
         Pages {
             store,
             range: Range::Job {

@@ -18,8 +18,8 @@ use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
 use super::{
-    classify, AppendListener, CheckpointHeader, CheckpointRow, EventRow, LogStore, StoreError,
-    LIST_CHECKPOINTS,
+    classify, AppendListener, CheckpointHeader, CheckpointRow, Checkpoints, EventLog, EventRow,
+    JobIndex, Membership, StoreError, LIST_CHECKPOINTS,
 };
 
 /// The channel `append` notifies with the last position it committed.
@@ -146,7 +146,7 @@ fn to_row(r: &sqlx::postgres::PgRow) -> Result<EventRow, sqlx::Error> {
 }
 
 #[async_trait]
-impl LogStore for PostgresStore {
+impl EventLog for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -241,6 +241,13 @@ impl LogStore for PostgresStore {
             .map_err(classify)
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Checkpoints for PostgresStore {
     async fn checkpoints(&self) -> Result<Vec<CheckpointHeader>, StoreError> {
         let rows: Vec<CheckpointRow> = sqlx::query_as(LIST_CHECKPOINTS)
             .fetch_all(&self.pool)
@@ -313,7 +320,10 @@ impl LogStore for PostgresStore {
         .map(|_| ())
         .map_err(classify)
     }
+}
 
+#[async_trait]
+impl JobIndex for PostgresStore {
     async fn job_index_position(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT position FROM job_index_position WHERE id = 1")
             .fetch_one(&self.pool)
@@ -373,11 +383,10 @@ impl LogStore for PostgresStore {
             .await
             .map_err(classify)
     }
+}
 
-    fn shared(&self) -> bool {
-        true
-    }
-
+#[async_trait]
+impl Membership for PostgresStore {
     async fn take_lease(&self, node: &str, ttl: Duration) -> Result<DateTime<Utc>, StoreError> {
         sqlx::query_scalar(
             "INSERT INTO node_leases (node_id, lease_until) VALUES ($1, now() + make_interval(secs => $2))
@@ -436,10 +445,6 @@ impl LogStore for PostgresStore {
             .map_err(classify)?;
         listener.listen(CHANNEL).await.map_err(classify)?;
         Ok(Some(Box::new(Listener(listener))))
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
     }
 }
 

@@ -20,7 +20,8 @@ use tokio::sync::Mutex;
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
 use super::sqlite_scan::Scanner;
 use super::{
-    classify, CheckpointHeader, CheckpointRow, EventRow, LogStore, StoreError, LIST_CHECKPOINTS,
+    classify, CheckpointHeader, CheckpointRow, Checkpoints, EventLog, EventRow, JobIndex,
+    StoreError, LIST_CHECKPOINTS,
 };
 
 /// Rows per INSERT statement: 10 columns each, far below SQLite's limit of
@@ -267,7 +268,7 @@ fn insert_events(rows: &[EventRow]) -> QueryBuilder<'_, Sqlite> {
 }
 
 #[async_trait]
-impl LogStore for SqliteStore {
+impl EventLog for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
@@ -314,6 +315,13 @@ impl LogStore for SqliteStore {
             .map_err(classify)
     }
 
+    async fn close(&self) {
+        self.readers.close().await;
+    }
+}
+
+#[async_trait]
+impl Checkpoints for SqliteStore {
     async fn checkpoints(&self) -> Result<Vec<CheckpointHeader>, StoreError> {
         let rows: Vec<CheckpointRow> = sqlx::query_as(LIST_CHECKPOINTS)
             .fetch_all(&self.readers)
@@ -375,6 +383,30 @@ impl LogStore for SqliteStore {
         .map_err(classify)
     }
 
+    async fn delete_checkpoints_except(&self, keep: &[&str]) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().await;
+        let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM checkpoints");
+        if !keep.is_empty() {
+            delete.push(" WHERE id NOT IN (");
+            let mut ids = delete.separated(", ");
+            for id in keep {
+                ids.push_bind(*id);
+            }
+            delete.push(")");
+        }
+        delete.build().execute(&mut *conn).await.map_err(classify)?;
+        sqlx::query(
+            "DELETE FROM checkpoint_parts WHERE checkpoint_id NOT IN (SELECT id FROM checkpoints)",
+        )
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(classify)
+    }
+}
+
+#[async_trait]
+impl JobIndex for SqliteStore {
     async fn job_index_position(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT position FROM job_index_position WHERE id = 1")
             .fetch_one(&self.readers)
@@ -425,30 +457,5 @@ impl LogStore for SqliteStore {
             .fetch_all(&self.readers)
             .await
             .map_err(classify)
-    }
-
-    async fn delete_checkpoints_except(&self, keep: &[&str]) -> Result<(), StoreError> {
-        let mut conn = self.writer.lock().await;
-        let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM checkpoints");
-        if !keep.is_empty() {
-            delete.push(" WHERE id NOT IN (");
-            let mut ids = delete.separated(", ");
-            for id in keep {
-                ids.push_bind(*id);
-            }
-            delete.push(")");
-        }
-        delete.build().execute(&mut *conn).await.map_err(classify)?;
-        sqlx::query(
-            "DELETE FROM checkpoint_parts WHERE checkpoint_id NOT IN (SELECT id FROM checkpoints)",
-        )
-        .execute(&mut *conn)
-        .await
-        .map(|_| ())
-        .map_err(classify)
-    }
-
-    async fn close(&self) {
-        self.readers.close().await;
     }
 }

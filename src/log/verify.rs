@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::chain::event_hash;
-use super::{EventRow, LogStore, Pages, StoreError};
+use super::{EventLog, EventRow, Pages, StoreError};
 
 /// The first event that breaks its job's chain, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct Report {
 /// Checks, for every job: seqs run 1, 2, 3, ... and each event's hash is the
 /// hash of its content chained to the previous event's hash. Stops at the first
 /// event that fails.
-pub async fn verify(store: &dyn LogStore) -> Result<Report, StoreError> {
+pub async fn verify(store: &dyn EventLog) -> Result<Report, StoreError> {
     // job -> (last seq, last hash)
     let mut heads: HashMap<String, (i64, String)> = HashMap::new();
     let mut report = Report::default();

@@ -3,7 +3,7 @@
 //! append at once, with the positions the rows will get, and commits it
 //! 50 ms later, in order, as a write-behind buffer would. A crash in between
 //! loses events the server already answered 201 for, which the harness must
-//! detect. Everything but `append` goes straight to the wrapped store.
+//! detect. It wraps the event log alone; every read goes straight to it.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -13,15 +13,13 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{
-    AppendListener, CheckpointHeader, EventRow, IndexRow, JobFilter, LogStore, StoreError,
-};
+use super::{EventLog, EventRow, StoreError};
 
 /// How long an acknowledged append waits before it is committed.
 const DELAY: Duration = Duration::from_millis(50);
 
 pub struct WriteBehind {
-    inner: Arc<dyn LogStore>,
+    inner: Arc<dyn EventLog>,
     /// The position the next row will get; 0 until the first append, which
     /// is committed at once to learn it (the store has one writer, so
     /// positions follow on from there).
@@ -30,7 +28,7 @@ pub struct WriteBehind {
 }
 
 impl WriteBehind {
-    pub fn wrap(inner: Arc<dyn LogStore>) -> Arc<dyn LogStore> {
+    pub fn wrap(inner: Arc<dyn EventLog>) -> Arc<dyn EventLog> {
         let (late, mut queue) = mpsc::unbounded_channel::<(Instant, Vec<EventRow>)>();
         let store = inner.clone();
         tokio::spawn(async move {
@@ -50,7 +48,7 @@ impl WriteBehind {
 }
 
 #[async_trait]
-impl LogStore for WriteBehind {
+impl EventLog for WriteBehind {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
@@ -98,84 +96,6 @@ impl LogStore for WriteBehind {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
-    }
-
-    async fn checkpoints(&self) -> Result<Vec<CheckpointHeader>, StoreError> {
-        self.inner.checkpoints().await
-    }
-
-    async fn checkpoint_parts(&self, id: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.checkpoint_parts(id).await
-    }
-
-    async fn write_checkpoint_part(
-        &self,
-        id: &str,
-        part: i32,
-        body: &str,
-    ) -> Result<(), StoreError> {
-        self.inner.write_checkpoint_part(id, part, body).await
-    }
-
-    async fn write_checkpoint_header(&self, header: &CheckpointHeader) -> Result<(), StoreError> {
-        self.inner.write_checkpoint_header(header).await
-    }
-
-    async fn delete_checkpoints_except(&self, keep: &[&str]) -> Result<(), StoreError> {
-        self.inner.delete_checkpoints_except(keep).await
-    }
-
-    async fn job_index_position(&self) -> Result<i64, StoreError> {
-        self.inner.job_index_position().await
-    }
-
-    async fn job_index_rows(&self, job_ids: &[String]) -> Result<Vec<IndexRow>, StoreError> {
-        self.inner.job_index_rows(job_ids).await
-    }
-
-    async fn write_job_index(
-        &self,
-        rows: &[IndexRow],
-        from: i64,
-        through: i64,
-    ) -> Result<bool, StoreError> {
-        self.inner.write_job_index(rows, from, through).await
-    }
-
-    async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError> {
-        self.inner.find_jobs(filter).await
-    }
-
-    fn shared(&self) -> bool {
-        self.inner.shared()
-    }
-
-    async fn take_lease(
-        &self,
-        node: &str,
-        ttl: Duration,
-    ) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
-        self.inner.take_lease(node, ttl).await
-    }
-
-    async fn renew_lease(
-        &self,
-        node: &str,
-        ttl: Duration,
-    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
-        self.inner.renew_lease(node, ttl).await
-    }
-
-    async fn live_nodes(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.live_nodes().await
-    }
-
-    async fn end_lease(&self, node: &str) -> Result<(), StoreError> {
-        self.inner.end_lease(node).await
-    }
-
-    async fn listen(&self) -> Result<Option<Box<dyn AppendListener>>, StoreError> {
-        self.inner.listen().await
     }
 
     async fn close(&self) {

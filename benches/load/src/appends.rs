@@ -15,7 +15,7 @@ use super::{append_all, created, database, progress, rate, BenchServer, JobWrite
 use crate::BenchArgs;
 use rejoin::clock::SystemClock;
 use rejoin::engine::{Engine, EngineSettings};
-use rejoin::log::{EventRow, LogStore};
+use rejoin::log::EventRow;
 
 const APPENDERS: usize = 64;
 
@@ -31,9 +31,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let raw = rejoin::log::open(&database(args, dir.path(), "raw").await?).await?;
     let rows = interleaved_rows(raw_n, 100);
     let started = Instant::now();
-    append_all(&raw, &rows, 100).await?;
+    append_all(&raw.events, &rows, 100).await?;
     let raw_rate = rows.len() as f64 / started.elapsed().as_secs_f64();
-    raw.close().await;
+    raw.events.close().await;
     println!(
         "  raw inserts, 100 rows/transaction      {:>12} rows/s",
         rate(raw_rate)
@@ -123,7 +123,7 @@ fn interleaved_rows(n: usize, jobs: usize) -> Vec<EventRow> {
 /// Appends `total` events from `appenders` tasks, each on its own job and each
 /// waiting for every acknowledgement; returns appends per second.
 async fn engine_rate(url: &str, appenders: usize, total: usize) -> anyhow::Result<f64> {
-    let store: Arc<dyn LogStore> = rejoin::log::open(url).await?;
+    let store = rejoin::log::open(url).await?;
     let stop = CancellationToken::new();
     let rejoin::engine::Started { engine, tasks, .. } = Engine::start(
         store.clone(),
@@ -156,6 +156,6 @@ async fn engine_rate(url: &str, appenders: usize, total: usize) -> anyhow::Resul
     stop.cancel();
     tasks.writer.await?;
     tasks.scheduler.await?;
-    store.close().await;
+    store.events.close().await;
     Ok(per_sec)
 }

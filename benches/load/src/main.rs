@@ -32,7 +32,7 @@ use uuid::Uuid;
 use rejoin::domain::event::{JobCreated, ProgressReported};
 use rejoin::domain::{Event, EventBody, JobState};
 use rejoin::log::chain::seal;
-use rejoin::log::{EventRow, LogStore};
+use rejoin::log::{EventLog, EventRow};
 pub use rejoin_testkit::{
     first_message, free_port, rss_kib, serve_args, spawn_announcing, InProcess, Tokens, Ws,
 };
@@ -310,7 +310,7 @@ pub fn created() -> EventBody {
 
 /// Appends `rows` through the store in batches of `batch`.
 pub async fn append_all(
-    store: &Arc<dyn LogStore>,
+    store: &Arc<dyn EventLog>,
     rows: &[EventRow],
     batch: usize,
 ) -> anyhow::Result<()> {

@@ -22,7 +22,6 @@ use crate::BenchArgs;
 use rejoin::clock::SystemClock;
 use rejoin::domain::event::{EventBody, JobCompleted};
 use rejoin::engine::{Engine, EngineSettings};
-use rejoin::log::LogStore;
 use rejoin::webhook::{Endpoint, WebhookArgs};
 
 const APPENDERS: usize = 64;
@@ -176,7 +175,7 @@ async fn ending_appends(
         Some(r) => Endpoint::from_args(&webhook_args(&r.url()), None)?.map(Arc::new),
         None => None,
     };
-    let store: Arc<dyn LogStore> = rejoin::log::open(url).await?;
+    let store = rejoin::log::open(url).await?;
     let stop = CancellationToken::new();
     let settings = EngineSettings {
         webhook,
@@ -215,6 +214,6 @@ async fn ending_appends(
     stop.cancel();
     tasks.writer.await?;
     tasks.scheduler.await?;
-    store.close().await;
+    store.events.close().await;
     Ok(per_sec)
 }

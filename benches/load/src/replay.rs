@@ -2,7 +2,6 @@
 //! path a restart takes) against a raw row scan of the same table in the same
 //! run, and apply alone over events already decoded.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -11,7 +10,7 @@ use uuid::Uuid;
 use super::{append_all, created, progress, rate, JobWriter};
 use crate::BenchArgs;
 use rejoin::domain::World;
-use rejoin::log::{for_each_event, LogStore};
+use rejoin::log::for_each_event;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (jobs, per_job) = if args.smoke {
@@ -21,7 +20,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let url = super::database(args, dir.path(), "replay").await?;
-    let store: Arc<dyn LogStore> = rejoin::log::open(&url).await?;
+    let store = rejoin::log::open(&url).await?;
 
     let started = Instant::now();
     let now = Utc::now();
@@ -35,11 +34,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             w.push(&mut rows, now, progress((i % 100) as f64));
         }
         if rows.len() >= 50_000 {
-            append_all(&store, &rows, 10_000).await?;
+            append_all(&store.events, &rows, 10_000).await?;
             rows.clear();
         }
     }
-    append_all(&store, &rows, 10_000).await?;
+    append_all(&store.events, &rows, 10_000).await?;
     let total = (jobs * per_job) as f64;
     println!(
         "  generated {} events in {:.1} s",
@@ -61,7 +60,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut world = World::default();
     let mut events = Vec::with_capacity(total as usize);
     let mut count = 0u64;
-    for_each_event(store.as_ref(), 0, |_, e| {
+    for_each_event(store.events.as_ref(), 0, |_, e| {
         world.apply(&e);
         count += 1;
         events.push(e);
@@ -88,7 +87,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "  apply alone                            {:>12} events/s",
         rate(apply_rate)
     );
-    store.close().await;
+    store.events.close().await;
     Ok(())
 }
 

@@ -2,7 +2,6 @@
 //! hold 10, 1,000 and 100,000 events (resume cost must not grow with the log),
 //! and a reconnect that replays 1,000 missed events.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -12,7 +11,6 @@ use uuid::Uuid;
 
 use super::{append_all, created, first_message, progress, BenchServer, JobWriter, Latencies, Ws};
 use crate::BenchArgs;
-use rejoin::log::LogStore;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (lengths, samples, replays): (&[usize], usize, usize) = if args.smoke {
@@ -22,7 +20,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let db = super::database(args, dir.path(), "resume").await?;
-    let store: Arc<dyn LogStore> = rejoin::log::open(&db).await?;
+    let store = rejoin::log::open(&db).await?;
     let now = Utc::now();
     let mut jobs = Vec::new();
     for &len in lengths {
@@ -32,10 +30,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         for i in 1..len {
             w.push(&mut rows, now, progress((i % 100) as f64));
         }
-        append_all(&store, &rows, 10_000).await?;
+        append_all(&store.events, &rows, 10_000).await?;
         jobs.push((len, w.state.job_id, w.state.last_seq));
     }
-    store.close().await;
+    store.events.close().await;
 
     let server = BenchServer::start(&db, &[]).await?;
     let mut p99s = Vec::new();

@@ -9,7 +9,6 @@
 //! with its RSS then; then state and history reads of finished jobs that are
 //! not in memory (p50/p99).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -19,7 +18,7 @@ use super::{created, progress, rate, rss_kib, serve_args, spawn_rejoin, JobWrite
 use crate::BenchArgs;
 use rejoin::domain::event::{Client, Connected, Disconnected, GraceExpired, JobCompleted};
 use rejoin::domain::EventBody;
-use rejoin::log::{EventRow, LogStore};
+use rejoin::log::EventRow;
 
 /// One start measured.
 struct Start {
@@ -91,7 +90,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 /// Fills the log; returns the number of events and some finished jobs to
 /// read cold.
 async fn generate(url: &str, finished: usize, live: usize) -> anyhow::Result<(u64, Vec<Uuid>)> {
-    let store: Arc<dyn LogStore> = rejoin::log::open(url).await?;
+    let store = rejoin::log::open(url).await?;
     let at = rejoin::domain::event::to_log_precision(Utc::now() - chrono::Duration::hours(1));
     let mut rows: Vec<EventRow> = Vec::with_capacity(60_000);
     let mut events = 0u64;
@@ -132,13 +131,13 @@ async fn generate(url: &str, finished: usize, live: usize) -> anyhow::Result<(u6
         }
         if rows.len() >= 50_000 {
             events += rows.len() as u64;
-            super::append_all(&store, &rows, 10_000).await?;
+            super::append_all(&store.events, &rows, 10_000).await?;
             rows.clear();
         }
     }
     events += rows.len() as u64;
-    super::append_all(&store, &rows, 10_000).await?;
-    store.close().await;
+    super::append_all(&store.events, &rows, 10_000).await?;
+    store.events.close().await;
     Ok((events, sample))
 }
 

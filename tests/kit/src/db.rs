@@ -79,7 +79,7 @@ pub struct LoggedEvent {
 pub async fn events_of(url: &str, job: Uuid, kind: &str) -> Vec<LoggedEvent> {
     let store = rejoin::log::open(url).await.unwrap();
     let mut out = Vec::new();
-    rejoin::log::for_each_job_event(store.as_ref(), &job.to_string(), i64::MAX, |e| {
+    rejoin::log::for_each_job_event(store.events.as_ref(), &job.to_string(), i64::MAX, |e| {
         if e.body.kind() == kind {
             out.push(LoggedEvent {
                 seq: e.seq,
@@ -91,6 +91,6 @@ pub async fn events_of(url: &str, job: Uuid, kind: &str) -> Vec<LoggedEvent> {
     })
     .await
     .unwrap();
-    store.close().await;
+    store.events.close().await;
     out
 }
