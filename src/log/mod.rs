@@ -46,21 +46,11 @@ pub struct EventRow {
 impl EventRow {
     /// Encodes an event for storage; the event's hash must already be set.
     pub fn from_event(event: &Event) -> Self {
-        EventRow {
-            position: event.position,
-            job_id: event.job_id.to_string(),
-            seq: event.seq,
-            session_id: event.session_id.map(|s| s.to_string()),
-            kind: event.body.kind().to_owned(),
-            schema_version: crate::domain::event::SCHEMA_VERSION,
-            payload: event.body.encode(),
-            idempotency_key: event.idempotency_key.clone(),
-            at: format_time(&event.at),
-            hash: event.hash.clone(),
-        }
+        EventRow::sealed(event, event.body.encode())
     }
 
-    /// The row of an event sealed into its chain (its payload encoded once).
+    /// The row of an event whose payload is already encoded (as sealing it
+    /// into its chain did).
     pub fn sealed(event: &Event, payload: String) -> Self {
         EventRow {
             position: event.position,
@@ -139,15 +129,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// Events with `position > after`, in position order, at most `limit`.
     async fn read_log(&self, after: i64, limit: u32) -> Result<Vec<EventRow>, StoreError>;
 
-    /// One job's events with `after_seq < seq <= through_seq`, in seq order, at
-    /// most `limit`.
-    async fn read_job(
-        &self,
-        job_id: &str,
-        after_seq: i64,
-        through_seq: i64,
-        limit: u32,
-    ) -> Result<Vec<EventRow>, StoreError>;
+    /// One job's events in `span`, in seq order, at most `limit`.
+    async fn read_job(&self, span: JobSpan<'_>, limit: u32) -> Result<Vec<EventRow>, StoreError>;
 
     /// The events of `job_id` carrying one of `keys` as their
     /// `Idempotency-Key` (by index, never a scan).
@@ -270,6 +253,14 @@ impl Log {
     pub fn shared(&self) -> bool {
         self.members.is_some()
     }
+}
+
+/// One job's events with `after_seq < seq <= through_seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobSpan<'a> {
+    pub job_id: &'a str,
+    pub after_seq: i64,
+    pub through_seq: i64,
 }
 
 /// A checkpoint as listed: what it covers and how to check it. Its parts

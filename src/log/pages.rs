@@ -14,7 +14,7 @@
 //! node wrote that this build cannot decode and goes on, so one unknown event
 //! cannot stop cross-node delivery.
 
-use super::{EventLog, EventRow, StoreError};
+use super::{EventLog, EventRow, JobSpan, StoreError};
 use crate::domain::Event;
 
 /// Rows per page unless the reader asks for another size.
@@ -91,9 +91,12 @@ impl<'a> Pages<'a> {
                 after,
                 through,
             } => {
-                self.store
-                    .read_job(job_id, *after, *through, self.page)
-                    .await?
+                let span = JobSpan {
+                    job_id,
+                    after_seq: *after,
+                    through_seq: *through,
+                };
+                self.store.read_job(span, self.page).await?
             }
         };
         self.done = rows.len() < self.page as usize;

@@ -19,7 +19,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
 use super::{
     classify, AppendListener, CheckpointHeader, CheckpointRow, Checkpoints, EventLog, EventRow,
-    JobIndex, Membership, StoreError, LIST_CHECKPOINTS,
+    JobIndex, JobSpan, Membership, StoreError, LIST_CHECKPOINTS,
 };
 
 /// The channel `append` notifies with the last position it committed.
@@ -207,20 +207,14 @@ impl EventLog for PostgresStore {
             .await
     }
 
-    async fn read_job(
-        &self,
-        job_id: &str,
-        after_seq: i64,
-        through_seq: i64,
-        limit: u32,
-    ) -> Result<Vec<EventRow>, StoreError> {
+    async fn read_job(&self, span: JobSpan<'_>, limit: u32) -> Result<Vec<EventRow>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM events WHERE job_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
         );
         let query = sqlx::query(&sql)
-            .bind(job_id)
-            .bind(after_seq)
-            .bind(through_seq)
+            .bind(span.job_id)
+            .bind(span.after_seq)
+            .bind(span.through_seq)
             .bind(i64::from(limit));
         self.fetch_rows(query).await
     }

@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
 use super::sqlite_scan::Scanner;
 use super::{
-    classify, CheckpointHeader, CheckpointRow, Checkpoints, EventLog, EventRow, JobIndex,
+    classify, CheckpointHeader, CheckpointRow, Checkpoints, EventLog, EventRow, JobIndex, JobSpan,
     StoreError, LIST_CHECKPOINTS,
 };
 
@@ -291,16 +291,8 @@ impl EventLog for SqliteStore {
         self.scanner.read_log(after, limit).await
     }
 
-    async fn read_job(
-        &self,
-        job_id: &str,
-        after_seq: i64,
-        through_seq: i64,
-        limit: u32,
-    ) -> Result<Vec<EventRow>, StoreError> {
-        self.scanner
-            .read_job(job_id, after_seq, through_seq, limit)
-            .await
+    async fn read_job(&self, span: JobSpan<'_>, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+        self.scanner.read_job(span, limit).await
     }
 
     async fn find_keyed(&self, job_id: &str, keys: &[&str]) -> Result<Vec<EventRow>, StoreError> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{EventRow, StoreError};
+use super::{EventRow, JobSpan, StoreError};
 
 const COLUMNS: &str =
     "position, job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash";
@@ -79,12 +79,11 @@ impl Scanner {
 
     pub async fn read_job(
         &self,
-        job_id: &str,
-        after_seq: i64,
-        through_seq: i64,
+        span: JobSpan<'_>,
         limit: u32,
     ) -> Result<Vec<EventRow>, StoreError> {
-        let job_id = job_id.to_owned();
+        let (job_id, after_seq, through_seq) =
+            (span.job_id.to_owned(), span.after_seq, span.through_seq);
         self.with(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM events WHERE job_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4"

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{EventLog, EventRow, StoreError};
+use super::{EventLog, EventRow, JobSpan, StoreError};
 
 /// How long an acknowledged append waits before it is committed.
 const DELAY: Duration = Duration::from_millis(50);
@@ -78,16 +78,8 @@ impl EventLog for WriteBehind {
         self.inner.read_log(after, limit).await
     }
 
-    async fn read_job(
-        &self,
-        job_id: &str,
-        after_seq: i64,
-        through_seq: i64,
-        limit: u32,
-    ) -> Result<Vec<EventRow>, StoreError> {
-        self.inner
-            .read_job(job_id, after_seq, through_seq, limit)
-            .await
+    async fn read_job(&self, span: JobSpan<'_>, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+        self.inner.read_job(span, limit).await
     }
 
     async fn find_keyed(&self, job_id: &str, keys: &[&str]) -> Result<Vec<EventRow>, StoreError> {
