@@ -429,32 +429,49 @@ pub struct HistoryArgs {
 #[derive(Clone, Debug, Args)]
 pub struct JobsArgs {
     /// pending, running, completed, failed or cancelled.
-    #[arg(long)]
-    pub status: Option<String>,
+    #[arg(long, value_parser = job_status)]
+    pub status: Option<crate::domain::JobStatus>,
     /// Only stalled (true) or not stalled (false) jobs.
     #[arg(long)]
-    pub stalled: Option<String>,
+    pub stalled: Option<bool>,
     /// Created at or after this RFC 3339 time.
-    #[arg(long)]
-    pub since: Option<String>,
+    #[arg(long, value_parser = rfc3339)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// Created before this RFC 3339 time.
-    #[arg(long)]
-    pub until: Option<String>,
+    #[arg(long, value_parser = rfc3339)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// KEY=VALUE: a top-level metadata key and the value it must have
     /// (repeatable).
-    #[arg(long)]
-    pub meta: Vec<String>,
+    #[arg(long, value_parser = key_value)]
+    pub meta: Vec<(String, String)>,
     /// Jobs per page (1 to 200).
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
     /// The cursor a previous page printed.
     #[arg(long)]
-    pub after: Option<String>,
+    pub after: Option<i64>,
     /// Print the page as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+fn job_status(text: &str) -> Result<crate::domain::JobStatus, String> {
+    crate::domain::JobStatus::parse(text)
+        .ok_or_else(|| "pending, running, completed, failed or cancelled".to_owned())
+}
+
+fn rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| "an RFC 3339 time such as 2026-12-01T09:00:00Z".to_owned())
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("KEY=VALUE, not `{text}`"))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

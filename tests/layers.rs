@@ -41,6 +41,7 @@ const FILES: &[(&str, &[&str])] = &[
             "checkpoint",
             "recover",
             "index",
+            "listing",
             "notify",
             "scheduler",
             "writer",

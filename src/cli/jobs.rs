@@ -4,27 +4,20 @@ use std::process::ExitCode;
 
 use crate::config::JobsArgs;
 use crate::domain::event::format_time;
-use crate::http::search::{page, parse_filter};
+use crate::engine::listing::page;
+use crate::log::JobFilter;
 
 pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
-    let mut params: Vec<(String, String)> = [
-        ("status", args.status),
-        ("stalled", args.stalled),
-        ("since", args.since),
-        ("until", args.until),
-        ("after", args.after),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| Some((k.to_owned(), v?)))
-    .collect();
-    params.push(("limit".into(), args.limit.to_string()));
-    for m in &args.meta {
-        let (k, v) = m
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--meta takes KEY=VALUE, not `{m}`"))?;
-        params.push((format!("meta.{k}"), v.to_owned()));
+    let filter = JobFilter {
+        status: args.status,
+        stalled: args.stalled,
+        since: args.since.as_ref().map(format_time),
+        until: args.until.as_ref().map(format_time),
+        meta: args.meta,
+        before: args.after,
+        limit: args.limit,
     }
-    let filter = parse_filter(&params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    .checked()?;
     let store = super::open_existing(&args.database.url()).await?;
     // Watchers live in a server's memory, not in the log: left out here.
     let found = page(&store, &filter, i64::MAX, |_| None).await;

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod index;
 pub mod jobs;
 pub mod lease;
+pub mod listing;
 mod membership;
 mod notify;
 mod queue;

@@ -17,15 +17,19 @@ use super::extract::{parse_job_id, Caller, JsonBody, ServiceCaller};
 use super::AppState;
 use crate::auth::Role;
 use crate::domain::event::{
-    FailureInfo, JobCancelled, JobCompleted, JobFailed, MessagePosted, Notify, ProgressReported,
+    format_time, FailureInfo, JobCancelled, JobCompleted, JobFailed, MessagePosted, Notify,
+    ProgressReported,
 };
 use crate::domain::state::ConnectionCounts;
 use crate::domain::{EventBody, JobState, JobStatus, SessionPhase};
+use crate::engine::listing::{self, JobList};
 use crate::engine::Created;
+use crate::log::job_index::MAX_LIMIT;
+use crate::log::JobFilter;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/jobs", post(create_job).get(super::search::list_jobs))
+        .route("/v1/jobs", post(create_job).get(list_jobs))
         .route("/v1/jobs/{job_id}", get(get_job))
         .route("/v1/jobs/{job_id}/events", post(append_event))
         .route("/v1/jobs/{job_id}/token", post(refresh_token))
@@ -559,4 +563,104 @@ impl From<&JobState> for JobView {
             notifications_pending: job.notifications.len(),
         }
     }
+}
+
+/// Lists jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(
+        ("status" = Option<String>, Query, description = "pending, running, completed, failed or cancelled"),
+        ("stalled" = Option<bool>, Query, description = "Only stalled (true) or not stalled (false) jobs"),
+        ("since" = Option<String>, Query, description = "Created at or after this RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "Created before this RFC 3339 time"),
+        ("limit" = Option<u32>, Query, description = "Jobs per page, 1 to 200 (50)"),
+        ("after" = Option<String>, Query, description = "The `nextAfter` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Jobs, newest first; `meta.KEY=VALUE` parameters filter on top-level metadata", body = JobList),
+        (status = 400, description = "A bad filter", body = super::ErrorBody),
+        (status = 401, description = "No valid token", body = super::ErrorBody),
+        (status = 403, description = "Not a support or service token", body = super::ErrorBody),
+        (status = 503, description = "The log cannot be read", body = super::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    caller.require(&[Role::Support, Role::Service])?;
+    let params = super::extract::query(query)?;
+    let filter = parse_filter(&params)?;
+    let engine = &state.engine;
+    let head = *engine.watch_head().borrow();
+    // Only jobs held in memory have watchers: a job with one is live.
+    let list = listing::page(&state.store, &filter, head, |job| {
+        Some(engine.watcher_count(job))
+    })
+    .await?;
+    Ok(Json(list))
+}
+
+/// Parses the listing's query into a filter; 400 with what was wrong.
+pub fn parse_filter(params: &[(String, String)]) -> Result<JobFilter, ApiError> {
+    let bad = |message: String| ApiError::bad_request("invalid_query", message);
+    let mut filter = JobFilter::every_job();
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in params {
+        if !seen.insert(name.as_str()) {
+            return Err(bad(format!("`{name}` is given twice")));
+        }
+        match name.as_str() {
+            "status" => {
+                filter.status = Some(JobStatus::parse(value).ok_or_else(|| {
+                    bad("`status` must be pending, running, completed, failed or cancelled".into())
+                })?)
+            }
+            "stalled" => {
+                filter.stalled = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("`stalled` must be true or false".into())),
+                })
+            }
+            "since" | "until" => {
+                let at = DateTime::parse_from_rfc3339(value).map_err(|_| {
+                    bad(format!(
+                        "`{name}` must be an RFC 3339 time such as 2026-12-01T09:00:00Z"
+                    ))
+                })?;
+                let at = Some(format_time(&at.with_timezone(&Utc)));
+                if name == "since" {
+                    filter.since = at;
+                } else {
+                    filter.until = at;
+                }
+            }
+            "limit" => {
+                filter.limit = value.parse().map_err(|_| {
+                    bad(format!("`limit` must be from 1 to {MAX_LIMIT}"))
+                })?
+            }
+            "after" => {
+                filter.before = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad("`after` must be a `nextAfter` cursor".into()))?,
+                )
+            }
+            other => match other.strip_prefix("meta.") {
+                Some(key) => filter.meta.push((key.to_owned(), value.clone())),
+                None => {
+                    return Err(bad(format!(
+                        "unknown parameter `{other}`; use status, stalled, since, until, meta.KEY, limit, after"
+                    )))
+                }
+            },
+        }
+    }
+    filter.checked().map_err(|e| bad(e.0))
 }

@@ -13,7 +13,6 @@ pub mod jobs;
 pub mod openapi;
 pub mod rate;
 pub mod request;
-pub mod search;
 pub mod stream;
 mod support;
 pub mod upgrade;

@@ -6,7 +6,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{events, health, history, jobs, search, stream, AppState};
+use super::{events, health, history, jobs, stream, AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,7 +19,7 @@ use super::{events, health, history, jobs, search, stream, AppState};
     ),
     paths(
         jobs::create_job,
-        search::list_jobs,
+        jobs::list_jobs,
         jobs::append_event,
         jobs::refresh_token,
         jobs::get_job,

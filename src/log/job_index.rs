@@ -148,6 +148,49 @@ pub struct JobFilter {
     pub limit: u32,
 }
 
+/// Jobs per page unless a filter says otherwise, and the most it may say.
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 200;
+
+/// Why a filter cannot be used, in words for whoever wrote it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FilterError(pub String);
+
+impl JobFilter {
+    /// Every job, newest first, a default page at a time.
+    pub fn every_job() -> Self {
+        JobFilter {
+            limit: DEFAULT_LIMIT,
+            ..JobFilter::default()
+        }
+    }
+
+    /// The checks a filter goes through whichever front end built it (the
+    /// HTTP listing's query, `rejoin jobs`' flags): the page size, the
+    /// cursor, the metadata keys and values.
+    pub fn checked(self) -> Result<Self, FilterError> {
+        let bad = |m: String| Err(FilterError(m));
+        if !(1..=MAX_LIMIT).contains(&self.limit) {
+            return bad(format!("`limit` must be from 1 to {MAX_LIMIT}"));
+        }
+        if self.before.is_some_and(|b| b <= 0) {
+            return bad("`after` must be a `nextAfter` cursor".into());
+        }
+        for (key, value) in &self.meta {
+            if !valid_meta_key(key) {
+                return bad(format!(
+                    "`meta.{key}`: metadata keys are 1 to 64 letters, digits, `_` or `-`"
+                ));
+            }
+            if value.len() > 256 {
+                return bad(format!("`meta.{key}` is longer than 256 bytes"));
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// The WHERE clauses of `filter` (after a `WHERE true`), ordered newest
 /// first and limited; `meta` pushes one backend's test of a metadata key's
 /// value (the key is checked with [`valid_meta_key`] first).
