@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authority, SecretHome};
-use crate::clock::{Clock, Skewed, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::config::ServeArgs;
 use crate::engine::{Engine, EngineSettings, EngineTasks};
 use crate::http::connections::{self, Connections, Limits};
@@ -48,11 +48,12 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 impl Application {
     /// Builds the server on the system clock.
     pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
-        let clock: Arc<dyn Clock> = match args.clock_skew_ms {
-            0 => Arc::new(SystemClock),
-            ms => Arc::new(Skewed(chrono::Duration::milliseconds(ms))),
-        };
-        Self::build_with_clock(args, clock).await
+        #[cfg(feature = "test-switches")]
+        if args.clock_skew_ms != 0 {
+            let skew = chrono::Duration::milliseconds(args.clock_skew_ms);
+            return Self::build_with_clock(args, Arc::new(crate::clock::Skewed(skew))).await;
+        }
+        Self::build_with_clock(args, Arc::new(SystemClock)).await
     }
 
     pub async fn build_with_clock(args: ServeArgs, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
@@ -94,7 +95,7 @@ impl Application {
         if let Some(w) = &webhook {
             tracing::info!(endpoint = %w.display_url(), "webhook notifications on");
         }
-        let mut store = log::open(url).await?;
+        let store = log::open(url).await?;
         // One process owns a SQLite log (a shared PostgreSQL log has leases).
         let owner = match &sqlite_file {
             Some(path) => match log::owner::take(path) {
@@ -109,10 +110,16 @@ impl Application {
         let listener =
             listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         let engine_stop = CancellationToken::new();
-        if args.unsafe_ack_before_commit {
+        #[cfg(feature = "test-switches")]
+        let store = if args.unsafe_ack_before_commit {
             tracing::warn!("--unsafe-ack-before-commit: appends are answered before they are durable; acknowledged events WILL be lost in a crash");
-            store.events = log::write_behind::WriteBehind::wrap(store.events);
-        }
+            log::Log {
+                events: log::write_behind::WriteBehind::wrap(store.events.clone()),
+                ..store
+            }
+        } else {
+            store
+        };
         let settings = EngineSettings {
             grace,
             node_lease,

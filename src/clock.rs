@@ -115,7 +115,7 @@ impl Clock for Corrected {
 }
 
 /// The system clock off by a fixed amount: a node with a skewed clock, for
-/// tests (`rejoin serve --clock-skew-ms`, hidden).
+/// tests (`rejoin serve --clock-skew-ms`, in `test-switches` builds).
 #[derive(Clone, Copy, Debug)]
 pub struct Skewed(pub chrono::Duration);
 

@@ -327,12 +327,14 @@ pub struct ServeArgs {
 
     /// Breaks durability on purpose: answers appends before they are
     /// committed. Only for the crash harness's negative control, which must
-    /// see it lose events. Never set it anywhere else.
+    /// see it lose events; only in a build with the `test-switches` feature.
+    #[cfg(feature = "test-switches")]
     #[arg(long, hide = true)]
     pub unsafe_ack_before_commit: bool,
 
     /// Runs this node's clock this many milliseconds off the system clock:
-    /// a node with a skewed clock, for tests.
+    /// a node with a skewed clock, for tests (`test-switches` builds only).
+    #[cfg(feature = "test-switches")]
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     pub clock_skew_ms: i64,
 

@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod sqlite;
 mod sqlite_scan;
 pub mod verify;
+#[cfg(feature = "test-switches")]
 pub mod write_behind;
 
 use std::sync::Arc;
