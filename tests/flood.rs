@@ -418,7 +418,21 @@ async fn an_open_stream_and_socket_outlive_the_header_and_body_timeouts() {
     assert_eq!(stream.status(), 200);
     let mut ws = app.ws_client(job).await;
     assert_eq!(next_json(&mut ws).await["type"], "connected");
-    tokio::time::sleep(Duration::from_secs(2)).await; // four deadlines' worth
+    // Two requests whose heads never end, one after the other, opened after
+    // the stream and the socket: once the server has closed both at their
+    // deadline, the stream's and the socket's deadlines (0.5 s each, were
+    // they still counting) have passed twice over.
+    for _ in 0..2 {
+        let mut half = TcpStream::connect(app.addr).await.unwrap();
+        half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(PATIENCE, half.read_to_end(&mut rest))
+            .await
+            .expect("the server closes a request whose head never ends")
+            .ok();
+    }
     let seq = app.progress(job, 50.0).await;
     assert_eq!(next_json(&mut ws).await["seq"], seq, "the socket is open");
     let mut got = String::new();
