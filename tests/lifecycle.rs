@@ -168,13 +168,8 @@ async fn deadlines_that_passed_while_the_server_was_down_fire_once_at_its_next_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
 async fn two_nodes_on_one_log_fire_each_deadline_once_on_postgres() {
-    if std::env::var_os("REJOIN_TEST_POSTGRES_URL").is_none() {
-        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let url = common::fresh_database(dir.path()).await;
-    let (_a, a) = serve_binary(&url, &[]).await;
-    let (_b, b) = serve_binary(&url, &[]).await;
+    let (url, nodes) = common::spawn_nodes(2, &[]).await;
+    let (a, b) = (nodes[0].1, nodes[1].1);
     let http = reqwest::Client::new();
     let job = create_job_from(&http, a, &json!({"stallAfterSecs": 1, "timeoutSecs": 2})).await;
     let mut ws = ws_connect(

@@ -24,20 +24,21 @@ struct Node {
     addr: SocketAddr,
 }
 
+const NODE_FLAGS: [&str; 4] = ["--grace-secs", "1", "--node-lease-secs", "2"];
+
 async fn node(url: &str) -> Node {
-    let extra = ["--grace-secs", "1", "--node-lease-secs", "2"];
-    let (child, addr) = serve_binary(url, &extra).await;
+    let (child, addr) = serve_binary(url, &NODE_FLAGS).await;
     Node { child, addr }
 }
 
 /// Two nodes on a fresh schema, or `None` without a PostgreSQL server.
 async fn cluster() -> Option<(String, Node, Node)> {
     std::env::var_os("REJOIN_TEST_POSTGRES_URL")?;
-    let dir = tempfile::tempdir().unwrap();
-    let url = common::fresh_database(dir.path()).await;
-    let a = node(&url).await;
-    let b = node(&url).await;
-    Some((url, a, b))
+    let (url, mut nodes) = common::spawn_nodes(2, &NODE_FLAGS).await;
+    let (child, addr) = nodes.pop().unwrap();
+    let b = Node { child, addr };
+    let (child, addr) = nodes.pop().unwrap();
+    Some((url, Node { child, addr }, b))
 }
 
 /// Waits until the node at `addr` shows `job`'s session in `state`.

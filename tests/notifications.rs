@@ -560,18 +560,14 @@ async fn a_sigkill_between_attempts_loses_nothing_and_delivery_keeps_its_schedul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
 async fn two_nodes_make_each_attempt_once_and_one_takes_over_from_a_dead_one_on_postgres() {
-    if std::env::var_os("REJOIN_TEST_POSTGRES_URL").is_none() {
-        panic!("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
-    }
     let receiver = Receiver::start().await;
     receiver.answer(500);
-    let dir = tempfile::tempdir().unwrap();
-    let url = common::fresh_database(dir.path()).await;
     let mut flags = webhook_flags(&receiver.url(), "1", "1");
     flags.extend(["--webhook-timeout-secs", "1"].map(String::from));
     let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let (a, a_addr) = serve_binary(&url, &refs).await;
-    let (b, b_addr) = serve_binary(&url, &refs).await;
+    let (url, mut nodes) = common::spawn_nodes(2, &refs).await;
+    let (b, b_addr) = nodes.pop().unwrap();
+    let (a, a_addr) = nodes.pop().unwrap();
     let http = reqwest::Client::new();
     let job = create_job_from(&http, a_addr, &json!({})).await;
     complete(&http, a_addr, job, json!(null)).await;

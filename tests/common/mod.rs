@@ -17,6 +17,26 @@ pub mod story;
 /// The server binary these tests were built with.
 pub const BIN: &str = env!("CARGO_BIN_EXE_rejoin");
 
+/// `count` server processes sharing one fresh PostgreSQL log (a schema of
+/// its own), each started with `extra`: the log's URL and each node's
+/// process and address. Panics, naming what it needs, without
+/// `REJOIN_TEST_POSTGRES_URL`.
+pub async fn spawn_nodes(
+    count: usize,
+    extra: &[&str],
+) -> (String, Vec<(tokio::process::Child, SocketAddr)>) {
+    assert!(
+        std::env::var_os("REJOIN_TEST_POSTGRES_URL").is_some(),
+        "this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL"
+    );
+    let url = rejoin_testkit::db::fresh_database(std::path::Path::new(".")).await;
+    let mut nodes = Vec::with_capacity(count);
+    for _ in 0..count {
+        nodes.push(serve_binary(&url, extra).await);
+    }
+    (url, nodes)
+}
+
 /// Starts `rejoin serve` on port 0 over `database_url`, with the tests'
 /// secret and `extra` flags, and waits for the address it prints.
 pub async fn serve_binary(
