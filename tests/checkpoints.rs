@@ -334,3 +334,71 @@ async fn operators_write_list_and_delete_checkpoints_with_the_cli() {
     assert_eq!(app.engine.startup().folded, 0);
     assert_eq!(app.get_job(running).await["lastSeq"], 2);
 }
+
+#[tokio::test]
+async fn a_checkpoint_whose_views_another_version_wrote_is_kept_and_its_jobs_views_refolded() {
+    // A window that outlasts the restarts: the job reads the same after.
+    let mut app = spawn_with(&["--grace-secs", "600"]).await;
+    let job = job_in_grace(&app).await;
+    let before = read(&app, &format!("/v1/jobs/{job}")).await;
+    assert_eq!(before.1["counts"]["connects"], 1, "{before:?}");
+    app.stop().await;
+
+    // The checkpoint written at shutdown, rewritten as if another version
+    // of the views had written it (its decision state untouched).
+    let log = rejoin::log::open(&app.database_url).await.unwrap();
+    let header = log.checkpoints.checkpoints().await.unwrap().remove(0);
+    let parts: Vec<String> = log
+        .checkpoints
+        .checkpoint_parts(&header.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|body| {
+            let mut part: Value = serde_json::from_str(body).unwrap();
+            part["views"] = Value::from(0);
+            for job in part["jobs"].as_array_mut().unwrap() {
+                job["view"] = serde_json::json!({"an older shape": true});
+            }
+            part.to_string()
+        })
+        .collect();
+    log.checkpoints
+        .delete_checkpoints_except(&[])
+        .await
+        .unwrap();
+    let id = "views-of-another-version";
+    for (i, body) in parts.iter().enumerate() {
+        log.checkpoints
+            .write_checkpoint_part(id, i as i32, body)
+            .await
+            .unwrap();
+    }
+    let digest = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        parts.iter().for_each(|b| h.update(b.as_bytes()));
+        hex::encode(h.finalize())
+    };
+    let rewritten = rejoin::log::CheckpointHeader {
+        id: id.to_owned(),
+        digest,
+        ..header.clone()
+    };
+    log.checkpoints
+        .write_checkpoint_header(&rewritten)
+        .await
+        .unwrap();
+    log.events.close().await;
+
+    let app = spawn_on(
+        app.dir.clone(),
+        app.database_url.clone(),
+        app.extra_args.clone(),
+    )
+    .await;
+    let startup = app.engine.startup().clone();
+    assert_eq!(startup.checkpoint, Some(header.position), "{startup:?}");
+    assert!(startup.ignored.is_empty(), "{startup:?}");
+    assert_eq!(read(&app, &format!("/v1/jobs/{job}")).await, before);
+}

@@ -828,7 +828,7 @@ mod tests {
         // The scheduler's deadline for the first session now finds nothing to do.
         let expire = Command::ExpireGrace { session_id: first };
         assert_eq!(when(&mut job, &expire, late).0, Vec::<&str>::new());
-        assert_eq!(job.counts.grace_expiries, 1);
+        assert_eq!(job.view.counts.grace_expiries, 1);
     }
 
     #[test]
@@ -922,7 +922,7 @@ mod tests {
             !job.is_live(),
             "a finished job with no watcher leaves memory"
         );
-        assert_eq!(job.counts.grace_expiries, 0);
+        assert_eq!(job.view.counts.grace_expiries, 0);
     }
 
     #[test]

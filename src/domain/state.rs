@@ -132,10 +132,11 @@ pub struct ConnectionCounts {
     pub grace_expiries: u64,
 }
 
-/// The version of the fold below. Checkpoints (derived snapshots of
-/// `JobState`s) carry it, and one written by another version is ignored: bump
-/// it whenever `apply` or the fields of the state change meaning.
-pub const FOLD_VERSION: i32 = 4;
+/// The version of the fold below, of the state decisions need. Checkpoints
+/// (derived snapshots of `JobState`s) carry it, and one written by another
+/// version is ignored: bump it whenever `apply` or the fields of the state
+/// change meaning. The views beside it have their own ([`VIEW_VERSION`]).
+pub const FOLD_VERSION: i32 = 5;
 
 /// A job as the log tells it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -159,10 +160,6 @@ pub struct JobState {
     pub head_hash: String,
     /// The sessions that have not ended (the job's watchers), oldest first.
     pub watchers: Vec<SessionState>,
-    /// The most recently started session that has ended, shown when no
-    /// watcher started after it.
-    pub last_ended: Option<SessionState>,
-    pub counts: ConnectionCounts,
     /// Seqs of the events that are not job events (creation, connection
     /// events), ascending: with them, how many job events lie in any seq range
     /// is arithmetic, so a resume never has to count rows.
@@ -177,20 +174,36 @@ pub struct JobState {
     /// before the `stalled`); cleared by the next job event.
     #[serde(default)]
     pub stalled_since: Option<DateTime<Utc>>,
-    /// The last socket close recorded for any of the job's sessions.
-    #[serde(default)]
-    pub last_disconnect: Option<LastDisconnect>,
-    /// The last socket error recorded for any of the job's sessions.
-    #[serde(default)]
-    pub last_socket_error: Option<LastSocketError>,
     /// When the job's end is notified to the webhook.
     #[serde(default)]
     pub notify: Notify,
     /// Webhook notifications not yet delivered or abandoned.
     #[serde(default)]
     pub notifications: Vec<PendingNotification>,
+    /// What the job shows beside what decisions need; checkpointed apart,
+    /// under [`VIEW_VERSION`].
+    #[serde(skip)]
+    pub view: JobView,
+}
+
+/// The version of [`JobView`]'s fold. A checkpoint's views written by
+/// another version are refolded from the log, job by job, and its decision
+/// state is kept: bump it whenever the view's fields or their fold change.
+pub const VIEW_VERSION: i32 = 1;
+
+/// What a job's state shows support staff and its readers beside what
+/// decisions need: its connection counts and last incidents.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The most recently started session that has ended, shown when no
+    /// watcher started after it.
+    pub last_ended: Option<SessionState>,
+    pub counts: ConnectionCounts,
+    /// The last socket close recorded for any of the job's sessions.
+    pub last_disconnect: Option<LastDisconnect>,
+    /// The last socket error recorded for any of the job's sessions.
+    pub last_socket_error: Option<LastSocketError>,
     /// The last notification delivered.
-    #[serde(default)]
     pub last_notified: Option<Notified>,
 }
 
@@ -227,17 +240,13 @@ impl JobState {
             head_seq: 0,
             head_hash: String::new(),
             watchers: Vec::new(),
-            last_ended: None,
-            counts: ConnectionCounts::default(),
             other_seqs: Vec::new(),
             stall_after_secs: None,
             timeout_secs: None,
             stalled_since: None,
-            last_disconnect: None,
-            last_socket_error: None,
             notify: Notify::Unwatched,
             notifications: Vec::new(),
-            last_notified: None,
+            view: JobView::default(),
         }
     }
 
@@ -306,7 +315,7 @@ impl JobState {
     /// "current" session as `GET /v1/jobs/{id}` shows it.
     pub fn latest_session(&self) -> Option<&SessionState> {
         let open = self.watchers.last();
-        match (open, &self.last_ended) {
+        match (open, &self.view.last_ended) {
             (Some(o), Some(e)) if e.started_at > o.started_at => Some(e),
             (Some(o), _) => Some(o),
             (None, e) => e.as_ref(),
@@ -389,13 +398,13 @@ impl JobState {
                 self.cancel_reason = c.reason.clone();
             }
             EventBody::Connected(c) => {
-                self.counts.connects += 1;
+                self.view.counts.connects += 1;
                 if let Some(id) = event.session_id {
                     self.add_watcher(SessionState::start(id, at, &c.client));
                 }
             }
             EventBody::Reconnected(r) => {
-                self.counts.reconnects += 1;
+                self.view.counts.reconnects += 1;
                 let Some(id) = event.session_id else { return };
                 match self.watcher_mut(Some(id)) {
                     Some(s) if r.resumed => {
@@ -410,8 +419,8 @@ impl JobState {
                 }
             }
             EventBody::Disconnected(d) => {
-                self.counts.disconnects += 1;
-                self.last_disconnect = Some(LastDisconnect {
+                self.view.counts.disconnects += 1;
+                self.view.last_disconnect = Some(LastDisconnect {
                     at,
                     code: d.code,
                     reason: d.reason.clone(),
@@ -435,7 +444,7 @@ impl JobState {
                 }
             }
             EventBody::Replaced(r) => {
-                self.counts.replaced += 1;
+                self.view.counts.replaced += 1;
                 if let Some(s) = self.watcher_mut(event.session_id) {
                     s.last_disconnect_at = Some(at);
                 }
@@ -446,15 +455,15 @@ impl JobState {
                 }
             }
             EventBody::WsErrored(e) => {
-                self.counts.errors += 1;
-                self.last_socket_error = Some(LastSocketError {
+                self.view.counts.errors += 1;
+                self.view.last_socket_error = Some(LastSocketError {
                     at,
                     message: e.message.clone(),
                 });
             }
-            EventBody::ConnectRejected(r) => self.counts.rejected += 1 + r.suppressed,
+            EventBody::ConnectRejected(r) => self.view.counts.rejected += 1 + r.suppressed,
             EventBody::GraceExpired(_) => {
-                self.counts.grace_expiries += 1;
+                self.view.counts.grace_expiries += 1;
                 self.end_watcher(event.session_id, at);
             }
             EventBody::NotificationDue(d) => self.notifications.push(PendingNotification {
@@ -486,7 +495,7 @@ impl JobState {
             }
             EventBody::NotificationDelivered(d) => {
                 if let Some(n) = self.settle_notification(&d.id) {
-                    self.last_notified = Some(Notified {
+                    self.view.last_notified = Some(Notified {
                         at,
                         id: n.id,
                         kind: n.kind,
@@ -520,11 +529,12 @@ impl JobState {
         let mut s = self.watchers.remove(i);
         s.phase = SessionPhase::Ended { at };
         if self
+            .view
             .last_ended
             .as_ref()
             .is_none_or(|e| e.started_at <= s.started_at)
         {
-            self.last_ended = Some(s);
+            self.view.last_ended = Some(s);
         }
     }
 }

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::domain::state::FOLD_VERSION;
+use crate::domain::state::{JobView, FOLD_VERSION, VIEW_VERSION};
 use crate::domain::JobState;
 use crate::log::{CheckpointHeader, EventLog, Log, StoreError};
 
@@ -40,6 +40,35 @@ pub struct Snapshot {
 pub struct Loaded {
     pub header: CheckpointHeader,
     pub jobs: Vec<JobState>,
+    /// The jobs' views were folded by another version: they are empty here,
+    /// and each job is to be folded again from the log.
+    pub stale_views: bool,
+}
+
+/// One job as a checkpoint part holds it: the state decisions need, and
+/// its view, decoded only under the part's view version.
+#[derive(serde::Serialize)]
+struct JobOut<'a> {
+    state: &'a JobState,
+    view: &'a JobView,
+}
+
+#[derive(serde::Serialize)]
+struct PartOut<'a> {
+    views: i32,
+    jobs: Vec<JobOut<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct JobIn {
+    state: JobState,
+    view: serde_json::Value,
+}
+
+#[derive(serde::Deserialize)]
+struct PartIn {
+    views: i32,
+    jobs: Vec<JobIn>,
 }
 
 /// The hash of the event at `position`, or "" for position 0.
@@ -102,18 +131,44 @@ pub async fn write(
 }
 
 fn encode(jobs: &[Arc<JobState>]) -> Vec<String> {
-    let mut parts: Vec<String> = jobs
-        .chunks(PART_JOBS)
-        .map(|chunk| {
-            let states: Vec<&JobState> = chunk.iter().map(|j| j.as_ref()).collect();
-            // Plain structs with string keys: serialising cannot fail.
-            serde_json::to_string(&states).expect("job states serialise")
+    let part = |chunk: &[Arc<JobState>]| {
+        let jobs = chunk
+            .iter()
+            .map(|j| JobOut {
+                state: j.as_ref(),
+                view: &j.view,
+            })
+            .collect();
+        // Plain structs with string keys: serialising cannot fail.
+        serde_json::to_string(&PartOut {
+            views: VIEW_VERSION,
+            jobs,
         })
-        .collect();
+        .expect("job states serialise")
+    };
+    let mut parts: Vec<String> = jobs.chunks(PART_JOBS).map(part).collect();
     if parts.is_empty() {
-        parts.push("[]".to_owned());
+        parts.push(part(&[]));
     }
     parts
+}
+
+/// A checkpoint's jobs from its parts' bodies, and whether their views were
+/// written under another view version (and are left empty).
+fn decode(bodies: &[String]) -> Result<(Vec<JobState>, bool), String> {
+    let mut jobs = Vec::new();
+    let mut stale_views = false;
+    for body in bodies {
+        let part: PartIn = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        stale_views |= part.views != VIEW_VERSION;
+        for JobIn { mut state, view } in part.jobs {
+            if part.views == VIEW_VERSION {
+                state.view = serde_json::from_value(view).map_err(|e| e.to_string())?;
+            }
+            jobs.push(state);
+        }
+    }
+    Ok((jobs, stale_views))
 }
 
 fn digest(bodies: &[String]) -> String {
@@ -133,7 +188,14 @@ pub async fn load_newest(
     let mut ignored = Vec::new();
     for header in store.checkpoints.checkpoints().await? {
         match check(store, epoch, &header).await? {
-            Ok(jobs) => return Ok((Some(Loaded { header, jobs }), ignored)),
+            Ok((jobs, stale_views)) => {
+                let loaded = Loaded {
+                    header,
+                    jobs,
+                    stale_views,
+                };
+                return Ok((Some(loaded), ignored));
+            }
             Err(why) => {
                 tracing::warn!(checkpoint = %header.id, position = header.position, reason = %why, "ignoring a checkpoint");
                 ignored.push(format!(
@@ -151,7 +213,7 @@ async fn check(
     store: &Log,
     epoch: &str,
     h: &CheckpointHeader,
-) -> Result<Result<Vec<JobState>, String>, StoreError> {
+) -> Result<Result<(Vec<JobState>, bool), String>, StoreError> {
     if h.fold_version != FOLD_VERSION {
         return Ok(Err(format!(
             "written by fold version {}, this server folds with version {FOLD_VERSION}",
@@ -181,23 +243,73 @@ async fn check(
     if digest(&bodies) != h.digest {
         return Ok(Err("its digest does not match its parts".into()));
     }
-    let decoded = tokio::task::spawn_blocking(move || {
-        let mut jobs = Vec::new();
-        for body in &bodies {
-            let part: Vec<JobState> = serde_json::from_str(body).map_err(|e| e.to_string())?;
-            jobs.extend(part);
-        }
-        Ok::<_, String>(jobs)
-    })
-    .await
-    .map_err(|e| StoreError::Unavailable(format!("decoding a checkpoint failed: {e}")))?;
+    let decoded = tokio::task::spawn_blocking(move || decode(&bodies))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("decoding a checkpoint failed: {e}")))?;
     Ok(match decoded {
-        Ok(jobs) if jobs.len() as i64 == h.jobs => Ok(jobs),
-        Ok(jobs) => Err(format!(
+        Ok(decoded) if decoded.0.len() as i64 == h.jobs => Ok(decoded),
+        Ok((jobs, _)) => Err(format!(
             "it holds {} jobs, its header says {}",
             jobs.len(),
             h.jobs
         )),
         Err(e) => Err(format!("a part does not decode: {e}")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::event::{Client, Connected, Event, EventBody, JobCreated};
+
+    /// A job with a session, so that its view has counts.
+    fn watched_job() -> JobState {
+        let id = Uuid::new_v4();
+        let mut job = JobState::genesis(id);
+        let created = EventBody::JobCreated(JobCreated::default());
+        let connected = EventBody::Connected(Connected {
+            client: Client::default(),
+            last_seq: 0,
+        });
+        for (seq, (session, body)) in [(None, created), (Some(Uuid::new_v4()), connected)]
+            .into_iter()
+            .enumerate()
+        {
+            job.apply(&Event {
+                seq: seq as i64 + 1,
+                ..Event::new(id, session, Utc::now(), body)
+            });
+        }
+        job
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_the_state_and_the_view() {
+        let job = watched_job();
+        assert_eq!(job.view.counts.connects, 1);
+        let (jobs, stale) = decode(&encode(&[Arc::new(job.clone())])).unwrap();
+        assert_eq!((jobs, stale), (vec![job], false));
+    }
+
+    #[test]
+    fn views_of_another_version_leave_the_decision_state_whole() {
+        let job = watched_job();
+        let bodies: Vec<String> = encode(&[Arc::new(job.clone())])
+            .into_iter()
+            .map(|b| {
+                // Another version's views, in a shape this one cannot read.
+                let mut part: serde_json::Value = serde_json::from_str(&b).unwrap();
+                part["views"] = (VIEW_VERSION + 1).into();
+                part["jobs"][0]["view"] = serde_json::json!({"renamed": [1, 2]});
+                part.to_string()
+            })
+            .collect();
+        let (jobs, stale) = decode(&bodies).unwrap();
+        assert!(stale, "the views are to be folded again");
+        let expected = JobState {
+            view: JobView::default(),
+            ..job
+        };
+        assert_eq!(jobs, vec![expected]);
+    }
 }

@@ -56,8 +56,18 @@ pub async fn recover(
     let started = Instant::now();
     let mut table = JobTable::new(cache_entries);
     let (loaded, ignored) = checkpoint::load_newest(store, epoch).await?;
+    // Jobs whose views the checkpoint holds under another version: folded
+    // again from the log, whole, once the tail is folded.
+    let mut to_load: HashSet<JobId> = HashSet::new();
     let (from, header) = match loaded {
         Some(cp) => {
+            if cp.stale_views {
+                tracing::info!(
+                    jobs = cp.jobs.len(),
+                    "the checkpoint's views were folded by another version; refolding its jobs from the log"
+                );
+                to_load.extend(cp.jobs.iter().map(|j| j.job_id));
+            }
             for job in cp.jobs {
                 table.put(std::sync::Arc::new(job));
             }
@@ -77,7 +87,6 @@ pub async fn recover(
     };
     let mut position = from;
     let mut folded = 0u64;
-    let mut to_load: HashSet<JobId> = HashSet::new();
     for_each_event(store.events.as_ref(), from, |_, event| {
         position = event.position;
         folded += 1;

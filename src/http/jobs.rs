@@ -544,22 +544,30 @@ impl From<&JobState> for JobView {
                     sockets: s.sockets,
                 }
             }),
-            counts: job.counts,
+            counts: job.view.counts,
             stalled: job.stalled_since.is_some(),
             stalled_since: job.stalled_since,
             stall_after_secs: job.stall_after_secs,
             timeout_secs: job.timeout_secs,
-            last_disconnect: job.last_disconnect.as_ref().map(|d| LastDisconnectView {
-                at: d.at,
-                code: d.code,
-                reason: d.reason.clone(),
-            }),
-            last_socket_error: job.last_socket_error.as_ref().map(|e| LastSocketErrorView {
-                at: e.at,
-                message: e.message.clone(),
-            }),
+            last_disconnect: job
+                .view
+                .last_disconnect
+                .as_ref()
+                .map(|d| LastDisconnectView {
+                    at: d.at,
+                    code: d.code,
+                    reason: d.reason.clone(),
+                }),
+            last_socket_error: job
+                .view
+                .last_socket_error
+                .as_ref()
+                .map(|e| LastSocketErrorView {
+                    at: e.at,
+                    message: e.message.clone(),
+                }),
             notify: job.notify,
-            notified_at: job.last_notified.as_ref().map(|n| n.at),
+            notified_at: job.view.last_notified.as_ref().map(|n| n.at),
             notifications_pending: job.notifications.len(),
         }
     }
