@@ -26,6 +26,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         (200_000, 256_000, 4_000, 128_000)
     };
     let dir = tempfile::tempdir()?;
+    let disk = super::disk::DiskProbe::start(dir.path());
 
     // Baseline: the same rows, 100 per transaction, straight into the store.
     let raw = rejoin::log::open(&database(args, dir.path(), "raw").await?).await?;
@@ -103,6 +104,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         http_rate / raw_rate
     );
     server.stop().await?;
+    disk.finish()?;
     Ok(())
 }
 

@@ -83,6 +83,7 @@ pub async fn configuration(
     // runtime with the 1,000 readers and the driver.
     let dir = tempfile::tempdir()?;
     let db = super::database(args, dir.path(), "fanout").await?;
+    let disk = super::disk::DiskProbe::start(dir.path());
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (server, addr) = spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &extra)).await?;
@@ -196,6 +197,7 @@ pub async fn configuration(
         disorder.load(Ordering::Relaxed),
         duplicates.load(Ordering::Relaxed)
     );
+    disk.finish()?;
     drop(server);
     Ok(Measured {
         latencies: lat,

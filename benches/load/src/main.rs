@@ -8,6 +8,7 @@
 //! ./target/release/rejoin-bench appends`.
 
 mod appends;
+mod disk;
 mod fanout;
 pub mod idle;
 mod limiter;

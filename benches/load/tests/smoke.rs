@@ -34,6 +34,7 @@ async fn appends_smoke() {
         "64 concurrent appenders",
         "1 appender",
         "HTTP, 64 clients",
+        "disk, same window",
     ] {
         assert!(out.contains(line), "{out}");
     }
@@ -68,6 +69,7 @@ async fn fanout_smoke() {
     for line in [
         "1 per job: posted 400, failed 0, received 400, lost 0, out of order 0, duplicates 0",
         "10 per job: posted 400, failed 0, received 4000, lost 0, out of order 0, duplicates 0",
+        "disk, same window (4 KiB append + fdatasync every 50 ms)",
     ] {
         assert!(out.contains(line), "{out}");
     }
