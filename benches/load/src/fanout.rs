@@ -1,8 +1,9 @@
 //! Scenario 2, fan-out: WebSocket clients on their own jobs, progress POSTed at
 //! a fixed total rate; the time from sending each POST to its client receiving
 //! the event (durable in between), with loss and order checked. The server runs
-//! as its own process. The baseline is a bare WebSocket round trip on loopback
-//! in the same run.
+//! as its own process. The baselines, in the same run: a bare WebSocket round
+//! trip on loopback, and the durable floor, a bare relay under the same load
+//! (`relay.rs`: commit, then push, nothing else), run just before rejoin.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,12 +38,32 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             per_sec,
             secs,
         };
-        let mut lat = configuration(args, &load, &[], 0).await?.latencies;
+        // The relay keeps events in SQLite: beside rejoin on PostgreSQL it
+        // would measure another database.
+        let floor = match args.postgres {
+            None => Some(
+                configuration(args, &load, Server::Relay, 0)
+                    .await?
+                    .latencies,
+            ),
+            Some(_) => None,
+        };
+        let mut lat = configuration(args, &load, Server::Rejoin(&[]), 0)
+            .await?
+            .latencies;
         println!(
             "  ratio to the bare round trip: p50 {:.1}x, p99 {:.1}x",
             lat.percentile(50.0).as_secs_f64() / bare.percentile(50.0).as_secs_f64(),
             lat.percentile(99.0).as_secs_f64() / bare.percentile(99.0).as_secs_f64()
         );
+        if let Some(mut floor) = floor {
+            println!(
+                "  rejoin over the relay: p50 {:+.2} ms, p99 {:.2}x",
+                (lat.percentile(50.0).as_secs_f64() - floor.percentile(50.0).as_secs_f64())
+                    * 1000.0,
+                lat.percentile(99.0).as_secs_f64() / floor.percentile(99.0).as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
@@ -56,6 +77,14 @@ pub struct Load {
     pub secs: usize,
 }
 
+/// What a configuration runs against.
+pub enum Server<'a> {
+    /// rejoin, started with these extra flags.
+    Rejoin(&'a [String]),
+    /// The durable floor: the bare relay (`relay.rs`), on SQLite.
+    Relay,
+}
+
 /// What one configuration measured.
 pub struct Measured {
     /// POST-to-receipt latencies of the watched jobs' events.
@@ -64,13 +93,13 @@ pub struct Measured {
     pub ended: Vec<uuid::Uuid>,
 }
 
-/// `load` against a server of its own, started with `extra` flags; beside
-/// it, `ends_per_sec` jobs nobody watches are created and completed each
-/// second. Prints the figures.
+/// `load` against a server of its own; beside it, `ends_per_sec` jobs
+/// nobody watches are created and completed each second (rejoin only).
+/// Prints the figures, the relay's on lines that say `relay`.
 pub async fn configuration(
     args: &BenchArgs,
     load: &Load,
-    extra: &[String],
+    server: Server<'_>,
     ends_per_sec: usize,
 ) -> anyhow::Result<Measured> {
     let &Load {
@@ -82,11 +111,22 @@ pub async fn configuration(
     // The server runs as its own process, so its threads do not share a
     // runtime with the 1,000 readers and the driver.
     let dir = tempfile::tempdir()?;
-    let db = super::database(args, dir.path(), "fanout").await?;
     let disk = super::disk::DiskProbe::start(dir.path());
     let secret = uuid::Uuid::new_v4().simple().to_string();
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let (server, addr) = spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &extra)).await?;
+    let relay = matches!(server, Server::Relay);
+    let label = if relay { "relay " } else { "" };
+    let (server, addr) = match server {
+        Server::Rejoin(extra) => {
+            let db = super::database(args, dir.path(), "fanout").await?;
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &extra)).await?
+        }
+        Server::Relay => {
+            let mut relay = tokio::process::Command::new(std::env::current_exe()?);
+            relay.arg("relay-server").arg(dir.path().join("relay.db"));
+            rejoin_testkit::spawn_announcing(relay).await?
+        }
+    };
     let tokens = Tokens::new(&secret);
     let service = tokens.service();
     let http = reqwest::Client::builder()
@@ -105,7 +145,11 @@ pub async fn configuration(
     let duplicates = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for job in jobs.iter().flat_map(|j| std::iter::repeat_n(j, watchers)) {
-        let mut ws = super::open_socket(&addr, &tokens, *job).await?;
+        let mut ws = if relay {
+            open_relay_socket(&addr, *job).await?
+        } else {
+            super::open_socket(&addr, &tokens, *job).await?
+        };
         let (latencies, received, disorder, duplicates) = (
             latencies.clone(),
             received.clone(),
@@ -187,11 +231,11 @@ pub async fn configuration(
     let got = received.load(Ordering::Relaxed);
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
     println!(
-        "  {clients} sockets, {watchers} per job, {per_sec} POSTs/s for {secs} s, POST to receipt  {}",
+        "  {label}{clients} sockets, {watchers} per job, {per_sec} POSTs/s for {secs} s, POST to receipt  {}",
         lat.summary()
     );
     println!(
-        "  {watchers} per job: posted {total}, failed {}, received {got}, lost {}, out of order {}, duplicates {}",
+        "  {label}{watchers} per job: posted {total}, failed {}, received {got}, lost {}, out of order {}, duplicates {}",
         failures.load(Ordering::Relaxed),
         expected.saturating_sub(got),
         disorder.load(Ordering::Relaxed),
@@ -203,6 +247,16 @@ pub async fn configuration(
         latencies: lat,
         ended,
     })
+}
+
+/// Opens a socket on the relay and reads its first message.
+async fn open_relay_socket(addr: &str, job: uuid::Uuid) -> anyhow::Result<super::Ws> {
+    let url = format!("ws://{addr}/ws/progress?jobId={job}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Text(_)))) => Ok(ws),
+        other => anyhow::bail!("the relay's socket did not open: {other:?}"),
+    }
 }
 
 /// Creates and completes `per_sec` jobs a second for `secs` seconds, none

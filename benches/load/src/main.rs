@@ -14,6 +14,7 @@ pub mod idle;
 mod limiter;
 mod notify;
 mod peer;
+mod relay;
 mod replay;
 mod resume;
 mod startup;
@@ -40,12 +41,15 @@ pub use rejoin_testkit::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // The idle scenario's baseline runs as this program's hidden mode.
-    let bare = std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "bare-server");
-    let result = if bare {
+    // The baselines that run as processes of their own are this program's
+    // hidden modes: the idle scenario's bare server, and the durable floor's
+    // relay (`relay-server DB`).
+    let mode = std::env::args_os().nth(1);
+    let result = if mode.as_ref().is_some_and(|a| a == "bare-server") {
         idle::bare_server().await.map(|()| ExitCode::SUCCESS)
+    } else if mode.as_ref().is_some_and(|a| a == "relay-server") {
+        let db = std::env::args().nth(2).unwrap_or_else(|| "relay.db".into());
+        relay::serve(&db).await.map(|()| ExitCode::SUCCESS)
     } else {
         match BenchArgs::try_parse() {
             Ok(args) => run(args).await,

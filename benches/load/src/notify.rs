@@ -16,7 +16,7 @@ use rejoin_testkit::Receiver;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::fanout::{configuration, Load};
+use super::fanout::{configuration, Load, Server};
 use super::{database, progress, rate, Latencies};
 use crate::BenchArgs;
 use rejoin::clock::SystemClock;
@@ -67,7 +67,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let rounds = if args.smoke { 1 } else { ROUNDS };
     let (mut plain, mut hooked) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let mut m = configuration(args, &load, &[], ends_per_sec).await?;
+        let mut m = configuration(args, &load, Server::Rejoin(&[]), ends_per_sec).await?;
         println!("  (baseline: no webhook)");
         plain.push(percentiles(&mut m.latencies));
         let receiver = Receiver::start().await;
@@ -78,7 +78,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "--webhook-secret".to_owned(),
             w.webhook_secret.as_ref().unwrap().expose().to_owned(),
         ];
-        let mut m = configuration(args, &load, &flags, ends_per_sec).await?;
+        let mut m = configuration(args, &load, Server::Rejoin(&flags), ends_per_sec).await?;
         println!("  (with a receiver: every unwatched job's end notified)");
         hooked.push(percentiles(&mut m.latencies));
         report_deliveries(&receiver, &m.ended).await;

@@ -70,6 +70,9 @@ async fn fanout_smoke() {
         "1 per job: posted 400, failed 0, received 400, lost 0, out of order 0, duplicates 0",
         "10 per job: posted 400, failed 0, received 4000, lost 0, out of order 0, duplicates 0",
         "disk, same window (4 KiB append + fdatasync every 50 ms)",
+        "relay 1 per job: posted 400, failed 0, received 400, lost 0, out of order 0, duplicates 0",
+        "relay 10 per job: posted 400, failed 0, received 4000, lost 0, out of order 0, duplicates 0",
+        "rejoin over the relay: p50",
     ] {
         assert!(out.contains(line), "{out}");
     }
