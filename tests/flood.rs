@@ -179,6 +179,20 @@ async fn read_response(tcp: &mut TcpStream) -> Option<()> {
     }
 }
 
+/// Sends `request` on a connection of its own and reads until the server
+/// closes it (at most [`PATIENCE`], else panics saying `what`); returns
+/// what the server answered.
+async fn answered_until_closed(server: SocketAddr, request: &[u8], what: &str) -> String {
+    let mut tcp = TcpStream::connect(server).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect(what)
+        .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Starts `count` flooding connections spread over `addresses`, a third of
 /// each kind, and returns once they have all been attempted.
 async fn flood(server: SocketAddr, addresses: &[IpAddr], count: usize) -> JoinSet<Held> {
@@ -359,15 +373,12 @@ async fn the_per_address_cap_spares_trusted_proxies_which_get_their_own_idle_tim
     ])
     .await;
     // A body that does not arrive in time: 408, and the connection closes.
-    let mut tcp = TcpStream::connect(app.addr).await.unwrap();
-    tcp.write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut answer))
-        .await
-        .expect("closed after the body timeout")
-        .unwrap();
+    let answer = answered_until_closed(
+        app.addr,
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{",
+        "closed after the body timeout",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
 
@@ -423,15 +434,12 @@ async fn an_open_stream_and_socket_outlive_the_header_and_body_timeouts() {
     // deadline, the stream's and the socket's deadlines (0.5 s each, were
     // they still counting) have passed twice over.
     for _ in 0..2 {
-        let mut half = TcpStream::connect(app.addr).await.unwrap();
-        half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .unwrap();
-        let mut rest = Vec::new();
-        tokio::time::timeout(PATIENCE, half.read_to_end(&mut rest))
-            .await
-            .expect("the server closes a request whose head never ends")
-            .ok();
+        answered_until_closed(
+            app.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+            "the server closes a request whose head never ends",
+        )
+        .await;
     }
     let seq = app.progress(job, 50.0).await;
     assert_eq!(next_json(&mut ws).await["seq"], seq, "the socket is open");

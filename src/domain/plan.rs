@@ -3,18 +3,18 @@
 //! From a job's state, a command, the time and the server's policy, [`plan`]
 //! gives one plain value: the events to append (the command's own, then the
 //! reactions they call for, all sealed into the job's chain), the answer the
-//! caller gets once they are durable, what an idempotency key now stands for,
-//! and the job's deadlines after them. The writer only reads what a plan
-//! needs, commits it, and publishes it.
+//! caller gets once they are durable, and what an idempotency key now stands
+//! for; the job's deadlines after them are `deadline::of_job` of the state
+//! it leaves. The writer only reads what a plan needs, commits it, and
+//! publishes it.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::chain::{seal, Sealed};
-use super::deadline::{self, Schedule};
 use super::decide::{decide, AttachPlan, Command, Decision, DomainError, Planned};
-use super::event::Event;
+use super::event::{Event, JobId};
 use super::reaction::notification_due;
 use super::state::{fingerprint, IdempotentAppend, JobState};
 
@@ -51,8 +51,6 @@ pub struct Plan {
     pub reply: Reply,
     /// What the command's idempotency key stands for from now on.
     pub keyed: Option<(String, IdempotentAppend)>,
-    /// The job's deadlines after the events (none when nothing is appended).
-    pub deadlines: Vec<Schedule>,
 }
 
 /// Plans `command` on the job in `state` at `now`, moving `state` past the
@@ -71,28 +69,26 @@ pub fn plan(
         } => idempotency_key.as_deref(),
         _ => None,
     };
-    let (own, attach, reply) = match decide(state, prior, command, now)? {
-        Decision::AlreadyExists => (Vec::new(), None, Reply::AlreadyExists),
-        Decision::Duplicate { seq } => (Vec::new(), None, Reply::Duplicate { seq }),
-        Decision::Nothing => (Vec::new(), None, Reply::Nothing),
-        Decision::Append(events) => (events, None, Reply::Appended),
-        Decision::Attach { events, plan } => (events, Some(plan), Reply::Nothing),
+    let (own, attach) = match decide(state, prior, command, now)? {
+        Decision::AlreadyExists => (Vec::new(), Err(Reply::AlreadyExists)),
+        Decision::Duplicate { seq } => (Vec::new(), Err(Reply::Duplicate { seq })),
+        Decision::Nothing => (Vec::new(), Err(Reply::Nothing)),
+        Decision::Append(events) => (events, Err(Reply::Appended)),
+        Decision::Attach { events, plan } => (events, Ok(plan)),
     };
+    let job_id = state.job_id;
     let mut events: Vec<Sealed> = own
-        .iter()
-        .map(|p| {
-            let e = event(state, p, key, now);
-            seal(state, e)
-        })
+        .into_iter()
+        .map(|p| seal(state, event(job_id, p, key, now)))
         .collect();
-    let reply = match attach {
+    let reply = attach.map_or_else(
+        |reply| reply,
         // The socket's ordinal within its session, now that it is counted.
-        Some(plan) => {
+        |plan| {
             let socket = state.watcher(plan.session_id).map_or(0, |s| s.sockets);
             Reply::Attached { plan, socket }
-        }
-        None => reply,
-    };
+        },
+    );
     let own = events.len();
     if let Some(max_age) = policy.notify_max_age {
         let due: Vec<Planned> = events
@@ -103,9 +99,8 @@ pub fn plan(
                 body,
             })
             .collect();
-        for p in &due {
-            let e = event(state, p, None, now);
-            events.push(seal(state, e));
+        for p in due {
+            events.push(seal(state, event(job_id, p, None, now)));
         }
     }
     let keyed = key.zip(events.first()).map(|(k, first)| {
@@ -115,22 +110,16 @@ pub fn plan(
         };
         (k.to_owned(), remembered)
     });
-    let deadlines = if events.is_empty() {
-        Vec::new()
-    } else {
-        deadline::of_job(state)
-    };
     Ok(Plan {
         events,
         own,
         reply,
         keyed,
-        deadlines,
     })
 }
 
-fn event(state: &JobState, p: &Planned, key: Option<&str>, now: DateTime<Utc>) -> Event {
-    let mut event = Event::new(state.job_id, p.session_id, now, p.body.clone());
+fn event(job_id: JobId, p: Planned, key: Option<&str>, now: DateTime<Utc>) -> Event {
+    let mut event = Event::new(job_id, p.session_id, now, p.body);
     event.idempotency_key = key.map(str::to_owned);
     event
 }
@@ -145,7 +134,7 @@ mod tests {
 
     use super::*;
     use crate::domain::chain::{event_hash, Hashed};
-    use crate::domain::deadline::{Deadline, Due};
+    use crate::domain::deadline::{self, Deadline, Due, Schedule};
     use crate::domain::decide::Attach;
     use crate::domain::event::{
         format_time, EventBody, JobCompleted, JobCreated, Notify, ProgressReported, SessionId,
@@ -220,6 +209,10 @@ mod tests {
         }
     }
 
+    fn expire(session_id: SessionId) -> Command {
+        Command::ExpireGrace { session_id }
+    }
+
     fn kinds(plan: &Plan) -> Vec<&'static str> {
         plan.events.iter().map(|s| s.event.body.kind()).collect()
     }
@@ -245,9 +238,7 @@ mod tests {
         assert_eq!(due.reason, "unwatched");
         assert_eq!(due.expires_at, t(5 + 3600));
         assert_eq!(job.notifications.len(), 1, "the state moved past both");
-        assert!(p
-            .deadlines
-            .contains(&at(&job, Due::Notify(due.for_seq), t(5))));
+        assert!(deadline::of_job(&job).contains(&at(&job, Due::Notify(due.for_seq), t(5))));
     }
 
     #[test]
@@ -277,9 +268,7 @@ mod tests {
         let mut job = given(30, 0, Notify::Unwatched);
         let p = plan(&mut job, None, &Command::MarkStalled, t(30), &WEBHOOKS).unwrap();
         assert_eq!(kinds(&p), ["stalled", "notification_due"]);
-        assert!(p
-            .deadlines
-            .contains(&Schedule::Clear(job.job_id, Due::Stall)));
+        assert!(deadline::of_job(&job).contains(&Schedule::Clear(job.job_id, Due::Stall)));
     }
 
     #[test]
@@ -294,20 +283,20 @@ mod tests {
         let p = plan(&mut job, None, &create, t(0), &WEBHOOKS).unwrap();
         assert_eq!(kinds(&p), ["job_created"]);
         assert_eq!(
-            p.deadlines,
+            deadline::of_job(&job),
             [at(&job, Due::Stall, t(30)), at(&job, Due::Timeout, t(600))]
         );
-        let p = plan(&mut job, None, &progress(0.5), t(20), &WEBHOOKS).unwrap();
-        assert!(p.deadlines.contains(&at(&job, Due::Stall, t(50))));
-        assert!(p.deadlines.contains(&at(&job, Due::Timeout, t(600))));
+        plan(&mut job, None, &progress(0.5), t(20), &WEBHOOKS).unwrap();
+        assert!(deadline::of_job(&job).contains(&at(&job, Due::Stall, t(50))));
+        assert!(deadline::of_job(&job).contains(&at(&job, Due::Timeout, t(600))));
     }
 
     #[test]
     fn a_finished_job_has_no_stall_or_timeout_left() {
         let mut job = given(30, 600, Notify::Never);
-        let p = plan(&mut job, None, &completed(), t(10), &WEBHOOKS).unwrap();
+        plan(&mut job, None, &completed(), t(10), &WEBHOOKS).unwrap();
         assert_eq!(
-            p.deadlines,
+            deadline::of_job(&job),
             [
                 Schedule::Clear(job.job_id, Due::Stall),
                 Schedule::Clear(job.job_id, Due::Timeout)
@@ -330,21 +319,12 @@ mod tests {
         assert!(matches!(p.reply, Reply::Attached { socket: 1, .. }));
         let p = plan(&mut job, None, &detach(session, 1), t(10), &WEBHOOKS).unwrap();
         assert_eq!(kinds(&p), ["disconnected"]);
-        assert!(p.deadlines.contains(&at(&job, Due::Grace(session), t(70))));
+        assert!(deadline::of_job(&job).contains(&at(&job, Due::Grace(session), t(70))));
         // The same deadline, from the state alone (as at start).
         assert!(deadline::of_job(&job).contains(&at(&job, Due::Grace(session), t(70))));
-        let p = plan(
-            &mut job,
-            None,
-            &Command::ExpireGrace {
-                session_id: session,
-            },
-            t(70),
-            &WEBHOOKS,
-        )
-        .unwrap();
+        let p = plan(&mut job, None, &expire(session), t(70), &WEBHOOKS).unwrap();
         assert_eq!(kinds(&p), ["grace_expired"]);
-        assert!(!p.deadlines.iter().any(|d| matches!(
+        assert!(!deadline::of_job(&job).iter().any(|d| matches!(
             d,
             Schedule::At(Deadline {
                 due: Due::Grace(_),
@@ -365,7 +345,7 @@ mod tests {
         };
         let p = plan(&mut job, None, &claim, t(5), &WEBHOOKS).unwrap();
         assert_eq!(kinds(&p), ["notification_attempt"]);
-        assert!(p.deadlines.contains(&at(&job, Due::Notify(for_seq), t(35))));
+        assert!(deadline::of_job(&job).contains(&at(&job, Due::Notify(for_seq), t(35))));
         let settle = Command::SettleNotification {
             for_seq,
             attempt: 1,
@@ -381,25 +361,16 @@ mod tests {
         };
         let p = plan(&mut job, None, &settle, t(6), &WEBHOOKS).unwrap();
         assert_eq!(kinds(&p), ["notification_retry"]);
-        assert!(p.deadlines.contains(&at(&job, Due::Notify(for_seq), t(16))));
+        assert!(deadline::of_job(&job).contains(&at(&job, Due::Notify(for_seq), t(16))));
     }
 
     #[test]
-    fn a_stale_deadline_decides_nothing_and_plans_no_deadlines() {
+    fn a_stale_deadline_decides_nothing() {
         let mut job = given(0, 0, Notify::Unwatched);
         let before = job.clone();
-        let p = plan(
-            &mut job,
-            None,
-            &Command::ExpireGrace {
-                session_id: Uuid::new_v4(),
-            },
-            t(5),
-            &WEBHOOKS,
-        )
-        .unwrap();
+        let p = plan(&mut job, None, &expire(Uuid::new_v4()), t(5), &WEBHOOKS).unwrap();
         assert_eq!(p.reply, Reply::Nothing);
-        assert!(p.events.is_empty() && p.deadlines.is_empty());
+        assert!(p.events.is_empty());
         assert_eq!(job, before);
     }
 

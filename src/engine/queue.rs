@@ -41,7 +41,7 @@ pub struct Appended {
 }
 
 /// How the writer answers a request, by what the command was.
-pub(super) enum Reply {
+pub(super) enum Answer {
     /// Every command that only appends (or finds nothing to do): its events.
     Events(oneshot::Sender<Result<Vec<Event>, EngineError>>),
     Create(oneshot::Sender<Result<Created, EngineError>>),
@@ -54,17 +54,17 @@ pub(super) enum Reply {
 pub(super) struct WriteRequest {
     pub job_id: JobId,
     pub command: Command,
-    pub reply: Reply,
+    pub reply: Answer,
 }
 
-impl Reply {
+impl Answer {
     /// Answers with an error, whatever the command.
     pub fn refuse(self, error: EngineError) {
         let _ = match self {
-            Reply::Events(tx) => tx.send(Err(error)).map_err(drop),
-            Reply::Create(tx) => tx.send(Err(error)).map_err(drop),
-            Reply::Append(tx) => tx.send(Err(error)).map_err(drop),
-            Reply::Attach(_, tx) => tx.send(Err(error)).map_err(drop),
+            Answer::Events(tx) => tx.send(Err(error)).map_err(drop),
+            Answer::Create(tx) => tx.send(Err(error)).map_err(drop),
+            Answer::Append(tx) => tx.send(Err(error)).map_err(drop),
+            Answer::Attach(_, tx) => tx.send(Err(error)).map_err(drop),
         };
     }
 }
@@ -124,15 +124,15 @@ impl Queue {
         job_id: JobId,
         command: Command,
     ) -> Result<Vec<Event>, EngineError> {
-        self.ask(job_id, command, Reply::Events).await
+        self.ask(job_id, command, Answer::Events).await
     }
 
     pub async fn create(&self, job_id: JobId, command: Command) -> Result<Created, EngineError> {
-        self.ask(job_id, command, Reply::Create).await
+        self.ask(job_id, command, Answer::Create).await
     }
 
     pub async fn append(&self, job_id: JobId, command: Command) -> Result<Appended, EngineError> {
-        self.ask(job_id, command, Reply::Append).await
+        self.ask(job_id, command, Answer::Append).await
     }
 
     pub async fn attach(
@@ -141,7 +141,7 @@ impl Queue {
         command: Command,
         registration: Registration,
     ) -> Result<Attached, EngineError> {
-        self.ask(job_id, command, |tx| Reply::Attach(registration, tx))
+        self.ask(job_id, command, |tx| Answer::Attach(registration, tx))
             .await
     }
 
@@ -150,7 +150,7 @@ impl Queue {
         &self,
         job_id: JobId,
         command: Command,
-        reply: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Reply,
+        reply: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Answer,
     ) -> Result<T, EngineError> {
         let (tx, answer) = oneshot::channel();
         let request = WriteRequest {

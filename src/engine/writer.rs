@@ -27,9 +27,7 @@ use super::checkpoint::Snapshot;
 use super::hub::{CloseReason, Hub, Registration};
 use super::jobs::{load_job, Held, JobTable, Logged};
 use super::lease::Lease;
-use super::queue::{
-    Appended, Attached, Created, EngineError, Reply as Answer, WriteRequest, WriterStats,
-};
+use super::queue::{Answer, Appended, Attached, Created, EngineError, WriteRequest, WriterStats};
 use super::recover::needs_reload;
 use crate::clock::Clock;
 use crate::domain::deadline::{self, Schedule};
@@ -78,8 +76,6 @@ struct Staged {
     events: Vec<Event>,
     rows: Vec<EventRow>,
     answers: Vec<Result<Pending, DomainError>>,
-    /// The deadlines the batch's events leave, in order.
-    deadlines: Vec<Schedule>,
 }
 
 /// When to take a checkpoint: after so many events, or so long after the
@@ -278,7 +274,7 @@ impl Writer {
         };
         self.store_states(&mut staged);
         self.publish(&committed, true);
-        self.schedule(std::mem::take(&mut staged.deadlines));
+        self.schedule(&staged.touched);
         self.answer(requests, staged.answers, &committed);
         Ok(())
     }
@@ -544,24 +540,18 @@ impl Writer {
             }
         }
         self.publish(&fresh, false);
-        let mut moved: Vec<JobId> = fresh.iter().map(|e| e.job_id).collect();
-        moved.dedup();
-        let deadlines: Vec<Schedule> = {
-            let table = self.table();
-            moved
-                .iter()
-                .filter_map(|job| table.peek(*job))
-                .flat_map(|state| deadline::of_job(state))
-                .collect()
-        };
-        self.schedule(deadlines);
+        self.schedule(&fresh.iter().map(|e| e.job_id).collect());
         behind
     }
 
-    /// Hands the scheduler the deadlines committed events leave.
-    fn schedule(&self, deadlines: Vec<Schedule>) {
-        for d in deadlines {
-            let _ = self.deadlines.send(d);
+    /// Hands the scheduler the deadlines of the jobs committed events moved,
+    /// once per job, from the state they left.
+    fn schedule(&self, jobs: &HashSet<JobId>) {
+        let table = self.table();
+        for state in jobs.iter().filter_map(|job| table.peek(*job)) {
+            for d in deadline::of_job(state) {
+                let _ = self.deadlines.send(d);
+            }
         }
     }
 
@@ -661,7 +651,6 @@ fn stage(
         events: Vec::new(),
         rows: Vec::new(),
         answers: Vec::with_capacity(requests.len()),
-        deadlines: Vec::new(),
     };
     for req in requests {
         let state = states
@@ -689,7 +678,6 @@ fn stage(
                     .push(EventRow::sealed(&sealed.event, sealed.payload));
                 staged.events.push(sealed.event);
             }
-            staged.deadlines.extend(plan.deadlines);
             match plan.reply {
                 Reply::Appended => Pending::Appended(start..start + plan.own),
                 Reply::Attached { plan, socket } => Pending::Attached {

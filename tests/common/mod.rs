@@ -25,11 +25,11 @@ pub async fn spawn_nodes(
     count: usize,
     extra: &[&str],
 ) -> (String, Vec<(tokio::process::Child, SocketAddr)>) {
-    assert!(
-        std::env::var_os("REJOIN_TEST_POSTGRES_URL").is_some(),
-        "this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL"
-    );
-    let url = rejoin_testkit::db::fresh_database(std::path::Path::new(".")).await;
+    let server = std::env::var("REJOIN_TEST_POSTGRES_URL")
+        .expect("this test needs PostgreSQL: set REJOIN_TEST_POSTGRES_URL");
+    let url = rejoin::log::postgres::fresh_schema(&server, "t")
+        .await
+        .expect("REJOIN_TEST_POSTGRES_URL answers");
     let mut nodes = Vec::with_capacity(count);
     for _ in 0..count {
         nodes.push(serve_binary(&url, extra).await);
