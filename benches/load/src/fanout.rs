@@ -3,7 +3,10 @@
 //! the event (durable in between), with loss and order checked. The server runs
 //! as its own process. The baselines, in the same run: a bare WebSocket round
 //! trip on loopback, and the durable floor, a bare relay under the same load
-//! (`relay.rs`: commit, then push, nothing else), run just before rejoin.
+//! on the same kind of database (`relay.rs`: commit, then push, nothing
+//! else), the relay and rejoin alternating `--runs` times before the medians.
+//! Each run also gives its writer's figures over the window (commits, time
+//! inside `commit`, commits over 25 ms).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::commits::Commits;
 use super::{create_job, serve_args, spawn_rejoin, Latencies, Tokens};
 use crate::BenchArgs;
 
@@ -38,32 +42,39 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             per_sec,
             secs,
         };
-        // The relay keeps events in SQLite: beside rejoin on PostgreSQL it
-        // would measure another database.
-        let floor = match args.postgres {
-            None => Some(
-                configuration(args, &load, Server::Relay, 0)
-                    .await?
-                    .latencies,
-            ),
-            Some(_) => None,
-        };
-        let mut lat = configuration(args, &load, Server::Rejoin(&[]), 0)
-            .await?
-            .latencies;
+        // The relay first, then rejoin, `runs` times: a disk that stalls in
+        // one minute and not the next weighs on both alike.
+        let runs = args.runs();
+        let (mut floor, mut ours) = (Runs::default(), Runs::default());
+        for run in 1..=runs {
+            if runs > 1 {
+                println!("  run {run} of {runs}, {watchers} per job");
+            }
+            floor.push(configuration(args, &load, Server::Relay, 0).await?);
+            ours.push(configuration(args, &load, Server::Rejoin(&[]), 0).await?);
+        }
+        let (p50, p99) = (ours.p50.median(), ours.p99.median());
+        println!(
+            "  {watchers} per job, medians of {runs}: relay p50 {} p99 {}, rejoin p50 {} p99 {}; writer inside commit: relay {}, rejoin {}; commits over 25 ms: relay {}, rejoin {}",
+            floor.p50.ms(),
+            floor.p99.ms(),
+            ours.p50.ms(),
+            ours.p99.ms(),
+            floor.share.percent(),
+            ours.share.percent(),
+            floor.slow.count(),
+            ours.slow.count(),
+        );
         println!(
             "  ratio to the bare round trip: p50 {:.1}x, p99 {:.1}x",
-            lat.percentile(50.0).as_secs_f64() / bare.percentile(50.0).as_secs_f64(),
-            lat.percentile(99.0).as_secs_f64() / bare.percentile(99.0).as_secs_f64()
+            p50 / bare.percentile(50.0).as_secs_f64(),
+            p99 / bare.percentile(99.0).as_secs_f64()
         );
-        if let Some(mut floor) = floor {
-            println!(
-                "  rejoin over the relay: p50 {:+.2} ms, p99 {:.2}x",
-                (lat.percentile(50.0).as_secs_f64() - floor.percentile(50.0).as_secs_f64())
-                    * 1000.0,
-                lat.percentile(99.0).as_secs_f64() / floor.percentile(99.0).as_secs_f64()
-            );
-        }
+        println!(
+            "  rejoin over the relay: p50 {:+.2} ms, p99 {:.2}x",
+            (p50 - floor.p50.median()) * 1000.0,
+            p99 / floor.p99.median()
+        );
     }
     Ok(())
 }
@@ -81,7 +92,8 @@ pub struct Load {
 pub enum Server<'a> {
     /// rejoin, started with these extra flags.
     Rejoin(&'a [String]),
-    /// The durable floor: the bare relay (`relay.rs`), on SQLite.
+    /// The durable floor: the bare relay (`relay.rs`), on the same kind of
+    /// database.
     Relay,
 }
 
@@ -91,6 +103,77 @@ pub struct Measured {
     pub latencies: Latencies,
     /// The unwatched jobs ended beside the load.
     pub ended: Vec<uuid::Uuid>,
+    /// The writer's figures while the POSTs were sent and answered.
+    pub commits: Commits,
+    /// How long that took.
+    pub window: Duration,
+}
+
+/// One figure over several runs.
+#[derive(Default)]
+pub struct Sample(Vec<f64>);
+
+impl Sample {
+    pub fn push(&mut self, x: f64) {
+        self.0.push(x);
+    }
+
+    /// The middle value (the mean of the two middle ones for an even count).
+    pub fn median(&self) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    /// The median with its unit and, over several runs, the range:
+    /// `1.23 ms (1.10–1.40)`.
+    fn range(&self, scale: f64, decimals: usize, unit: &str) -> String {
+        let show = |x: f64| format!("{:.*}", decimals, x * scale);
+        let median = show(self.median());
+        if self.0.len() < 2 {
+            return format!("{median}{unit}");
+        }
+        let lo = self.0.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{median}{unit} ({}–{})", show(lo), show(hi))
+    }
+
+    /// Seconds as milliseconds: `1.23 ms (1.10–1.40)`.
+    pub fn ms(&self) -> String {
+        self.range(1000.0, 2, " ms")
+    }
+
+    /// A share as a percentage.
+    pub fn percent(&self) -> String {
+        self.range(100.0, 0, "%")
+    }
+
+    /// A count.
+    pub fn count(&self) -> String {
+        self.range(1.0, 0, "")
+    }
+}
+
+/// A configuration's figures over its runs.
+#[derive(Default)]
+struct Runs {
+    p50: Sample,
+    p99: Sample,
+    share: Sample,
+    slow: Sample,
+}
+
+impl Runs {
+    fn push(&mut self, mut m: Measured) {
+        self.p50.push(m.latencies.percentile(50.0).as_secs_f64());
+        self.p99.push(m.latencies.percentile(99.0).as_secs_f64());
+        self.share.push(m.commits.share(m.window));
+        self.slow.push(m.commits.slow);
+    }
 }
 
 /// `load` against a server of its own; beside it, `ends_per_sec` jobs
@@ -122,8 +205,9 @@ pub async fn configuration(
             spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &extra)).await?
         }
         Server::Relay => {
+            let db = super::database(args, dir.path(), "relay").await?;
             let mut relay = tokio::process::Command::new(std::env::current_exe()?);
-            relay.arg("relay-server").arg(dir.path().join("relay.db"));
+            relay.arg("relay-server").arg(db);
             rejoin_testkit::spawn_announcing(relay).await?
         }
     };
@@ -194,6 +278,8 @@ pub async fn configuration(
         let (http, addr, service) = (http.clone(), addr.clone(), service.clone());
         tokio::spawn(end_unwatched_jobs(http, addr, service, ends_per_sec, secs))
     });
+    let before = Commits::read(&http, &addr, relay).await?;
+    let started = Instant::now();
     let mut posts = Vec::with_capacity(total);
     for i in 0..total {
         tick.tick().await;
@@ -217,6 +303,8 @@ pub async fn configuration(
     for p in posts {
         p.await?;
     }
+    let window = started.elapsed();
+    let commits = Commits::read(&http, &addr, relay).await?.since(&before);
     let ended = match ender {
         Some(task) => task.await??,
         None => Vec::new(),
@@ -241,11 +329,17 @@ pub async fn configuration(
         disorder.load(Ordering::Relaxed),
         duplicates.load(Ordering::Relaxed)
     );
+    println!(
+        "  {label}{watchers} per job, writer: {}",
+        commits.summary(window)
+    );
     disk.finish()?;
     drop(server);
     Ok(Measured {
         latencies: lat,
         ended,
+        commits,
+        window,
     })
 }
 

@@ -8,6 +8,7 @@
 //! ./target/release/rejoin-bench appends`.
 
 mod appends;
+mod commits;
 mod disk;
 mod fanout;
 pub mod idle;
@@ -327,7 +328,8 @@ pub async fn append_all(
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BenchScenario {
-    /// Durable appends: 64 appenders vs raw batched inserts, one appender, HTTP.
+    /// Durable appends: 64 appenders vs raw batched inserts and the bare
+    /// relay, one appender, HTTP vs the relay over HTTP.
     Appends,
     /// Fan-out: progress POSTed to jobs watched over WebSockets, POST to receipt.
     Fanout,
@@ -384,4 +386,14 @@ pub struct BenchArgs {
     /// this program).
     #[arg(long)]
     pub rejoin: Option<PathBuf>,
+    /// For `appends` and `fanout`: how many times the relay and rejoin run,
+    /// alternating, before the medians (default 3, 1 with --smoke).
+    #[arg(long)]
+    pub runs: Option<usize>,
+}
+
+impl BenchArgs {
+    pub fn runs(&self) -> usize {
+        self.runs.unwrap_or(if self.smoke { 1 } else { 3 }).max(1)
+    }
 }

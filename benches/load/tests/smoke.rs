@@ -31,9 +31,13 @@ async fn appends_smoke() {
     let out = bench("appends").await;
     for line in [
         "raw inserts",
-        "64 concurrent appenders",
+        "relay, 64 concurrent appenders",
+        "engine, 64 concurrent appenders",
+        "of the relay",
         "1 appender",
+        "relay HTTP, 64 clients",
         "HTTP, 64 clients",
+        "medians of 1: engine 64 appenders",
         "disk, same window",
     ] {
         assert!(out.contains(line), "{out}");
@@ -72,6 +76,10 @@ async fn fanout_smoke() {
         "disk, same window (4 KiB append + fdatasync every 50 ms)",
         "relay 1 per job: posted 400, failed 0, received 400, lost 0, out of order 0, duplicates 0",
         "relay 10 per job: posted 400, failed 0, received 4000, lost 0, out of order 0, duplicates 0",
+        "relay 10 per job, writer: ",
+        "10 per job, writer: ",
+        "inside commit",
+        "10 per job, medians of 1: relay p50",
         "rejoin over the relay: p50",
     ] {
         assert!(out.contains(line), "{out}");
