@@ -49,11 +49,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let db = super::database(args, dir.path(), "idle").await?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
     let limit = (n + 10).to_string();
+    // Every client comes from 127.0.0.1: the per-address cap must not be
+    // what refuses them (the socket limit is what this scenario tries).
     let (server, addr) = spawn_rejoin(&serve_args(
         "127.0.0.1:0",
         &db,
         &secret,
-        &["--max-connections", &limit],
+        &[
+            "--max-connections",
+            &limit,
+            "--max-connections-per-address",
+            UNCAPPED,
+        ],
     ))
     .await?;
     let pid = server.id().unwrap_or_default();
@@ -130,13 +137,22 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A per-address cap no load from one machine reaches.
+pub const UNCAPPED: &str = "1000000";
+
 /// Server memory per socket with `n` sockets, `watchers` to a job, on a
 /// server of its own.
 async fn watchers_per_socket(args: &BenchArgs, n: usize, watchers: usize) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let db = super::database(args, dir.path(), "idle_watchers").await?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
-    let (server, addr) = spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &[])).await?;
+    let (server, addr) = spawn_rejoin(&serve_args(
+        "127.0.0.1:0",
+        &db,
+        &secret,
+        &["--max-connections-per-address", UNCAPPED],
+    ))
+    .await?;
     let pid = server.id().unwrap_or_default();
     let tokens = Tokens::new(&secret);
     let http = reqwest::Client::new();

@@ -392,8 +392,15 @@ async fn spawn(
     let command = match kind {
         Kind::Rejoin => {
             let mut c = Command::new(super::rejoin_binary()?);
-            c.args(super::serve_args(addr, db, secret, &[]))
-                .env("REJOIN_LOG", "error");
+            // Every client comes from 127.0.0.1: the per-address cap must
+            // not be what refuses the idle scenario's 10,000 sockets.
+            c.args(super::serve_args(
+                addr,
+                db,
+                secret,
+                &["--max-connections-per-address", super::idle::UNCAPPED],
+            ))
+            .env("REJOIN_LOG", "error");
             c
         }
         Kind::SocketIo => {
