@@ -72,14 +72,18 @@ pub(super) async fn take(
 /// How often a follower reads the log when no notification came.
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
+/// Events a follower reads at a time.
+const FOLLOW_PAGE: u32 = 1000;
+
 /// Follows a shared log from `cursor`: reads what was appended after it
 /// (woken by the store's notifications, and every [`FOLLOW_POLL`] in case one
-/// was missed) and hands it to the writer, until `shutdown`.
+/// was missed) and hands the writer what other nodes appended, skipping what
+/// this node's writer recorded as its own, until `shutdown`.
 pub(super) async fn follow(
     events: Arc<dyn EventLog>,
     members: Arc<dyn Membership>,
     mut cursor: i64,
-    absorb: mpsc::Sender<writer::Absorbed>,
+    (absorb, own): (mpsc::Sender<writer::Absorbed>, Arc<writer::OwnAppends>),
     shutdown: CancellationToken,
 ) {
     let mut listener = None;
@@ -94,16 +98,40 @@ pub(super) async fn follow(
             };
         }
         loop {
-            let mut page = Pages::log(events.as_ref(), cursor).page_size(1000);
+            // The positions first: when every one is this node's own, the
+            // follower moves past them without reading the events back.
+            let mut mine = match members.positions_after(cursor, FOLLOW_PAGE).await {
+                Ok(positions) => match positions.last() {
+                    None => break,
+                    Some(&last) => {
+                        let mine = own.take_through(last);
+                        if positions.iter().all(|p| mine.contains(p)) {
+                            cursor = last;
+                            if absorb.send((Vec::new(), cursor)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        mine
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the shared log");
+                    break;
+                }
+            };
+            let mut page = Pages::log(events.as_ref(), cursor).page_size(FOLLOW_PAGE);
             match page.next().await {
                 Ok(None) => break,
                 Ok(Some(rows)) => {
                     cursor = page.cursor();
+                    mine.append(&mut own.take_through(cursor));
                     // The one exception to the undecodable-row policy (see
                     // log/pages.rs): an event another node wrote that this
                     // build cannot decode is logged and skipped.
                     let events = rows
                         .iter()
+                        .filter(|r| !mine.contains(&r.position))
                         .filter_map(|r| {
                             r.decode_stored()
                                 .map_err(|e| tracing::error!(error = %e, "skipping an event another node wrote"))

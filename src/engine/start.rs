@@ -197,17 +197,19 @@ impl Engine {
             policy: crate::domain::Policy {
                 notify_max_age: settings.webhook.as_ref().map(|w| w.max_age),
             },
+            own: inner.store.shared().then(Arc::default),
         };
         // On a shared log, a follower reads what other nodes append and the
         // writer absorbs it between its own batches.
-        let absorb = inner.store.members.clone().map(|members| {
+        let own = writer.own.clone();
+        let absorb = inner.store.members.clone().zip(own).map(|(members, own)| {
             let (absorb_tx, absorb_rx) = mpsc::channel(64);
             let from = inner.applied.load(Ordering::Relaxed);
             tokio::spawn(membership::follow(
                 inner.store.events.clone(),
                 members,
                 from,
-                absorb_tx,
+                (absorb_tx, own),
                 shutdown.clone(),
             ));
             absorb_rx

@@ -15,7 +15,7 @@
 //! A failed commit answers every request of the batch with an error and
 //! leaves the state untouched.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -123,6 +123,29 @@ pub(crate) struct Writer {
     pub lease: Arc<Lease>,
     /// The server's settings that plans depend on.
     pub policy: Policy,
+    /// On a shared log: what this node appended, for its follower to skip.
+    pub own: Option<Arc<OwnAppends>>,
+}
+
+/// The positions this node appended to a shared log that its follower has
+/// not read past yet. The follower skips them rather than decoding them and
+/// handing them back to the writer, which applied them when it committed.
+#[derive(Default)]
+pub(crate) struct OwnAppends(Mutex<BTreeSet<i64>>);
+
+impl OwnAppends {
+    fn record(&self, positions: &[i64]) {
+        let mut own = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        own.extend(positions);
+    }
+
+    /// Takes the recorded positions up to `through` (the follower read that
+    /// far; anything recorded later below it is taken on its next page).
+    pub(crate) fn take_through(&self, through: i64) -> BTreeSet<i64> {
+        let mut own = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let later = own.split_off(&through.saturating_add(1));
+        std::mem::replace(&mut *own, later)
+    }
 }
 
 /// Events another node appended, read by the follower, and the position it
@@ -165,8 +188,13 @@ impl Writer {
                         continue;
                     }
                     Some((events, through)) = async { absorb.as_mut()?.recv().await } => {
-                        due.since_events += events.len() as u64;
+                        // On a shared log a checkpoint covers what the
+                        // follower has read through (this node's appends
+                        // included), so that is what counts towards the next.
+                        let before = self.applied.load(Ordering::Relaxed);
                         self.absorb(events, through).await;
+                        let read = self.applied.load(Ordering::Relaxed) - before;
+                        due.since_events += read.max(0) as u64;
                         self.maybe_checkpoint(&mut due);
                         continue;
                     }
@@ -184,7 +212,9 @@ impl Writer {
             self.stats.taken.fetch_add(n as u64, Ordering::Relaxed);
             let requests = std::mem::replace(&mut batch, Vec::with_capacity(self.max_batch));
             self.process(requests).await;
-            due.since_events += self.stats.events.load(Ordering::Relaxed) - committed_before;
+            if self.own.is_none() {
+                due.since_events += self.stats.events.load(Ordering::Relaxed) - committed_before;
+            }
             if !closing {
                 self.maybe_checkpoint(&mut due);
             }
@@ -365,9 +395,12 @@ impl Writer {
         self.stats.record_commit(staged.rows.len());
         self.metrics
             .observe_commit(staged.rows.len(), started.elapsed().as_secs_f64());
-        if !self.store.shared() {
-            if let Some(last) = positions.last() {
-                self.applied.fetch_max(*last, Ordering::Relaxed);
+        match &self.own {
+            Some(own) => own.record(&positions),
+            None => {
+                if let Some(last) = positions.last() {
+                    self.applied.fetch_max(*last, Ordering::Relaxed);
+                }
             }
         }
         Ok(staged

@@ -225,6 +225,11 @@ pub trait Membership: Send + Sync + 'static {
     /// A stream that yields whenever another process may
     /// have appended (a hint; the log is read to find out what).
     async fn listen(&self) -> Result<Option<Box<dyn AppendListener>>, StoreError>;
+
+    /// The positions after `after`, in order, at most `limit`: what a
+    /// follower reads first, to skip reading back the events its own node
+    /// appended.
+    async fn positions_after(&self, after: i64, limit: u32) -> Result<Vec<i64>, StoreError>;
 }
 
 /// A backend's stores, each by its concern. `members` is there only for a
