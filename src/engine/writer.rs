@@ -90,7 +90,14 @@ struct CheckpointDue {
     policy: CheckpointPolicy,
     since_events: u64,
     last: Instant,
+    /// When a due checkpoint found the checkpoint task busy: when to offer
+    /// it again (nothing else may come along to trigger it).
+    retry: Option<Instant>,
 }
+
+/// How soon a due checkpoint is offered again when the checkpoint task was
+/// still busy with the one before.
+const CHECKPOINT_RETRY: Duration = Duration::from_millis(200);
 
 impl CheckpointDue {
     fn due(&self) -> bool {
@@ -101,8 +108,10 @@ impl CheckpointDue {
 
     /// When the time trigger fires next, if anything waits for it.
     fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        (self.since_events > 0)
-            .then(|| tokio::time::Instant::from_std(self.last + self.policy.every))
+        (self.since_events > 0).then(|| {
+            let at = self.last + self.policy.every;
+            tokio::time::Instant::from_std(self.retry.map_or(at, |r| r.min(at)))
+        })
     }
 }
 
@@ -172,6 +181,7 @@ impl Writer {
             policy: checkpoints,
             since_events: 0,
             last: Instant::now(),
+            retry: None,
         };
         loop {
             let committed_before = self.stats.events.load(Ordering::Relaxed);
@@ -229,14 +239,16 @@ impl Writer {
         if !due.due() {
             return;
         }
-        if due
-            .policy
-            .tx
-            .try_send(snapshot(&self.jobs, &self.applied))
-            .is_ok()
-        {
-            due.since_events = 0;
-            due.last = Instant::now();
+        match due.policy.tx.try_send(snapshot(&self.jobs, &self.applied)) {
+            Ok(()) => {
+                due.since_events = 0;
+                due.last = Instant::now();
+                due.retry = None;
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                due.retry = Some(Instant::now() + CHECKPOINT_RETRY);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => due.retry = None,
         }
     }
 
