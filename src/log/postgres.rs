@@ -9,8 +9,6 @@
 //! nodes' followers. A commit is durable before `append` returns: the
 //! store refuses to open on a server with `fsync` or `synchronous_commit` off.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,13 +33,7 @@ const COLUMNS: &str =
 
 pub struct PostgresStore {
     pool: PgPool,
-    /// The server processes behind this store's connections: notifications
-    /// they sent are this node's own appends, which its follower need not
-    /// be woken for.
-    backends: Backends,
 }
-
-type Backends = Arc<Mutex<HashSet<u32>>>;
 
 pub fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -89,25 +81,10 @@ impl PostgresStore {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Open(format!("bad PostgreSQL URL {shown}: {e}")))?;
-        let backends = Backends::default();
-        let known = backends.clone();
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .min_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .after_connect(move |conn, _| {
-                let known = known.clone();
-                Box::pin(async move {
-                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                        .fetch_one(conn)
-                        .await?;
-                    known
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(pid as u32);
-                    Ok(())
-                })
-            })
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Open(format!("{shown}: {e}")))?;
@@ -135,7 +112,7 @@ impl PostgresStore {
                 )));
             }
         }
-        Ok(PostgresStore { pool, backends })
+        Ok(PostgresStore { pool })
     }
 
     async fn fetch_rows(
@@ -472,10 +449,7 @@ impl Membership for PostgresStore {
             .await
             .map_err(classify)?;
         listener.listen(CHANNEL).await.map_err(classify)?;
-        Ok(Some(Box::new(Listener {
-            listener,
-            own: self.backends.clone(),
-        })))
+        Ok(Some(Box::new(Listener(listener))))
     }
 }
 
@@ -532,24 +506,11 @@ fn from_micros(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
-/// Notifications of other nodes' appends. Those sent by this store's own
-/// connections are skipped: the writer applied those appends as it made them.
-/// (A process id another node's connection reuses after one of ours closed
-/// only delays that node's appends here until the follower's next poll.)
-struct Listener {
-    listener: PgListener,
-    own: Backends,
-}
+struct Listener(PgListener);
 
 #[async_trait]
 impl AppendListener for Listener {
     async fn next(&mut self) -> Result<(), StoreError> {
-        loop {
-            let sent = self.listener.recv().await.map_err(classify)?;
-            let own = self.own.lock().unwrap_or_else(|p| p.into_inner());
-            if !own.contains(&sent.process_id()) {
-                return Ok(());
-            }
-        }
+        self.0.recv().await.map(|_| ()).map_err(classify)
     }
 }
