@@ -16,9 +16,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::fanout::Sample;
 use super::relay::Relay;
-use super::{append_all, created, database, progress, rate, BenchServer, JobWriter};
+use super::{append_all, created, database, progress, rate, BenchServer, JobWriter, Sample};
 use crate::BenchArgs;
 use rejoin::clock::SystemClock;
 use rejoin::engine::{Engine, EngineSettings};

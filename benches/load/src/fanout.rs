@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::commits::Commits;
-use super::{create_job, serve_args, spawn_rejoin, Latencies, Tokens};
+use super::{create_job, serve_args, spawn_rejoin, Latencies, Sample, Tokens};
 use crate::BenchArgs;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -107,55 +107,6 @@ pub struct Measured {
     pub commits: Commits,
     /// How long that took.
     pub window: Duration,
-}
-
-/// One figure over several runs.
-#[derive(Default)]
-pub struct Sample(Vec<f64>);
-
-impl Sample {
-    pub fn push(&mut self, x: f64) {
-        self.0.push(x);
-    }
-
-    /// The middle value (the mean of the two middle ones for an even count).
-    pub fn median(&self) -> f64 {
-        let mut v = self.0.clone();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => 0.0,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
-    }
-
-    /// The median with its unit and, over several runs, the range:
-    /// `1.23 ms (1.10–1.40)`.
-    fn range(&self, scale: f64, decimals: usize, unit: &str) -> String {
-        let show = |x: f64| format!("{:.*}", decimals, x * scale);
-        let median = show(self.median());
-        if self.0.len() < 2 {
-            return format!("{median}{unit}");
-        }
-        let lo = self.0.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!("{median}{unit} ({}–{})", show(lo), show(hi))
-    }
-
-    /// Seconds as milliseconds: `1.23 ms (1.10–1.40)`.
-    pub fn ms(&self) -> String {
-        self.range(1000.0, 2, " ms")
-    }
-
-    /// A share as a percentage.
-    pub fn percent(&self) -> String {
-        self.range(100.0, 0, "%")
-    }
-
-    /// A count.
-    pub fn count(&self) -> String {
-        self.range(1.0, 0, "")
-    }
 }
 
 /// A configuration's figures over its runs.
