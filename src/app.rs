@@ -146,6 +146,13 @@ impl Application {
                 max_body_bytes: args.max_body_bytes,
                 client_token_ttl_secs: args.client_token_ttl_secs,
                 max_client_token_ttl_secs: args.max_client_token_ttl_secs,
+                streams: crate::http::durable::StreamSettings {
+                    open: args.stream_auth == crate::config::StreamAuth::None,
+                    max_body_bytes: args.stream_max_body_bytes,
+                    long_poll: std::time::Duration::from_secs_f64(
+                        args.stream_long_poll_secs.clamp(0.0, 3600.0),
+                    ),
+                },
             }),
             upgrade: Arc::new(UpgradeSettings {
                 heartbeat_interval,
@@ -172,6 +179,7 @@ impl Application {
                     proxy_idle_timeout,
                     body_timeout,
                     max_body_bytes: args.max_body_bytes,
+                    max_stream_body_bytes: args.stream_max_body_bytes,
                 },
                 proxies.clone(),
                 engine.clone(),

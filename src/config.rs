@@ -185,6 +185,22 @@ pub struct ServeArgs {
     #[arg(long, env = "REJOIN_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Who may use the Durable Streams at `/v1/stream/`: `token` (a bearer
+    /// token with the stream or service role) or `none` (no token; for
+    /// deployments whose gateway authenticates). Job streams always need a
+    /// token.
+    #[arg(long, env = "REJOIN_STREAM_AUTH", value_enum, default_value_t = StreamAuth::Token)]
+    pub stream_auth: StreamAuth,
+
+    /// Largest accepted body of a stream append or create, in bytes.
+    #[arg(long, env = "REJOIN_STREAM_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub stream_max_body_bytes: usize,
+
+    /// How long a stream's long-poll read waits for data before answering
+    /// 204, in seconds.
+    #[arg(long, env = "REJOIN_STREAM_LONG_POLL_SECS", default_value_t = 15.0)]
+    pub stream_long_poll_secs: f64,
+
     /// Largest accepted inbound WebSocket frame or message, in bytes.
     #[arg(long, env = "REJOIN_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
@@ -507,4 +523,13 @@ pub struct ReplayArgs {
     pub format: ReplayFormat,
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// Who may use the Durable Streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamAuth {
+    /// A bearer token with the stream or service role.
+    Token,
+    /// No token (a gateway in front authenticates).
+    None,
 }

@@ -26,8 +26,8 @@ const FILES: &[(&str, &[&str])] = &[
     (
         "domain",
         &[
-            "close", "event", "notify", "state", "chain", "decide", "reaction", "deadline", "plan",
-            "history", "summary",
+            "close", "event", "notify", "stream", "state", "chain", "decide", "reaction",
+            "deadline", "plan", "history", "summary",
         ],
     ),
     (

@@ -166,6 +166,7 @@ fn run(ops: &[(usize, Op)], jobs: &[Uuid]) -> (Vec<EventRow>, World) {
                     address: None,
                     node: behind.is_positive().then(|| format!("node-{behind}")),
                     transport: (*behind % 2 == 1).then(|| "sse".to_owned()),
+                    own_session: false,
                 }),
                 None,
             ),

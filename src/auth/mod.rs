@@ -31,6 +31,8 @@ pub enum Role {
     Support,
     /// Analysts reading the global log.
     Analytics,
+    /// Producers and readers of the Durable Streams at `/v1/stream/`.
+    Stream,
 }
 
 impl Role {
@@ -40,6 +42,7 @@ impl Role {
             Role::Service => "service",
             Role::Support => "support",
             Role::Analytics => "analytics",
+            Role::Stream => "stream",
         }
     }
 }

@@ -20,6 +20,9 @@ pub enum Due {
     /// The next attempt of the notification of the job event at this seq
     /// (or the expiry of the claim in flight).
     Notify(i64),
+    /// A stream's TTL or `Stream-Expires-At` (reads since its last write
+    /// aside: they are weighed when it comes).
+    StreamExpiry,
 }
 
 /// Something comes due at `at`.
@@ -51,6 +54,9 @@ pub fn of_job(state: &JobState) -> Vec<Schedule> {
         Some(when) => at(due, when),
         None => Schedule::Clear(job_id, due),
     };
+    if let Some(stream) = &state.stream {
+        return vec![one(Due::StreamExpiry, stream.expiry(None))];
+    }
     let mut all = vec![
         one(Due::Stall, state.stall_deadline()),
         one(Due::Timeout, state.timeout_deadline()),

@@ -14,6 +14,7 @@ use super::event::{
 };
 use super::notify::{AttemptResult, Backoff};
 use super::state::{fingerprint, IdempotentAppend, JobState, JobStatus, SessionPhase};
+use super::stream::{decide_stream, StreamCommand, StreamDecision, StreamRefusal};
 
 /// Close code and reason sent to a socket that another connection replaced.
 pub const REPLACED_CODE: u16 = super::close::NORMAL;
@@ -80,6 +81,13 @@ pub enum Command {
         /// A uniform draw in 0..1 for the retry's jitter.
         jitter: f64,
     },
+    /// A command of the Durable Streams stream with this id. `last_read`:
+    /// the last read this node served it since its last write (which keeps
+    /// a TTL alive; reads are not events).
+    Stream {
+        command: StreamCommand,
+        last_read: Option<DateTime<Utc>>,
+    },
 }
 
 /// The error code of the `failed` a timeout appends.
@@ -110,6 +118,10 @@ pub struct Attach {
     pub node: Option<String>,
     /// `sse` for the Server-Sent Events stream; none for a WebSocket.
     pub transport: Option<String>,
+    /// A reader that always starts a session of its own, replaying from its
+    /// `lastSeq` (a Durable Streams reader): a reconnect never takes over
+    /// another watcher's session.
+    pub own_session: bool,
 }
 
 impl Attach {
@@ -190,6 +202,8 @@ pub enum DomainError {
     InvalidEvent(String),
     #[error("the job already has {0} watchers, the most it may have")]
     TooManyWatchers(usize),
+    #[error(transparent)]
+    Stream(#[from] StreamRefusal),
 }
 
 /// Decides what `command` appends to the job in `state` at time `now`.
@@ -201,6 +215,19 @@ pub fn decide(
     command: &Command,
     now: DateTime<Utc>,
 ) -> Result<Decision, DomainError> {
+    if let Command::Stream { command, last_read } = command {
+        let next_seq = state.head_seq + 1;
+        return Ok(
+            match decide_stream(state.stream.as_ref(), next_seq, command, now, *last_read)? {
+                StreamDecision::Append(bodies) => {
+                    Decision::Append(bodies.into_iter().map(Planned::job).collect())
+                }
+                StreamDecision::AlreadyExists => Decision::AlreadyExists,
+                StreamDecision::Duplicate { seq } => Decision::Duplicate { seq: seq as i64 },
+                StreamDecision::Nothing => Decision::Nothing,
+            },
+        );
+    }
     if let Command::CreateJob {
         metadata,
         stall_after_secs,
@@ -224,7 +251,7 @@ pub fn decide(
         return Err(DomainError::UnknownJob);
     }
     match command {
-        Command::CreateJob { .. } => unreachable!("handled above"),
+        Command::CreateJob { .. } | Command::Stream { .. } => unreachable!("handled above"),
         Command::AppendJobEvent { body, .. } => {
             if let Some(prior) = prior {
                 return if prior.fingerprint == fingerprint(body) {
@@ -434,7 +461,7 @@ fn decide_attach(
         }
     }
     let epoch_matches = a.client_epoch.as_deref().is_none_or(|e| e == a.log_epoch);
-    let target = if a.reconnect {
+    let target = if a.reconnect && !a.own_session {
         state.resume_target(a.session_id, now)
     } else {
         None
@@ -739,6 +766,7 @@ mod tests {
             address: None,
             node: None,
             transport: None,
+            own_session: false,
         });
         (cmd, id)
     }
@@ -988,6 +1016,7 @@ mod tests {
             address: None,
             node: None,
             transport: None,
+            own_session: false,
         });
         let plan = when(&mut job, &cmd, t0).1.unwrap();
         assert!(!plan.resumed);

@@ -81,6 +81,10 @@ pub enum EventBody {
     NotificationRetry(NotificationRetry),
     NotificationDelivered(NotificationDelivered),
     NotificationAbandoned(NotificationAbandoned),
+    StreamCreated(StreamCreated),
+    StreamAppended(StreamAppended),
+    StreamTouched(StreamTouched),
+    StreamDeleted(StreamDeleted),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -356,6 +360,100 @@ pub struct NotificationAbandoned {
     pub error: Option<String>,
 }
 
+/// What a stream append carries: bytes (stored base64) or, on a JSON stream,
+/// its messages (a posted array flattened one level).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamData {
+    Bytes(String),
+    Json(Vec<Value>),
+}
+
+/// A producer's tuple, as an idempotent append carried it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProducerTuple {
+    pub id: String,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// Where a fork branches off its source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkOf {
+    pub source_path: String,
+    pub source_id: JobId,
+    /// The first seq of the source's incarnation the fork reads.
+    pub from_seq: i64,
+    /// The source's offset the fork branches at: the fork holds the
+    /// source's data up to it.
+    pub offset: String,
+    /// The source's seq of the last event the fork holds.
+    pub through_seq: i64,
+    /// `Stream-Fork-Sub-Offset`: the fork also holds this much (bytes, or
+    /// messages) of the source's next append, as the start of its own
+    /// first data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_offset: Option<u64>,
+}
+
+/// A Durable Streams stream was created at `path` (a new incarnation when
+/// one was deleted or expired there before).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamCreated {
+    pub path: String,
+    pub content_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<ForkOf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<StreamData>,
+    /// The stream's tail offset after this event.
+    pub offset: String,
+}
+
+/// Data appended to a stream, or the stream closed (`closes`), or both.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamAppended {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<StreamData>,
+    /// The stream's tail offset after this event.
+    pub offset: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_seq: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<ProducerTuple>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closes: bool,
+}
+
+/// Reads kept a stream with a TTL alive: its window runs from `at`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamTouched {
+    pub at: DateTime<Utc>,
+}
+
+/// The stream was deleted, or expired (`expired`). While forks still
+/// read its data it is `retained`: gone for its own readers and writers,
+/// its path not yet free; the last fork's end deletes it for good.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamDeleted {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retained: bool,
+}
+
 /// A payload that could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -426,6 +524,10 @@ kinds! {
     NotificationRetry => "notification_retry",
     NotificationDelivered => "notification_delivered",
     NotificationAbandoned => "notification_abandoned",
+    StreamCreated => "stream_created",
+    StreamAppended => "stream_appended",
+    StreamTouched => "stream_touched",
+    StreamDeleted => "stream_deleted",
 }
 
 impl EventBody {
@@ -439,6 +541,17 @@ impl EventBody {
                 | EventBody::JobFailed(_)
                 | EventBody::JobCancelled(_)
                 | EventBody::JobStalled(_)
+        )
+    }
+
+    /// An event of a Durable Streams stream rather than of a job.
+    pub fn is_stream_event(&self) -> bool {
+        matches!(
+            self,
+            EventBody::StreamCreated(_)
+                | EventBody::StreamAppended(_)
+                | EventBody::StreamTouched(_)
+                | EventBody::StreamDeleted(_)
         )
     }
 

@@ -11,6 +11,7 @@ pub mod notify;
 pub mod plan;
 pub mod reaction;
 pub mod state;
+pub mod stream;
 pub mod summary;
 
 pub use decide::{decide, Command, Decision, DomainError};

@@ -195,6 +195,7 @@ mod tests {
             address: None,
             node: None,
             transport: None,
+            own_session: false,
         })
     }
 

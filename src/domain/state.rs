@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::event::{Client, Event, EventBody, FailureInfo, JobId, Notify, SessionId};
 use super::notify::{Notified, PendingNotification};
+use super::stream::StreamState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -136,7 +137,7 @@ pub struct ConnectionCounts {
 /// (derived snapshots of `JobState`s) carry it, and one written by another
 /// version is ignored: bump it whenever `apply` or the fields of the state
 /// change meaning. The views beside it have their own ([`VIEW_VERSION`]).
-pub const FOLD_VERSION: i32 = 5;
+pub const FOLD_VERSION: i32 = 6;
 
 /// A job as the log tells it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -180,6 +181,9 @@ pub struct JobState {
     /// Webhook notifications not yet delivered or abandoned.
     #[serde(default)]
     pub notifications: Vec<PendingNotification>,
+    /// A Durable Streams stream's fold, when the id is a stream's.
+    #[serde(default)]
+    pub stream: Option<StreamState>,
     /// What the job shows beside what decisions need; checkpointed apart,
     /// under [`VIEW_VERSION`].
     #[serde(skip)]
@@ -246,6 +250,7 @@ impl JobState {
             stalled_since: None,
             notify: Notify::Unwatched,
             notifications: Vec::new(),
+            stream: None,
             view: JobView::default(),
         }
     }
@@ -300,11 +305,20 @@ impl JobState {
         self.created_at.is_some()
     }
 
+    /// Whether the log holds anything of this id: a job, or a stream (even
+    /// a deleted one, whose seqs the next incarnation continues).
+    pub fn is_known(&self) -> bool {
+        self.exists() || self.stream.is_some()
+    }
+
     /// Whether the server must keep the job at hand: it has not finished, a
     /// session is connected or waiting in its grace window, or a webhook
     /// notification is pending (a deadline is pending). Anything else can be
     /// read back from the log when asked for.
     pub fn is_live(&self) -> bool {
+        if let Some(stream) = &self.stream {
+            return !stream.deleted;
+        }
         if !self.exists() {
             return false;
         }
@@ -352,6 +366,10 @@ impl JobState {
         self.head_seq = event.seq;
         self.head_hash.clone_from(&event.hash);
         let at = event.at;
+        if event.body.is_stream_event() {
+            StreamState::apply(&mut self.stream, event.seq, at, &event.body);
+            return;
+        }
         if !event.body.is_job_event() {
             self.other_seqs.push(event.seq);
         } else {
@@ -505,6 +523,11 @@ impl JobState {
             EventBody::NotificationAbandoned(a) => {
                 self.settle_notification(&a.id);
             }
+            // Folded above, into the stream's state.
+            EventBody::StreamCreated(_)
+            | EventBody::StreamAppended(_)
+            | EventBody::StreamTouched(_)
+            | EventBody::StreamDeleted(_) => {}
         }
     }
 

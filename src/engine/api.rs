@@ -11,12 +11,15 @@ use super::hub::{self, Hub, Registration};
 use super::jobs::{self, load_job, JobTable};
 use super::lease::Lease;
 use super::membership;
-use super::queue::{Appended, Attached, Closes, Created, EngineError, Queue, WriterStats};
+use super::queue::{
+    Appended, Attached, Closes, Created, EngineError, Queue, StreamDone, StreamReads, WriterStats,
+};
 use super::settings::{JobOptions, Startup};
 use super::writer;
 use crate::clock::{Clock, Corrected};
 use crate::domain::decide::Attach;
 use crate::domain::history::{History, HistoryBuilder};
+use crate::domain::stream::StreamCommand;
 use crate::domain::{Command, EventBody, JobId, JobState, SessionId, SessionPhase};
 use crate::log::{for_each_job_event, CheckpointHeader, EventLog, Log, Pages, StoreError};
 use crate::metrics::Metrics;
@@ -53,6 +56,8 @@ pub(super) struct Inner {
     /// on, the database's (`clock` reads it too).
     pub(super) shared_clock: Option<Arc<Corrected>>,
     pub(super) startup: Startup,
+    /// The last read served of each stream (reads keep a TTL alive).
+    pub(super) reads: Arc<StreamReads>,
 }
 
 impl Engine {
@@ -200,6 +205,12 @@ impl Engine {
     /// The job's current state, if it exists: from memory, or read back from
     /// the log (by index) and kept in the cache of finished jobs.
     pub async fn job(&self, job_id: JobId) -> Result<Option<Arc<JobState>>, StoreError> {
+        Ok(self.held(job_id).await?.filter(|j| j.exists()))
+    }
+
+    /// What the log holds of an id (a job, or a stream), from memory or
+    /// read back from the log.
+    async fn held(&self, job_id: JobId) -> Result<Option<Arc<JobState>>, StoreError> {
         let token = {
             let mut table = self.table();
             if let Some((job, held)) = table.get(job_id) {
@@ -214,7 +225,7 @@ impl Engine {
         let loaded = load_job(self.inner.store.events.as_ref(), job_id).await;
         let mut table = self.table();
         match loaded {
-            Ok(state) if state.exists() => {
+            Ok(state) if state.is_known() => {
                 let state = Arc::new(state);
                 table.finish_load(token, state.clone());
                 Ok(Some(state))
@@ -346,6 +357,63 @@ impl Engine {
     /// (a socket's replay).
     pub fn replay<'a>(&'a self, job: &'a str, after: i64, through: i64) -> Pages<'a> {
         Pages::job(self.inner.store.events.as_ref(), job, after, through)
+    }
+
+    /// A Durable Streams stream's command, decided by the writer.
+    pub async fn stream_command(
+        &self,
+        id: JobId,
+        command: StreamCommand,
+    ) -> Result<StreamDone, EngineError> {
+        let last_read = self.inner.reads.last(id);
+        let mut command = command;
+        let mut fork = None;
+        if let StreamCommand::Delete { forks } = &mut command {
+            let table = self.table();
+            if let Some(s) = table.peek(id).and_then(|j| j.stream.as_ref()) {
+                *forks = table.forks_of(id, s.first_seq);
+                fork = s.fork.clone();
+            }
+        }
+        let delete = matches!(command, StreamCommand::Delete { .. });
+        let done = self
+            .inner
+            .queue
+            .stream(id, Command::Stream { command, last_read })
+            .await?;
+        if delete {
+            self.inner.reads.forget(id);
+            let gone = self
+                .table()
+                .peek(id)
+                .and_then(|j| j.stream.as_ref())
+                .is_some_and(|s| s.deleted);
+            if gone {
+                jobs::release_sources(&self.inner.queue, &self.inner.jobs, fork).await?;
+            }
+        }
+        Ok(done)
+    }
+
+    /// The stream with this id as the log has it (any incarnation, deleted
+    /// ones too), or `None` if there never was one.
+    pub async fn stream(&self, id: JobId) -> Result<Option<Arc<JobState>>, StoreError> {
+        Ok(self.held(id).await?.filter(|s| s.stream.is_some()))
+    }
+
+    /// Records a read of the stream (which keeps its TTL alive).
+    pub fn stream_read(&self, id: JobId) {
+        self.inner.reads.record(id, self.inner.clock.now());
+    }
+
+    /// The last read of the stream this node served.
+    pub fn stream_last_read(&self, id: JobId) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.inner.reads.last(id)
+    }
+
+    /// The engine's clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.inner.clock.now()
     }
 
     /// The writer's counts, exact at any moment.

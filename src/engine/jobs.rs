@@ -12,7 +12,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::domain::{Event, JobId, JobState};
+use super::queue::{EngineError, Queue};
+use crate::domain::event::ForkOf;
+use crate::domain::stream::StreamCommand;
+use crate::domain::{Command, Event, JobId, JobState};
 use crate::log::{for_each_job_event, EventLog, StoreError};
 
 /// Reads one job back from the log (its events, by index) and folds it. A
@@ -84,7 +87,7 @@ impl JobTable {
     pub fn put(&mut self, job: Arc<JobState>) {
         let id = job.job_id;
         self.loading.remove(&id);
-        if !job.exists() {
+        if !job.is_known() {
             return;
         }
         if job.is_live() {
@@ -157,6 +160,22 @@ impl JobTable {
     /// The live jobs.
     pub fn live(&self) -> impl Iterator<Item = &Arc<JobState>> {
         self.live.values()
+    }
+
+    /// How many streams, open or retained, fork the incarnation of
+    /// `source` that began at seq `from_seq` (all such are held: a stream
+    /// is live until deleted for good).
+    pub fn forks_of(&self, source: JobId, from_seq: i64) -> usize {
+        self.live
+            .values()
+            .filter_map(|s| s.stream.as_ref())
+            .filter(|s| {
+                !s.deleted
+                    && s.fork
+                        .as_ref()
+                        .is_some_and(|f| f.source_id == source && f.from_seq == from_seq)
+            })
+            .count()
     }
 
     pub fn live_count(&self) -> usize {
@@ -232,6 +251,42 @@ impl Lru {
         self.by_use.remove(&used);
         Some(job)
     }
+}
+
+/// A fork ended (deleted or expired for good): its source, if retained
+/// only for its forks and now without one, is deleted for good, and so on
+/// up the chain.
+pub(super) async fn release_sources(
+    queue: &Queue,
+    jobs: &std::sync::Mutex<JobTable>,
+    mut fork: Option<ForkOf>,
+) -> Result<(), EngineError> {
+    while let Some(f) = fork.take() {
+        let (forks, next) = {
+            let table = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(source) = table.peek(f.source_id) else {
+                return Ok(());
+            };
+            let Some(s) = source
+                .stream
+                .as_ref()
+                .filter(|s| s.retained && s.first_seq == f.from_seq)
+            else {
+                return Ok(());
+            };
+            (table.forks_of(f.source_id, f.from_seq), s.fork.clone())
+        };
+        if forks > 0 {
+            return Ok(());
+        }
+        let command = Command::Stream {
+            command: StreamCommand::Release { forks },
+            last_read: None,
+        };
+        queue.stream(f.source_id, command).await?;
+        fork = next;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

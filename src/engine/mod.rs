@@ -26,6 +26,6 @@ mod writer;
 pub use api::{history, Engine, NOT_SERVING};
 pub use checkpoint::{write as write_checkpoint, Snapshot};
 pub use notify::jitter;
-pub use queue::{Appended, Attached, Created, EngineError, WriterStats};
+pub use queue::{Appended, Attached, Created, EngineError, StreamDone, WriterStats};
 pub use settings::{EngineSettings, JobOptions, Startup};
 pub use start::{EngineTasks, Started};

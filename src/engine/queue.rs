@@ -40,6 +40,19 @@ pub struct Appended {
     pub replayed: bool,
 }
 
+/// What a stream command did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamDone {
+    /// Its events, committed.
+    Appended(Vec<Event>),
+    /// `PUT` of a stream already there, configured the same.
+    Existing,
+    /// A producer's retry: the highest seq it had accepted.
+    Duplicate(u64),
+    /// Nothing needed doing.
+    Nothing,
+}
+
 /// How the writer answers a request, by what the command was.
 pub(super) enum Answer {
     /// Every command that only appends (or finds nothing to do): its events.
@@ -48,6 +61,7 @@ pub(super) enum Answer {
     Append(oneshot::Sender<Result<Appended, EngineError>>),
     /// `Attach`, with the socket to feed once the attach is committed.
     Attach(Registration, oneshot::Sender<Result<Attached, EngineError>>),
+    Stream(oneshot::Sender<Result<StreamDone, EngineError>>),
 }
 
 /// One queued command and how to answer it.
@@ -65,6 +79,7 @@ impl Answer {
             Answer::Create(tx) => tx.send(Err(error)).map_err(drop),
             Answer::Append(tx) => tx.send(Err(error)).map_err(drop),
             Answer::Attach(_, tx) => tx.send(Err(error)).map_err(drop),
+            Answer::Stream(tx) => tx.send(Err(error)).map_err(drop),
         };
     }
 }
@@ -135,6 +150,10 @@ impl Queue {
         self.ask(job_id, command, Answer::Append).await
     }
 
+    pub async fn stream(&self, id: JobId, command: Command) -> Result<StreamDone, EngineError> {
+        self.ask(id, command, Answer::Stream).await
+    }
+
     pub async fn attach(
         &self,
         job_id: JobId,
@@ -165,6 +184,32 @@ impl Queue {
             return Err(stopping());
         }
         answer.await.map_err(|_| stopping())?
+    }
+}
+
+/// The last read this node served of each stream: reads keep a stream's
+/// TTL alive without being events; the scheduler records them
+/// (`stream_touched`) only when the TTL would otherwise expire the stream.
+#[derive(Debug, Default)]
+pub struct StreamReads(
+    std::sync::Mutex<std::collections::HashMap<JobId, chrono::DateTime<chrono::Utc>>>,
+);
+
+impl StreamReads {
+    pub fn record(&self, id: JobId, at: chrono::DateTime<chrono::Utc>) {
+        let mut reads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let last = reads.entry(id).or_insert(at);
+        *last = (*last).max(at);
+    }
+
+    pub fn last(&self, id: JobId) -> Option<chrono::DateTime<chrono::Utc>> {
+        let reads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        reads.get(&id).copied()
+    }
+
+    pub fn forget(&self, id: JobId) {
+        let mut reads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        reads.remove(&id);
     }
 }
 

@@ -24,11 +24,13 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::jobs::{release_sources, JobTable};
 use super::lease::Lease;
 use super::notify::Claimed;
-use super::queue::{EngineError, Queue};
+use super::queue::{EngineError, Queue, StreamReads};
 use crate::clock::Clock;
 use crate::domain::deadline::{Deadline, Due, Schedule};
+use crate::domain::stream::StreamCommand;
 use crate::domain::{Command, EventBody, JobId};
 
 /// What the scheduler may do: read the clock and ask the writer to decide a
@@ -43,6 +45,10 @@ pub(super) struct Expiry {
     /// Where committed claims go to be sent; none when this node has no
     /// webhook endpoint (notifications then wait, pending, for one that has).
     pub notifier: Option<Claims>,
+    /// The reads served of each stream, which may have kept it alive.
+    pub reads: Arc<StreamReads>,
+    /// The held jobs and streams (a stream's forks are counted there).
+    pub jobs: Arc<std::sync::Mutex<JobTable>>,
 }
 
 /// The notifier's end of the scheduler: how long a claim lasts, and where
@@ -58,6 +64,31 @@ impl Expiry {
             Due::Grace(session_id) => Command::ExpireGrace { session_id },
             Due::Stall => Command::MarkStalled,
             Due::Timeout => Command::TimeOut,
+            Due::StreamExpiry => {
+                let (forks, fork) = {
+                    let table = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                    match table.peek(d.job_id).and_then(|j| j.stream.as_ref()) {
+                        Some(s) => (table.forks_of(d.job_id, s.first_seq), s.fork.clone()),
+                        None => return Ok(()),
+                    }
+                };
+                let command = Command::Stream {
+                    command: StreamCommand::Expire { forks },
+                    last_read: self.reads.last(d.job_id),
+                };
+                self.queue.execute(d.job_id, command).await?;
+                let gone = {
+                    let table = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                    table
+                        .peek(d.job_id)
+                        .and_then(|j| j.stream.as_ref())
+                        .is_some_and(|s| s.deleted)
+                };
+                if gone {
+                    release_sources(&self.queue, &self.jobs, fork).await?;
+                }
+                return Ok(());
+            }
             Due::Notify(for_seq) => {
                 let Some(claims) = &self.notifier else {
                     return Ok(());

@@ -14,7 +14,7 @@ use super::checkpoint::{self, Snapshot};
 use super::hub::Hub;
 use super::jobs::JobTable;
 use super::lease::Lease;
-use super::queue::{Closes, Queue, WriteRequest, WriterStats};
+use super::queue::{Closes, Queue, StreamReads, WriteRequest, WriterStats};
 use super::settings::{EngineSettings, Startup};
 use super::writer::{CheckpointPolicy, Writer};
 use super::{index, membership, notify, recover, scheduler};
@@ -157,6 +157,7 @@ impl Engine {
                 lease,
                 shared_clock,
                 startup,
+                reads: Arc::new(StreamReads::default()),
             }),
         };
         (
@@ -244,6 +245,8 @@ impl Engine {
                 decided: wiring.decided,
                 lease: inner.lease.clone(),
                 notifier,
+                reads: inner.reads.clone(),
+                jobs: inner.jobs.clone(),
             },
             waiting,
             deadline_rx,

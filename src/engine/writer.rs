@@ -27,7 +27,9 @@ use super::checkpoint::Snapshot;
 use super::hub::{CloseReason, Hub, Registration};
 use super::jobs::{load_job, Held, JobTable, Logged};
 use super::lease::Lease;
-use super::queue::{Answer, Appended, Attached, Created, EngineError, WriteRequest, WriterStats};
+use super::queue::{
+    Answer, Appended, Attached, Created, EngineError, StreamDone, WriteRequest, WriterStats,
+};
 use super::recover::needs_reload;
 use crate::clock::Clock;
 use crate::domain::deadline::{self, Schedule};
@@ -486,6 +488,18 @@ impl Writer {
                         seq,
                         replayed: true,
                     }));
+                }
+                (Answer::Stream(tx), Pending::Appended(range)) => {
+                    let _ = tx.send(Ok(StreamDone::Appended(events(range))));
+                }
+                (Answer::Stream(tx), Pending::AlreadyExists) => {
+                    let _ = tx.send(Ok(StreamDone::Existing));
+                }
+                (Answer::Stream(tx), Pending::Duplicate { seq }) => {
+                    let _ = tx.send(Ok(StreamDone::Duplicate(seq as u64)));
+                }
+                (Answer::Stream(tx), Pending::Nothing) => {
+                    let _ = tx.send(Ok(StreamDone::Nothing));
                 }
                 (
                     Answer::Attach(reg, tx),

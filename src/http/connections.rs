@@ -72,6 +72,8 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Largest request body the handlers accept (`--max-body-bytes`).
     pub max_body_bytes: usize,
+    /// The largest body of a Durable Streams request (`/v1/stream/`).
+    pub max_stream_body_bytes: usize,
 }
 
 /// The connections open now, and which of them may be shed.
@@ -449,7 +451,11 @@ pub async fn body_deadline(
     }
     let limit = connections.limits.body_timeout;
     let (parts, body) = req.into_parts();
-    let most = connections.limits.max_body_bytes;
+    let most = if parts.uri.path().starts_with("/v1/stream/") {
+        connections.limits.max_stream_body_bytes
+    } else {
+        connections.limits.max_body_bytes
+    };
     match tokio::time::timeout(limit, axum::body::to_bytes(body, most)).await {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))

@@ -163,6 +163,11 @@ impl From<DomainError> for ApiError {
                 code: "invalid_event",
                 message,
             },
+            // The stream routes answer these in the protocol's own terms.
+            DomainError::Stream(refusal) => ApiError::Conflict {
+                code: "stream_refused",
+                message: refusal.to_string(),
+            },
         }
     }
 }

@@ -4,6 +4,8 @@
 pub mod client;
 pub mod connections;
 mod demo;
+pub mod durable;
+mod durable_jobs;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -73,6 +75,8 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub client_token_ttl_secs: u64,
     pub max_client_token_ttl_secs: u64,
+    /// The Durable Streams' settings.
+    pub streams: durable::StreamSettings,
 }
 
 /// Everything a handler needs, cheap to clone.
@@ -198,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(upgrade::router())
         .merge(stream::router())
+        .merge(durable::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     if let Some(cors) = cors(&state.upgrade.allowed_origins) {

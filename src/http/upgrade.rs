@@ -354,6 +354,7 @@ pub(super) async fn check(
             // Set by the engine, under the lease it holds at the attach.
             node: None,
             transport: None,
+            own_session: false,
         },
         offered_subprotocol: offered.contains(&SUBPROTOCOL),
     })

@@ -1,0 +1,604 @@
+//! Durable Streams: a stream's state as a fold of its events, and the pure
+//! decisions of what a stream command appends.
+//!
+//! A stream lives in the log like a job: its events share the job id column
+//! (the stream's id, derived from its path), its seqs and its hash chain. A
+//! stream deleted (or expired) and created again at the same path is a new
+//! incarnation of the same id: its `stream_created` starts it, and reads
+//! never reach back past it.
+//!
+//! Offsets are `IIIIIIIIIIIIIIII_BBBBBBBBBBBBBBBB`: sixteen digits of index
+//! (the event's seq, shifted past the source's for a fork) and sixteen of
+//! size (bytes, or messages on a JSON stream, since the stream began), so
+//! that they sort as the stream's order.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::event::{
+    EventBody, ForkOf, JobId, ProducerTuple, StreamAppended, StreamCreated, StreamData,
+    StreamDeleted, StreamTouched,
+};
+
+/// A position in a stream.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Offset {
+    pub index: u64,
+    pub size: u64,
+}
+
+impl Offset {
+    /// Parses an offset this server gave out: two runs of sixteen digits.
+    pub fn parse(text: &str) -> Option<Offset> {
+        let (index, size) = text.split_once('_')?;
+        let digits = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(index) || !digits(size) {
+            return None;
+        }
+        Some(Offset {
+            index: index.parse().ok()?,
+            size: size.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016}_{:016}", self.index, self.size)
+    }
+}
+
+/// The content type as streams compare it: the media type without its
+/// parameters, lower case.
+pub fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// A JSON stream keeps message boundaries and answers reads with arrays.
+pub fn is_json(content_type: &str) -> bool {
+    media_type(content_type) == "application/json"
+}
+
+/// Why a body is not a valid append to a JSON stream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is not valid JSON")]
+    InvalidJson,
+    #[error("an empty JSON array appends nothing")]
+    EmptyArray,
+}
+
+impl StreamData {
+    /// The data a request body carries: bytes as they came, or on a JSON
+    /// stream its messages (an array flattened one level). `None`: nothing
+    /// (an empty body, or `[]` where it may create an empty stream).
+    pub fn from_body(json: bool, body: &[u8], create: bool) -> Result<Option<Self>, BodyError> {
+        if body.is_empty() {
+            return Ok(None);
+        }
+        if !json {
+            return Ok(Some(StreamData::Bytes(
+                base64::engine::general_purpose::STANDARD.encode(body),
+            )));
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|_| BodyError::InvalidJson)?;
+        let messages = match value {
+            Value::Array(items) if items.is_empty() => {
+                return if create {
+                    Ok(None)
+                } else {
+                    Err(BodyError::EmptyArray)
+                };
+            }
+            Value::Array(items) => items,
+            one => vec![one],
+        };
+        Ok(Some(StreamData::Json(messages)))
+    }
+
+    /// Its first `n` bytes, or messages; `None` when it holds fewer.
+    pub fn prefix(&self, n: u64) -> Option<StreamData> {
+        if n > self.size() {
+            return None;
+        }
+        Some(match self {
+            StreamData::Bytes(_) => StreamData::Bytes(
+                base64::engine::general_purpose::STANDARD.encode(&self.bytes()[..n as usize]),
+            ),
+            StreamData::Json(m) => StreamData::Json(m[..n as usize].to_vec()),
+        })
+    }
+
+    /// This data followed by `more` (of the same kind).
+    pub fn join(self, more: Option<StreamData>) -> StreamData {
+        match (self, more) {
+            (StreamData::Json(mut a), Some(StreamData::Json(b))) => {
+                a.extend(b);
+                StreamData::Json(a)
+            }
+            (StreamData::Bytes(a), Some(b @ StreamData::Bytes(_))) => {
+                let engine = base64::engine::general_purpose::STANDARD;
+                let mut bytes = engine.decode(a).unwrap_or_default();
+                bytes.extend(b.bytes());
+                StreamData::Bytes(engine.encode(bytes))
+            }
+            (a, _) => a,
+        }
+    }
+
+    /// How far it moves the offset's size: bytes, or messages.
+    pub fn size(&self) -> u64 {
+        match self {
+            StreamData::Bytes(b) => decoded_len(b) as u64,
+            StreamData::Json(m) => m.len() as u64,
+        }
+    }
+
+    /// The bytes (base64 decoded); a JSON stream's messages, comma-joined.
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            StreamData::Bytes(b) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .unwrap_or_default(),
+            StreamData::Json(m) => {
+                let mut out = Vec::new();
+                for (i, v) in m.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(v.to_string().as_bytes());
+                }
+                out
+            }
+        }
+    }
+}
+
+fn decoded_len(b64: &str) -> usize {
+    let pad = b64.bytes().rev().take_while(|b| *b == b'=').count();
+    b64.len() / 4 * 3 - pad
+}
+
+/// A producer's place: its epoch and the last seq accepted in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// A stream's incarnation as the log tells it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamState {
+    pub path: String,
+    pub content_type: String,
+    pub ttl_secs: Option<u64>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The `Stream-Expires-At` as it was given (compared on a repeated PUT).
+    pub expires_at_text: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// The seq of the `stream_created` that began this incarnation.
+    pub first_seq: i64,
+    pub fork: Option<ForkOf>,
+    /// The offset after the last data.
+    pub tail: Offset,
+    pub closed: bool,
+    /// The producer tuple whose append closed the stream.
+    pub closed_by: Option<ProducerTuple>,
+    /// Deleted, or expired: the path serves nothing until created again.
+    pub deleted: bool,
+    /// Deleted or expired while forks read its data: gone (410) until the
+    /// last fork ends, its path not free.
+    #[serde(default)]
+    pub retained: bool,
+    pub last_stream_seq: Option<String>,
+    pub producers: BTreeMap<String, ProducerState>,
+    /// The last write, or the last reads recorded (`stream_touched`): a TTL
+    /// runs from here.
+    pub active_at: DateTime<Utc>,
+}
+
+impl StreamState {
+    /// Folds one event of the stream's id.
+    pub fn apply(stream: &mut Option<StreamState>, seq: i64, at: DateTime<Utc>, body: &EventBody) {
+        match body {
+            EventBody::StreamCreated(c) => {
+                *stream = Some(StreamState {
+                    path: c.path.clone(),
+                    content_type: c.content_type.clone(),
+                    ttl_secs: c.ttl_secs,
+                    expires_at: c
+                        .expires_at
+                        .as_deref()
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&Utc)),
+                    expires_at_text: c.expires_at.clone(),
+                    created_at: at,
+                    first_seq: seq,
+                    fork: c.fork.clone(),
+                    tail: Offset::parse(&c.offset).unwrap_or_default(),
+                    closed: c.closed,
+                    closed_by: None,
+                    deleted: false,
+                    retained: false,
+                    last_stream_seq: None,
+                    producers: BTreeMap::new(),
+                    active_at: at,
+                });
+            }
+            EventBody::StreamAppended(a) => {
+                let Some(s) = stream.as_mut() else { return };
+                s.tail = Offset::parse(&a.offset).unwrap_or(s.tail);
+                if let Some(q) = &a.stream_seq {
+                    s.last_stream_seq = Some(q.clone());
+                }
+                if let Some(p) = &a.producer {
+                    s.producers.insert(
+                        p.id.clone(),
+                        ProducerState {
+                            epoch: p.epoch,
+                            seq: p.seq,
+                        },
+                    );
+                }
+                if a.closes {
+                    s.closed = true;
+                    s.closed_by = a.producer.clone();
+                }
+                s.active_at = at;
+            }
+            EventBody::StreamTouched(t) => {
+                if let Some(s) = stream.as_mut() {
+                    s.active_at = s.active_at.max(t.at);
+                }
+            }
+            EventBody::StreamDeleted(d) => {
+                if let Some(s) = stream.as_mut() {
+                    s.retained = d.retained;
+                    s.deleted = !d.retained;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When the stream expires, reads since `active_at` aside.
+    pub fn expiry(&self, last_read: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        if self.deleted || self.retained {
+            return None;
+        }
+        let ttl = self.ttl_secs.map(|t| {
+            let from = last_read.map_or(self.active_at, |r| r.max(self.active_at));
+            from + chrono::Duration::seconds(t.min(i64::MAX as u64 / 2_000) as i64)
+        });
+        match (ttl, self.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the stream is there at `now`: created, not deleted, not
+    /// past its expiry.
+    pub fn is_open_at(&self, now: DateTime<Utc>, last_read: Option<DateTime<Utc>>) -> bool {
+        !self.deleted && !self.retained && self.expiry(last_read).is_none_or(|e| e > now)
+    }
+
+    /// Where the stream's own events begin: the offset before its first
+    /// data (a fork's branching point, or zero).
+    pub fn start(&self) -> Offset {
+        self.fork
+            .as_ref()
+            .and_then(|f| Offset::parse(&f.offset))
+            .unwrap_or_default()
+    }
+
+    /// The index of the stream's event at `seq`: counted from the
+    /// incarnation's first event, past a fork's branching point (the fork
+    /// keeps its source's offsets for the data it holds).
+    pub fn index_of(&self, seq: i64) -> u64 {
+        self.start().index + (seq - self.first_seq + 1).max(0) as u64
+    }
+
+    /// The seq after which the stream's own events lie beyond `offset`
+    /// (an offset before the incarnation's start: all of them).
+    pub fn seq_after(&self, offset: Offset) -> i64 {
+        let start = self.start().index;
+        if offset.index < start {
+            return self.first_seq - 1;
+        }
+        (self.first_seq - 1).saturating_add((offset.index - start).min(i64::MAX as u64 / 2) as i64)
+    }
+}
+
+/// What a stream is asked to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamCommand {
+    Create(CreateStream),
+    Append(AppendStream),
+    /// `forks`: how many streams fork it (each keeps its data readable).
+    Delete {
+        forks: usize,
+    },
+    /// The stream's expiry came (the scheduler): it expires unless reads
+    /// since kept it alive, which are then recorded.
+    Expire {
+        forks: usize,
+    },
+    /// A fork of this retained stream ended: with no fork left, it is
+    /// deleted for good.
+    Release {
+        forks: usize,
+    },
+}
+
+/// `PUT`: create, or find the same stream already there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CreateStream {
+    pub path: String,
+    pub content_type: String,
+    pub ttl_secs: Option<u64>,
+    pub expires_at: Option<String>,
+    pub closed: bool,
+    pub data: Option<StreamData>,
+    pub fork: Option<ForkOf>,
+    /// Whether the request named the fork offset (a repeated PUT that did
+    /// not compares only the source).
+    pub fork_offset_given: bool,
+}
+
+/// `POST`: data, a close, or both.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppendStream {
+    /// The request's media type (none on a close without data).
+    pub content_type: Option<String>,
+    pub data: Option<StreamData>,
+    pub stream_seq: Option<String>,
+    pub producer: Option<ProducerTuple>,
+    pub close: bool,
+}
+
+/// Why a stream command was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StreamRefusal {
+    #[error("stream not found")]
+    NotFound,
+    #[error("the stream was deleted; forks still read its data, so its path is not free yet")]
+    Retained,
+    #[error("a stream already exists at this path with a different configuration")]
+    ConfigMismatch,
+    #[error("the content type does not match the stream's")]
+    ContentTypeMismatch,
+    #[error("Stream-Seq must increase: it is not above the last one")]
+    SeqRegression,
+    #[error("the stream is closed")]
+    Closed,
+    #[error("stale producer epoch")]
+    StaleEpoch { current: u64 },
+    #[error("a new producer epoch must start at Producer-Seq 0")]
+    EpochSeq,
+    #[error("producer sequence gap")]
+    SeqGap { expected: u64, received: u64 },
+}
+
+/// What a stream command decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamDecision {
+    Append(Vec<EventBody>),
+    /// `PUT` of a stream that is already there, configured the same.
+    AlreadyExists,
+    /// A producer's retry of what was accepted: its highest accepted seq.
+    Duplicate {
+        seq: u64,
+    },
+    Nothing,
+}
+
+/// Decides `command` on the stream in `stream` (the id's fold; `None`
+/// before its first event) at `now`; its next event gets seq `next_seq`.
+/// `last_read` is the last read this node served since the last write,
+/// which keeps a TTL alive.
+pub fn decide_stream(
+    stream: Option<&StreamState>,
+    next_seq: i64,
+    command: &StreamCommand,
+    now: DateTime<Utc>,
+    last_read: Option<DateTime<Utc>>,
+) -> Result<StreamDecision, StreamRefusal> {
+    let open = stream.filter(|s| s.is_open_at(now, last_read));
+    let retained = stream.is_some_and(|s| s.retained);
+    if retained
+        && !matches!(
+            command,
+            StreamCommand::Release { .. } | StreamCommand::Expire { .. }
+        )
+    {
+        return Err(StreamRefusal::Retained);
+    }
+    match command {
+        StreamCommand::Create(create) => {
+            if let Some(s) = open {
+                return if same_config(s, create) {
+                    Ok(StreamDecision::AlreadyExists)
+                } else {
+                    Err(StreamRefusal::ConfigMismatch)
+                };
+            }
+            let mut events = Vec::new();
+            if stream.is_some_and(|s| !s.deleted) {
+                events.push(EventBody::StreamDeleted(StreamDeleted {
+                    expired: true,
+                    retained: false,
+                }));
+            }
+            let start = create
+                .fork
+                .as_ref()
+                .and_then(|f| Offset::parse(&f.offset))
+                .unwrap_or_default();
+            // The created event is the incarnation's first: index one past
+            // the start when it carries data.
+            let size = create.data.as_ref().map_or(0, StreamData::size);
+            let tail = Offset {
+                index: start.index + u64::from(create.data.is_some()),
+                size: start.size + size,
+            };
+            events.push(EventBody::StreamCreated(StreamCreated {
+                path: create.path.clone(),
+                content_type: create.content_type.clone(),
+                ttl_secs: create.ttl_secs,
+                expires_at: create.expires_at.clone(),
+                closed: create.closed,
+                fork: create.fork.clone(),
+                data: create.data.clone(),
+                offset: tail.to_string(),
+            }));
+            Ok(StreamDecision::Append(events))
+        }
+        StreamCommand::Append(append) => {
+            let s = open.ok_or(StreamRefusal::NotFound)?;
+            if s.closed {
+                return match (&append.producer, &s.closed_by) {
+                    (Some(p), Some(by)) if p == by => Ok(StreamDecision::Duplicate { seq: p.seq }),
+                    // Closing a closed stream again changes nothing.
+                    (None, _) if append.data.is_none() && append.close => {
+                        Ok(StreamDecision::Nothing)
+                    }
+                    _ => Err(StreamRefusal::Closed),
+                };
+            }
+            if append.data.is_some() {
+                if let Some(ct) = &append.content_type {
+                    if media_type(ct) != media_type(&s.content_type) {
+                        return Err(StreamRefusal::ContentTypeMismatch);
+                    }
+                }
+            }
+            if let Some(p) = &append.producer {
+                match s.producers.get(&p.id) {
+                    None if p.seq != 0 => {
+                        return Err(StreamRefusal::SeqGap {
+                            expected: 0,
+                            received: p.seq,
+                        })
+                    }
+                    None => {}
+                    Some(known) if p.epoch < known.epoch => {
+                        return Err(StreamRefusal::StaleEpoch {
+                            current: known.epoch,
+                        })
+                    }
+                    Some(known) if p.epoch > known.epoch && p.seq != 0 => {
+                        return Err(StreamRefusal::EpochSeq)
+                    }
+                    Some(known) if p.epoch > known.epoch => {}
+                    Some(known) if p.seq <= known.seq => {
+                        return Ok(StreamDecision::Duplicate { seq: known.seq })
+                    }
+                    Some(known) if p.seq > known.seq + 1 => {
+                        return Err(StreamRefusal::SeqGap {
+                            expected: known.seq + 1,
+                            received: p.seq,
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let (Some(q), Some(last)) = (&append.stream_seq, &s.last_stream_seq) {
+                if q.as_bytes() <= last.as_bytes() {
+                    return Err(StreamRefusal::SeqRegression);
+                }
+            }
+            let tail = match &append.data {
+                Some(d) => Offset {
+                    index: s.index_of(next_seq),
+                    size: s.tail.size + d.size(),
+                },
+                None => s.tail,
+            };
+            Ok(StreamDecision::Append(vec![EventBody::StreamAppended(
+                StreamAppended {
+                    data: append.data.clone(),
+                    offset: tail.to_string(),
+                    stream_seq: append.stream_seq.clone(),
+                    producer: append.producer.clone(),
+                    closes: append.close,
+                },
+            )]))
+        }
+        StreamCommand::Delete { forks } => {
+            open.ok_or(StreamRefusal::NotFound)?;
+            Ok(StreamDecision::Append(vec![EventBody::StreamDeleted(
+                StreamDeleted {
+                    expired: false,
+                    retained: *forks > 0,
+                },
+            )]))
+        }
+        StreamCommand::Expire { forks } => {
+            let Some(s) = stream.filter(|s| !s.deleted && !s.retained) else {
+                return Ok(StreamDecision::Nothing);
+            };
+            if s.expiry(None).is_none_or(|e| e > now) {
+                return Ok(StreamDecision::Nothing);
+            }
+            match last_read {
+                Some(at) if s.expiry(Some(at)).is_some_and(|e| e > now) => Ok(
+                    StreamDecision::Append(vec![EventBody::StreamTouched(StreamTouched { at })]),
+                ),
+                _ => Ok(StreamDecision::Append(vec![EventBody::StreamDeleted(
+                    StreamDeleted {
+                        expired: true,
+                        retained: *forks > 0,
+                    },
+                )])),
+            }
+        }
+        StreamCommand::Release { forks } => {
+            if !retained || *forks > 0 {
+                return Ok(StreamDecision::Nothing);
+            }
+            Ok(StreamDecision::Append(vec![EventBody::StreamDeleted(
+                StreamDeleted {
+                    expired: false,
+                    retained: false,
+                },
+            )]))
+        }
+    }
+}
+
+fn same_config(s: &StreamState, c: &CreateStream) -> bool {
+    let fork_same = match (&s.fork, &c.fork) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.source_path == b.source_path
+                && (!c.fork_offset_given || a.offset == b.offset)
+                && a.sub_offset.unwrap_or(0) == b.sub_offset.unwrap_or(0)
+        }
+        _ => false,
+    };
+    media_type(&s.content_type) == media_type(&c.content_type)
+        && s.ttl_secs == c.ttl_secs
+        && s.expires_at_text == c.expires_at
+        && s.closed == c.closed
+        && fork_same
+}
+
+/// The stream id of a path: the same path always names the same id.
+pub fn stream_id(path: &str) -> JobId {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("rejoin stream\0{path}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}

@@ -1,0 +1,1234 @@
+//! Durable Streams at `/v1/stream/{path}`: the open protocol for resumable
+//! HTTP streams (create, append, read from an offset, tail by long-poll or
+//! Server-Sent Events, close, delete, fork), over rejoin's log. Every
+//! change is a command the writer decides and commits like a job's; reads
+//! come from the log by the stream's id and seq, and live readers wake on
+//! the log's head.
+//!
+//! Answers are the protocol's: plain-text errors, its status codes and its
+//! `Stream-*` and `Producer-*` headers.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::durable_jobs;
+use super::extract::Caller;
+use super::AppState;
+use crate::auth::Role;
+use crate::domain::event::{ForkOf, ProducerTuple, StreamData};
+use crate::domain::stream::{
+    is_json, media_type, stream_id, AppendStream, BodyError, CreateStream, Offset, StreamCommand,
+    StreamRefusal, StreamState,
+};
+use crate::domain::{DomainError, EventBody, JobId, JobState};
+use crate::engine::{EngineError, StreamDone};
+
+/// What the stream routes are configured with.
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    /// `--stream-auth none`: no token needed.
+    pub open: bool,
+    pub max_body_bytes: usize,
+    /// How long a long-poll waits for data.
+    pub long_poll: Duration,
+}
+
+pub(super) const NEXT_OFFSET: &str = "stream-next-offset";
+pub(super) const UP_TO_DATE: &str = "stream-up-to-date";
+pub(super) const CURSOR: &str = "stream-cursor";
+pub(super) const CLOSED: &str = "stream-closed";
+const TTL: &str = "stream-ttl";
+const EXPIRES_AT: &str = "stream-expires-at";
+const SEQ: &str = "stream-seq";
+const FORKED_FROM: &str = "stream-forked-from";
+const FORK_OFFSET: &str = "stream-fork-offset";
+const FORK_SUB_OFFSET: &str = "stream-fork-sub-offset";
+const PRODUCER_ID: &str = "producer-id";
+const PRODUCER_EPOCH: &str = "producer-epoch";
+const PRODUCER_SEQ: &str = "producer-seq";
+const PRODUCER_EXPECTED_SEQ: &str = "producer-expected-seq";
+const PRODUCER_RECEIVED_SEQ: &str = "producer-received-seq";
+const SSE_ENCODING: &str = "stream-sse-data-encoding";
+
+/// The largest body a catch-up read answers with; the rest follows from
+/// its `Stream-Next-Offset`.
+pub(super) const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long an SSE response stays open before the server closes it (the
+/// client reconnects from its last offset; proxies can collapse readers).
+pub(super) const SSE_LIFETIME: Duration = Duration::from_secs(60);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/stream/{*path}", any(serve))
+}
+
+/// A protocol answer that is not a success: status, text, headers.
+pub(super) struct Refused {
+    status: StatusCode,
+    message: String,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Refused {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refused {
+            status,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub(super) fn with(mut self, name: &'static str, value: impl ToString) -> Self {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            self.message,
+        )
+            .into_response();
+        for (name, value) in self.headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(name), value);
+            }
+        }
+        response
+    }
+}
+
+pub(super) fn bad(message: impl Into<String>) -> Refused {
+    Refused::new(StatusCode::BAD_REQUEST, message)
+}
+
+fn not_found() -> Refused {
+    Refused::new(StatusCode::NOT_FOUND, "stream not found")
+}
+
+impl From<EngineError> for Refused {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Domain(DomainError::Stream(r)) => refusal(r),
+            EngineError::Domain(other) => Refused::new(StatusCode::CONFLICT, other.to_string()),
+            EngineError::Unavailable(cause) => {
+                tracing::warn!(%cause, "stream request refused: the log is unavailable");
+                Refused::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the log is unavailable; retry",
+                )
+                .with("retry-after", 1)
+            }
+            EngineError::Internal(cause) => {
+                tracing::error!(%cause, "stream request failed");
+                Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        }
+    }
+}
+
+impl From<crate::log::StoreError> for Refused {
+    fn from(e: crate::log::StoreError) -> Self {
+        tracing::warn!(error = %e, "stream read failed");
+        Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the log is unavailable; retry",
+        )
+        .with("retry-after", 1)
+    }
+}
+
+fn refusal(r: StreamRefusal) -> Refused {
+    let message = r.to_string();
+    match r {
+        StreamRefusal::NotFound => not_found(),
+        StreamRefusal::Retained => Refused::new(StatusCode::GONE, message),
+        StreamRefusal::ConfigMismatch
+        | StreamRefusal::ContentTypeMismatch
+        | StreamRefusal::SeqRegression => Refused::new(StatusCode::CONFLICT, message),
+        StreamRefusal::Closed => Refused::new(StatusCode::CONFLICT, message).with(CLOSED, "true"),
+        StreamRefusal::StaleEpoch { current } => {
+            Refused::new(StatusCode::FORBIDDEN, message).with(PRODUCER_EPOCH, current)
+        }
+        StreamRefusal::EpochSeq => bad(message),
+        StreamRefusal::SeqGap { expected, received } => Refused::new(StatusCode::CONFLICT, message)
+            .with(PRODUCER_EXPECTED_SEQ, expected)
+            .with(PRODUCER_RECEIVED_SEQ, received),
+    }
+}
+
+/// Every answer carries the browser security and CORS headers.
+async fn serve(State(state): State<AppState>, req: Request) -> Response {
+    let mut response = match dispatch(&state, req).await {
+        Ok(r) => r,
+        Err(r) => r.into_response(),
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, \
+             Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, \
+             ETag, Content-Type, Location",
+        ),
+    );
+    response
+}
+
+async fn dispatch(state: &AppState, req: Request) -> Result<Response, Refused> {
+    let method = req.method().clone();
+    if method == Method::OPTIONS {
+        return Ok(preflight());
+    }
+    if req.uri().path().starts_with(durable_jobs::PREFIX) {
+        return durable_jobs::serve(state, req).await;
+    }
+    authorize(state, req.headers()).await?;
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    match method {
+        Method::PUT => {
+            let body = read_body(state, body).await?;
+            create(state, &path, &headers, body).await
+        }
+        Method::POST => {
+            let body = read_body(state, body).await?;
+            append(state, &path, &headers, body).await
+        }
+        Method::GET => read(state, &path, &query, &headers).await,
+        Method::HEAD => head(state, &path).await,
+        Method::DELETE => delete(state, &path).await,
+        _ => Err(Refused::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "streams answer GET, HEAD, PUT, POST, DELETE and OPTIONS",
+        )
+        .with("allow", "GET, HEAD, PUT, POST, DELETE, OPTIONS")),
+    }
+}
+
+fn preflight() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(
+            "Authorization, Content-Type, If-None-Match, Stream-Seq, Stream-TTL, \
+             Stream-Expires-At, Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, \
+             Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset",
+        ),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    response
+}
+
+/// Streams need a stream or service token unless `--stream-auth none`.
+async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Refused> {
+    if state.settings.streams.open {
+        return Ok(());
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Refused::new(
+                StatusCode::UNAUTHORIZED,
+                "streams need `Authorization: Bearer <token>`",
+            )
+            .with("www-authenticate", r#"Bearer realm="rejoin""#)
+        })?;
+    let claims = state.auth.verify(token).await.map_err(|e| {
+        Refused::new(StatusCode::UNAUTHORIZED, e.to_string())
+            .with("www-authenticate", r#"Bearer realm="rejoin""#)
+    })?;
+    Caller(claims)
+        .require(&[Role::Stream, Role::Service])
+        .map_err(|_| {
+            Refused::new(
+                StatusCode::FORBIDDEN,
+                "streams need a stream or service token",
+            )
+        })
+}
+
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Refused> {
+    let limit = state.settings.streams.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Refused::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes"),
+        )
+    })
+}
+
+pub(super) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A non-negative decimal without leading zeros or signs.
+fn strict_integer(text: &str) -> Option<u64> {
+    let ok = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    ok.then(|| text.parse().ok()).flatten()
+}
+
+/// The stream at `path` if it is there now (not deleted, not expired).
+async fn open_stream(
+    state: &AppState,
+    path: &str,
+) -> Result<(JobId, std::sync::Arc<JobState>), Refused> {
+    let id = stream_id(path);
+    let held = state.engine.stream(id).await?.ok_or_else(not_found)?;
+    let stream = held.stream.as_ref().ok_or_else(not_found)?;
+    if stream.retained {
+        return Err(refusal(StreamRefusal::Retained));
+    }
+    let now = state.engine.now();
+    if !stream.is_open_at(now, state.engine.stream_last_read(id)) {
+        return Err(not_found());
+    }
+    Ok((id, held))
+}
+
+fn of(held: &JobState) -> &StreamState {
+    held.stream.as_ref().expect("checked by open_stream")
+}
+
+async fn create(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refused> {
+    let forked_from = header_text(headers, FORKED_FROM).map(str::to_owned);
+    let given_type = header_text(headers, header::CONTENT_TYPE.as_str())
+        .map(str::trim)
+        .filter(|t| valid_media_type(t))
+        .map(str::to_owned);
+    let ttl = header_text(headers, TTL);
+    let expires = header_text(headers, EXPIRES_AT);
+    if ttl.is_some() && expires.is_some() {
+        return Err(bad("give Stream-TTL or Stream-Expires-At, not both"));
+    }
+    let mut expires_at = expires.map(str::to_owned);
+    let mut ttl_secs = match ttl {
+        Some(t) => Some(strict_integer(t).ok_or_else(|| {
+            bad("Stream-TTL must be a whole number of seconds, without sign or leading zeros")
+        })?),
+        None => None,
+    };
+    if let Some(e) = expires {
+        chrono::DateTime::parse_from_rfc3339(e)
+            .map_err(|_| bad("Stream-Expires-At must be an RFC 3339 timestamp"))?;
+    }
+    let closed = header_text(headers, CLOSED).is_some_and(|c| c.eq_ignore_ascii_case("true"));
+    let fork_offset = header_text(headers, FORK_OFFSET);
+    if let Some(o) = fork_offset {
+        Offset::parse(o)
+            .ok_or_else(|| bad("Stream-Fork-Offset is not an offset of this server"))?;
+    }
+    let sub_offset = match header_text(headers, FORK_SUB_OFFSET) {
+        None if headers.contains_key(FORK_SUB_OFFSET) => {
+            return Err(bad("Stream-Fork-Sub-Offset must be a whole number"))
+        }
+        None => None,
+        Some(_) if forked_from.is_none() => {
+            return Err(bad("Stream-Fork-Sub-Offset needs Stream-Forked-From"))
+        }
+        Some(text) => Some(
+            strict_integer(text.trim())
+                .ok_or_else(|| bad("Stream-Fork-Sub-Offset must be a whole number"))?,
+        )
+        .filter(|n| *n > 0),
+    };
+    let mut prefix = None;
+    let (content_type, fork) = match &forked_from {
+        None => (
+            given_type.unwrap_or_else(|| "application/octet-stream".into()),
+            None,
+        ),
+        Some(source_path) => {
+            let (source_id, source) = match open_stream(state, source_path).await {
+                Ok(found) => found,
+                Err(r) if r.status == StatusCode::NOT_FOUND => {
+                    return Err(Refused::new(
+                        StatusCode::NOT_FOUND,
+                        "source stream not found",
+                    ))
+                }
+                Err(r) if r.status == StatusCode::GONE => {
+                    return Err(Refused::new(
+                        StatusCode::CONFLICT,
+                        "the source stream was deleted (only its forks read it now)",
+                    ))
+                }
+                Err(r) => return Err(r),
+            };
+            let src = of(&source);
+            if let Some(t) = &given_type {
+                if media_type(t) != media_type(&src.content_type) {
+                    return Err(Refused::new(
+                        StatusCode::CONFLICT,
+                        "the content type does not match the source stream's",
+                    ));
+                }
+            }
+            let at = match fork_offset {
+                Some(o) => Offset::parse(o).unwrap_or_default(),
+                None => src.tail,
+            };
+            if at > src.tail {
+                return Err(bad("Stream-Fork-Offset is beyond the source stream's tail"));
+            }
+            if let Some(n) = sub_offset {
+                // The fork also takes the first `n` of the source's next
+                // append after the offset, as the start of its own data.
+                let (next, _) = collect(state, source_id, &source, Some(at)).await?;
+                let first = next.first().ok_or_else(|| {
+                    bad("Stream-Fork-Sub-Offset: the source has no data after the fork offset")
+                })?;
+                prefix = Some(first.data.prefix(n).ok_or_else(|| {
+                    bad("Stream-Fork-Sub-Offset is beyond the source's next append")
+                })?);
+            }
+            let fork = ForkOf {
+                source_path: source_path.clone(),
+                source_id,
+                from_seq: src.first_seq,
+                offset: at.to_string(),
+                through_seq: src.seq_after(at).min(source.head_seq),
+                sub_offset,
+            };
+            // A fork without an expiry of its own takes its source's.
+            if ttl_secs.is_none() && expires.is_none() {
+                ttl_secs = src.ttl_secs;
+                expires_at = src.expires_at_text.clone();
+            }
+            (
+                given_type.unwrap_or_else(|| src.content_type.clone()),
+                Some(fork),
+            )
+        }
+    };
+    let data = StreamData::from_body(is_json(&content_type), &body, true).map_err(body_error)?;
+    let data = match prefix {
+        Some(p) => Some(p.join(data)),
+        None => data,
+    };
+    let command = StreamCommand::Create(CreateStream {
+        path: path.to_owned(),
+        content_type: content_type.clone(),
+        ttl_secs,
+        expires_at,
+        closed,
+        data,
+        fork,
+        fork_offset_given: fork_offset.is_some(),
+    });
+    let id = stream_id(path);
+    let done = match state.engine.stream_command(id, command).await {
+        Err(EngineError::Domain(DomainError::Stream(StreamRefusal::Retained))) => {
+            return Err(Refused::new(
+                StatusCode::CONFLICT,
+                "a deleted stream's forks still read it: its path is not free yet",
+            ))
+        }
+        other => other?,
+    };
+    let location = absolute_url(state, headers, path);
+    let (_, held) = open_stream(state, path).await?;
+    let stream = of(&held);
+    let status = match done {
+        StreamDone::Existing => StatusCode::OK,
+        _ => StatusCode::CREATED,
+    };
+    let mut response = status.into_response();
+    let h = response.headers_mut();
+    set(h, header::CONTENT_TYPE.as_str(), &stream.content_type);
+    set(h, NEXT_OFFSET, &stream.tail.to_string());
+    if status == StatusCode::CREATED {
+        set(h, header::LOCATION.as_str(), &location);
+    }
+    if stream.closed {
+        set(h, CLOSED, "true");
+    }
+    Ok(response)
+}
+
+/// The stream's URL as clients reach it: `--public-url`, or the Host the
+/// request came to.
+fn absolute_url(state: &AppState, headers: &HeaderMap, path: &str) -> String {
+    match &state.settings.public_url {
+        Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+        None => {
+            let host = header_text(headers, header::HOST.as_str()).unwrap_or("localhost");
+            let secure = header_text(headers, "x-forwarded-proto")
+                .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+            format!("{}://{host}{path}", if secure { "https" } else { "http" })
+        }
+    }
+}
+
+fn valid_media_type(t: &str) -> bool {
+    let media = t.split(';').next().unwrap_or("").trim();
+    let Some((a, b)) = media.split_once('/') else {
+        return false;
+    };
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&c))
+    };
+    token(a) && token(b)
+}
+
+fn body_error(e: BodyError) -> Refused {
+    bad(e.to_string())
+}
+
+pub(super) fn set(headers: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        headers.insert(name, value);
+    }
+}
+
+async fn append(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refused> {
+    let close = header_text(headers, CLOSED).is_some_and(|c| c.eq_ignore_ascii_case("true"));
+    let producer = producer(headers)?;
+    let stream_seq = header_text(headers, SEQ).map(str::to_owned);
+    let content_type = header_text(headers, header::CONTENT_TYPE.as_str()).map(str::to_owned);
+    if body.is_empty() && !close {
+        return Err(bad("an append needs a body (or Stream-Closed: true)"));
+    }
+    let (id, held) = open_stream(state, path).await?;
+    let data = if body.is_empty() {
+        None
+    } else {
+        let Some(ct) = &content_type else {
+            return Err(bad("an append needs a Content-Type"));
+        };
+        if media_type(ct) != media_type(&of(&held).content_type) {
+            return Err(Refused::new(
+                StatusCode::CONFLICT,
+                "the content type does not match the stream's",
+            ));
+        }
+        StreamData::from_body(is_json(&of(&held).content_type), &body, false).map_err(body_error)?
+    };
+    let command = StreamCommand::Append(AppendStream {
+        content_type,
+        data,
+        stream_seq,
+        producer: producer.clone(),
+        close,
+    });
+    let done = match state.engine.stream_command(id, command).await {
+        Err(EngineError::Domain(DomainError::Stream(StreamRefusal::Closed))) => {
+            let tail = current_tail(state, id).await;
+            return Err(refusal(StreamRefusal::Closed).with(NEXT_OFFSET, tail));
+        }
+        other => other?,
+    };
+    let after = state.engine.stream(id).await?.ok_or_else(not_found)?;
+    let stream = of(&after);
+    let (status, offset) = match &done {
+        StreamDone::Appended(events) => {
+            let offset = events
+                .iter()
+                .rev()
+                .find_map(|e| match &e.body {
+                    EventBody::StreamAppended(a) => Some(a.offset.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| stream.tail.to_string());
+            // A producer's accepted data is 200; a close alone, or an
+            // append without a producer, has nothing to say: 204.
+            let status = if producer.is_some() && !body.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::NO_CONTENT
+            };
+            (status, offset)
+        }
+        _ => (StatusCode::NO_CONTENT, stream.tail.to_string()),
+    };
+    let mut response = status.into_response();
+    let h = response.headers_mut();
+    set(h, NEXT_OFFSET, &offset);
+    if let Some(p) = &producer {
+        set(h, PRODUCER_EPOCH, &p.epoch.to_string());
+        let seq = match done {
+            StreamDone::Duplicate(seq) => seq,
+            _ => p.seq,
+        };
+        set(h, PRODUCER_SEQ, &seq.to_string());
+    }
+    if stream.closed && (close || matches!(done, StreamDone::Duplicate(_))) {
+        set(h, CLOSED, "true");
+    }
+    Ok(response)
+}
+
+async fn current_tail(state: &AppState, id: JobId) -> String {
+    match state.engine.stream(id).await {
+        Ok(Some(held)) => held
+            .stream
+            .as_ref()
+            .map(|s| s.tail.to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// The producer headers: all three or none.
+fn producer(headers: &HeaderMap) -> Result<Option<ProducerTuple>, Refused> {
+    let id = header_text(headers, PRODUCER_ID);
+    let epoch = header_text(headers, PRODUCER_EPOCH);
+    let seq = header_text(headers, PRODUCER_SEQ);
+    let (id, epoch, seq) =
+        match (id, epoch, seq) {
+            (None, None, None) => return Ok(None),
+            (Some(i), Some(e), Some(s)) => (i, e, s),
+            _ => return Err(bad(
+                "Producer-Id, Producer-Epoch and Producer-Seq go together: give all three or none",
+            )),
+        };
+    if id.is_empty() {
+        return Err(bad("Producer-Id must not be empty"));
+    }
+    const MAX_SAFE: u64 = (1 << 53) - 1;
+    let number = |text: &str, name: &str| {
+        text.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| text.parse::<u64>().ok())
+            .flatten()
+            .filter(|n| !text.is_empty() && *n <= MAX_SAFE)
+            .ok_or_else(|| bad(format!("{name} must be a non-negative integer")))
+    };
+    Ok(Some(ProducerTuple {
+        id: id.to_owned(),
+        epoch: number(epoch, "Producer-Epoch")?,
+        seq: number(seq, "Producer-Seq")?,
+    }))
+}
+
+async fn delete(state: &AppState, path: &str) -> Result<Response, Refused> {
+    let (id, _) = open_stream(state, path).await?;
+    state
+        .engine
+        .stream_command(id, StreamCommand::Delete { forks: 0 })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn head(state: &AppState, path: &str) -> Result<Response, Refused> {
+    let (_, held) = open_stream(state, path).await?;
+    let stream = of(&held);
+    let mut response = StatusCode::OK.into_response();
+    let h = response.headers_mut();
+    set(h, header::CONTENT_TYPE.as_str(), &stream.content_type);
+    set(h, NEXT_OFFSET, &stream.tail.to_string());
+    set(h, header::CACHE_CONTROL.as_str(), "no-store");
+    if stream.closed {
+        set(h, CLOSED, "true");
+    }
+    if let Some(ttl) = stream.ttl_secs {
+        set(h, TTL, &ttl.to_string());
+    }
+    if let Some(e) = &stream.expires_at_text {
+        set(h, EXPIRES_AT, e);
+    }
+    set(
+        h,
+        header::ETAG.as_str(),
+        &etag(path, "-1", &stream.tail.to_string(), stream.closed),
+    );
+    Ok(response)
+}
+
+pub(super) fn etag(path: &str, start: &str, end: &str, closed: bool) -> String {
+    let path = base64::engine::general_purpose::STANDARD.encode(path);
+    format!("\"{path}:{start}:{end}{}\"", if closed { ":c" } else { "" })
+}
+
+/// The read's query: `offset`, `live`, `cursor`.
+pub(super) struct ReadQuery {
+    pub offset: Option<String>,
+    pub live: Option<String>,
+    pub cursor: Option<String>,
+}
+
+pub(super) fn read_query(query: &str) -> Result<ReadQuery, Refused> {
+    let mut q = ReadQuery {
+        offset: None,
+        live: None,
+        cursor: None,
+    };
+    for (key, value) in url_pairs(query) {
+        match key.as_str() {
+            "offset" => {
+                if q.offset.is_some() {
+                    return Err(bad("give one offset"));
+                }
+                q.offset = Some(value);
+            }
+            "live" => q.live = Some(value),
+            "cursor" => q.cursor = Some(value),
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where a read starts.
+pub(super) enum Start {
+    Beginning,
+    Now,
+    At(Offset),
+}
+
+pub(super) fn parse_start(offset: Option<&str>) -> Result<Start, Refused> {
+    match offset {
+        None | Some("-1") => Ok(Start::Beginning),
+        Some("now") => Ok(Start::Now),
+        Some("") => Err(bad("offset must not be empty")),
+        Some(o) => Offset::parse(o)
+            .map(Start::At)
+            .ok_or_else(|| bad("offset is not an offset of this server, -1 or now")),
+    }
+}
+
+/// One append's data, with the offset after it.
+struct Chunk {
+    offset: Offset,
+    data: StreamData,
+}
+
+async fn read(
+    state: &AppState,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Result<Response, Refused> {
+    let q = read_query(query)?;
+    let start = parse_start(q.offset.as_deref())?;
+    let live = Live::parse(q.live.as_deref())?;
+    if live.is_some() && q.offset.is_none() {
+        return Err(bad("a live read needs an offset"));
+    }
+    let (id, held) = open_stream(state, path).await?;
+    state.engine.stream_read(id);
+    let stream = of(&held).clone();
+    let json = is_json(&stream.content_type);
+    if matches!(live, Some(Live::Sse)) {
+        let after = match start {
+            Start::Beginning => None,
+            Start::Now => Some(stream.tail),
+            Start::At(o) => Some(o),
+        };
+        let base64 = !(json || media_type(&stream.content_type).starts_with("text/"));
+        return Ok(sse(state.clone(), id, base64, after, q.cursor));
+    }
+    if matches!(start, Start::Now) && live.is_none() {
+        let mut response =
+            (StatusCode::OK, if json { "[]" } else { "" }.to_owned()).into_response();
+        let h = response.headers_mut();
+        set(h, header::CONTENT_TYPE.as_str(), &stream.content_type);
+        set(h, NEXT_OFFSET, &stream.tail.to_string());
+        set(h, UP_TO_DATE, "true");
+        set(h, header::CACHE_CONTROL.as_str(), "no-store");
+        if stream.closed {
+            set(h, CLOSED, "true");
+        }
+        return Ok(response);
+    }
+    let after = match start {
+        Start::Beginning => None,
+        Start::Now => Some(stream.tail),
+        Start::At(o) => Some(o),
+    };
+    let (mut chunks, mut complete) = collect(state, id, &held, after).await?;
+    let mut current = held;
+    if matches!(live, Some(Live::LongPoll)) && chunks.is_empty() {
+        let caught_up = after.is_none_or(|a| a >= of(&current).tail);
+        if caught_up {
+            if of(&current).closed {
+                let mut response = StatusCode::NO_CONTENT.into_response();
+                let h = response.headers_mut();
+                set(h, NEXT_OFFSET, &of(&current).tail.to_string());
+                set(h, UP_TO_DATE, "true");
+                set(h, CLOSED, "true");
+                return Ok(response);
+            }
+            let waited = wait_for_more(state, id, of(&current).tail).await?;
+            state.engine.stream_read(id);
+            match waited {
+                Some(now) => {
+                    current = now;
+                    let (c, done) = collect(state, id, &current, after).await?;
+                    chunks = c;
+                    complete = done;
+                }
+                None => {
+                    let now = state.engine.stream(id).await?.ok_or_else(not_found)?;
+                    let s = of(&now);
+                    let mut response = StatusCode::NO_CONTENT.into_response();
+                    let h = response.headers_mut();
+                    set(h, NEXT_OFFSET, &after.unwrap_or(s.tail).to_string());
+                    set(h, UP_TO_DATE, "true");
+                    set(h, CURSOR, &cursor(q.cursor.as_deref()));
+                    if s.closed && after.is_none_or(|a| a >= s.tail) {
+                        set(h, CLOSED, "true");
+                    }
+                    return Ok(response);
+                }
+            }
+        }
+    }
+    let s = of(&current);
+    let next = chunks.last().map_or(s.tail, |c| c.offset);
+    let up_to_date = complete && next >= s.tail;
+    let at_end = up_to_date && s.closed;
+    let tag = etag(
+        path,
+        q.offset.as_deref().unwrap_or("-1"),
+        &next.to_string(),
+        at_end,
+    );
+    if header_text(headers, header::IF_NONE_MATCH.as_str()) == Some(tag.as_str()) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        set(response.headers_mut(), header::ETAG.as_str(), &tag);
+        return Ok(response);
+    }
+    let body = render(json, &chunks);
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    set(h, header::CONTENT_TYPE.as_str(), &s.content_type);
+    set(h, NEXT_OFFSET, &next.to_string());
+    set(h, header::ETAG.as_str(), &tag);
+    if up_to_date {
+        set(h, UP_TO_DATE, "true");
+    }
+    if at_end {
+        set(h, CLOSED, "true");
+    }
+    if live.is_some() {
+        set(h, CURSOR, &cursor(q.cursor.as_deref()));
+    }
+    let cache = if state.settings.streams.open {
+        "public, max-age=60, stale-while-revalidate=300"
+    } else {
+        "private, max-age=60, stale-while-revalidate=300"
+    };
+    set(h, header::CACHE_CONTROL.as_str(), cache);
+    Ok(response)
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Live {
+    LongPoll,
+    Sse,
+}
+
+impl Live {
+    /// The `live` parameter: none, `long-poll` or `sse`.
+    pub(super) fn parse(live: Option<&str>) -> Result<Option<Live>, Refused> {
+        match live {
+            None => Ok(None),
+            Some("long-poll") => Ok(Some(Live::LongPoll)),
+            Some("sse") => Ok(Some(Live::Sse)),
+            Some(_) => Err(bad("live must be long-poll or sse")),
+        }
+    }
+}
+
+/// The body of a read: the bytes, or a JSON stream's messages as one array.
+fn render(json: bool, chunks: &[Chunk]) -> Vec<u8> {
+    if json {
+        let mut out = vec![b'['];
+        let mut first = true;
+        for c in chunks {
+            if let StreamData::Json(messages) = &c.data {
+                for m in messages {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    out.extend_from_slice(m.to_string().as_bytes());
+                }
+            }
+        }
+        out.push(b']');
+        out
+    } else {
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&c.data.bytes());
+        }
+        out
+    }
+}
+
+/// The stream's data after `after` (all of it: `None`), up to a chunk's
+/// worth; `true` when that is all there is.
+async fn collect(
+    state: &AppState,
+    id: JobId,
+    held: &JobState,
+    after: Option<Offset>,
+) -> Result<(Vec<Chunk>, bool), Refused> {
+    let stream = of(held);
+    let mut out = Vec::new();
+    let mut budget = READ_CHUNK_BYTES;
+    let from = match after {
+        Some(a) if a.index >= stream.start().index => stream.seq_after(a),
+        _ => stream.first_seq - 1,
+    };
+    let complete =
+        collect_range(state, id, from, held.head_seq, after, &mut out, &mut budget).await?;
+    Ok((out, complete))
+}
+
+/// Data events of `id` with `from < seq <= through`, past `after`; a fork's
+/// `stream_created` brings its source's data before its own. Returns
+/// whether everything fit the budget.
+fn collect_range<'a>(
+    state: &'a AppState,
+    id: JobId,
+    from: i64,
+    through: i64,
+    after: Option<Offset>,
+    out: &'a mut Vec<Chunk>,
+    budget: &'a mut usize,
+) -> futures_util::future::BoxFuture<'a, Result<bool, Refused>> {
+    Box::pin(async move {
+        let key = id.to_string();
+        let mut pages = state.engine.replay(&key, from, through);
+        while let Some(events) = pages.next_events().await? {
+            for event in events {
+                let (offset, data) = match &event.body {
+                    EventBody::StreamCreated(c) => {
+                        if let Some(f) = &c.fork {
+                            let fork_at = Offset::parse(&f.offset).unwrap_or_default();
+                            if after.is_none_or(|a| a < fork_at) {
+                                let complete = collect_range(
+                                    state,
+                                    f.source_id,
+                                    f.from_seq - 1,
+                                    f.through_seq,
+                                    after,
+                                    out,
+                                    budget,
+                                )
+                                .await?;
+                                if !complete {
+                                    return Ok(false);
+                                }
+                            }
+                        }
+                        (c.offset.as_str(), c.data.as_ref())
+                    }
+                    EventBody::StreamAppended(a) => (a.offset.as_str(), a.data.as_ref()),
+                    _ => continue,
+                };
+                let Some(data) = data else { continue };
+                let offset = Offset::parse(offset).unwrap_or_default();
+                if after.is_some_and(|a| offset <= a) {
+                    continue;
+                }
+                let size = data.size() as usize;
+                if !out.is_empty() && size > *budget {
+                    return Ok(false);
+                }
+                *budget = budget.saturating_sub(size);
+                out.push(Chunk {
+                    offset,
+                    data: data.clone(),
+                });
+            }
+        }
+        Ok(true)
+    })
+}
+
+/// Waits until the stream moves past `tail` (data, a close or its end) or
+/// the long-poll's time is up (`None`).
+async fn wait_for_more(
+    state: &AppState,
+    id: JobId,
+    tail: Offset,
+) -> Result<Option<std::sync::Arc<JobState>>, Refused> {
+    let mut head = state.engine.watch_head();
+    let deadline = tokio::time::Instant::now() + state.settings.streams.long_poll;
+    loop {
+        let now = state.engine.stream(id).await?.ok_or_else(not_found)?;
+        match now.stream.as_ref() {
+            Some(s) if s.deleted => return Err(not_found()),
+            Some(s) if s.tail > tail || s.closed => return Ok(Some(now)),
+            _ => {}
+        }
+        tokio::select! {
+            changed = head.changed() => {
+                if changed.is_err() {
+                    return Ok(None);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            _ = state.shutdown.cancelled() => return Ok(None),
+        }
+    }
+}
+
+/// The cursor of a live answer: the current 20-second interval since
+/// 2024-10-09, moved past the client's when it has caught up with it.
+pub(super) fn cursor(client: Option<&str>) -> String {
+    const EPOCH: i64 = 1_728_432_000; // 2024-10-09T00:00:00Z
+    const INTERVAL: i64 = 20;
+    let now = chrono::Utc::now().timestamp();
+    let current = (now - EPOCH) / INTERVAL;
+    match client.and_then(|c| c.parse::<i64>().ok()) {
+        Some(c) if c >= current => {
+            let mut jitter = [0u8; 2];
+            let _ = getrandom::fill(&mut jitter);
+            let secs = 1 + i64::from(u16::from_le_bytes(jitter)) % 3600;
+            (c + (secs / INTERVAL).max(1)).to_string()
+        }
+        _ => current.to_string(),
+    }
+}
+
+/// A Server-Sent Events reader: the data after `after`, then each append as
+/// it commits, a `control` event after every `data` event; it ends with the
+/// stream's close, or after a minute (the client resumes from its offset).
+fn sse(
+    state: AppState,
+    id: JobId,
+    base64: bool,
+    after: Option<Offset>,
+    client_cursor: Option<String>,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let task_state = state.clone();
+    state.tasks.spawn(async move {
+        let state = task_state;
+        let ended = tokio::time::Instant::now() + SSE_LIFETIME;
+        let mut position = after;
+        let mut head = state.engine.watch_head();
+        let mut first = true;
+        loop {
+            let Ok(Some(held)) = state.engine.stream(id).await else {
+                break;
+            };
+            let Some(s) = held.stream.clone() else { break };
+            if s.deleted {
+                break;
+            }
+            let json = is_json(&s.content_type);
+            let base64 = !(json || media_type(&s.content_type).starts_with("text/"));
+            let Ok((chunks, complete)) = collect(&state, id, &held, position).await else {
+                break;
+            };
+            state.engine.stream_read(id);
+            let mut sent_any = false;
+            for c in &chunks {
+                let payload = if json {
+                    String::from_utf8_lossy(&render(true, std::slice::from_ref(c))).into_owned()
+                } else if base64 {
+                    base64::engine::general_purpose::STANDARD.encode(c.data.bytes())
+                } else {
+                    String::from_utf8_lossy(&c.data.bytes()).into_owned()
+                };
+                position = Some(c.offset);
+                let up_to_date = complete && c.offset >= s.tail;
+                let mut frame = sse_frame("data", &payload);
+                frame.push_str(&control(
+                    c.offset,
+                    up_to_date,
+                    up_to_date && s.closed,
+                    client_cursor.as_deref(),
+                ));
+                if tx.send(Bytes::from(frame)).await.is_err() {
+                    return;
+                }
+                sent_any = true;
+            }
+            let at = position.unwrap_or(s.start());
+            let at_tail = complete && at >= s.tail;
+            if at_tail && s.closed {
+                if !sent_any {
+                    let _ = tx
+                        .send(Bytes::from(control(s.tail, true, true, None)))
+                        .await;
+                }
+                return;
+            }
+            if !sent_any && (first || !complete) {
+                let frame = control(
+                    if at_tail { s.tail } else { at },
+                    at_tail,
+                    false,
+                    client_cursor.as_deref(),
+                );
+                if tx.send(Bytes::from(frame)).await.is_err() {
+                    return;
+                }
+            }
+            first = false;
+            if position.is_none() {
+                position = Some(s.start().max(at));
+            }
+            if !complete {
+                continue;
+            }
+            tokio::select! {
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(ended) => break,
+                _ = state.shutdown.cancelled() => break,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    set(h, header::CONTENT_TYPE.as_str(), "text/event-stream");
+    set(h, header::CACHE_CONTROL.as_str(), "no-cache");
+    if base64 {
+        set(h, SSE_ENCODING, "base64");
+    }
+    response
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|b| b.map(Ok)))
+}
+
+pub(super) fn sse_frame(event: &str, payload: &str) -> String {
+    let mut out = format!("event: {event}\n");
+    // Every line break a client's parser knows (CRLF, CR, LF) starts a new
+    // `data:` line, so no payload can end the event or forge a field.
+    for line in payload.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
+        out.push_str("data:");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+pub(super) fn control(
+    offset: Offset,
+    up_to_date: bool,
+    closed: bool,
+    client_cursor: Option<&str>,
+) -> String {
+    let mut body = serde_json::Map::new();
+    body.insert("streamNextOffset".into(), Value::String(offset.to_string()));
+    if closed {
+        body.insert("streamClosed".into(), Value::Bool(true));
+    } else {
+        body.insert("streamCursor".into(), Value::String(cursor(client_cursor)));
+        if up_to_date {
+            body.insert("upToDate".into(), Value::Bool(true));
+        }
+    }
+    sse_frame("control", &Value::Object(body).to_string())
+}
