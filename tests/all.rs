@@ -15,6 +15,7 @@ mod crash_harness;
 mod cuts;
 mod deploy;
 mod docs;
+mod durable;
 mod events;
 mod faults;
 mod fencing;

@@ -7,6 +7,13 @@
 //! `rejoin verify` passes. Checkpoints are written throughout, and each
 //! restart starts from the newest one.
 //!
+//! Beside them, idempotent producers append to a Durable Stream: every
+//! append the server acknowledged is in the stream after the restart, once,
+//! in its producer's order; and each producer then retries the append it
+//! had in flight when the server died (and its last acknowledged one): the
+//! retry is appended if the first attempt was not committed, and is a
+//! duplicate (204) if it was, so nothing is ever in the stream twice.
+//!
 //! A negative control runs the same rounds against a server that answers
 //! before committing (`--unsafe-ack-before-commit`): the harness must see it
 //! lose events.
@@ -31,6 +38,8 @@ use uuid::Uuid;
 const BIN: &str = env!("CARGO_BIN_EXE_rejoin");
 const WRITERS: u64 = 8;
 const JOBS_PER_ROUND: usize = 4;
+/// Idempotent producers appending to the round's Durable Stream.
+const PRODUCERS: u64 = 2;
 
 fn iterations() -> usize {
     std::env::var("REJOIN_CRASH_ITERATIONS")
@@ -77,6 +86,35 @@ struct Acked {
 struct Round {
     acked: usize,
     lost: Vec<Acked>,
+}
+
+/// A producer's appends to the round's stream: the last seq it sent (in
+/// flight when the server died, or acknowledged), and those acknowledged.
+#[derive(Default, Debug, Clone)]
+struct Produced {
+    sent: Option<u64>,
+    acked: Vec<u64>,
+}
+
+/// One producer append: `Producer-Seq` `seq`, body `p<producer>:<seq>;`.
+async fn produce(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    producer: u64,
+    seq: u64,
+) -> Option<reqwest::StatusCode> {
+    http.post(format!("http://{addr}{path}"))
+        .bearer_auth(token_for("service", None))
+        .header("content-type", "text/plain")
+        .header("producer-id", format!("p{producer}"))
+        .header("producer-epoch", "0")
+        .header("producer-seq", seq.to_string())
+        .body(format!("p{producer}:{seq};"))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status())
 }
 
 /// Totals over the rounds, printed for docs/RELIABILITY.md.
@@ -134,6 +172,30 @@ async fn round(
         }));
     }
 
+    let stream_path = format!("/v1/stream/crash-{}", Uuid::new_v4());
+    let created = http
+        .put(format!("http://{addr}{stream_path}"))
+        .bearer_auth(token_for("service", None))
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let produced = Arc::new(Mutex::new(vec![Produced::default(); PRODUCERS as usize]));
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        let (http, path, produced) = (http.clone(), stream_path.clone(), produced.clone());
+        producers.push(tokio::spawn(async move {
+            for seq in 0.. {
+                produced.lock().unwrap()[p as usize].sent = Some(seq);
+                match produce(&http, addr, &path, p, seq).await {
+                    Some(s) if s == 200 => produced.lock().unwrap()[p as usize].acked.push(seq),
+                    _ => return,
+                }
+            }
+        }));
+    }
+
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
@@ -176,7 +238,7 @@ async fn round(
     tokio::time::sleep(Duration::from_millis(after)).await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
-    for w in writers {
+    for w in writers.into_iter().chain(producers) {
         w.await.unwrap();
     }
     for r in readers {
@@ -215,6 +277,63 @@ async fn round(
     if unsafe_ack {
         return ((child, addr), result);
     }
+
+    // The stream holds every acknowledged append once, in order; each
+    // producer's retries append nothing twice.
+    let produced = std::mem::take(&mut *produced.lock().unwrap());
+    let stream_text = |http: reqwest::Client| {
+        let path = stream_path.clone();
+        async move {
+            let res = http
+                .get(format!("http://{addr}{path}?offset=-1"))
+                .bearer_auth(token_for("service", None))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.text().await.unwrap()
+        }
+    };
+    let before = stream_text(http.clone()).await;
+    for (p, made) in produced.iter().enumerate() {
+        let p = p as u64;
+        let mine: Vec<u64> = before
+            .split(';')
+            .filter_map(|a| a.strip_prefix(&format!("p{p}:")))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let expected: Vec<u64> = (0..mine.len() as u64).collect();
+        assert_eq!(
+            mine, expected,
+            "producer {p}'s appends, in order, once each"
+        );
+        for a in &made.acked {
+            assert!(
+                mine.contains(a),
+                "producer {p}'s acknowledged append {a} lost"
+            );
+        }
+        totals.acked += made.acked.len();
+        // Its in-flight append again: a duplicate if it was committed.
+        if let Some(sent) = made.sent {
+            let status = produce(&http, addr, &stream_path, p, sent).await.unwrap();
+            let committed = mine.contains(&sent);
+            let expected = if committed { 204 } else { 200 };
+            assert_eq!(status, expected, "producer {p}'s retry of seq {sent}");
+        }
+        if let Some(last) = made.acked.last() {
+            let status = produce(&http, addr, &stream_path, p, *last).await.unwrap();
+            assert_eq!(
+                status, 204,
+                "producer {p}'s retry of acknowledged seq {last}"
+            );
+        }
+    }
+    let after = stream_text(http.clone()).await;
+    let appends: Vec<&str> = after.split(';').filter(|a| !a.is_empty()).collect();
+    let unique: HashSet<&&str> = appends.iter().collect();
+    assert_eq!(unique.len(), appends.len(), "an append in the stream twice");
+    assert!(after.starts_with(&before), "the stream's data changed");
 
     // Every job's seqs: 1, 2, 3, … (none missing, none twice).
     let mut seqs: HashMap<Uuid, Vec<i64>> = HashMap::new();

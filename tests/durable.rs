@@ -1,0 +1,336 @@
+//! Durable Streams at `/v1/stream/{path}`, as rejoin serves them beside
+//! what the protocol's own conformance suite checks (`.ci/run` runs it):
+//! streams are events in the log and survive restarts, a producer's retry
+//! after a restart appends nothing, tokens and roles, TTL expiry as a
+//! deadline (on a clock the test moves), and every job as a read-only
+//! stream whose SSE readers are sessions in its history.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common;
+
+use common::{spawn_on_clock, spawn_with, TestApp, PATIENCE};
+use rejoin::auth::Role;
+use rejoin::clock::{Clock, ManualClock};
+use rejoin::domain::stream::stream_id;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A request to a stream, with a service token.
+fn stream(app: &TestApp, method: Method, path: &str) -> reqwest::RequestBuilder {
+    app.http
+        .request(method, app.url(&format!("/v1/stream/{path}")))
+        .bearer_auth(app.service())
+}
+
+fn header(res: &reqwest::Response, name: &str) -> Option<String> {
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// An append by the producer `importer`, epoch 0, with this seq.
+fn producer(app: &TestApp, seq: u64) -> reqwest::RequestBuilder {
+    stream(app, Method::POST, "notes")
+        .header("content-type", "text/plain")
+        .header("producer-id", "importer")
+        .header("producer-epoch", "0")
+        .header("producer-seq", seq.to_string())
+}
+
+async fn read_all(app: &TestApp, path: &str) -> (String, String) {
+    let res = stream(app, Method::GET, &format!("{path}?offset=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "stream-up-to-date").as_deref(), Some("true"));
+    let next = header(&res, "stream-next-offset").unwrap();
+    (res.text().await.unwrap(), next)
+}
+
+#[tokio::test]
+async fn appends_are_events_in_the_log_and_survive_a_restart() {
+    let app = spawn_with(&[]).await;
+    let res = stream(&app, Method::PUT, "notes")
+        .header("content-type", "text/plain")
+        .body("one ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = stream(&app, Method::POST, "notes")
+        .header("content-type", "text/plain")
+        .body("two ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = producer(&app, 0).body("three").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (before, tail) = read_all(&app, "notes").await;
+    assert_eq!(before, "one two three");
+
+    let id = stream_id("/v1/stream/notes");
+    assert_eq!(app.events_of(id, "stream_created").await.len(), 1);
+    assert_eq!(app.events_of(id, "stream_appended").await.len(), 2);
+
+    let app = app.restart().await;
+    let (after, tail_after) = read_all(&app, "notes").await;
+    assert_eq!(
+        (after.as_str(), tail_after.as_str()),
+        (before.as_str(), tail.as_str())
+    );
+    // The producer's retry after the restart is known from the log.
+    let res = producer(&app, 0).body("three").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&res, "producer-seq").as_deref(), Some("0"));
+    assert_eq!(app.events_of(id, "stream_appended").await.len(), 2);
+    assert_eq!(read_all(&app, "notes").await.0, "one two three");
+    // A gap is refused with what it expected.
+    let res = producer(&app, 2).body("five").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(header(&res, "producer-expected-seq").as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn streams_need_a_stream_or_service_token_unless_opened() {
+    let app = spawn_with(&[]).await;
+    let url = app.url("/v1/stream/guarded");
+    let put = |token: Option<String>| {
+        let mut req = app.http.put(&url).header("content-type", "text/plain");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_eq!(put(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    for role in [Role::Support, Role::Analytics] {
+        let res = put(Some(app.token(role, None))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{role:?}");
+    }
+    let job = app.create_job().await;
+    let res = put(Some(app.token(Role::Client, Some(job)))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = put(Some(app.token(Role::Stream, None))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = put(Some(app.service())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let open = spawn_with(&["--stream-auth", "none"]).await;
+    let res = open
+        .http
+        .put(open.url("/v1/stream/open"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // A job's stream needs a token even then.
+    let job = open.create_job().await;
+    let res = open
+        .http
+        .get(open.url(&format!("/v1/stream/jobs/{job}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_ttl_expires_the_stream_by_a_deadline_and_reads_keep_it_alive() {
+    let clock = Arc::new(ManualClock::starting_now());
+    let app = spawn_on_clock(&[], clock.clone()).await;
+    let put = |path: &'static str| {
+        stream(&app, Method::PUT, path)
+            .header("content-type", "text/plain")
+            .header("stream-ttl", "10")
+            .body("x")
+            .send()
+    };
+    assert_eq!(put("idle").await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(put("read").await.unwrap().status(), StatusCode::CREATED);
+
+    clock.advance(chrono::Duration::seconds(6));
+    assert_eq!(read_all(&app, "read").await.0, "x");
+    clock.advance(chrono::Duration::seconds(5));
+    app.engine.deadlines_decided_through(clock.now()).await;
+
+    let idle = stream_id("/v1/stream/idle");
+    let read = stream_id("/v1/stream/read");
+    assert_eq!(app.events_of(idle, "stream_deleted").await.len(), 1);
+    let status = stream(&app, Method::GET, "idle?offset=-1").send().await;
+    assert_eq!(status.unwrap().status(), StatusCode::NOT_FOUND);
+    // The read at +6 s moved the window: recorded when it would have ended.
+    assert_eq!(app.events_of(read, "stream_touched").await.len(), 1);
+    assert_eq!(app.events_of(read, "stream_deleted").await.len(), 0);
+    assert_eq!(read_all(&app, "read").await.0, "x");
+
+    clock.advance(chrono::Duration::seconds(11));
+    app.engine.deadlines_decided_through(clock.now()).await;
+    assert_eq!(app.events_of(read, "stream_deleted").await.len(), 1);
+    // The path is free again: a new stream, empty.
+    let res = stream(&app, Method::PUT, "idle").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(read_all(&app, "idle").await.0, "");
+}
+
+#[tokio::test]
+async fn a_long_poll_wakes_on_the_append_it_waits_for() {
+    let app = spawn_with(&["--stream-long-poll-secs", "30"]).await;
+    let res = stream(&app, Method::PUT, "chat")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let tail = header(&res, "stream-next-offset").unwrap();
+    let poll = stream(
+        &app,
+        Method::GET,
+        &format!("chat?offset={tail}&live=long-poll"),
+    )
+    .send();
+    let append = async {
+        // The poll is parked once its request is in; appending before it
+        // is fine too (it then answers at once with the same data).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let res = stream(&app, Method::POST, "chat")
+            .header("content-type", "application/json")
+            .body(r#"[{"text":"hi"},{"text":"there"}]"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    };
+    let (res, ()) = tokio::time::timeout(PATIENCE, async { tokio::join!(poll, append) })
+        .await
+        .unwrap();
+    let res = res.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(header(&res, "stream-cursor").is_some());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!([{"text": "hi"}, {"text": "there"}]));
+}
+
+/// A job's stream: read with its client token, a job event per message,
+/// closed with the job's end; writes refused.
+#[tokio::test]
+async fn a_job_is_a_read_only_stream_that_closes_when_it_ends() {
+    let app = spawn_with(&[]).await;
+    let job = app.create_job().await;
+    let other = app.create_job().await;
+    app.progress(job, 40.0).await;
+    let path = format!("/v1/stream/jobs/{job}");
+    let client = app.token(Role::Client, Some(job));
+    let get = |query: &str, token: &str| {
+        app.http
+            .get(app.url(&format!("{path}{query}")))
+            .bearer_auth(token)
+            .send()
+    };
+    let res = get("?offset=-1", &client).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "stream-closed"), None);
+    let next = header(&res, "stream-next-offset").unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body[0]["type"], "progress");
+    assert_eq!(body[0]["progress"], 40.0);
+
+    let res = get("", &app.token(Role::Client, Some(other)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        get("", &app.token(Role::Support, None))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let res = app
+        .http
+        .post(app.url(&path))
+        .bearer_auth(app.service())
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    let done = app
+        .post_event(job, json!({"type": "completed", "result": {"books": 3}}))
+        .await;
+    assert_eq!(done.status(), StatusCode::CREATED);
+    let res = get(&format!("?offset={next}"), &client).await.unwrap();
+    assert_eq!(header(&res, "stream-closed").as_deref(), Some("true"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    assert_eq!(body[0]["type"], "completed");
+    let res = get("?offset=now&live=long-poll", &client).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&res, "stream-closed").as_deref(), Some("true"));
+}
+
+/// An SSE reader of a job's stream gets every job event once, then the
+/// close, and is a session in the job's connection history.
+#[tokio::test]
+async fn an_sse_reader_of_a_job_is_a_session_in_its_history() {
+    use futures_util::StreamExt;
+    let app = spawn_with(&[]).await;
+    let job = app.create_job().await;
+    app.progress(job, 10.0).await;
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/stream/jobs/{job}?offset=-1&live=sse")))
+        .bearer_auth(app.token(Role::Client, Some(job)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        header(&res, "content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let mut finished = false;
+    let read = async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+            if text.contains("upToDate") && !finished {
+                finished = true;
+                app.progress(job, 60.0).await;
+                let res = app.post_event(job, json!({"type": "completed"})).await;
+                assert_eq!(res.status(), StatusCode::CREATED);
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read).await.unwrap();
+    let data: Vec<Value> = text
+        .split("\n\n")
+        .filter(|block| block.starts_with("event: data"))
+        .map(|block| {
+            let json: String = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .collect();
+            serde_json::from_str(&json).unwrap()
+        })
+        .collect();
+    let kinds: Vec<&str> = data
+        .iter()
+        .map(|d| d[0]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["progress", "progress", "completed"]);
+    assert!(text.contains(r#""streamClosed":true"#), "{text}");
+
+    let history = app
+        .get_json(&format!("/v1/jobs/{job}/history"), Some(&app.service()))
+        .await;
+    let session = &history["sessions"][0];
+    let first = &session["events"][0];
+    assert_eq!(first["kind"], "reconnected");
+    assert_eq!(first["details"]["transport"], "durable-streams");
+    assert_eq!(first["details"]["clientLastSeq"], 0);
+}
