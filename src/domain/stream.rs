@@ -339,6 +339,11 @@ pub enum StreamCommand {
     Release {
         forks: usize,
     },
+    /// Reads at `at` keep the stream's TTL alive: recorded (once in half a
+    /// TTL at most), so every node and every restart knows.
+    Touch {
+        at: DateTime<Utc>,
+    },
 }
 
 /// `PUT`: create, or find the same stream already there.
@@ -563,6 +568,12 @@ pub fn decide_stream(
                 )])),
             }
         }
+        StreamCommand::Touch { at } => match open {
+            Some(s) if s.ttl_secs.is_some() && *at > s.active_at => Ok(StreamDecision::Append(
+                vec![EventBody::StreamTouched(StreamTouched { at: *at })],
+            )),
+            _ => Ok(StreamDecision::Nothing),
+        },
         StreamCommand::Release { forks } => {
             if !retained || *forks > 0 {
                 return Ok(StreamDecision::Nothing);

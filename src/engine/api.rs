@@ -21,7 +21,10 @@ use crate::domain::decide::Attach;
 use crate::domain::history::{History, HistoryBuilder};
 use crate::domain::stream::StreamCommand;
 use crate::domain::{Command, EventBody, JobId, JobState, SessionId, SessionPhase};
-use crate::log::{for_each_job_event, CheckpointHeader, EventLog, Log, Pages, StoreError};
+use crate::log::{
+    for_each_job_event, for_each_job_event_after, CheckpointHeader, EventLog, Log, Pages,
+    StoreError,
+};
 use crate::metrics::Metrics;
 
 /// Why a node without its lease refuses sockets.
@@ -398,12 +401,50 @@ impl Engine {
     /// The stream with this id as the log has it (any incarnation, deleted
     /// ones too), or `None` if there never was one.
     pub async fn stream(&self, id: JobId) -> Result<Option<Arc<JobState>>, StoreError> {
-        Ok(self.held(id).await?.filter(|s| s.stream.is_some()))
+        let Some(held) = self.held(id).await? else {
+            return Ok(None);
+        };
+        if !self.inner.store.shared() {
+            return Ok(Some(held).filter(|s| s.stream.is_some()));
+        }
+        // On a shared log another node may have appended since this node's
+        // follower last read: a copy brought up to the log's latest word,
+        // so a write acknowledged by any node is read by every node.
+        let mut fresh = JobState::clone(&held);
+        for_each_job_event_after(
+            self.inner.store.events.as_ref(),
+            &id.to_string(),
+            held.head_seq,
+            |e| fresh.apply(&e),
+        )
+        .await?;
+        Ok(Some(Arc::new(fresh)).filter(|s| s.stream.is_some()))
     }
 
-    /// Records a read of the stream (which keeps its TTL alive).
-    pub fn stream_read(&self, id: JobId) {
-        self.inner.reads.record(id, self.inner.clock.now());
+    /// Records a read of the stream, which keeps its TTL alive: in memory
+    /// (the scheduler weighs it when the TTL would end), and in the log once
+    /// half the TTL has passed since the stream's last recorded activity, so
+    /// that other nodes and a restart know of it too. The read does not
+    /// wait for that commit.
+    pub fn stream_read(&self, id: JobId, state: &JobState) {
+        let now = self.inner.clock.now();
+        self.inner.reads.record(id, now);
+        let Some(s) = &state.stream else { return };
+        let Some(ttl) = s.ttl_secs else { return };
+        let half = chrono::Duration::milliseconds((ttl.min(i64::MAX as u64 / 1000) as i64) * 500);
+        if now - s.active_at < half {
+            return;
+        }
+        let queue = self.inner.queue.clone();
+        tokio::spawn(async move {
+            let command = Command::Stream {
+                command: StreamCommand::Touch { at: now },
+                last_read: None,
+            };
+            if let Err(e) = queue.stream(id, command).await {
+                tracing::debug!(error = %e, "a stream's read could not be recorded");
+            }
+        });
     }
 
     /// The last read of the stream this node served.

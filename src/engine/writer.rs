@@ -325,13 +325,15 @@ impl Writer {
 
     /// Step 1: the state of every job the batch names and its keys' earlier
     /// answers. Jobs not held are read back from the log whole; on a shared
-    /// log, the jobs of attaches are first brought up to the log's latest
-    /// word (appends find out by conflict, at no cost otherwise).
+    /// log, the jobs of attaches and the streams of stream commands are
+    /// first brought up to the log's latest word (their decisions read more
+    /// of the state than a seq; job appends find out by conflict, at no
+    /// cost otherwise).
     async fn prepare(&self, requests: &[WriteRequest]) -> Result<Prepared, StoreError> {
         if self.store.shared() {
             let stale: HashSet<JobId> = requests
                 .iter()
-                .filter(|r| matches!(r.command, Command::Attach(_)))
+                .filter(|r| matches!(r.command, Command::Attach(_) | Command::Stream { .. }))
                 .map(|r| r.job_id)
                 .collect();
             if let Err(e) = self.catch_up(&stale).await {

@@ -809,7 +809,7 @@ async fn read(
         return Err(bad("a live read needs an offset"));
     }
     let (id, held) = open_stream(state, path).await?;
-    state.engine.stream_read(id);
+    state.engine.stream_read(id, &held);
     let stream = of(&held).clone();
     let json = is_json(&stream.content_type);
     if matches!(live, Some(Live::Sse)) {
@@ -853,7 +853,7 @@ async fn read(
                 return Ok(response);
             }
             let waited = wait_for_more(state, id, of(&current).tail).await?;
-            state.engine.stream_read(id);
+            state.engine.stream_read(id, &current);
             match waited {
                 Some(now) => {
                     current = now;
@@ -1120,7 +1120,7 @@ fn sse(
             let Ok((chunks, complete)) = collect(&state, id, &held, position).await else {
                 break;
             };
-            state.engine.stream_read(id);
+            state.engine.stream_read(id, &held);
             let mut sent_any = false;
             for c in &chunks {
                 let payload = if json {
