@@ -334,3 +334,121 @@ async fn an_sse_reader_of_a_job_is_a_session_in_its_history() {
     assert_eq!(first["details"]["transport"], "durable-streams");
     assert_eq!(first["details"]["clientLastSeq"], 0);
 }
+
+/// A follower process (`clients/durable-streams/run follow|follow-py`) and
+/// the lines it printed so far.
+struct Follower {
+    name: String,
+    child: tokio::process::Child,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Follower {
+    fn start(how: &str, url: &str, token: &str, mode: &str) -> Follower {
+        use tokio::io::AsyncBufReadExt;
+        let run = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/durable-streams/run");
+        let mut child = tokio::process::Command::new(run)
+            .args([how, url, token, mode])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("clients/durable-streams/run starts");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut out = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(line)) = out.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Follower {
+            name: format!("{how} {mode}"),
+            child,
+            lines,
+        }
+    }
+
+    /// The job event seqs printed so far.
+    fn seqs(&self) -> Vec<i64> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.as_str() != "END")
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap_or_else(|_| panic!("{l}"));
+                v["seq"].as_i64().unwrap()
+            })
+            .collect()
+    }
+}
+
+/// The protocol's official clients, TypeScript and Python, each over SSE
+/// and long-poll, follow a job through a relay that cuts every connection
+/// three times mid-stream: each yields every job event once, in order, and
+/// then ends with the job.
+#[tokio::test]
+#[ignore = "needs the official clients: clients/durable-streams/run build (.ci/run does it)"]
+async fn the_official_clients_follow_a_job_across_three_cuts() {
+    use rejoin_testkit::relay::{Drop, Relay};
+    let app = spawn_with(&[]).await;
+    let job = app.create_job().await;
+    let relay = Relay::start(app.addr).await;
+    let url = format!("http://{}/v1/stream/jobs/{job}", relay.addr());
+    let token = app.token(Role::Client, Some(job));
+    let mut followers: Vec<Follower> = [
+        ("follow", "sse"),
+        ("follow", "long-poll"),
+        ("follow-py", "sse"),
+        ("follow-py", "long-poll"),
+    ]
+    .into_iter()
+    .map(|(how, mode)| Follower::start(how, &url, &token, mode))
+    .collect();
+
+    let mut posted = Vec::new();
+    let mut progress = 0.0;
+    for _ in 0..3 {
+        for _ in 0..5 {
+            progress += 1.0;
+            posted.push(app.progress(job, progress).await);
+        }
+        // Every follower holds the latest event; then every connection
+        // through the relay is reset, and more events come while the
+        // followers reconnect.
+        let last = *posted.last().unwrap();
+        for f in &followers {
+            common::eventually(&format!("{} to reach seq {last}", f.name), || async {
+                f.seqs().contains(&last).then_some(())
+            })
+            .await;
+        }
+        relay.cut(Drop::Reset);
+        for _ in 0..3 {
+            progress += 1.0;
+            posted.push(app.progress(job, progress).await);
+        }
+    }
+    let done = app
+        .post_event(job, json!({"type": "completed", "result": {"books": 42}}))
+        .await;
+    assert_eq!(done.status(), StatusCode::CREATED);
+    let done: Value = done.json().await.unwrap();
+    posted.push(done["seq"].as_i64().unwrap());
+
+    for f in &mut followers {
+        let status = tokio::time::timeout(PATIENCE * 2, f.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not end with the job: {:?}", f.name, f.lines))
+            .unwrap();
+        assert!(status.success(), "{}", f.name);
+        let lines = f.lines.lock().unwrap().clone();
+        assert_eq!(lines.last().map(String::as_str), Some("END"), "{}", f.name);
+        assert_eq!(f.seqs(), posted, "{}: every event once, in order", f.name);
+    }
+    let resets = relay.accepted().len();
+    assert!(
+        resets > followers.len(),
+        "the followers reconnected: {resets} connections"
+    );
+}
