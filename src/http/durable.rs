@@ -261,26 +261,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Refused>
     if state.settings.streams.open {
         return Ok(());
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Refused::new(
-                StatusCode::UNAUTHORIZED,
-                "streams need `Authorization: Bearer <token>`",
-            )
-            .with("www-authenticate", r#"Bearer realm="rejoin""#)
-        })?;
-    let claims = state.auth.verify(token).await.map_err(|e| {
-        Refused::new(StatusCode::UNAUTHORIZED, e.to_string())
-            .with("www-authenticate", r#"Bearer realm="rejoin""#)
-    })?;
+    let claims = bearer(state, headers, "streams").await?;
     Caller(claims)
         .require(&[Role::Stream, Role::Service])
         .map_err(|_| {
@@ -289,6 +270,32 @@ async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Refused>
                 "streams need a stream or service token",
             )
         })
+}
+
+/// The verified claims of the request's bearer token; 401 without one
+/// (`what` names what needs it).
+pub(super) async fn bearer(
+    state: &AppState,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<crate::auth::Claims, Refused> {
+    let unauthorized = |message: String| {
+        Refused::new(StatusCode::UNAUTHORIZED, message)
+            .with("www-authenticate", r#"Bearer realm="rejoin""#)
+    };
+    let token = header_text(headers, header::AUTHORIZATION.as_str())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unauthorized(format!("{what} need `Authorization: Bearer <token>`")))?;
+    state
+        .auth
+        .verify(token)
+        .await
+        .map_err(|e| unauthorized(e.to_string()))
 }
 
 async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Refused> {

@@ -15,7 +15,6 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::Message;
@@ -29,7 +28,7 @@ use tokio_util::sync::PollSender;
 use uuid::Uuid;
 
 use super::durable::{
-    bad, control, cursor, etag, header_text, parse_start, read_query, set, sse_frame, Live,
+    bad, bearer, control, cursor, etag, header_text, parse_start, read_query, set, sse_frame, Live,
     Refused, Start, CLOSED, CURSOR, NEXT_OFFSET, READ_CHUNK_BYTES, SSE_LIFETIME, UP_TO_DATE,
 };
 use super::request::ClientAddr;
@@ -183,24 +182,7 @@ async fn authorize(
     headers: &HeaderMap,
     job_id: JobId,
 ) -> Result<String, Refused> {
-    let token = header_text(headers, header::AUTHORIZATION.as_str())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Refused::new(
-                StatusCode::UNAUTHORIZED,
-                "a job's stream needs `Authorization: Bearer <token>`",
-            )
-            .with("www-authenticate", r#"Bearer realm="rejoin""#)
-        })?;
-    let claims = state.auth.verify(token).await.map_err(|e| {
-        Refused::new(StatusCode::UNAUTHORIZED, e.to_string())
-            .with("www-authenticate", r#"Bearer realm="rejoin""#)
-    })?;
+    let claims = bearer(state, headers, "job streams").await?;
     let allowed =
         claims.is_client_of(job_id) || matches!(claims.role, Role::Service | Role::Support);
     if !allowed {
@@ -336,7 +318,7 @@ fn sse(
         .with_flat_map(move |m: Message| {
             futures_util::stream::iter(adapter.frames(m).into_iter().map(Ok))
         });
-    let reads = client_reads(alive, state.upgrade.heartbeat_interval);
+    let reads = super::stream::client_reads(alive, state.upgrade.heartbeat_interval);
     state.tasks.spawn(socket::serve(
         Box::pin(sink),
         reads,
@@ -433,23 +415,4 @@ impl Adapter {
             self.cursor.as_deref(),
         )))
     }
-}
-
-/// What the session's loop reads from the reader: nothing comes from an
-/// SSE client, so a pong every half heartbeat while the response is being
-/// read, until it is dropped (the reader went away, or the response ended).
-fn client_reads(
-    alive: mpsc::Sender<Frame>,
-    heartbeat: Duration,
-) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Message, axum::Error>> + Send>> {
-    let every = (heartbeat / 2).max(Duration::from_millis(10));
-    Box::pin(futures_util::stream::unfold(
-        alive,
-        move |alive| async move {
-            tokio::select! {
-                _ = alive.closed() => None,
-                _ = tokio::time::sleep(every) => Some((Ok(Message::Pong(Default::default())), alive)),
-            }
-        },
-    ))
 }

@@ -202,9 +202,9 @@ impl Ids {
 /// What the session's loop reads from the client: an SSE client sends
 /// nothing, so this yields a pong every half heartbeat while the response
 /// body is still being read (the connection is there), and ends when the body
-/// is dropped (the client went away).
-fn client_reads(
-    alive: mpsc::Sender<Result<SseEvent, Infallible>>,
+/// is dropped (the client went away). `alive` is the body's sender.
+pub(super) fn client_reads<T: Send + 'static>(
+    alive: mpsc::Sender<T>,
     heartbeat: Duration,
 ) -> std::pin::Pin<Box<dyn Stream<Item = Result<Message, axum::Error>> + Send>> {
     let every = (heartbeat / 2).max(Duration::from_millis(10));

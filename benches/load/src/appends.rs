@@ -158,6 +158,18 @@ async fn post_all(
     token: Option<String>,
     n: usize,
 ) -> anyhow::Result<f64> {
+    post_each(http, urls, token, n, |post, _| post).await
+}
+
+/// The same, each request also given what `extra` adds (its headers) for
+/// the client's `i`th append.
+pub(crate) async fn post_each(
+    http: &reqwest::Client,
+    urls: Vec<String>,
+    token: Option<String>,
+    n: usize,
+    extra: fn(reqwest::RequestBuilder, usize) -> reqwest::RequestBuilder,
+) -> anyhow::Result<f64> {
     let clients = urls.len();
     let each = n / clients;
     let started = Instant::now();
@@ -182,6 +194,7 @@ async fn post_all(
                 if let Some(token) = &token {
                     post = post.bearer_auth(token);
                 }
+                post = extra(post, i);
                 post.send().await?.error_for_status()?;
             }
             Ok::<_, anyhow::Error>(())

@@ -20,6 +20,7 @@ mod replay;
 mod resume;
 mod startup;
 mod storm;
+mod streams;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchScenario::Startup => startup::run(&args).await?,
         BenchScenario::Notify => notify::run(&args).await?,
         BenchScenario::Limiter => limiter::run(&args).await?,
+        BenchScenario::Streams => streams::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -406,6 +408,9 @@ pub enum BenchScenario {
     /// The per-address connect limiter under a storm from 50,000 addresses,
     /// against a bare locked map and the previous per-attempt sweep.
     Limiter,
+    /// Durable Streams: appends (plain, and as an idempotent producer) and
+    /// catch-up reads through the protocol beside the job API's.
+    Streams,
 }
 
 #[derive(Clone, Debug, Parser)]
@@ -435,7 +440,7 @@ pub struct BenchArgs {
     /// this program).
     #[arg(long)]
     pub rejoin: Option<PathBuf>,
-    /// For `appends` and `fanout`: how many times the relay and rejoin run,
+    /// For `appends`, `fanout` and `streams`: how many times each side runs,
     /// alternating, before the medians (default 3, 1 with --smoke).
     #[arg(long)]
     pub runs: Option<usize>,

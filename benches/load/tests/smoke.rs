@@ -133,3 +133,16 @@ async fn notify_smoke() {
         assert!(out.contains(line), "{out}");
     }
 }
+
+#[tokio::test]
+async fn streams_smoke() {
+    let out = bench("streams").await;
+    for line in [
+        "job API appends, 64 clients",
+        "stream appends, 64 clients",
+        "stream appends with a producer",
+        "catch-up read of",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+}
