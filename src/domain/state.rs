@@ -317,7 +317,7 @@ impl JobState {
     /// read back from the log when asked for.
     pub fn is_live(&self) -> bool {
         if let Some(stream) = &self.stream {
-            return !stream.deleted;
+            return stream.is_live();
         }
         if !self.exists() {
             return false;

@@ -272,6 +272,20 @@ impl StreamState {
         }
     }
 
+    /// Whether the server keeps the stream at hand: open for appends, or
+    /// waiting on a deadline (an expiry), or a fork (a source's deletion
+    /// counts its forks among the held streams), or retained for its forks.
+    /// A closed stream with none of these is read back from the log when
+    /// asked for, like a finished job.
+    pub fn is_live(&self) -> bool {
+        !self.deleted
+            && (!self.closed
+                || self.retained
+                || self.fork.is_some()
+                || self.ttl_secs.is_some()
+                || self.expires_at.is_some())
+    }
+
     /// When the stream expires, reads since `active_at` aside.
     pub fn expiry(&self, last_read: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
         if self.deleted || self.retained {

@@ -372,10 +372,12 @@ impl Engine {
         let mut command = command;
         let mut fork = None;
         if let StreamCommand::Delete { forks } = &mut command {
-            let table = self.table();
-            if let Some(s) = table.peek(id).and_then(|j| j.stream.as_ref()) {
-                *forks = table.forks_of(id, s.first_seq);
-                fork = s.fork.clone();
+            // A closed stream may not be held; its forks always are.
+            if let Some(s) = self.stream(id).await.map_err(store_error)? {
+                if let Some(s) = &s.stream {
+                    *forks = self.table().forks_of(id, s.first_seq);
+                    fork = s.fork.clone();
+                }
             }
         }
         let delete = matches!(command, StreamCommand::Delete { .. });
@@ -461,6 +463,10 @@ impl Engine {
     pub fn stats(&self) -> &WriterStats {
         &self.inner.stats
     }
+}
+
+fn store_error(e: StoreError) -> EngineError {
+    EngineError::Unavailable(e.to_string())
 }
 
 /// A job's state and connection history as of `now`, from one read of its
