@@ -452,3 +452,42 @@ async fn the_official_clients_follow_a_job_across_three_cuts() {
         "the followers reconnected: {resets} connections"
     );
 }
+
+/// Two nodes on one PostgreSQL log, no stickiness: what one node
+/// acknowledged, the other reads at once; a producer's retry on the other
+/// node is a duplicate; a deletion on one is seen by a `PUT` on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: REJOIN_TEST_POSTGRES_URL (.ci/run sets it)"]
+async fn any_node_reads_and_decides_what_another_acknowledged_on_postgres() {
+    let (_url, nodes) = common::spawn_nodes(2, &["--stream-auth", "none"]).await;
+    let (a, b) = (nodes[0].1, nodes[1].1);
+    let http = reqwest::Client::new();
+    let url = |node: std::net::SocketAddr| format!("http://{node}/v1/stream/shared");
+    let append = |node, seq: u64, body: &'static str| {
+        http.post(url(node))
+            .header("content-type", "text/plain")
+            .header("producer-id", "p")
+            .header("producer-epoch", "0")
+            .header("producer-seq", seq.to_string())
+            .body(body)
+            .send()
+    };
+    let res = http.put(url(a)).header("content-type", "text/plain").send();
+    assert_eq!(res.await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(append(a, 0, "one ").await.unwrap().status(), StatusCode::OK);
+    let read = |node| http.get(format!("{}?offset=-1", url(node))).send();
+    assert_eq!(read(b).await.unwrap().text().await.unwrap(), "one ");
+    // The retry lands on the other node: known there too.
+    assert_eq!(
+        append(b, 0, "one ").await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(append(b, 1, "two").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(read(a).await.unwrap().text().await.unwrap(), "one two");
+
+    let res = http.delete(url(a)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = http.put(url(b)).header("content-type", "text/plain").send();
+    assert_eq!(res.await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(read(a).await.unwrap().text().await.unwrap(), "");
+}

@@ -400,9 +400,16 @@ impl Engine {
         Ok(done)
     }
 
-    /// The stream with this id as the log has it (any incarnation, deleted
-    /// ones too), or `None` if there never was one.
+    /// The stream with this id as this node holds it (any incarnation,
+    /// deleted ones too), or `None` if there never was one. Writes start
+    /// from it: the writer decides them on the log's latest word.
     pub async fn stream(&self, id: JobId) -> Result<Option<Arc<JobState>>, StoreError> {
+        Ok(self.held(id).await?.filter(|s| s.stream.is_some()))
+    }
+
+    /// The same, and on a shared log brought up to the log's latest word:
+    /// what reads answer from.
+    pub async fn stream_latest(&self, id: JobId) -> Result<Option<Arc<JobState>>, StoreError> {
         let Some(held) = self.held(id).await? else {
             return Ok(None);
         };

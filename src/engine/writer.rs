@@ -261,8 +261,9 @@ impl Writer {
     /// log is the truth, memory a cache.
     async fn process(&self, mut requests: Vec<WriteRequest>) {
         const ATTEMPTS: usize = 8;
+        let mut caught_up = HashSet::new();
         for attempt in 1..=ATTEMPTS {
-            match self.try_batch(&mut requests).await {
+            match self.try_batch(&mut requests, &caught_up).await {
                 Ok(()) => return,
                 Err(touched) if attempt < ATTEMPTS => {
                     tracing::debug!(
@@ -273,6 +274,7 @@ impl Writer {
                     if let Err(e) = self.catch_up(&touched).await {
                         return self.refuse(requests, &e.to_string());
                     }
+                    caught_up.extend(touched);
                 }
                 Err(_) => {
                     return self.refuse(requests, "appends kept conflicting with other nodes'")
@@ -290,7 +292,11 @@ impl Writer {
 
     /// One attempt at a batch. `Err` carries the jobs it touched when the
     /// store refused it as conflicting (nothing was answered or applied).
-    async fn try_batch(&self, requests: &mut Vec<WriteRequest>) -> Result<(), HashSet<JobId>> {
+    async fn try_batch(
+        &self,
+        requests: &mut Vec<WriteRequest>,
+        caught_up: &HashSet<JobId>,
+    ) -> Result<(), HashSet<JobId>> {
         let prepared = match self.prepare(requests).await {
             Ok(p) => p,
             Err(e) => {
@@ -301,6 +307,26 @@ impl Writer {
         };
         let now = self.clock.now();
         let mut staged = stage(requests, prepared, now, &self.policy);
+        if self.store.shared() {
+            // A stream command that appends nothing (refused, a producer's
+            // duplicate, a stream found already there) may have been
+            // decided on a state another node has moved on from: it is
+            // decided again on the log's latest word, once. One that
+            // appends finds out by conflict below.
+            let stale: HashSet<JobId> = requests
+                .iter()
+                .zip(&staged.answers)
+                .filter(|(r, a)| {
+                    matches!(r.command, Command::Stream { .. })
+                        && !matches!(a, Ok(Pending::Appended(_)))
+                        && !caught_up.contains(&r.job_id)
+                })
+                .map(|(r, _)| r.job_id)
+                .collect();
+            if !stale.is_empty() {
+                return Err(stale);
+            }
+        }
         let committed = match self.commit(&staged).await {
             Ok(committed) => committed,
             Err(StoreError::Conflict(_)) => return Err(staged.touched),
@@ -325,15 +351,14 @@ impl Writer {
 
     /// Step 1: the state of every job the batch names and its keys' earlier
     /// answers. Jobs not held are read back from the log whole; on a shared
-    /// log, the jobs of attaches and the streams of stream commands are
-    /// first brought up to the log's latest word (their decisions read more
-    /// of the state than a seq; job appends find out by conflict, at no
-    /// cost otherwise).
+    /// log, the jobs of attaches are first brought up to the log's latest
+    /// word (appends find out by conflict, at no cost otherwise; a stream
+    /// command refused is decided again once caught up).
     async fn prepare(&self, requests: &[WriteRequest]) -> Result<Prepared, StoreError> {
         if self.store.shared() {
             let stale: HashSet<JobId> = requests
                 .iter()
-                .filter(|r| matches!(r.command, Command::Attach(_) | Command::Stream { .. }))
+                .filter(|r| matches!(r.command, Command::Attach(_)))
                 .map(|r| r.job_id)
                 .collect();
             if let Err(e) = self.catch_up(&stale).await {

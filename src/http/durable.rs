@@ -320,13 +320,22 @@ fn strict_integer(text: &str) -> Option<u64> {
     ok.then(|| text.parse().ok()).flatten()
 }
 
-/// The stream at `path` if it is there now (not deleted, not expired).
+/// The stream at `path` if it is there now (not deleted, not expired):
+/// for a read, as the log has it now (on a shared log other nodes may have
+/// written since); for a write, as this node holds it (the writer decides
+/// on the log's latest word).
 async fn open_stream(
     state: &AppState,
     path: &str,
+    read: bool,
 ) -> Result<(JobId, std::sync::Arc<JobState>), Refused> {
     let id = stream_id(path);
-    let held = state.engine.stream(id).await?.ok_or_else(not_found)?;
+    let held = if read {
+        state.engine.stream_latest(id).await?
+    } else {
+        state.engine.stream(id).await?
+    };
+    let held = held.ok_or_else(not_found)?;
     let stream = held.stream.as_ref().ok_or_else(not_found)?;
     if stream.retained {
         return Err(refusal(StreamRefusal::Retained));
@@ -396,7 +405,7 @@ async fn create(
             None,
         ),
         Some(source_path) => {
-            let (source_id, source) = match open_stream(state, source_path).await {
+            let (source_id, source) = match open_stream(state, source_path, true).await {
                 Ok(found) => found,
                 Err(r) if r.status == StatusCode::NOT_FOUND => {
                     return Err(Refused::new(
@@ -484,7 +493,7 @@ async fn create(
         other => other?,
     };
     let location = absolute_url(state, headers, path);
-    let (_, held) = open_stream(state, path).await?;
+    let (_, held) = open_stream(state, path, true).await?;
     let stream = of(&held);
     let status = match done {
         StreamDone::Existing => StatusCode::OK,
@@ -556,7 +565,7 @@ async fn append(
     if body.is_empty() && !close {
         return Err(bad("an append needs a body (or Stream-Closed: true)"));
     }
-    let (id, held) = open_stream(state, path).await?;
+    let (id, held) = open_stream(state, path, false).await?;
     let data = if body.is_empty() {
         None
     } else {
@@ -626,7 +635,7 @@ async fn append(
 }
 
 async fn current_tail(state: &AppState, id: JobId) -> String {
-    match state.engine.stream(id).await {
+    match state.engine.stream_latest(id).await {
         Ok(Some(held)) => held
             .stream
             .as_ref()
@@ -669,7 +678,7 @@ fn producer(headers: &HeaderMap) -> Result<Option<ProducerTuple>, Refused> {
 }
 
 async fn delete(state: &AppState, path: &str) -> Result<Response, Refused> {
-    let (id, _) = open_stream(state, path).await?;
+    let (id, _) = open_stream(state, path, false).await?;
     state
         .engine
         .stream_command(id, StreamCommand::Delete { forks: 0 })
@@ -678,7 +687,7 @@ async fn delete(state: &AppState, path: &str) -> Result<Response, Refused> {
 }
 
 async fn head(state: &AppState, path: &str) -> Result<Response, Refused> {
-    let (_, held) = open_stream(state, path).await?;
+    let (_, held) = open_stream(state, path, true).await?;
     let stream = of(&held);
     let mut response = StatusCode::OK.into_response();
     let h = response.headers_mut();
@@ -815,7 +824,7 @@ async fn read(
     if live.is_some() && q.offset.is_none() {
         return Err(bad("a live read needs an offset"));
     }
-    let (id, held) = open_stream(state, path).await?;
+    let (id, held) = open_stream(state, path, true).await?;
     state.engine.stream_read(id, &held);
     let stream = of(&held).clone();
     let json = is_json(&stream.content_type);
@@ -869,7 +878,11 @@ async fn read(
                     complete = done;
                 }
                 None => {
-                    let now = state.engine.stream(id).await?.ok_or_else(not_found)?;
+                    let now = state
+                        .engine
+                        .stream_latest(id)
+                        .await?
+                        .ok_or_else(not_found)?;
                     let s = of(&now);
                     let mut response = StatusCode::NO_CONTENT.into_response();
                     let h = response.headers_mut();
@@ -1060,7 +1073,11 @@ async fn wait_for_more(
     let mut head = state.engine.watch_head();
     let deadline = tokio::time::Instant::now() + state.settings.streams.long_poll;
     loop {
-        let now = state.engine.stream(id).await?.ok_or_else(not_found)?;
+        let now = state
+            .engine
+            .stream_latest(id)
+            .await?
+            .ok_or_else(not_found)?;
         match now.stream.as_ref() {
             Some(s) if s.deleted => return Err(not_found()),
             Some(s) if s.tail > tail || s.closed => return Ok(Some(now)),
@@ -1115,7 +1132,7 @@ fn sse(
         let mut head = state.engine.watch_head();
         let mut first = true;
         loop {
-            let Ok(Some(held)) = state.engine.stream(id).await else {
+            let Ok(Some(held)) = state.engine.stream_latest(id).await else {
                 break;
             };
             let Some(s) = held.stream.clone() else { break };
