@@ -126,6 +126,11 @@ struct Totals {
     sessions: usize,
     torn: usize,
     dropped_bytes: usize,
+    /// Stream appends acknowledged, and the in-flight ones retried after
+    /// the restart: appended then (not committed before) or duplicates.
+    stream_acked: usize,
+    retried_appended: usize,
+    retried_duplicate: usize,
 }
 
 /// One round against the running `server`: load, SIGKILL, restart, check.
@@ -314,12 +319,18 @@ async fn round(
             );
         }
         totals.acked += made.acked.len();
+        totals.stream_acked += made.acked.len();
         // Its in-flight append again: a duplicate if it was committed.
         if let Some(sent) = made.sent {
             let status = produce(&http, addr, &stream_path, p, sent).await.unwrap();
             let committed = mine.contains(&sent);
             let expected = if committed { 204 } else { 200 };
             assert_eq!(status, expected, "producer {p}'s retry of seq {sent}");
+            if committed {
+                totals.retried_duplicate += 1;
+            } else {
+                totals.retried_appended += 1;
+            }
         }
         if let Some(last) = made.acked.last() {
             let status = produce(&http, addr, &stream_path, p, *last).await.unwrap();
@@ -526,8 +537,14 @@ async fn rounds(crash: Crash, rounds: usize, stop_at_loss: bool) -> (Totals, Opt
 async fn no_acknowledged_event_is_lost_across_sigkills() {
     let (totals, _) = rounds(Crash::Kill, iterations(), false).await;
     println!(
-        "crash harness: {} SIGKILL rounds, {} acknowledged events checked, {} lost, {} sessions recorded 1012 and expired",
-        totals.rounds, totals.acked, totals.lost, totals.sessions
+        "crash harness: {} SIGKILL rounds, {} acknowledged events checked, {} lost, {} sessions recorded 1012 and expired; {} of them stream appends, in-flight retries {} appended and {} duplicates, none twice",
+        totals.rounds,
+        totals.acked,
+        totals.lost,
+        totals.sessions,
+        totals.stream_acked,
+        totals.retried_appended,
+        totals.retried_duplicate
     );
 }
 
@@ -547,7 +564,14 @@ async fn the_harness_catches_an_acknowledgement_before_commit() {
 async fn no_acknowledged_event_is_lost_when_the_unsynced_tail_is_torn() {
     let (totals, _) = rounds(Crash::PowerLoss, iterations(), false).await;
     println!(
-        "power loss (torn WAL tail): {} rounds, {} acknowledged events checked, {} lost; {} WALs cut past a valid commit, {} bytes of unsynced tail dropped in all",
-        totals.rounds, totals.acked, totals.lost, totals.torn, totals.dropped_bytes
+        "power loss (torn WAL tail): {} rounds, {} acknowledged events checked, {} lost; {} WALs cut past a valid commit, {} bytes of unsynced tail dropped in all; {} stream appends, in-flight retries {} appended and {} duplicates",
+        totals.rounds,
+        totals.acked,
+        totals.lost,
+        totals.torn,
+        totals.dropped_bytes,
+        totals.stream_acked,
+        totals.retried_appended,
+        totals.retried_duplicate
     );
 }
