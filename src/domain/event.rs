@@ -652,6 +652,39 @@ mod tests {
                 transport: Some("sse".into()),
             }),
             EventBody::GraceExpired(GraceExpired { grace_until: at }),
+            EventBody::StreamCreated(StreamCreated {
+                path: "/v1/stream/a".into(),
+                content_type: "application/json".into(),
+                ttl_secs: Some(60),
+                expires_at: None,
+                closed: false,
+                fork: Some(ForkOf {
+                    source_path: "/v1/stream/src".into(),
+                    source_id: Uuid::nil(),
+                    from_seq: 1,
+                    offset: "0000000000000003_0000000000000007".into(),
+                    through_seq: 3,
+                    sub_offset: Some(2),
+                }),
+                data: Some(StreamData::Json(vec![serde_json::json!({"k": 1})])),
+                offset: "0000000000000004_0000000000000008".into(),
+            }),
+            EventBody::StreamAppended(StreamAppended {
+                data: Some(StreamData::Bytes("aGk=".into())),
+                offset: "0000000000000005_0000000000000010".into(),
+                stream_seq: Some("a1".into()),
+                producer: Some(ProducerTuple {
+                    id: "p".into(),
+                    epoch: 1,
+                    seq: 4,
+                }),
+                closes: true,
+            }),
+            EventBody::StreamTouched(StreamTouched { at }),
+            EventBody::StreamDeleted(StreamDeleted {
+                expired: true,
+                retained: true,
+            }),
         ];
         for body in bodies {
             let payload = body.encode();

@@ -627,3 +627,200 @@ pub fn stream_id(path: &str) -> JobId {
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn create(ttl_secs: Option<u64>) -> StreamCommand {
+        StreamCommand::Create(CreateStream {
+            path: "/v1/stream/s".into(),
+            content_type: "text/plain".into(),
+            ttl_secs,
+            expires_at: None,
+            closed: false,
+            data: StreamData::from_body(false, b"abc", true).unwrap(),
+            fork: None,
+            fork_offset_given: false,
+        })
+    }
+
+    /// Decides `command` and folds what it appends; the stream after it.
+    fn run(
+        stream: &mut Option<StreamState>,
+        seq: &mut i64,
+        command: &StreamCommand,
+        now: DateTime<Utc>,
+    ) -> Result<StreamDecision, StreamRefusal> {
+        let decision = decide_stream(stream.as_ref(), *seq + 1, command, now, None)?;
+        if let StreamDecision::Append(bodies) = &decision {
+            for body in bodies {
+                *seq += 1;
+                StreamState::apply(stream, *seq, now, body);
+            }
+        }
+        Ok(decision)
+    }
+
+    fn append(producer: Option<(u64, u64)>, close: bool) -> StreamCommand {
+        StreamCommand::Append(AppendStream {
+            content_type: Some("text/plain; charset=utf-8".into()),
+            data: StreamData::from_body(false, b"de", false).unwrap(),
+            stream_seq: None,
+            producer: producer.map(|(epoch, seq)| ProducerTuple {
+                id: "p".into(),
+                epoch,
+                seq,
+            }),
+            close,
+        })
+    }
+
+    #[test]
+    fn offsets_print_as_they_sort_and_parse_back() {
+        let a = Offset { index: 2, size: 10 };
+        let b = Offset { index: 10, size: 3 };
+        assert!(a < b && a.to_string() < b.to_string());
+        assert_eq!(a.to_string(), "0000000000000002_0000000000000010");
+        assert_eq!(Offset::parse(&a.to_string()), Some(a));
+        for bad in ["-1", "now", "1_2", "x000000000000002_0000000000000010", ""] {
+            assert_eq!(Offset::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_json_body_flattens_one_level_and_an_empty_array_only_creates() {
+        let messages = |body: &str| match StreamData::from_body(true, body.as_bytes(), false) {
+            Ok(Some(StreamData::Json(m))) => m.len(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(messages(r#"{"a":1}"#), 1);
+        assert_eq!(messages(r#"[{"a":1},{"b":2}]"#), 2);
+        assert_eq!(messages("[[1,2],[3]]"), 2);
+        assert_eq!(messages("[[[1]]]"), 1);
+        assert_eq!(
+            StreamData::from_body(true, b"[]", false),
+            Err(BodyError::EmptyArray)
+        );
+        assert_eq!(StreamData::from_body(true, b"[]", true), Ok(None));
+        assert_eq!(
+            StreamData::from_body(true, b"{", false),
+            Err(BodyError::InvalidJson)
+        );
+    }
+
+    #[test]
+    fn appends_move_the_tail_by_one_index_and_their_size() {
+        let (mut s, mut seq) = (None, 0);
+        run(&mut s, &mut seq, &create(None), at(0)).unwrap();
+        let tail = s.as_ref().unwrap().tail;
+        assert_eq!(tail, Offset { index: 1, size: 3 });
+        run(&mut s, &mut seq, &append(None, false), at(1)).unwrap();
+        assert_eq!(s.as_ref().unwrap().tail, Offset { index: 2, size: 5 });
+        // The same PUT again changes nothing; another configuration is refused.
+        assert_eq!(
+            run(&mut s, &mut seq, &create(None), at(2)),
+            Ok(StreamDecision::AlreadyExists)
+        );
+        assert_eq!(
+            run(&mut s, &mut seq, &create(Some(5)), at(2)),
+            Err(StreamRefusal::ConfigMismatch)
+        );
+    }
+
+    #[test]
+    fn a_producer_is_fenced_deduplicated_and_kept_in_order() {
+        let (mut s, mut seq) = (None, 0);
+        run(&mut s, &mut seq, &create(None), at(0)).unwrap();
+        let mut go = |p| run(&mut s, &mut seq, &append(Some(p), false), at(1));
+        assert_eq!(
+            go((0, 1)),
+            Err(StreamRefusal::SeqGap {
+                expected: 0,
+                received: 1
+            })
+        );
+        assert!(matches!(go((0, 0)), Ok(StreamDecision::Append(_))));
+        assert_eq!(go((0, 0)), Ok(StreamDecision::Duplicate { seq: 0 }));
+        assert_eq!(go((1, 3)), Err(StreamRefusal::EpochSeq));
+        assert!(matches!(go((1, 0)), Ok(StreamDecision::Append(_))));
+        assert_eq!(go((0, 1)), Err(StreamRefusal::StaleEpoch { current: 1 }));
+    }
+
+    #[test]
+    fn a_closed_stream_takes_nothing_but_its_closers_retry() {
+        let (mut s, mut seq) = (None, 0);
+        run(&mut s, &mut seq, &create(None), at(0)).unwrap();
+        run(&mut s, &mut seq, &append(Some((0, 0)), true), at(1)).unwrap();
+        assert!(s.as_ref().unwrap().closed);
+        assert_eq!(
+            run(&mut s, &mut seq, &append(Some((0, 0)), true), at(2)),
+            Ok(StreamDecision::Duplicate { seq: 0 })
+        );
+        assert_eq!(
+            run(&mut s, &mut seq, &append(None, false), at(2)),
+            Err(StreamRefusal::Closed)
+        );
+        let close_only = StreamCommand::Append(AppendStream {
+            content_type: None,
+            data: None,
+            stream_seq: None,
+            producer: None,
+            close: true,
+        });
+        assert_eq!(
+            run(&mut s, &mut seq, &close_only, at(2)),
+            Ok(StreamDecision::Nothing)
+        );
+    }
+
+    #[test]
+    fn a_ttl_runs_from_the_last_write_and_a_read_moves_it_when_it_comes() {
+        let (mut s, mut seq) = (None, 0);
+        run(&mut s, &mut seq, &create(Some(10)), at(0)).unwrap();
+        let state = s.clone().unwrap();
+        assert_eq!(state.expiry(None), Some(at(10)));
+        assert!(state.is_open_at(at(9), None) && !state.is_open_at(at(10), None));
+        // The deadline comes; a read at +6 moved the window: recorded.
+        let moved = decide_stream(
+            Some(&state),
+            2,
+            &StreamCommand::Expire { forks: 0 },
+            at(10),
+            Some(at(6)),
+        );
+        assert!(matches!(
+            moved,
+            Ok(StreamDecision::Append(ref b)) if matches!(b[..], [EventBody::StreamTouched(_)])
+        ));
+        // Without one, it expires; with forks reading it, it is retained.
+        for (forks, retained) in [(0, false), (2, true)] {
+            let gone = decide_stream(
+                Some(&state),
+                2,
+                &StreamCommand::Expire { forks },
+                at(10),
+                None,
+            );
+            assert_eq!(
+                gone,
+                Ok(StreamDecision::Append(vec![EventBody::StreamDeleted(
+                    StreamDeleted {
+                        expired: true,
+                        retained
+                    }
+                )]))
+            );
+        }
+        // An expired stream's path takes a new stream.
+        let again = decide_stream(Some(&state), 2, &create(None), at(11), None).unwrap();
+        assert!(matches!(
+            again,
+            StreamDecision::Append(ref b) if matches!(b[..], [EventBody::StreamDeleted(_), EventBody::StreamCreated(_)])
+        ));
+    }
+}
