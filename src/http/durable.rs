@@ -1070,18 +1070,37 @@ async fn wait_for_more(
     id: JobId,
     tail: Offset,
 ) -> Result<Option<std::sync::Arc<JobState>>, Refused> {
-    let mut head = state.engine.watch_head();
-    let deadline = tokio::time::Instant::now() + state.settings.streams.long_poll;
-    loop {
+    long_poll(state, || async {
         let now = state
             .engine
             .stream_latest(id)
             .await?
             .ok_or_else(not_found)?;
         match now.stream.as_ref() {
-            Some(s) if s.deleted => return Err(not_found()),
-            Some(s) if s.tail > tail || s.closed => return Ok(Some(now)),
-            _ => {}
+            Some(s) if s.deleted => Err(not_found()),
+            Some(s) if s.tail > tail || s.closed => Ok(Some(now)),
+            _ => Ok(None),
+        }
+    })
+    .await
+}
+
+/// A long-poll: `check` each time the log's head moves, until it finds
+/// something (`Some`) or `--stream-long-poll-secs` pass (`None`), or the
+/// server stops.
+pub(super) async fn long_poll<T, F, Fut>(
+    state: &AppState,
+    mut check: F,
+) -> Result<Option<T>, Refused>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, Refused>>,
+{
+    let mut head = state.engine.watch_head();
+    let deadline = tokio::time::Instant::now() + state.settings.streams.long_poll;
+    loop {
+        if let Some(found) = check().await? {
+            return Ok(Some(found));
         }
         tokio::select! {
             changed = head.changed() => {

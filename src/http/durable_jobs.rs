@@ -28,8 +28,9 @@ use tokio_util::sync::PollSender;
 use uuid::Uuid;
 
 use super::durable::{
-    bad, bearer, control, cursor, etag, header_text, parse_start, read_query, set, sse_frame, Live,
-    Refused, Start, CLOSED, CURSOR, NEXT_OFFSET, READ_CHUNK_BYTES, SSE_LIFETIME, UP_TO_DATE,
+    bad, bearer, control, cursor, etag, header_text, long_poll, parse_start, read_query, set,
+    sse_frame, Live, Refused, Start, CLOSED, CURSOR, NEXT_OFFSET, READ_CHUNK_BYTES, SSE_LIFETIME,
+    UP_TO_DATE,
 };
 use super::request::ClientAddr;
 use super::upgrade::admit;
@@ -227,23 +228,15 @@ async fn wait_for_event(
     job_id: JobId,
     after: i64,
 ) -> Result<Option<std::sync::Arc<JobState>>, Refused> {
-    let mut head = state.engine.watch_head();
-    let deadline = tokio::time::Instant::now() + state.settings.streams.long_poll;
-    loop {
+    long_poll(state, || async {
         let job = state
             .engine
             .job(job_id)
             .await?
             .ok_or_else(|| Refused::new(StatusCode::NOT_FOUND, "stream not found"))?;
-        if job.last_seq > after || job.status.is_terminal() {
-            return Ok(Some(job));
-        }
-        tokio::select! {
-            changed = head.changed() => if changed.is_err() { return Ok(None) },
-            _ = tokio::time::sleep_until(deadline) => return Ok(None),
-            _ = state.shutdown.cancelled() => return Ok(None),
-        }
-    }
+        Ok((job.last_seq > after || job.status.is_terminal()).then_some(job))
+    })
+    .await
 }
 
 /// A frame of the reader's response, or its end.
