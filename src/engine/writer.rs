@@ -39,7 +39,7 @@ use crate::domain::{
     plan, Command, DomainError, Event, EventBody, JobId, JobState, Policy, Reply, SessionId,
     SessionPhase,
 };
-use crate::log::{for_each_job_event_after, EventRow, Log, StoreError};
+use crate::log::{for_each_job_event_after, EventRow, Log, Pages, StoreError};
 use crate::metrics::Metrics;
 
 /// How a request will be answered once the batch is committed.
@@ -218,6 +218,7 @@ impl Writer {
                 }
             };
             if n == 0 {
+                self.settle().await;
                 break;
             }
             self.stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
@@ -232,6 +233,40 @@ impl Writer {
             }
         }
         tracing::debug!("log writer stopped");
+    }
+
+    /// On a shared log, a stopping writer (its queue drained) reads the log
+    /// through its end itself, as the follower would (the follower stops
+    /// with it, maybe behind): the checkpoint written at shutdown then
+    /// covers everything committed before it, this node's last appends
+    /// included, and the next start folds nothing twice.
+    async fn settle(&self) {
+        let Some(own) = &self.own else { return };
+        let mut cursor = self.applied.load(Ordering::Relaxed);
+        loop {
+            let mut page = Pages::log(self.store.events.as_ref(), cursor);
+            match page.next().await {
+                Ok(Some(rows)) => {
+                    let through = page.cursor();
+                    let mine = own.take_through(through);
+                    let events = rows
+                        .iter()
+                        .filter(|r| !mine.contains(&r.position))
+                        .filter_map(|r| r.decode_stored().ok())
+                        .collect();
+                    self.absorb(events, through).await;
+                    if through <= cursor {
+                        return;
+                    }
+                    cursor = through;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the shared log at shutdown");
+                    return;
+                }
+            }
+        }
     }
 
     /// Hands a snapshot of the live jobs to the checkpoint task when one is
