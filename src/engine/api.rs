@@ -362,42 +362,35 @@ impl Engine {
         Pages::job(self.inner.store.events.as_ref(), job, after, through)
     }
 
-    /// A Durable Streams stream's command, decided by the writer.
+    /// A Durable Streams stream's command (a create or an append),
+    /// decided by the writer.
     pub async fn stream_command(
         &self,
         id: JobId,
         command: StreamCommand,
     ) -> Result<StreamDone, EngineError> {
         let last_read = self.inner.reads.last(id);
-        let mut command = command;
-        let mut fork = None;
-        if let StreamCommand::Delete { forks } = &mut command {
-            // A closed stream may not be held; its forks always are.
-            if let Some(s) = self.stream(id).await.map_err(store_error)? {
-                if let Some(s) = &s.stream {
-                    *forks = self.table().forks_of(id, s.first_seq);
-                    fork = s.fork.clone();
-                }
-            }
-        }
-        let delete = matches!(command, StreamCommand::Delete { .. });
-        let done = self
-            .inner
+        self.inner
             .queue
             .stream(id, Command::Stream { command, last_read })
-            .await?;
-        if delete {
-            self.inner.reads.forget(id);
-            let gone = self
-                .table()
-                .peek(id)
-                .and_then(|j| j.stream.as_ref())
-                .is_some_and(|s| s.deleted);
-            if gone {
-                jobs::release_sources(&self.inner.queue, &self.inner.jobs, fork).await?;
-            }
-        }
-        Ok(done)
+            .await
+    }
+
+    /// Deletes a stream (retained while streams fork it).
+    pub async fn delete_stream(&self, id: JobId) -> Result<StreamDone, EngineError> {
+        // A closed stream may not be held (its forks always are): read back.
+        self.stream(id)
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let delete = |forks| StreamCommand::Delete { forks };
+        jobs::end_stream(
+            &self.inner.queue,
+            &self.inner.jobs,
+            &self.inner.reads,
+            id,
+            delete,
+        )
+        .await
     }
 
     /// The stream with this id as this node holds it (any incarnation,
@@ -470,10 +463,6 @@ impl Engine {
     pub fn stats(&self) -> &WriterStats {
         &self.inner.stats
     }
-}
-
-fn store_error(e: StoreError) -> EngineError {
-    EngineError::Unavailable(e.to_string())
 }
 
 /// A job's state and connection history as of `now`, from one read of its

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::queue::{EngineError, Queue};
+use super::queue::{EngineError, Queue, StreamDone, StreamReads};
 use crate::domain::event::ForkOf;
 use crate::domain::stream::StreamCommand;
 use crate::domain::{Command, Event, JobId, JobState};
@@ -253,10 +253,45 @@ impl Lru {
     }
 }
 
+/// Ends a stream (`command` is its deletion or its expiry, given the
+/// number of streams that fork it, which keep it retained): once it is gone
+/// for good, its reads are forgotten and the sources it held are released
+/// up the chain. A stream not held is read back first.
+pub(super) async fn end_stream(
+    queue: &Queue,
+    jobs: &std::sync::Mutex<JobTable>,
+    reads: &StreamReads,
+    id: JobId,
+    command: impl FnOnce(usize) -> StreamCommand,
+) -> Result<StreamDone, EngineError> {
+    let lock = || jobs.lock().unwrap_or_else(|p| p.into_inner());
+    let (forks, fork) = {
+        let table = lock();
+        match table.peek(id).and_then(|j| j.stream.as_ref()) {
+            Some(s) => (table.forks_of(id, s.first_seq), s.fork.clone()),
+            None => (0, None),
+        }
+    };
+    let command = Command::Stream {
+        command: command(forks),
+        last_read: reads.last(id),
+    };
+    let done = queue.stream(id, command).await?;
+    let gone = lock()
+        .peek(id)
+        .and_then(|j| j.stream.as_ref())
+        .is_some_and(|s| s.deleted);
+    if gone {
+        reads.forget(id);
+        release_sources(queue, jobs, fork).await?;
+    }
+    Ok(done)
+}
+
 /// A fork ended (deleted or expired for good): its source, if retained
 /// only for its forks and now without one, is deleted for good, and so on
 /// up the chain.
-pub(super) async fn release_sources(
+async fn release_sources(
     queue: &Queue,
     jobs: &std::sync::Mutex<JobTable>,
     mut fork: Option<ForkOf>,

@@ -188,8 +188,9 @@ impl Queue {
 }
 
 /// The last read this node served of each stream: reads keep a stream's
-/// TTL alive without being events; the scheduler records them
-/// (`stream_touched`) only when the TTL would otherwise expire the stream.
+/// TTL alive without being an event each; they are recorded
+/// (`stream_touched`) once half the TTL has passed, or when the expiry
+/// comes and a read since has moved it.
 #[derive(Debug, Default)]
 pub struct StreamReads(
     std::sync::Mutex<std::collections::HashMap<JobId, chrono::DateTime<chrono::Utc>>>,

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::jobs::{release_sources, JobTable};
+use super::jobs::{end_stream, JobTable};
 use super::lease::Lease;
 use super::notify::Claimed;
 use super::queue::{EngineError, Queue, StreamReads};
@@ -65,28 +65,8 @@ impl Expiry {
             Due::Stall => Command::MarkStalled,
             Due::Timeout => Command::TimeOut,
             Due::StreamExpiry => {
-                let (forks, fork) = {
-                    let table = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-                    match table.peek(d.job_id).and_then(|j| j.stream.as_ref()) {
-                        Some(s) => (table.forks_of(d.job_id, s.first_seq), s.fork.clone()),
-                        None => return Ok(()),
-                    }
-                };
-                let command = Command::Stream {
-                    command: StreamCommand::Expire { forks },
-                    last_read: self.reads.last(d.job_id),
-                };
-                self.queue.execute(d.job_id, command).await?;
-                let gone = {
-                    let table = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-                    table
-                        .peek(d.job_id)
-                        .and_then(|j| j.stream.as_ref())
-                        .is_some_and(|s| s.deleted)
-                };
-                if gone {
-                    release_sources(&self.queue, &self.jobs, fork).await?;
-                }
+                let expire = |forks| StreamCommand::Expire { forks };
+                end_stream(&self.queue, &self.jobs, &self.reads, d.job_id, expire).await?;
                 return Ok(());
             }
             Due::Notify(for_seq) => {

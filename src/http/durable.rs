@@ -211,7 +211,6 @@ async fn dispatch(state: &AppState, req: Request) -> Result<Response, Refused> {
     }
     authorize(state, req.headers()).await?;
     let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
     match method {
@@ -223,7 +222,7 @@ async fn dispatch(state: &AppState, req: Request) -> Result<Response, Refused> {
             let body = read_body(state, body).await?;
             append(state, &path, &headers, body).await
         }
-        Method::GET => read(state, &path, &query, &headers).await,
+        Method::GET => read(state, &path, &parts.uri, &headers).await,
         Method::HEAD => head(state, &path).await,
         Method::DELETE => delete(state, &path).await,
         _ => Err(Refused::new(
@@ -679,10 +678,7 @@ fn producer(headers: &HeaderMap) -> Result<Option<ProducerTuple>, Refused> {
 
 async fn delete(state: &AppState, path: &str) -> Result<Response, Refused> {
     let (id, _) = open_stream(state, path, false).await?;
-    state
-        .engine
-        .stream_command(id, StreamCommand::Delete { forks: 0 })
-        .await?;
+    state.engine.delete_stream(id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -723,13 +719,16 @@ pub(super) struct ReadQuery {
     pub cursor: Option<String>,
 }
 
-pub(super) fn read_query(query: &str) -> Result<ReadQuery, Refused> {
+pub(super) fn read_query(uri: &axum::http::Uri) -> Result<ReadQuery, Refused> {
+    let axum::extract::Query(pairs) =
+        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+            .map_err(|e| bad(e.body_text()))?;
     let mut q = ReadQuery {
         offset: None,
         live: None,
         cursor: None,
     };
-    for (key, value) in url_pairs(query) {
+    for (key, value) in pairs {
         match key.as_str() {
             "offset" => {
                 if q.offset.is_some() {
@@ -743,49 +742,6 @@ pub(super) fn read_query(query: &str) -> Result<ReadQuery, Refused> {
         }
     }
     Ok(q)
-}
-
-fn url_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    Err(_) => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where a read starts.
@@ -815,10 +771,10 @@ struct Chunk {
 async fn read(
     state: &AppState,
     path: &str,
-    query: &str,
+    uri: &axum::http::Uri,
     headers: &HeaderMap,
 ) -> Result<Response, Refused> {
-    let q = read_query(query)?;
+    let q = read_query(uri)?;
     let start = parse_start(q.offset.as_deref())?;
     let live = Live::parse(q.live.as_deref())?;
     if live.is_some() && q.offset.is_none() {
@@ -835,7 +791,7 @@ async fn read(
             Start::At(o) => Some(o),
         };
         let base64 = !(json || media_type(&stream.content_type).starts_with("text/"));
-        return Ok(sse(state.clone(), id, base64, after, q.cursor));
+        return Ok(sse(state.clone(), id, (json, base64), after, q.cursor));
     }
     if matches!(start, Start::Now) && live.is_none() {
         let mut response =
@@ -1138,11 +1094,11 @@ pub(super) fn cursor(client: Option<&str>) -> String {
 fn sse(
     state: AppState,
     id: JobId,
-    base64: bool,
+    (json, base64): (bool, bool),
     after: Option<Offset>,
     client_cursor: Option<String>,
 ) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(16);
     let task_state = state.clone();
     state.tasks.spawn(async move {
         let state = task_state;
@@ -1158,8 +1114,6 @@ fn sse(
             if s.deleted {
                 break;
             }
-            let json = is_json(&s.content_type);
-            let base64 = !(json || media_type(&s.content_type).starts_with("text/"));
             let Ok((chunks, complete)) = collect(&state, id, &held, position).await else {
                 break;
             };
@@ -1182,7 +1136,7 @@ fn sse(
                     up_to_date && s.closed,
                     client_cursor.as_deref(),
                 ));
-                if tx.send(Bytes::from(frame)).await.is_err() {
+                if tx.send(Ok(Bytes::from(frame))).await.is_err() {
                     return;
                 }
                 sent_any = true;
@@ -1192,7 +1146,7 @@ fn sse(
             if at_tail && s.closed {
                 if !sent_any {
                     let _ = tx
-                        .send(Bytes::from(control(s.tail, true, true, None)))
+                        .send(Ok(Bytes::from(control(s.tail, true, true, None))))
                         .await;
                 }
                 return;
@@ -1204,7 +1158,7 @@ fn sse(
                     false,
                     client_cursor.as_deref(),
                 );
-                if tx.send(Bytes::from(frame)).await.is_err() {
+                if tx.send(Ok(Bytes::from(frame))).await.is_err() {
                     return;
                 }
             }
@@ -1227,7 +1181,7 @@ fn sse(
             }
         }
     });
-    let stream = tokio_stream_from(rx);
+    let stream = super::stream::receiver_stream(rx);
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
     set(h, header::CONTENT_TYPE.as_str(), "text/event-stream");
@@ -1236,12 +1190,6 @@ fn sse(
         set(h, SSE_ENCODING, "base64");
     }
     response
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|b| b.map(Ok)))
 }
 
 pub(super) fn sse_frame(event: &str, payload: &str) -> String {

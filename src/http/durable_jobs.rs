@@ -88,7 +88,7 @@ pub(super) async fn serve(state: &AppState, req: Request) -> Result<Response, Re
         }
         return Ok(response);
     }
-    let q = read_query(req.uri().query().unwrap_or(""))?;
+    let q = read_query(req.uri())?;
     let start = parse_start(q.offset.as_deref())?;
     let live = Live::parse(q.live.as_deref())?;
     if live.is_some() && q.offset.is_none() {

@@ -134,7 +134,7 @@ pub async fn stream(
         .tasks
         .spawn(socket::serve(sink, reads, state.engine.clone(), params));
 
-    let body = tokio_stream_from(events);
+    let body = receiver_stream(events);
     let mut res = Sse::new(body).into_response();
     let h = res.headers_mut();
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
@@ -219,10 +219,8 @@ pub(super) fn client_reads<T: Send + 'static>(
     ))
 }
 
-/// The receiver as a stream of body events.
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<Result<SseEvent, Infallible>>,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+/// The receiver as a stream (of a response body's events or bytes).
+pub(super) fn receiver_stream<T>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
