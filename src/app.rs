@@ -120,6 +120,14 @@ impl Application {
         } else {
             store
         };
+        #[cfg(feature = "test-switches")]
+        let store = match args.test_panic_on_payload.clone() {
+            Some(marker) => log::Log {
+                events: log::fault::PanicOn::wrap(store.events.clone(), marker),
+                ..store
+            },
+            None => store,
+        };
         let settings = EngineSettings {
             grace,
             node_lease,
@@ -269,8 +277,13 @@ impl Application {
         let app = http::router(state);
         let signalled = {
             let at = at.clone();
+            let engine = engine.clone();
             async move {
-                shutdown.await;
+                // A signal, or an essential task that stopped.
+                tokio::select! {
+                    () = shutdown => {}
+                    () = engine.died() => {}
+                }
                 at(Stage::Requests);
                 stopping.cancel();
                 // Upgraded sockets are not the connections' to wait for:
@@ -288,6 +301,8 @@ impl Application {
         tracing::info!("sockets closed; draining the log writer");
         at(Stage::Writer);
         engine_stop.cancel();
+        // A task's panic is caught where it runs and recorded in the
+        // engine's health; these only wait for each to end.
         tasks.scheduler.await.context("the scheduler panicked")?;
         tasks.writer.await.context("the log writer panicked")?;
         tasks.index.await.context("the job indexer panicked")?;
@@ -296,10 +311,15 @@ impl Application {
             .await
             .context("the checkpoint writer panicked")?;
         // The next start folds nothing: every event is in this checkpoint.
+        // Not after a task failed: the state in memory may be what failed,
+        // and the next start folds it again from the log.
         at(Stage::Checkpoint);
-        match engine.checkpoint_now().await {
-            Ok(h) => tracing::info!(position = h.position, jobs = h.jobs, "checkpoint written"),
-            Err(e) => tracing::warn!(error = %e, "cannot write the shutdown checkpoint"),
+        let failure = engine.failure();
+        if failure.is_none() {
+            match engine.checkpoint_now().await {
+                Ok(h) => tracing::info!(position = h.position, jobs = h.jobs, "checkpoint written"),
+                Err(e) => tracing::warn!(error = %e, "cannot write the shutdown checkpoint"),
+            }
         }
         at(Stage::Closing);
         if let Some(leases) = tasks.leases {
@@ -307,6 +327,9 @@ impl Application {
         }
         store.events.close().await;
         drop(owner);
+        if let Some(failure) = failure {
+            anyhow::bail!("{failure}; stopped (the next start rebuilds from the log)");
+        }
         tracing::info!("log flushed; bye");
         Ok(())
     }

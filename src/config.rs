@@ -354,6 +354,12 @@ pub struct ServeArgs {
     #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
     pub clock_skew_ms: i64,
 
+    /// Makes the log writer panic on an append whose payload contains this
+    /// text: a task's death, for tests (`test-switches` builds only).
+    #[cfg(feature = "test-switches")]
+    #[arg(long, hide = true)]
+    pub test_panic_on_payload: Option<String>,
+
     /// Demo mode: serve /demo, where anyone can start a simulated job and make
     /// the server drop its socket. Off by default; never for production.
     #[arg(long, env = "REJOIN_DEMO")]

@@ -101,6 +101,15 @@ struct Held {
     held: Option<Duration>,
 }
 
+/// The head of a job's creation with a service token and a body of `len`
+/// bytes to come.
+fn trickle_head(len: usize) -> String {
+    let token = common::token_for("service", None);
+    format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    )
+}
+
 /// Opens one flooding connection from `from` and holds it until the server
 /// closes it (or `PATIENCE` runs out).
 async fn flood_one(from: IpAddr, server: SocketAddr, kind: Kind) -> Held {
@@ -113,12 +122,14 @@ async fn flood_one(from: IpAddr, server: SocketAddr, kind: Kind) -> Held {
     let Ok(Ok(mut tcp)) = tokio::time::timeout(PATIENCE, socket.connect(server)).await else {
         return Held { kind, held: None };
     };
-    let head: &[u8] = match kind {
-        Kind::HalfHead => b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
-        Kind::IdleKeepAlive => b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
-        Kind::Trickle => b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+    // A trickler holds a valid token: without one it is answered 401 at
+    // once, its body never read.
+    let head = match kind {
+        Kind::HalfHead => "GET /healthz HTTP/1.1\r\nHost: x\r\n".to_owned(),
+        Kind::IdleKeepAlive => "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+        Kind::Trickle => trickle_head(1000),
     };
-    if tcp.write_all(head).await.is_err() {
+    if tcp.write_all(head.as_bytes()).await.is_err() {
         return Held { kind, held: None };
     }
     let mut since = Instant::now();
@@ -375,7 +386,7 @@ async fn the_per_address_cap_spares_trusted_proxies_which_get_their_own_idle_tim
     // A body that does not arrive in time: 408, and the connection closes.
     let answer = answered_until_closed(
         app.addr,
-        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{",
+        format!("{}{{", trickle_head(10)).as_bytes(),
         "closed after the body timeout",
     )
     .await;

@@ -118,9 +118,10 @@ pub struct Attach {
     pub node: Option<String>,
     /// `sse` for the Server-Sent Events stream; none for a WebSocket.
     pub transport: Option<String>,
-    /// A reader that always starts a session of its own, replaying from its
-    /// `lastSeq` (a Durable Streams reader): a reconnect never takes over
-    /// another watcher's session.
+    /// A reader that replays from its `lastSeq` in a session of its own (a
+    /// Durable Streams reader): it continues its subject's session of the
+    /// same transport that waits in its grace window (the reader reopening
+    /// its response), and never takes over another watcher's session.
     pub own_session: bool,
 }
 
@@ -204,6 +205,12 @@ pub enum DomainError {
     TooManyWatchers(usize),
     #[error(transparent)]
     Stream(#[from] StreamRefusal),
+    /// Jobs and streams share one id space: an id is one or the other.
+    #[error("this id belongs to a {0}, not a {1}")]
+    IdInUse(&'static str, &'static str),
+    /// The log holds an event of it this server cannot read.
+    #[error("the log holds an event of this job or stream that this server cannot read; it is set aside until the log is repaired (`rejoin verify` names the event)")]
+    Unreadable,
 }
 
 /// Decides what `command` appends to the job in `state` at time `now`.
@@ -216,6 +223,9 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Result<Decision, DomainError> {
     if let Command::Stream { command, last_read } = command {
+        if state.exists() {
+            return Err(DomainError::IdInUse("job", "stream"));
+        }
         let next_seq = state.head_seq + 1;
         return Ok(
             match decide_stream(state.stream.as_ref(), next_seq, command, now, *last_read)? {
@@ -235,6 +245,9 @@ pub fn decide(
         notify,
     } = command
     {
+        if state.stream.is_some() {
+            return Err(DomainError::IdInUse("stream", "job"));
+        }
         if state.exists() {
             return Ok(Decision::AlreadyExists);
         }
@@ -461,7 +474,18 @@ fn decide_attach(
         }
     }
     let epoch_matches = a.client_epoch.as_deref().is_none_or(|e| e == a.log_epoch);
-    let target = if a.reconnect && !a.own_session {
+    let target = if a.own_session {
+        // A Durable Streams reader reopening (the protocol closes its
+        // response every minute): it continues its own subject's session
+        // of the same transport waiting in its grace window, the most
+        // recent, rather than start a new one each time.
+        state.watchers.iter().rev().find(|s| {
+            matches!(s.phase, SessionPhase::Grace { .. })
+                && s.is_open_at(now)
+                && s.transport == a.transport
+                && s.sub.as_deref() == Some(a.sub.as_str())
+        })
+    } else if a.reconnect {
         state.resume_target(a.session_id, now)
     } else {
         None

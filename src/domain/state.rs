@@ -86,6 +86,10 @@ pub struct SessionState {
     /// `sse` while its connection is the Server-Sent Events stream.
     #[serde(default)]
     pub transport: Option<String>,
+    /// The token subject of its client (a Durable Streams reader that
+    /// reopens continues only a session of its own subject).
+    #[serde(default)]
+    pub sub: Option<String>,
 }
 
 impl SessionState {
@@ -95,6 +99,7 @@ impl SessionState {
             node,
             user_agent,
             transport,
+            sub,
             ..
         } = client.clone();
         SessionState {
@@ -107,6 +112,7 @@ impl SessionState {
             node,
             user_agent,
             transport,
+            sub: Some(sub),
         }
     }
 
@@ -137,7 +143,7 @@ pub struct ConnectionCounts {
 /// (derived snapshots of `JobState`s) carry it, and one written by another
 /// version is ignored: bump it whenever `apply` or the fields of the state
 /// change meaning. The views beside it have their own ([`VIEW_VERSION`]).
-pub const FOLD_VERSION: i32 = 6;
+pub const FOLD_VERSION: i32 = 7;
 
 /// A job as the log tells it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -278,7 +284,7 @@ impl JobState {
             return None;
         }
         let after = self.stall_after_secs.filter(|s| *s > 0)?;
-        Some(self.last_update? + chrono::Duration::seconds(after as i64))
+        super::stream::after_secs(self.last_update?, after)
     }
 
     /// When the job times out, if it is not finished by then.
@@ -287,7 +293,7 @@ impl JobState {
             return None;
         }
         let after = self.timeout_secs.filter(|s| *s > 0)?;
-        Some(self.created_at? + chrono::Duration::seconds(after as i64))
+        super::stream::after_secs(self.created_at?, after)
     }
 
     /// How many job events have `after < seq <= head_seq`.
@@ -432,6 +438,7 @@ impl JobState {
                         s.node.clone_from(&r.client.node);
                         s.user_agent.clone_from(&r.client.user_agent);
                         s.transport.clone_from(&r.client.transport);
+                        s.sub = Some(r.client.sub.clone());
                     }
                     _ => self.add_watcher(SessionState::start(id, at, &r.client)),
                 }

@@ -109,14 +109,12 @@ impl StreamData {
 
     /// Its first `n` bytes, or messages; `None` when it holds fewer.
     pub fn prefix(&self, n: u64) -> Option<StreamData> {
-        if n > self.size() {
-            return None;
-        }
+        let n = usize::try_from(n).ok()?;
         Some(match self {
             StreamData::Bytes(_) => StreamData::Bytes(
-                base64::engine::general_purpose::STANDARD.encode(&self.bytes()[..n as usize]),
+                base64::engine::general_purpose::STANDARD.encode(self.bytes().get(..n)?),
             ),
-            StreamData::Json(m) => StreamData::Json(m[..n as usize].to_vec()),
+            StreamData::Json(m) => StreamData::Json(m.get(..n)?.to_vec()),
         })
     }
 
@@ -167,7 +165,70 @@ impl StreamData {
 
 fn decoded_len(b64: &str) -> usize {
     let pad = b64.bytes().rev().take_while(|b| *b == b'=').count();
-    b64.len() / 4 * 3 - pad
+    (b64.len() / 4 * 3).saturating_sub(pad)
+}
+
+/// The longest lifetime a stream may be given, by `Stream-TTL` or by a
+/// `Stream-Expires-At` this far ahead: ten years (365-day years).
+pub const MAX_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Why a stream's lifetime is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LifetimeError {
+    #[error("Stream-TTL must be a whole number of seconds, without sign or leading zeros")]
+    TtlSyntax,
+    #[error("Stream-TTL must be at least 1 second")]
+    TtlZero,
+    #[error("Stream-TTL must be at most {MAX_LIFETIME_SECS} seconds (ten years)")]
+    TtlTooLong,
+    #[error("Stream-Expires-At must be an RFC 3339 timestamp")]
+    ExpiresSyntax,
+    #[error("Stream-Expires-At is not in the future")]
+    ExpiresPast,
+    #[error("Stream-Expires-At must be at most ten years ahead")]
+    ExpiresTooFar,
+}
+
+/// A `Stream-TTL` as given: a whole number of seconds, from 1 to
+/// [`MAX_LIFETIME_SECS`].
+pub fn parse_ttl(text: &str) -> Result<u64, LifetimeError> {
+    let digits = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    if !digits {
+        return Err(LifetimeError::TtlSyntax);
+    }
+    // More digits than any allowed value has: too long, whatever they say.
+    let secs = text.parse::<u64>().unwrap_or(u64::MAX);
+    match secs {
+        0 => Err(LifetimeError::TtlZero),
+        s if s > MAX_LIFETIME_SECS => Err(LifetimeError::TtlTooLong),
+        s => Ok(s),
+    }
+}
+
+/// A `Stream-Expires-At` as given: an RFC 3339 instant after `now` and at
+/// most [`MAX_LIFETIME_SECS`] ahead of it.
+pub fn parse_expires_at(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, LifetimeError> {
+    let at = DateTime::parse_from_rfc3339(text)
+        .map_err(|_| LifetimeError::ExpiresSyntax)?
+        .with_timezone(&Utc);
+    if at <= now {
+        return Err(LifetimeError::ExpiresPast);
+    }
+    let horizon = chrono::TimeDelta::try_seconds(MAX_LIFETIME_SECS as i64)
+        .and_then(|d| now.checked_add_signed(d));
+    if horizon.is_some_and(|h| at > h) {
+        return Err(LifetimeError::ExpiresTooFar);
+    }
+    Ok(at)
+}
+
+/// `from` plus `secs` seconds; `None` past the calendar's end (a lifetime
+/// that long never ends).
+pub fn after_secs(from: DateTime<Utc>, secs: u64) -> Option<DateTime<Utc>> {
+    let secs = i64::try_from(secs).ok()?;
+    from.checked_add_signed(chrono::TimeDelta::try_seconds(secs)?)
 }
 
 /// A producer's place: its epoch and the last seq accepted in it.
@@ -291,9 +352,11 @@ impl StreamState {
         if self.deleted || self.retained {
             return None;
         }
-        let ttl = self.ttl_secs.map(|t| {
+        // A lifetime past the calendar's end (only an older version could
+        // have accepted one) never ends.
+        let ttl = self.ttl_secs.and_then(|t| {
             let from = last_read.map_or(self.active_at, |r| r.max(self.active_at));
-            from + chrono::Duration::seconds(t.min(i64::MAX as u64 / 2_000) as i64)
+            after_secs(from, t)
         });
         match (ttl, self.expires_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -320,7 +383,8 @@ impl StreamState {
     /// incarnation's first event, past a fork's branching point (the fork
     /// keeps its source's offsets for the data it holds).
     pub fn index_of(&self, seq: i64) -> u64 {
-        self.start().index + (seq - self.first_seq + 1).max(0) as u64
+        let own = seq.saturating_sub(self.first_seq).saturating_add(1).max(0) as u64;
+        self.start().index.saturating_add(own)
     }
 
     /// The seq after which the stream's own events lie beyond `offset`

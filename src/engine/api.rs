@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::checkpoint::{self, Snapshot};
-use super::hub::{self, Hub, Registration};
+use super::hub::{self, Hub, Registration, Wakeups};
 use super::jobs::{self, load_job, JobTable};
 use super::lease::Lease;
 use super::membership;
 use super::queue::{
-    Appended, Attached, Closes, Created, EngineError, Queue, StreamDone, StreamReads, WriterStats,
+    Appended, Attached, Closes, Created, EngineError, Health, Queue, StreamDone, StreamReads,
+    WriterStats,
 };
 use super::settings::{JobOptions, Startup};
 use super::writer;
@@ -61,6 +62,10 @@ pub(super) struct Inner {
     pub(super) startup: Startup,
     /// The last read served of each stream (reads keep a TTL alive).
     pub(super) reads: Arc<StreamReads>,
+    /// Whether every essential task still runs.
+    pub(super) health: Arc<Health>,
+    /// The long-lived readers of each job and stream.
+    pub(super) wakeups: Arc<Wakeups>,
 }
 
 impl Engine {
@@ -177,6 +182,12 @@ impl Engine {
     /// Follows the position of the last committed event.
     pub fn watch_head(&self) -> watch::Receiver<i64> {
         self.inner.head.clone()
+    }
+
+    /// Follows the position of the last committed event of one job or
+    /// stream: what a long-lived reader of it waits on.
+    pub fn watch(&self, id: JobId) -> watch::Receiver<i64> {
+        self.inner.wakeups.watch(id)
     }
 
     /// The job's state and connection history as of now, folded from its
@@ -335,7 +346,18 @@ impl Engine {
     /// Whether this node may take sockets: always on a log of one; on a
     /// shared log, while it holds its lease.
     pub fn serving(&self) -> bool {
-        self.inner.lease.holds()
+        self.inner.lease.holds() && self.inner.health.failure().is_none()
+    }
+
+    /// The essential task that stopped, if one has: the node is not ready
+    /// and is stopping.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.health.failure()
+    }
+
+    /// Resolves when an essential task has stopped.
+    pub async fn died(&self) {
+        self.inner.health.died().cancelled().await
     }
 
     /// This node's id on a shared log, while it holds a lease.
@@ -434,10 +456,10 @@ impl Engine {
         let Some(s) = &state.stream else { return };
         let Some(ttl) = s.ttl_secs else { return };
         let half = chrono::Duration::milliseconds((ttl.min(i64::MAX as u64 / 1000) as i64) * 500);
-        if now - s.active_at < half {
+        if now - s.active_at < half || !self.inner.reads.begin_touch(id) {
             return;
         }
-        let queue = self.inner.queue.clone();
+        let (queue, reads) = (self.inner.queue.clone(), self.inner.reads.clone());
         tokio::spawn(async move {
             let command = Command::Stream {
                 command: StreamCommand::Touch { at: now },
@@ -446,6 +468,7 @@ impl Engine {
             if let Err(e) = queue.stream(id, command).await {
                 tracing::debug!(error = %e, "a stream's read could not be recorded");
             }
+            reads.end_touch(id);
         });
     }
 

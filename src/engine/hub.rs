@@ -216,3 +216,61 @@ impl Hub {
         self.len() == 0
     }
 }
+
+/// Wakes the long-lived readers of one job or stream (long-polls, stream
+/// SSE readers) when an event of it commits: a commit elsewhere wakes none
+/// of them, so an idle reader costs nothing per commit.
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    watched: Mutex<HashMap<JobId, tokio::sync::watch::Sender<i64>>>,
+    /// Subscriptions since the last sweep of ids nobody watches any more.
+    since_sweep: std::sync::atomic::AtomicUsize,
+}
+
+/// Subscriptions between two sweeps of the ids nobody watches.
+const SWEEP_EVERY: usize = 1024;
+
+impl Wakeups {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, tokio::sync::watch::Sender<i64>>> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows the position of `id`'s last committed event (from now on:
+    /// subscribe before reading the state it guards, and a commit in
+    /// between is not missed).
+    pub fn watch(&self, id: JobId) -> tokio::sync::watch::Receiver<i64> {
+        let mut watched = self.lock();
+        if self
+            .since_sweep
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            >= SWEEP_EVERY
+        {
+            self.since_sweep
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            watched.retain(|_, tx| tx.receiver_count() > 0);
+        }
+        match watched.get(&id) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = tokio::sync::watch::channel(0);
+                watched.insert(id, tx);
+                rx
+            }
+        }
+    }
+
+    /// Wakes the readers of each id these committed events belong to.
+    pub fn wake(&self, committed: &[Arc<Event>]) {
+        let mut watched = self.lock();
+        if watched.is_empty() {
+            return;
+        }
+        for event in committed {
+            if let Some(tx) = watched.get(&event.job_id) {
+                if tx.send(event.position).is_err() {
+                    watched.remove(&event.job_id);
+                }
+            }
+        }
+    }
+}

@@ -99,6 +99,13 @@ impl JobTable {
         }
     }
 
+    /// Lets go of the job, wherever it is held.
+    pub fn remove(&mut self, id: JobId) {
+        self.live.remove(&id);
+        self.cache.remove(id);
+        self.loading.remove(&id);
+    }
+
     /// Applies an event read from the log (another node's, or the tail after
     /// a checkpoint) to its held job, in seq order. A job's first event makes
     /// it held.

@@ -11,6 +11,40 @@ use crate::domain::close;
 use crate::domain::decide::AttachPlan;
 use crate::domain::{Command, DomainError, Event, JobId, JobState, SessionId};
 
+/// Whether the engine's essential tasks (writer, scheduler, checkpoints,
+/// index, follower, lease keeper, notifier) all still run. The first to stop
+/// other than at shutdown is named here for good, and `died` fires: the
+/// process stops and exits non-zero, so its supervisor starts it again from
+/// the log, the one source of truth. No task is restarted in place: the
+/// state in memory it shared may be what made it fail.
+#[derive(Debug, Default)]
+pub struct Health {
+    failures: std::sync::Mutex<Vec<String>>,
+    died: tokio_util::sync::CancellationToken,
+}
+
+impl Health {
+    /// Records that a task stopped (a task that outlived the one that
+    /// failed may stop with it: each is named, in order).
+    pub fn fail(&self, what: String) {
+        tracing::error!(failure = %what, "an essential task stopped: not ready, and stopping so that the supervisor restarts the server from the log");
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.push(what);
+        self.died.cancel();
+    }
+
+    /// What stopped, if anything has.
+    pub fn failure(&self) -> Option<String> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        (!failures.is_empty()).then(|| failures.join("; "))
+    }
+
+    /// Fires when a task has stopped.
+    pub fn died(&self) -> tokio_util::sync::CancellationToken {
+        self.died.clone()
+    }
+}
+
 /// A socket attached to a job: how to serve it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attached {
@@ -192,25 +226,39 @@ impl Queue {
 /// (`stream_touched`) once half the TTL has passed, or when the expiry
 /// comes and a read since has moved it.
 #[derive(Debug, Default)]
-pub struct StreamReads(
-    std::sync::Mutex<std::collections::HashMap<JobId, chrono::DateTime<chrono::Utc>>>,
-);
+pub struct StreamReads {
+    last: std::sync::Mutex<std::collections::HashMap<JobId, chrono::DateTime<chrono::Utc>>>,
+    /// Streams whose read is being recorded in the log now: one touch at
+    /// a time per stream, however many readers come.
+    touching: std::sync::Mutex<std::collections::HashSet<JobId>>,
+}
 
 impl StreamReads {
     pub fn record(&self, id: JobId, at: chrono::DateTime<chrono::Utc>) {
-        let mut reads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reads = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let last = reads.entry(id).or_insert(at);
         *last = (*last).max(at);
     }
 
     pub fn last(&self, id: JobId) -> Option<chrono::DateTime<chrono::Utc>> {
-        let reads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let reads = self.last.lock().unwrap_or_else(|p| p.into_inner());
         reads.get(&id).copied()
     }
 
     pub fn forget(&self, id: JobId) {
-        let mut reads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reads = self.last.lock().unwrap_or_else(|p| p.into_inner());
         reads.remove(&id);
+    }
+
+    /// Claims the stream's touch: `false` if one is in flight already.
+    pub fn begin_touch(&self, id: JobId) -> bool {
+        let mut touching = self.touching.lock().unwrap_or_else(|p| p.into_inner());
+        touching.insert(id)
+    }
+
+    pub fn end_touch(&self, id: JobId) {
+        let mut touching = self.touching.lock().unwrap_or_else(|p| p.into_inner());
+        touching.remove(&id);
     }
 }
 

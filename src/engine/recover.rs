@@ -8,14 +8,50 @@
 //! which case the job is read back from the log whole. Finished jobs leave
 //! the live set as they finish, so memory stays bounded by live work even
 //! while the whole log is folded.
+//!
+//! An event that cannot be read (a payload this version cannot decode,
+//! written by another version or by a bug) or whose fold fails puts its one
+//! job or stream aside: it is not held, its later events are skipped, the
+//! server log names it, and every request for it is refused until the log
+//! is repaired; everything else is served. A start is never stopped by one
+//! unit's events.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use super::checkpoint;
 use super::jobs::{load_job, JobTable, Logged};
 use crate::domain::{Event, EventBody, JobId};
-use crate::log::{for_each_event, CheckpointHeader, Log, StoreError};
+use crate::log::{for_each_row, CheckpointHeader, Log, StoreError};
+
+/// Puts the job or stream stored under `id` aside: not held, named in the
+/// server's log.
+fn put_aside(
+    table: &mut JobTable,
+    aside: &mut HashMap<String, SetAside>,
+    id: &str,
+    position: i64,
+    problem: String,
+) {
+    if let Ok(id) = id.parse::<JobId>() {
+        table.remove(id);
+    }
+    tracing::error!(
+        job = %id,
+        position,
+        %problem,
+        "an event cannot be folded: its job or stream is set aside (refused until the log is repaired; `rejoin verify` names it), everything else is served"
+    );
+    aside.insert(
+        id.to_owned(),
+        SetAside {
+            id: id.to_owned(),
+            position,
+            problem,
+        },
+    );
+}
 
 /// What start-up rebuilt.
 #[derive(Debug)]
@@ -29,6 +65,18 @@ pub struct Recovered {
     pub checkpoint: Option<CheckpointHeader>,
     /// Why newer checkpoints were ignored.
     pub ignored: Vec<String>,
+    /// The jobs and streams put aside: the id as stored, and why.
+    pub set_aside: Vec<SetAside>,
+}
+
+/// A job or stream whose events could not be folded.
+#[derive(Clone, Debug)]
+pub struct SetAside {
+    /// The id as the log stores it (it may not even be a UUID).
+    pub id: String,
+    /// The position of the event that could not be read or folded.
+    pub position: i64,
+    pub problem: String,
 }
 
 /// Whether applying `event` left its job to be read back from the log whole:
@@ -87,24 +135,55 @@ pub async fn recover(
     };
     let mut position = from;
     let mut folded = 0u64;
-    for_each_event(store.events.as_ref(), from, |_, event| {
-        position = event.position;
+    let mut aside: HashMap<String, SetAside> = HashMap::new();
+    for_each_row(store.events.as_ref(), from, |row| {
+        position = row.position;
         folded += 1;
-        if needs_reload(table.apply_logged(&event), &event) {
-            to_load.insert(event.job_id);
+        if aside.contains_key(&row.job_id) {
+            return Ok(());
+        }
+        let event = match row.decode() {
+            Ok(event) => event,
+            Err(e) => {
+                let problem = format!("it cannot be decoded: {e}");
+                put_aside(&mut table, &mut aside, &row.job_id, row.position, problem);
+                return Ok(());
+            }
+        };
+        match catch_unwind(AssertUnwindSafe(|| table.apply_logged(&event))) {
+            Ok(logged) if needs_reload(logged, &event) => {
+                to_load.insert(event.job_id);
+            }
+            Ok(_) => {}
+            Err(_) => put_aside(
+                &mut table,
+                &mut aside,
+                &row.job_id,
+                row.position,
+                "folding it failed".into(),
+            ),
         }
         Ok(())
     })
     .await?;
     for id in to_load {
-        table.put(std::sync::Arc::new(
-            load_job(store.events.as_ref(), id).await?,
-        ));
+        if aside.contains_key(&id.to_string()) {
+            continue;
+        }
+        match load_job(store.events.as_ref(), id).await {
+            Ok(job) => table.put(std::sync::Arc::new(job)),
+            Err(StoreError::Corrupt { position, source }) => {
+                let problem = format!("it cannot be decoded: {source}");
+                put_aside(&mut table, &mut aside, &id.to_string(), position, problem);
+            }
+            Err(e) => return Err(e),
+        }
     }
     tracing::info!(
         checkpoint = header.as_ref().map(|h| h.position),
         events = folded,
         live = table.live_count(),
+        set_aside = aside.len(),
         cached = table.cached_count(),
         seconds = started.elapsed().as_secs_f64(),
         "state rebuilt from the log"
@@ -115,5 +194,6 @@ pub async fn recover(
         folded,
         checkpoint: header,
         ignored,
+        set_aside: aside.into_values().collect(),
     })
 }

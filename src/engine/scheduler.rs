@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -145,6 +146,9 @@ impl Deadlines {
     }
 }
 
+/// The most deadlines decided at once.
+const DECIDE_BATCH: usize = 1024;
+
 /// Retry delay when the log cannot be written.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -195,21 +199,34 @@ pub(super) async fn run(
             _ = clock_set(settings.as_mut()) => {}
             _ = sleep_or_forever(wait) => {
                 let now = expiry.clock.now();
-                while let Some(d) = deadlines.first().filter(|d| d.at <= now) {
-                    if !expiry.lease.holds() {
-                        // Fenced: another node decides it, or this one once
-                        // it holds a lease again.
+                if !expiry.lease.holds() {
+                    // Fenced: another node decides them, or this one once
+                    // it holds a lease again.
+                    if let Some(d) = deadlines.first().filter(|d| d.at <= now) {
                         deadlines.take_first();
                         deadlines.retry(d, now + RETRY);
-                        break;
                     }
+                    continue;
+                }
+                // Up to a batch of what is due, decided together: the
+                // writer commits them as one group, and a crowd of
+                // deadlines at one instant holds nothing else back for
+                // long (the loop comes back for the rest at once).
+                let mut due = Vec::new();
+                while due.len() < DECIDE_BATCH {
+                    let Some(d) = deadlines.first().filter(|d| d.at <= now) else {
+                        break;
+                    };
                     deadlines.take_first();
-                    match expiry.decide(&d).await {
+                    due.push(d);
+                }
+                let outcomes = join_all(due.iter().map(|d| expiry.decide(d))).await;
+                for (d, outcome) in due.into_iter().zip(outcomes) {
+                    match outcome {
                         Ok(_) => {}
                         Err(EngineError::Unavailable(e)) => {
                             tracing::warn!(error = %e, job = %d.job_id, "cannot decide a deadline yet; retrying");
                             deadlines.retry(d, now + RETRY);
-                            break;
                         }
                         Err(e) => tracing::warn!(error = %e, job = %d.job_id, "deadline refused"),
                     }

@@ -2,8 +2,12 @@
 //! log after it, and the tasks that keep it (writer, scheduler, checkpoints,
 //! job index, and on a shared log the follower and the lease keeper).
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use futures_util::FutureExt as _;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -11,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{Engine, Inner};
 use super::checkpoint::{self, Snapshot};
-use super::hub::Hub;
+use super::hub::{Hub, Wakeups};
 use super::jobs::JobTable;
 use super::lease::Lease;
-use super::queue::{Closes, Queue, StreamReads, WriteRequest, WriterStats};
+use super::queue::{Closes, Health, Queue, StreamReads, WriteRequest, WriterStats};
 use super::settings::{EngineSettings, Startup};
 use super::writer::{CheckpointPolicy, Writer};
 use super::{index, membership, notify, recover, scheduler};
@@ -158,6 +162,8 @@ impl Engine {
                 shared_clock,
                 startup,
                 reads: Arc::new(StreamReads::default()),
+                health: Arc::new(Health::default()),
+                wakeups: Arc::new(Wakeups::default()),
             }),
         };
         (
@@ -181,11 +187,13 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> EngineTasks {
         let inner = &self.inner;
+        let health = &inner.health;
         let (deadline_tx, deadline_rx) = mpsc::unbounded_channel();
         let (checkpoint_tx, checkpoint_rx) = mpsc::channel(1);
         let writer = Writer {
             metrics: inner.metrics.clone(),
             head: wiring.head,
+            wakeups: inner.wakeups.clone(),
             store: inner.store.clone(),
             jobs: inner.jobs.clone(),
             applied: inner.applied.clone(),
@@ -206,13 +214,18 @@ impl Engine {
         let absorb = inner.store.members.clone().zip(own).map(|(members, own)| {
             let (absorb_tx, absorb_rx) = mpsc::channel(64);
             let from = inner.applied.load(Ordering::Relaxed);
-            tokio::spawn(membership::follow(
-                inner.store.events.clone(),
-                members,
-                from,
-                (absorb_tx, own),
-                shutdown.clone(),
-            ));
+            supervised(
+                health,
+                &shutdown,
+                "shared log's follower",
+                membership::follow(
+                    inner.store.events.clone(),
+                    members,
+                    from,
+                    (absorb_tx, own),
+                    shutdown.clone(),
+                ),
+            );
             absorb_rx
         });
         if inner.startup.checkpoint.is_none() || inner.startup.folded > 0 {
@@ -224,8 +237,18 @@ impl Engine {
             every: settings.checkpoint_every,
             tx: checkpoint_tx,
         };
-        let writer = tokio::spawn(writer.run(wiring.requests, absorb, policy, shutdown.clone()));
-        let checkpoints = tokio::spawn(self.clone().write_checkpoints(checkpoint_rx));
+        let writer = supervised(
+            health,
+            &shutdown,
+            "log writer",
+            writer.run(wiring.requests, absorb, policy, shutdown.clone()),
+        );
+        let checkpoints = supervised(
+            health,
+            &shutdown,
+            "checkpoint writer",
+            self.clone().write_checkpoints(checkpoint_rx),
+        );
         let notifier = settings.webhook.clone().map(|endpoint| {
             let (tx, rx) = mpsc::unbounded_channel();
             let claim = notify::claim_for(&endpoint);
@@ -235,43 +258,59 @@ impl Engine {
                 endpoint,
                 clock: inner.clock.clone(),
             };
-            tokio::spawn(notifier.run(rx, shutdown.clone()));
+            supervised(
+                health,
+                &shutdown,
+                "webhook notifier",
+                notifier.run(rx, shutdown.clone()),
+            );
             scheduler::Claims { claim, tx }
         });
-        let scheduler = tokio::spawn(scheduler::run(
-            scheduler::Expiry {
-                queue: inner.queue.clone(),
-                clock: inner.clock.clone(),
-                decided: wiring.decided,
-                lease: inner.lease.clone(),
-                notifier,
-                reads: inner.reads.clone(),
-                jobs: inner.jobs.clone(),
-            },
-            waiting,
-            deadline_rx,
-            shutdown.clone(),
-        ));
-        let index = tokio::spawn(index::run(
-            inner.store.clone(),
-            inner.head.clone(),
-            shutdown.clone(),
-        ));
+        let scheduler = supervised(
+            health,
+            &shutdown,
+            "scheduler",
+            scheduler::run(
+                scheduler::Expiry {
+                    queue: inner.queue.clone(),
+                    clock: inner.clock.clone(),
+                    decided: wiring.decided,
+                    lease: inner.lease.clone(),
+                    notifier,
+                    reads: inner.reads.clone(),
+                    jobs: inner.jobs.clone(),
+                },
+                waiting,
+                deadline_rx,
+                shutdown.clone(),
+            ),
+        );
+        let index = supervised(
+            health,
+            &shutdown,
+            "job indexer",
+            index::run(inner.store.clone(), inner.head.clone(), shutdown.clone()),
+        );
         let leases = inner.store.members.clone().zip(inner.shared_clock.clone());
         let leases = leases.map(|(members, clock)| {
-            tokio::spawn(membership::keep_lease(
-                membership::Member {
-                    members,
-                    lease: inner.lease.clone(),
-                    jobs: inner.jobs.clone(),
-                    hub: inner.hub.clone(),
-                    closes: inner.closes.clone(),
-                    metrics: inner.metrics.clone(),
-                },
-                clock,
-                settings.node_lease,
-                shutdown,
-            ))
+            supervised(
+                health,
+                &shutdown,
+                "lease keeper",
+                membership::keep_lease(
+                    membership::Member {
+                        members,
+                        lease: inner.lease.clone(),
+                        jobs: inner.jobs.clone(),
+                        hub: inner.hub.clone(),
+                        closes: inner.closes.clone(),
+                        metrics: inner.metrics.clone(),
+                    },
+                    clock,
+                    settings.node_lease,
+                    shutdown.clone(),
+                ),
+            )
         });
         EngineTasks {
             writer,
@@ -309,6 +348,33 @@ impl Engine {
             }
         }
     }
+}
+
+/// Spawns one of the engine's essential tasks, watched: a task that panics,
+/// or ends while the engine is not shutting down, is recorded in `health`
+/// (the node stops being ready and the process stops).
+fn supervised(
+    health: &Arc<Health>,
+    shutdown: &CancellationToken,
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let (health, shutdown) = (health.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let why = match AssertUnwindSafe(task).catch_unwind().await {
+            Ok(()) if shutdown.is_cancelled() => return,
+            Ok(()) => "it ended while the server was running".to_owned(),
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                format!("it panicked: {text}")
+            }
+        };
+        health.fail(format!("the {name} stopped: {why}"));
+    })
 }
 
 /// The scheduler's first deadlines: every live job's (sessions waiting in

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::Snapshot;
-use super::hub::{CloseReason, Hub, Registration};
+use super::hub::{CloseReason, Hub, Registration, Wakeups};
 use super::jobs::{load_job, Held, JobTable, Logged};
 use super::lease::Lease;
 use super::queue::{
@@ -127,6 +127,8 @@ pub(crate) struct Writer {
     pub metrics: Arc<Metrics>,
     /// The position of the last committed event, for the live tails.
     pub head: watch::Sender<i64>,
+    /// The long-lived readers of each job and stream, woken by its commits.
+    pub wakeups: Arc<Wakeups>,
     /// Every event up to this position is applied (what a checkpoint covers).
     pub applied: Arc<AtomicI64>,
     pub max_batch: usize,
@@ -421,7 +423,16 @@ impl Writer {
         }
         for id in &missing {
             self.metrics.observe_job_loaded();
-            jobs.insert(*id, load_job(self.store.events.as_ref(), *id).await?);
+            match load_job(self.store.events.as_ref(), *id).await {
+                Ok(job) => {
+                    jobs.insert(*id, job);
+                }
+                // Its requests are refused; the rest of the batch goes on.
+                Err(StoreError::Corrupt { position, source }) => {
+                    tracing::warn!(job = %id, position, problem = %source, "a request for a job or stream set aside is refused");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut keys: HashMap<JobId, Vec<&str>> = HashMap::new();
         for req in requests {
@@ -680,6 +691,7 @@ impl Writer {
     /// that were live before this batch. `own`: appended by this node
     /// (counted in its metrics).
     fn publish(&self, committed: &[Arc<Event>], own: bool) {
+        self.wakeups.wake(committed);
         if let Some(last) = committed.last() {
             self.head.send_if_modified(|head| {
                 let moved = last.position > *head;
@@ -774,9 +786,12 @@ fn stage(
         answers: Vec::with_capacity(requests.len()),
     };
     for req in requests {
-        let state = states
-            .get_mut(&req.job_id)
-            .expect("prepare reads every job the batch names");
+        // Prepare reads every job the batch names; one it could not read
+        // (put aside at start-up) is refused, not decided.
+        let Some(state) = states.get_mut(&req.job_id) else {
+            staged.answers.push(Err(DomainError::Unreadable));
+            continue;
+        };
         let prior = match &req.command {
             Command::AppendJobEvent {
                 idempotency_key: Some(k),

@@ -114,6 +114,7 @@ impl Connections {
     /// the limit; or why there is none (`PerAddress` or `AtCapacity`).
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Arc<Slot>, ConnectionEnd> {
         let counted = !self.proxies.contains(ip);
+        let ip = super::rate::peer(ip);
         let shed = CancellationToken::new();
         let mut inner = self.lock();
         if counted && inner.per_address.get(&ip).copied().unwrap_or(0) >= self.limits.per_address {
@@ -432,10 +433,12 @@ impl http_body::Body for Guarded {
     }
 }
 
-/// Reads a request's body whole within the body timeout, so a body that
-/// trickles in cannot hold a connection: past it, 408 `request_timeout` and
-/// the connection closes. Bodies over the size limit get 413 as they would
-/// from any handler.
+/// Bounds a request's body in time and size without reading it first: the
+/// handler reads it when it needs it (after the token is checked, so a
+/// request without a valid token is answered at once, its body unread).
+/// A body that trickles in past the body timeout cannot hold a connection:
+/// 408 `request_timeout`, and the connection closes; one over the size
+/// limit gets 413 and the connection closes too.
 pub async fn body_deadline(
     State(connections): State<Arc<Connections>>,
     req: Request,
@@ -456,25 +459,88 @@ pub async fn body_deadline(
     } else {
         connections.limits.max_body_bytes
     };
-    match tokio::time::timeout(limit, axum::body::to_bytes(body, most)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-        Ok(Err(_)) => {
-            let mut res = ApiError::PayloadTooLarge(most).into_response();
-            close_after(&mut res);
-            res
-        }
-        Err(_) => {
+    let ended = Arc::new(Mutex::new(None));
+    let body = Body::new(Bounded {
+        body,
+        deadline: Box::pin(tokio::time::sleep(limit)),
+        left: most,
+        ended: ended.clone(),
+    });
+    let res = next.run(Request::from_parts(parts, body)).await;
+    let end = *ended.lock().unwrap_or_else(|p| p.into_inner());
+    let mut res = match end {
+        None => return res,
+        Some(BodyEnd::TooLarge) => ApiError::PayloadTooLarge(most).into_response(),
+        Some(BodyEnd::TimedOut) => {
             connections
                 .engine
                 .metrics()
                 .observe_connection_end(ConnectionEnd::BodyTimeout);
-            let mut res = ApiError::RequestTimeout(limit.as_secs_f64()).into_response();
-            close_after(&mut res);
-            res
+            ApiError::RequestTimeout(limit.as_secs_f64()).into_response()
         }
+    };
+    close_after(&mut res);
+    res
+}
+
+/// Why a request body was cut short.
+#[derive(Clone, Copy, Debug)]
+enum BodyEnd {
+    TooLarge,
+    TimedOut,
+}
+
+/// A request body read within a deadline and a size; past either it ends
+/// in an error, and says which.
+struct Bounded {
+    body: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    left: usize,
+    ended: Arc<Mutex<Option<BodyEnd>>>,
+}
+
+impl Bounded {
+    fn end(&self, why: BodyEnd) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        let text = match why {
+            BodyEnd::TooLarge => "the body is over the size limit",
+            BodyEnd::TimedOut => "the body did not arrive in time",
+        };
+        Poll::Ready(Some(Err(axum::Error::new(text))))
+    }
+}
+
+impl http_body::Body for Bounded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let size = frame.data_ref().map_or(0, Bytes::len);
+                if size > self.left {
+                    return self.end(BodyEnd::TooLarge);
+                }
+                self.left -= size;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => self.end(BodyEnd::TimedOut),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -26,8 +26,8 @@ use super::AppState;
 use crate::auth::Role;
 use crate::domain::event::{ForkOf, ProducerTuple, StreamData};
 use crate::domain::stream::{
-    is_json, media_type, stream_id, AppendStream, BodyError, CreateStream, Offset, StreamCommand,
-    StreamRefusal, StreamState,
+    is_json, media_type, parse_expires_at, parse_ttl, stream_id, AppendStream, BodyError,
+    CreateStream, LifetimeError, Offset, StreamCommand, StreamRefusal, StreamState,
 };
 use crate::domain::{DomainError, EventBody, JobId, JobState};
 use crate::engine::{EngineError, StreamDone};
@@ -62,6 +62,10 @@ const SSE_ENCODING: &str = "stream-sse-data-encoding";
 /// The largest body a catch-up read answers with; the rest follows from
 /// its `Stream-Next-Offset`.
 pub(super) const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// How deep forks of forks may nest: a read of the deepest reads every
+/// stream above it.
+pub(super) const MAX_FORK_DEPTH: usize = 64;
 
 /// How long an SSE response stays open before the server closes it (the
 /// client reconnects from its last offset; proxies can collapse readers).
@@ -143,6 +147,13 @@ impl From<EngineError> for Refused {
 
 impl From<crate::log::StoreError> for Refused {
     fn from(e: crate::log::StoreError) -> Self {
+        if let crate::log::StoreError::Corrupt { .. } = e {
+            tracing::error!(error = %e, "a stream read reached an event that cannot be decoded");
+            return Refused::new(
+                StatusCode::CONFLICT,
+                format!("{e}: the stream is set aside until the log is repaired"),
+            );
+        }
         tracing::warn!(error = %e, "stream read failed");
         Refused::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -173,6 +184,10 @@ fn refusal(r: StreamRefusal) -> Refused {
 
 /// Every answer carries the browser security and CORS headers.
 async fn serve(State(state): State<AppState>, req: Request) -> Response {
+    let origin = allowed_origin(
+        &state.upgrade.allowed_origins,
+        req.headers().get(header::ORIGIN),
+    );
     let mut response = match dispatch(&state, req).await {
         Ok(r) => r,
         Err(r) => r.into_response(),
@@ -186,19 +201,43 @@ async fn serve(State(state): State<AppState>, req: Request) -> Response {
         "cross-origin-resource-policy",
         HeaderValue::from_static("cross-origin"),
     );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    // An origin outside `--allowed-origins` (or none, from a client that
+    // is not a browser) gets no CORS headers: a browser shows its page
+    // nothing.
+    let Some(origin) = origin else {
+        headers.remove(header::ACCESS_CONTROL_ALLOW_METHODS);
+        headers.remove(header::ACCESS_CONTROL_ALLOW_HEADERS);
+        headers.remove(header::ACCESS_CONTROL_MAX_AGE);
+        return response;
+    };
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(
             "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, \
-             Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, \
-             ETag, Content-Type, Location",
+             Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, \
+             Producer-Expected-Seq, Producer-Received-Seq, ETag, Content-Type, Location, \
+             Retry-After",
         ),
     );
     response
+}
+
+/// The `Access-Control-Allow-Origin` a stream answer carries: `*` without
+/// `--allowed-origins` (streams are read with bearer tokens, never cookies)
+/// or when it lists `*`; otherwise the request's origin if listed, and
+/// nothing if not.
+fn allowed_origin(allowed: &[String], origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+    if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+        return Some(HeaderValue::from_static("*"));
+    }
+    let origin = origin?;
+    let text = origin.to_str().ok()?;
+    allowed
+        .iter()
+        .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(text))
+        .then(|| origin.clone())
 }
 
 async fn dispatch(state: &AppState, req: Request) -> Result<Response, Refused> {
@@ -282,13 +321,7 @@ pub(super) async fn bearer(
         Refused::new(StatusCode::UNAUTHORIZED, message)
             .with("www-authenticate", r#"Bearer realm="rejoin""#)
     };
-    let token = header_text(headers, header::AUTHORIZATION.as_str())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    let token = super::extract::bearer_token(headers)
         .ok_or_else(|| unauthorized(format!("{what} need `Authorization: Bearer <token>`")))?;
     state
         .auth
@@ -367,15 +400,10 @@ async fn create(
         return Err(bad("give Stream-TTL or Stream-Expires-At, not both"));
     }
     let mut expires_at = expires.map(str::to_owned);
-    let mut ttl_secs = match ttl {
-        Some(t) => Some(strict_integer(t).ok_or_else(|| {
-            bad("Stream-TTL must be a whole number of seconds, without sign or leading zeros")
-        })?),
-        None => None,
-    };
+    let lifetime = |e: LifetimeError| bad(e.to_string());
+    let mut ttl_secs = ttl.map(parse_ttl).transpose().map_err(lifetime)?;
     if let Some(e) = expires {
-        chrono::DateTime::parse_from_rfc3339(e)
-            .map_err(|_| bad("Stream-Expires-At must be an RFC 3339 timestamp"))?;
+        parse_expires_at(e, state.engine.now()).map_err(lifetime)?;
     }
     let closed = header_text(headers, CLOSED).is_some_and(|c| c.eq_ignore_ascii_case("true"));
     let fork_offset = header_text(headers, FORK_OFFSET);
@@ -421,6 +449,19 @@ async fn create(
                 Err(r) => return Err(r),
             };
             let src = of(&source);
+            // A read of a fork reads its sources first: chains are bounded.
+            let mut depth = 1;
+            let mut up = src.fork.as_ref().map(|f| f.source_id);
+            while let Some(source) = up {
+                depth += 1;
+                if depth > MAX_FORK_DEPTH {
+                    return Err(bad(format!(
+                        "forks nest at most {MAX_FORK_DEPTH} deep: fork a stream nearer its origin"
+                    )));
+                }
+                let held = state.engine.stream(source).await?;
+                up = held.and_then(|h| h.stream.as_ref()?.fork.as_ref().map(|f| f.source_id));
+            }
             if let Some(t) = &given_type {
                 if media_type(t) != media_type(&src.content_type) {
                     return Err(Refused::new(
@@ -791,6 +832,9 @@ async fn read(
             Start::At(o) => Some(o),
         };
         let base64 = !(json || media_type(&stream.content_type).starts_with("text/"));
+        // A live reader holds one of the places sockets hold.
+        super::upgrade::admit_capacity(state)
+            .map_err(|e| Refused::new(e.status_code(), e.to_string()))?;
         return Ok(sse(state.clone(), id, (json, base64), after, q.cursor));
     }
     if matches!(start, Start::Now) && live.is_none() {
@@ -1026,7 +1070,7 @@ async fn wait_for_more(
     id: JobId,
     tail: Offset,
 ) -> Result<Option<std::sync::Arc<JobState>>, Refused> {
-    long_poll(state, || async {
+    long_poll(state, id, || async {
         let now = state
             .engine
             .stream_latest(id)
@@ -1041,18 +1085,22 @@ async fn wait_for_more(
     .await
 }
 
-/// A long-poll: `check` each time the log's head moves, until it finds
+/// A long-poll: `check` each time an event of `id` commits, until it finds
 /// something (`Some`) or `--stream-long-poll-secs` pass (`None`), or the
-/// server stops.
+/// server stops. It counts among the long-lived readers while it waits.
 pub(super) async fn long_poll<T, F, Fut>(
     state: &AppState,
+    id: JobId,
     mut check: F,
 ) -> Result<Option<T>, Refused>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, Refused>>,
 {
-    let mut head = state.engine.watch_head();
+    super::upgrade::admit_capacity(state)
+        .map_err(|e| Refused::new(e.status_code(), e.to_string()))?;
+    let _counted = state.tasks.token();
+    let mut head = state.engine.watch(id);
     let deadline = tokio::time::Instant::now() + state.settings.streams.long_poll;
     loop {
         if let Some(found) = check().await? {
@@ -1104,7 +1152,7 @@ fn sse(
         let state = task_state;
         let ended = tokio::time::Instant::now() + SSE_LIFETIME;
         let mut position = after;
-        let mut head = state.engine.watch_head();
+        let mut head = state.engine.watch(id);
         let mut first = true;
         loop {
             let Ok(Some(held)) = state.engine.stream_latest(id).await else {

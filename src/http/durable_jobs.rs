@@ -4,7 +4,8 @@
 //! WebSocket sends, closed when the job ends. A Durable Streams client
 //! follows a job by offsets and sees its end as the end of the stream.
 //!
-//! Offsets are the events' seqs (`SSSSSSSSSSSSSSSS_SSSSSSSSSSSSSSSS`).
+//! Offsets are the events' seqs (`SSSSSSSSSSSSSSSS_SSSSSSSSSSSSSSSS`, or a
+//! plain seq such as `3` when a client writes one).
 //! Reading needs the job's client token or a service or support token, as
 //! a bearer header, whatever `--stream-auth` says. A reader over SSE is a
 //! session of the job like a socket's: recorded `reconnected` (a session of
@@ -57,6 +58,14 @@ fn offset(seq: i64) -> Offset {
     }
 }
 
+/// An offset written as a plain seq (`3`): digits, at most sixteen.
+fn plain_seq(text: &str) -> Option<i64> {
+    if text.is_empty() || text.len() > 16 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 pub(super) async fn serve(state: &AppState, req: Request) -> Result<Response, Refused> {
     let path = req.uri().path().to_owned();
     let job_id = path
@@ -89,7 +98,12 @@ pub(super) async fn serve(state: &AppState, req: Request) -> Result<Response, Re
         return Ok(response);
     }
     let q = read_query(req.uri())?;
-    let start = parse_start(q.offset.as_deref())?;
+    // A job stream's offsets are its events' seqs: a plain seq is taken
+    // too, as well as the protocol's form this server gives out.
+    let start = match q.offset.as_deref().and_then(plain_seq) {
+        Some(seq) => Start::At(offset(seq)),
+        None => parse_start(q.offset.as_deref())?,
+    };
     let live = Live::parse(q.live.as_deref())?;
     if live.is_some() && q.offset.is_none() {
         return Err(bad("a live read needs an offset"));
@@ -228,7 +242,7 @@ async fn wait_for_event(
     job_id: JobId,
     after: i64,
 ) -> Result<Option<std::sync::Arc<JobState>>, Refused> {
-    long_poll(state, || async {
+    long_poll(state, job_id, || async {
         let job = state
             .engine
             .job(job_id)

@@ -163,6 +163,14 @@ impl From<DomainError> for ApiError {
                 code: "invalid_event",
                 message,
             },
+            DomainError::Unreadable => ApiError::Conflict {
+                code: "unreadable",
+                message: e.to_string(),
+            },
+            DomainError::IdInUse(..) => ApiError::Conflict {
+                code: "id_in_use",
+                message: e.to_string(),
+            },
             // The stream routes answer these in the protocol's own terms.
             DomainError::Stream(refusal) => ApiError::Conflict {
                 code: "stream_refused",
@@ -185,7 +193,14 @@ impl From<EngineError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Corrupt { .. } => ApiError::Internal(e.to_string()),
+            // The one job or stream whose events these are is set aside.
+            StoreError::Corrupt { .. } => {
+                tracing::error!(error = %e, "a read reached an event that cannot be decoded");
+                ApiError::Conflict {
+                    code: "unreadable",
+                    message: format!("{e}: it is set aside until the log is repaired"),
+                }
+            }
             other => ApiError::Unavailable(other.to_string()),
         }
     }

@@ -43,20 +43,24 @@ impl Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in
+/// any case), if the request has one: the one reading of it for every
+/// route.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or(AuthError::Missing)?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        if !parts.headers.contains_key(AUTHORIZATION) {
+            return Err(AuthError::Missing.into());
+        }
+        let token = bearer_token(&parts.headers)
             .ok_or_else(|| AuthError::Invalid("expected `Authorization: Bearer <token>`".into()))?;
         Ok(Caller(state.auth.verify(token).await?))
     }

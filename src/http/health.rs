@@ -24,14 +24,21 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The log's database answers and, on a shared log, this node holds its
-/// lease (a node that lost it is not ready until it has taken a new one).
+/// The log's database answers, every task of the engine runs (a writer,
+/// scheduler or follower that stopped makes the node unready at once, and
+/// the process stops) and, on a shared log, this node holds its lease (a
+/// node that lost it is not ready until it has taken a new one).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "The database answers: `{status, backend, epoch, node}`", body = Object),
-        (status = 503, description = "The database does not answer, or this node does not hold its lease", body = super::ErrorBody),
+        (status = 503, description = "The database does not answer, an engine task stopped, or this node does not hold its lease", body = super::ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if let Some(failure) = state.engine.failure() {
+        return Err(ApiError::Unavailable(format!(
+            "{failure}; the server is stopping"
+        )));
+    }
     state.store.events.ping().await?;
     if !state.engine.serving() {
         return Err(ApiError::Unavailable(crate::engine::NOT_SERVING.into()));

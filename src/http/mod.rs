@@ -202,13 +202,15 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(upgrade::router())
         .merge(stream::router())
-        .merge(durable::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     if let Some(cors) = cors(&state.upgrade.allowed_origins) {
         app = app.layer(cors);
     }
-    app.layer(DefaultBodyLimit::max(max_body))
+    // Durable Streams answer their own preflights, with every method and
+    // header their protocol uses (`durable::serve`).
+    app.merge(durable::router())
+        .layer(DefaultBodyLimit::max(max_body))
         // A body that trickles in cannot hold its connection.
         .layer(axum::middleware::from_fn_with_state(
             connections,

@@ -17,6 +17,23 @@ use std::time::{Duration, Instant};
 /// `burst / per_sec`; the defaults take 5 s).
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
+/// The peer an address counts as, for every per-address limit: an IPv4
+/// address itself; an IPv6 address by its /64, the block one subscriber (a
+/// phone, a home) is given, which it may rotate through at will. An
+/// IPv4-mapped IPv6 address counts as its IPv4 address.
+pub fn peer(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+    }
+}
+
 /// How often the server sweeps idle buckets.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -46,7 +63,7 @@ impl ConnectRate {
             return Ok(());
         }
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, at) = buckets.entry(ip).or_insert((self.burst, now));
+        let (tokens, at) = buckets.entry(peer(ip)).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
@@ -79,6 +96,15 @@ impl ConnectRate {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let p = |s: &str| super::peer(s.parse().unwrap());
+        assert_eq!(p("2001:db8:1:2::1"), p("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_ne!(p("2001:db8:1:2::1"), p("2001:db8:1:3::1"));
+        assert_eq!(p("::ffff:192.0.2.7"), p("192.0.2.7"));
+        assert_ne!(p("192.0.2.7"), p("192.0.2.8"));
+    }
+
     use super::*;
 
     #[test]

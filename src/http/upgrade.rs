@@ -204,6 +204,12 @@ pub(super) fn admit(state: &AppState, client: IpAddr) -> Result<(), ApiError> {
             wait.as_secs_f64().ceil().max(1.0) as u64
         ));
     }
+    admit_capacity(state)
+}
+
+/// The connection limit alone: every long-lived reader (socket, SSE reader,
+/// long-poll) holds one of `--max-connections` places.
+pub(super) fn admit_capacity(state: &AppState) -> Result<(), ApiError> {
     if state.tasks.len() >= state.upgrade.max_connections {
         let refused = state.engine.metrics().observe_refused_at_capacity();
         if state.capacity_warning.now() {
@@ -256,10 +262,7 @@ pub(super) async fn check(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = super::extract::bearer_token(headers);
     let token = query
         .get(param::TOKEN)
         .map(String::as_str)

@@ -10,6 +10,8 @@
 //! unique `(job_id, seq)` is the last line of defence against two writers.
 
 pub mod chain;
+#[cfg(feature = "test-switches")]
+pub mod fault;
 pub mod job_index;
 pub mod owner;
 pub mod pages;
@@ -353,12 +355,23 @@ pub async fn for_each_event(
     after: i64,
     mut visit: impl FnMut(&EventRow, Event) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
+    for_each_row(store, after, |row| visit(row, row.decode_stored()?)).await
+}
+
+/// Visits every row after position `after`, in order, undecoded: the
+/// caller decides what a row that cannot be decoded means. The next page
+/// is read while this one is visited.
+pub async fn for_each_row(
+    store: &dyn EventLog,
+    after: i64,
+    mut visit: impl FnMut(&EventRow) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let mut pages = Pages::log(store, after);
     let mut rows = pages.next().await?;
     while let Some(page) = rows {
         let work = async {
             for row in &page {
-                visit(row, row.decode_stored()?)?;
+                visit(row)?;
             }
             Ok::<(), StoreError>(())
         };

@@ -5,8 +5,9 @@
 //! catch-up, replays to sockets, the read APIs, the live tail, `verify`,
 //! `replay`). The policy for a row that cannot be decoded is the same
 //! everywhere: [`Pages::next_events`] fails with [`StoreError::Corrupt`]
-//! naming its position, and the caller surfaces it (a start refuses to start,
-//! an HTTP read answers 500 and logs it, a socket's replay closes with 1011,
+//! naming its position, and the caller surfaces it (a start puts that one
+//! job or stream aside and serves the rest, an HTTP read answers 409
+//! `unreadable` and logs it, a socket's replay closes with 1011,
 //! `verify` and `replay` report it, the live tail ends with an `error`
 //! event). Raw readers that copy payloads without decoding them (the event
 //! pages, NDJSON, the tail) fail only on a payload that is not JSON. The one
