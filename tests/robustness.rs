@@ -499,3 +499,67 @@ async fn a_job_stream_reads_from_a_plain_seq_as_its_docs_say() {
     let read: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(read, vec![seqs[2]]);
 }
+
+/// Opens a job's SSE stream from `offset` and reads until it is up to date.
+async fn sse_up_to_date(app: &TestApp, job: Uuid, token: &str, offset: &str) -> reqwest::Response {
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/stream/jobs/{job}?offset={offset}&live=sse")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res
+}
+
+async fn read_until(res: &mut reqwest::Response, what: &str) -> String {
+    let mut text = String::new();
+    tokio::time::timeout(PATIENCE, async {
+        while !text.contains(what) {
+            let chunk = res.chunk().await.unwrap().expect("more of the stream");
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await
+    .expect("the stream says it");
+    text
+}
+
+#[tokio::test]
+async fn a_job_sse_reader_that_reopens_within_grace_continues_its_session() {
+    let app = spawn_with(&[]).await;
+    let job = app.create_job().await;
+    app.progress(job, 10.0).await;
+    let token = app.token(rejoin::auth::Role::Client, Some(job));
+    let mut res = sse_up_to_date(&app, job, &token, "-1").await;
+    let text = read_until(&mut res, "upToDate").await;
+    let offset = text
+        .split("\"streamNextOffset\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    drop(res);
+    let first = app
+        .wait_for_job(job, "the reader's session waits in its grace window", |j| {
+            j["watchers"][0]["state"] == "grace"
+        })
+        .await;
+    let session = first["watchers"][0]["sessionId"].clone();
+
+    // The reader reopens from the offset it was given (as the protocol's
+    // clients do every minute): the same session, one watcher.
+    let mut res = sse_up_to_date(&app, job, &token, &offset).await;
+    read_until(&mut res, "upToDate").await;
+    let state = app
+        .wait_for_job(job, "the reader is connected again", |j| {
+            j["watchers"][0]["state"] == "connected"
+        })
+        .await;
+    let watchers = state["watchers"].as_array().unwrap();
+    assert_eq!(watchers.len(), 1, "{state}");
+    assert_eq!(watchers[0]["sessionId"], session);
+    app.progress(job, 20.0).await;
+    read_until(&mut res, "20").await;
+}
