@@ -59,7 +59,7 @@ fn fill(dir: &Path) -> PathBuf {
 }
 
 #[tokio::test]
-#[ignore = "needs root, to mount a small tmpfs (CI runs as root)"]
+#[ignore = "mounts a 2 MiB tmpfs, so it needs root: `cargo test -- --ignored faults::` as root (.ci/run does)"]
 async fn a_full_disk_answers_503_keeps_serving_reads_and_recovers_when_space_returns() {
     let disk = SmallDisk::mount("2m").expect("this test needs root, to mount a tmpfs");
     let dir = Arc::new(tempfile::tempdir_in(&disk.path).unwrap());

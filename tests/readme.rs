@@ -41,19 +41,24 @@ fn walkthrough() -> Vec<String> {
 }
 
 /// The `"key":value` pairs a comment shows in full (a value with `…` in it
-/// is elided), one list per `{…}` in the comment.
+/// is elided; a nested object or array is compared whole), one list per
+/// top-level `{…}` in the comment.
 fn documented(comment: &str) -> Vec<Vec<(String, Value)>> {
     let mut objects = Vec::new();
-    for part in comment.split("{\"").skip(1) {
+    let mut rest = comment;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = balanced(&rest[start..]) else {
+            break;
+        };
+        let inner = &rest[start + 1..start + len - 1];
         let mut pairs = Vec::new();
-        for field in part.split(",\"") {
+        for field in top_level_fields(inner) {
             let Some((key, value)) = field.split_once("\":") else {
                 continue;
             };
-            let key = key.trim_start_matches('"');
-            let value = value.trim_end_matches(['}', ' ', ')']);
-            let value = value.split_whitespace().next().unwrap_or_default();
-            if value.contains('…') || value.starts_with('{') || key.contains('…') {
+            let key = key.trim().trim_start_matches('"');
+            let value = value.trim();
+            if value.contains('…') || key.contains('…') {
                 continue;
             }
             if let Ok(v) = serde_json::from_str::<Value>(value) {
@@ -61,8 +66,54 @@ fn documented(comment: &str) -> Vec<Vec<(String, Value)>> {
             }
         }
         objects.push(pairs);
+        rest = &rest[start + len..];
     }
     objects
+}
+
+/// The length of the `{…}` (or `[…]`) that `text` starts with, brackets
+/// inside strings aside; `None` if it does not close.
+fn balanced(text: &str) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            '{' | '[' if !in_string => depth += 1,
+            '}' | ']' if !in_string => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + c.len_utf8());
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// An object's inside split at its own commas (not those of nested values
+/// or strings).
+fn top_level_fields(inner: &str) -> Vec<&str> {
+    let (mut fields, mut from) = (Vec::new(), 0);
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, c) in inner.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            '{' | '[' if !in_string => depth += 1,
+            '}' | ']' if !in_string => depth = depth.saturating_sub(1),
+            ',' if !in_string && depth == 0 => {
+                fields.push(&inner[from..i]);
+                from = i + 1;
+            }
+            _ => {}
+        }
+    }
+    fields.push(&inner[from..]);
+    fields
 }
 
 /// Whether `v` holds every pair (numbers compared as numbers).

@@ -3,7 +3,9 @@
 //! `sessionId` and `epoch`, resumes after any drop with full-jitter backoff,
 //! honours `Retry-After`, renews its token before it expires (and once on a
 //! 401), stops on 400/403/404, on the job's end and on a session taken over,
-//! reconnects at once on 1012, and drops any seq it already printed.
+//! reconnects after a random 0–1 s on 1012 (so a node's thousands of
+//! clients do not all come back at one instant), and drops any seq it
+//! already printed. Every HTTP call and handshake has a timeout.
 //!
 //! Each update is one JSON line on stdout:
 //! `{"type":"connection","state":"connecting|live|reconnecting|finished|replaced|failed"}`,
@@ -30,6 +32,13 @@ use crate::engine::jitter;
 /// Renew a token this many seconds before it expires.
 const RENEW_BEFORE_SECS: i64 = 30;
 
+/// The longest an HTTP call (a token renewal) or a WebSocket handshake may
+/// take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest `Retry-After` honoured: a larger one waits this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let positive = |name: &str, v: f64| {
         anyhow::ensure!(
@@ -45,7 +54,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     };
     let http_base = http_base(&args.url)?;
     let mut watcher = Watcher {
-        http: reqwest::Client::new(),
+        http: reqwest::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .connect_timeout(CALL_TIMEOUT)
+            .build()?,
         http_base,
         resuming: args.last_seq.is_some() || args.session_id.is_some(),
         last_seq: args.last_seq,
@@ -98,16 +110,37 @@ struct Watcher {
 enum Next {
     /// Try again after the backoff, and no sooner than this.
     Retry(Duration),
-    /// Try again at once (the node lost its lease; another takes over).
-    Now,
+    /// Try again after a random 0–1 s, not counted as a failure (the node
+    /// restarted or lost its lease; another takes over).
+    Soon,
     /// Stop with this exit status.
     End(ExitCode),
 }
 
 fn say(line: Value) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    let _ = writeln!(out, "{}", ordered(line));
     let _ = out.flush();
+}
+
+/// A line as printed: `type` first, then the other keys in alphabetical
+/// order (the order the README shows).
+fn ordered(line: Value) -> String {
+    let Value::Object(mut fields) = line else {
+        return line.to_string();
+    };
+    let mut text = String::from("{");
+    if let Some(kind) = fields.remove("type") {
+        text.push_str(&format!("\"type\":{kind}"));
+    }
+    for (key, value) in fields {
+        if text.len() > 1 {
+            text.push(',');
+        }
+        text.push_str(&format!("{}:{value}", Value::String(key)));
+    }
+    text.push('}');
+    text
 }
 
 fn connection(state: &str) -> Value {
@@ -120,7 +153,9 @@ impl Watcher {
         loop {
             match self.attempt_once().await {
                 Next::End(code) => return code,
-                Next::Now => continue,
+                Next::Soon => {
+                    tokio::time::sleep(Duration::from_secs_f64(jitter())).await;
+                }
                 Next::Retry(at_least) => {
                     self.attempt += 1;
                     let delay = self.backoff.delay(self.attempt, jitter()).max(at_least);
@@ -189,15 +224,19 @@ impl Watcher {
                 return end;
             }
         }
-        match tokio_tungstenite::connect_async(self.url()).await {
+        let handshake =
+            tokio::time::timeout(CALL_TIMEOUT, tokio_tungstenite::connect_async(self.url()));
+        let Ok(connected) = handshake.await else {
+            return Next::Retry(Duration::ZERO);
+        };
+        match connected {
             Ok((ws, _)) => self.follow(ws).await,
             Err(tungstenite::Error::Http(res)) => {
                 let retry_after = res
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                    .and_then(retry_after);
                 let code = res
                     .body()
                     .as_deref()
@@ -394,10 +433,23 @@ impl Watcher {
             (close::UNSUPPORTED_DATA | close::TOO_BIG, _) => {
                 self.ended("failed", Some(json!({"code": code, "reason": reason})))
             }
-            (close::SERVICE_RESTART, _) => Next::Now,
+            (close::SERVICE_RESTART, _) => Next::Soon,
             _ => Next::Retry(Duration::ZERO),
         }
     }
+}
+
+/// A `Retry-After` of seconds (whole or not), clamped to
+/// [`MAX_RETRY_AFTER`]; `None` for anything else (a date, garbage, a
+/// negative, infinite or NaN number).
+fn retry_after(text: &str) -> Option<Duration> {
+    let secs = text.trim().parse::<f64>().ok()?;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        secs.min(MAX_RETRY_AFTER.as_secs_f64()),
+    ))
 }
 
 /// Seconds until a JWT's `exp`, if it has one that can be read.
@@ -408,4 +460,75 @@ fn seconds_left(token: &str) -> Option<i64> {
         .ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
     Some(claims["exp"].as_i64()? - chrono::Utc::now().timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_retry_after_becomes_a_delay_from_zero_to_an_hour_or_none() {
+        let secs = |t: &str| retry_after(t).map(|d| d.as_secs_f64());
+        assert_eq!(secs("2"), Some(2.0));
+        assert_eq!(secs(" 1.5 "), Some(1.5));
+        assert_eq!(secs("1e20"), Some(3600.0));
+        assert_eq!(secs("18446744073709551615"), Some(3600.0));
+        for junk in ["inf", "-inf", "NaN", "-5", "soon", ""] {
+            assert_eq!(secs(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn lines_print_their_type_first() {
+        let line = json!({"state": "live", "type": "connection", "a": [1, {"b": null}]});
+        assert_eq!(
+            ordered(line.clone()),
+            r#"{"type":"connection","a":[1,{"b":null}],"state":"live"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&ordered(line.clone())).unwrap(),
+            line
+        );
+        assert_eq!(ordered(json!({"k": "v"})), r#"{"k":"v"}"#);
+    }
+
+    #[test]
+    fn a_1012_brings_the_watcher_back_soon_not_after_a_backoff() {
+        let args = WatchArgs {
+            url: "ws://127.0.0.1:9/ws/progress".into(),
+            job: uuid::Uuid::new_v4(),
+            token: "t".into(),
+            last_seq: None,
+            session_id: None,
+            epoch: None,
+            ping_secs: 15.0,
+            retry_base_secs: 0.5,
+            retry_cap_secs: 20.0,
+        };
+        let mut watcher = Watcher {
+            args,
+            http: reqwest::Client::new(),
+            http_base: "http://127.0.0.1:9".into(),
+            resuming: true,
+            last_seq: Some(3),
+            session_id: None,
+            epoch: None,
+            status: None,
+            attempt: 0,
+            renewed: false,
+            ping: Duration::from_secs(15),
+            backoff: Backoff {
+                base: Duration::from_millis(500),
+                cap: Duration::from_secs(20),
+            },
+        };
+        assert!(matches!(
+            watcher.closed(close::SERVICE_RESTART, "server restart"),
+            Next::Soon
+        ));
+        assert!(matches!(
+            watcher.closed(close::GOING_AWAY, "server shutting down"),
+            Next::Retry(_)
+        ));
+    }
 }

@@ -158,3 +158,10 @@ export declare function backoffDelay(
 ): number;
 export declare function isTerminal(event: { type: string }): boolean;
 export declare function secondsLeft(token: string, now?: number): number;
+/** The longest wait a Retry-After is followed for, in seconds (3600). */
+export declare const MAX_RETRY_AFTER_SECS: number;
+/** Seconds a Retry-After value asks for (seconds or an HTTP date), clamped
+ * to [0, MAX_RETRY_AFTER_SECS]; null when absent or unreadable. */
+export declare function retryAfterSecs(value: string | null | undefined, now?: number): number | null;
+/** The wait before coming back after close code 1012: a random 0–1 s. */
+export declare function restartDelayMs(random?: () => number): number;

@@ -74,14 +74,30 @@ export function secondsLeft(token, now = Date.now()) {
   }
 }
 
-/** Seconds a Retry-After header asks for (null when absent or unreadable). */
-function retryAfter(res) {
-  const value = res.headers.get("retry-after");
-  if (!value) return null;
-  const secs = Number(value);
-  if (Number.isFinite(secs)) return Math.max(0, secs);
-  const at = Date.parse(value);
-  return Number.isNaN(at) ? null : Math.max(0, (at - Date.now()) / 1000);
+/** The longest wait a Retry-After is followed for, in seconds. */
+export const MAX_RETRY_AFTER_SECS = 3600;
+
+/** Seconds a Retry-After value asks for: a number of seconds or an HTTP
+ * date, clamped to [0, MAX_RETRY_AFTER_SECS]; null when absent or
+ * unreadable (including a number that is not finite). */
+export function retryAfterSecs(value, now = Date.now()) {
+  if (value === null || value === undefined || String(value).trim() === "") return null;
+  const text = String(value).trim();
+  let secs = Number(text);
+  if (!Number.isFinite(secs)) {
+    if (/^[+-]?(inf|infinity|nan)$/i.test(text) || !Number.isNaN(secs)) return null;
+    const at = Date.parse(text);
+    if (Number.isNaN(at)) return null;
+    secs = (at - now) / 1000;
+  }
+  return Math.min(MAX_RETRY_AFTER_SECS, Math.max(0, secs));
+}
+
+/** How long to wait before coming back after 1012 (the node restarted or
+ * lost its lease): a random 0–1 s, so a node's clients do not all return
+ * at one instant. */
+export function restartDelayMs(random = Math.random) {
+  return Math.floor(random() * 1000);
 }
 
 export class RejoinClient extends EventTarget {
@@ -354,6 +370,7 @@ export class RejoinClient extends EventTarget {
     if (code === 1000 && reason === JOB_FINISHED) return this._end(State.FINISHED);
     if (code === 1000 && reason === REPLACED) return this._end(State.REPLACED);
     if (code === 1003 || code === 1009) return this._end(State.FAILED, { code, reason });
+    if (code === 1012) return this._scheduleIn(restartDelayMs());
     if (!opened) {
       // The handshake failed: the browser hides the HTTP status, so ask.
       this._probe();
@@ -408,7 +425,7 @@ export class RejoinClient extends EventTarget {
       return this._end(State.FAILED, { code: status, reason: code });
     }
     if (status === 429 || status === 503) {
-      const secs = retryAfter(res);
+      const secs = retryAfterSecs(res.headers.get("retry-after"));
       if (secs !== null) return this._schedule(secs * 1000);
     }
     this._schedule();
@@ -466,10 +483,17 @@ export class RejoinClient extends EventTarget {
       minDelayMs,
       backoffDelay(this.attempt, this.options.baseDelayMs, this.options.maxDelayMs),
     );
+    if (this._scheduleIn(delay)) this.attempt += 1;
+  }
+
+  /** Reconnects after exactly `delay` ms; false when it waits for the
+   * browser to be online instead. */
+  _scheduleIn(delay) {
+    if (this._final() || this._timer !== null) return false;
     this._setState(this.hasConnected ? State.RECONNECTING : State.CONNECTING, { retryInMs: delay });
-    if (typeof navigator !== "undefined" && navigator.onLine === false) return; // wait for "online"
-    this.attempt += 1;
+    if (typeof navigator !== "undefined" && navigator.onLine === false) return false; // wait for "online"
     this._timer = setTimeout(() => this._connect(), delay);
+    return true;
   }
 
   /** The network or the page came back: check a live connection with a

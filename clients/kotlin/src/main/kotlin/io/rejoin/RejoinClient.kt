@@ -3,6 +3,7 @@ package io.rejoin
 import java.io.IOException
 import java.util.concurrent.CopyOnWriteArrayList
 import java.util.concurrent.Executors
+import java.util.concurrent.RejectedExecutionException
 import java.util.concurrent.ScheduledExecutorService
 import java.util.concurrent.ScheduledFuture
 import java.util.concurrent.TimeUnit
@@ -135,7 +136,20 @@ class RejoinClient @JvmOverloads constructor(
     fun networkChanged() = onLoop { wake() }
 
     private fun onLoop(block: () -> Unit) {
-        if (!loop.isShutdown) loop.execute(block)
+        // The loop may shut down between any check and the call: a block
+        // refused then has nothing left to do.
+        try {
+            loop.execute(block)
+        } catch (e: RejectedExecutionException) {
+            // stopped
+        }
+    }
+
+    /** [block] on the loop after [delay]; null once the loop has stopped. */
+    private fun later(delay: Long, unit: TimeUnit, block: () -> Unit): ScheduledFuture<*>? = try {
+        loop.schedule(block, delay, unit)
+    } catch (e: RejectedExecutionException) {
+        null
     }
 
     private fun emit(update: Update) {
@@ -229,7 +243,7 @@ class RejoinClient @JvmOverloads constructor(
 
             override fun onFailure(webSocket: WebSocket, t: Throwable, response: Response?) {
                 val status = response?.let { OkHttpCompat.code(it) }
-                val retryAfter = response?.header("Retry-After")?.trim()?.toLongOrNull()
+                val retryAfter = Delays.retryAfterMs(response?.header("Retry-After"))
                 response?.close()
                 onLoop {
                     if (socket !== ws) return@onLoop
@@ -313,13 +327,15 @@ class RejoinClient @JvmOverloads constructor(
             }
             code == 1000 && reason == "Client reconnecting" -> end(ConnectionState.REPLACED)
             code == 1003 || code == 1009 -> end(ConnectionState.FAILED, mapOf("code" to code, "reason" to reason))
-            code == 1012 -> connect() // the node lost its lease: any node, at once
+            // The node restarted or lost its lease: any node, after a random
+            // 0-1 s (its clients do not all come back at one instant).
+            code == 1012 -> scheduleIn(Delays.restartMs())
             else -> schedule(0)
         }
     }
 
     /** A refused upgrade: stop, renew, or wait as it says. */
-    private fun refused(status: Int, retryAfterSecs: Long?) {
+    private fun refused(status: Int, retryAfterMs: Long?) {
         when (status) {
             401 -> if (!renewed) {
                 renewed = true
@@ -328,7 +344,7 @@ class RejoinClient @JvmOverloads constructor(
                 end(ConnectionState.FAILED, mapOf("code" to status, "reason" to "unauthorized"))
             }
             400, 403, 404 -> end(ConnectionState.FAILED, mapOf("code" to status))
-            429, 503 -> schedule((retryAfterSecs ?: 0) * 1000)
+            429, 503 -> schedule(retryAfterMs ?: 0)
             else -> schedule(0) // 409 too_many_watchers and the rest: back off
         }
     }
@@ -338,8 +354,14 @@ class RejoinClient @JvmOverloads constructor(
         if (state.isFinal || paused || retryTimer != null) return
         val delay = maxOf(atLeastMs, Backoff.delay(attempt, options.baseDelayMs, options.maxDelayMs))
         attempt += 1
-        setState(trying(), mapOf("retryInMs" to delay))
-        retryTimer = loop.schedule({ connect() }, delay, TimeUnit.MILLISECONDS)
+        scheduleIn(delay)
+    }
+
+    /** Reconnects after exactly [delayMs], not counted as a failed attempt. */
+    private fun scheduleIn(delayMs: Long) {
+        if (state.isFinal || paused || retryTimer != null) return
+        setState(trying(), mapOf("retryInMs" to delayMs))
+        retryTimer = later(delayMs, TimeUnit.MILLISECONDS) { connect() }
     }
 
     /**
@@ -377,15 +399,19 @@ class RejoinClient @JvmOverloads constructor(
         if (state.isFinal) return
         val left = Tokens.secondsLeft(token) ?: return
         val wait = maxOf(0L, left - options.refreshBeforeSecs)
-        refreshTimer = loop.schedule({ renew { } }, wait, TimeUnit.SECONDS)
+        refreshTimer = later(wait, TimeUnit.SECONDS) { renew { } }
     }
 
     private fun startPings(ws: WebSocket) {
         pingTimer?.cancel(false)
         val every = options.pingIntervalMs
-        pingTimer = loop.scheduleAtFixedRate({
-            if (socket === ws) ping(ws)
-        }, every, every, TimeUnit.MILLISECONDS)
+        pingTimer = try {
+            loop.scheduleAtFixedRate({
+                if (socket === ws) ping(ws)
+            }, every, every, TimeUnit.MILLISECONDS)
+        } catch (e: RejectedExecutionException) {
+            null
+        }
     }
 
     private fun ping(ws: WebSocket) {
@@ -403,9 +429,9 @@ class RejoinClient @JvmOverloads constructor(
     private fun checkNow(ws: WebSocket) {
         val sent = System.nanoTime()
         ws.send("{\"type\":\"ping\"}")
-        loop.schedule({
+        later(options.pingIntervalMs, TimeUnit.MILLISECONDS) {
             if (socket === ws && heard < sent) giveUp(ws)
-        }, options.pingIntervalMs, TimeUnit.MILLISECONDS)
+        }
     }
 
     /** The socket is taken as dead: dropped without a closing handshake, and a reconnect scheduled. */
@@ -417,14 +443,14 @@ class RejoinClient @JvmOverloads constructor(
 
     private fun scheduleAck(ws: WebSocket) {
         if (ackTimer != null) return
-        ackTimer = loop.schedule({
+        ackTimer = later(options.ackIntervalMs, TimeUnit.MILLISECONDS) {
             ackTimer = null
             val last = position.lastSeq
             if (socket === ws && last != null && last != acked) {
                 acked = last
                 ws.send("{\"type\":\"ack\",\"seq\":$last}")
             }
-        }, options.ackIntervalMs, TimeUnit.MILLISECONDS)
+        }
     }
 
     private companion object {
@@ -440,6 +466,27 @@ class RejoinClient @JvmOverloads constructor(
 }
 
 /** Full-jitter backoff: a random delay in [0, min(cap, base * 2^attempt)). */
+/** The waits a client takes from what the server says. */
+object Delays {
+    /** The longest wait a `Retry-After` is followed for. */
+    const val MAX_RETRY_AFTER_SECS: Long = 3600
+
+    /**
+     * Milliseconds a `Retry-After` of seconds asks for, clamped to
+     * [0, [MAX_RETRY_AFTER_SECS]]; null when absent or not a finite number.
+     */
+    @JvmStatic
+    fun retryAfterMs(value: String?): Long? {
+        val secs = value?.trim()?.toDoubleOrNull() ?: return null
+        if (secs.isNaN() || secs.isInfinite()) return null
+        return (secs.coerceIn(0.0, MAX_RETRY_AFTER_SECS.toDouble()) * 1000).toLong()
+    }
+
+    /** The wait before coming back after close code 1012: a random 0-1 s. */
+    @JvmStatic
+    fun restartMs(random: Double = Math.random()): Long = (random * 1000).toLong().coerceIn(0L, 999L)
+}
+
 object Backoff {
     @JvmStatic
     fun delay(attempt: Int, baseMs: Long, capMs: Long, random: Double = Math.random()): Long {

@@ -22,6 +22,51 @@ class UnitsTest {
     }
 
     @Test
+    fun anyRetryAfterBecomesADelayFromZeroToAnHourOrNone() {
+        assertEquals(2_000L, Delays.retryAfterMs("2"))
+        assertEquals(1_500L, Delays.retryAfterMs(" 1.5 "))
+        assertEquals(0L, Delays.retryAfterMs("-5"))
+        assertEquals(3_600_000L, Delays.retryAfterMs("1e20"))
+        assertEquals(3_600_000L, Delays.retryAfterMs("9223372036854775807"))
+        for (junk in listOf("inf", "Infinity", "-Infinity", "NaN", "nan", "soon", "", null)) {
+            assertNull(junk, Delays.retryAfterMs(junk))
+        }
+    }
+
+    @Test
+    fun after1012AClientWaitsARandomZeroToOneSecond() {
+        assertEquals(0L, Delays.restartMs(0.0))
+        assertEquals(999L, Delays.restartMs(0.9999999))
+        for (i in 0 until 100) {
+            val d = Delays.restartMs()
+            assertTrue(d in 0..999)
+        }
+    }
+
+    @Test
+    fun callsRacingTheClientsEndAreDroppedNotThrown() {
+        // stop() ends the client and shuts its loop down on the loop's own
+        // thread, while other threads may be calling in: whatever reaches
+        // the loop after that is dropped, never thrown at the caller.
+        val thrown = java.util.concurrent.atomic.AtomicInteger()
+        repeat(300) {
+            val client = RejoinClient("ws://127.0.0.1:9/ws/progress", "job", "token")
+            val callers = (0 until 3).map {
+                Thread {
+                    try {
+                        repeat(20) { client.stop(); client.pause(); client.resume() }
+                    } catch (e: RuntimeException) {
+                        thrown.incrementAndGet()
+                    }
+                }
+            }
+            callers.forEach { it.start() }
+            callers.forEach { it.join() }
+        }
+        assertEquals(0, thrown.get())
+    }
+
+    @Test
     fun tokenExpiryIsReadFromTheClaims() {
         // {"alg":"HS256"} . {"exp":2000000000} . signature (not checked here)
         val token = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjIwMDAwMDAwMDB9.c2ln"
