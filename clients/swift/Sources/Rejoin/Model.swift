@@ -189,6 +189,31 @@ public func backoffDelay(
     random * min(cap, base * pow(2, Double(min(attempt, 30))))
 }
 
+/// The longest wait a `Retry-After` is followed for, in seconds.
+public let maxRetryAfter: Double = 3600
+
+/// Seconds a `Retry-After` of seconds asks for, clamped to `[0, maxRetryAfter]`;
+/// `nil` when absent or not a finite number (`inf`, `nan`, a date, garbage).
+public func retryAfterSeconds(_ value: String?) -> Double? {
+    guard let text = value?.trimmingCharacters(in: .whitespaces), let secs = Double(text),
+        secs.isFinite
+    else { return nil }
+    return min(maxRetryAfter, max(0, secs))
+}
+
+/// The wait before coming back after close code 1012 (the node restarted or lost
+/// its lease): a random 0–1 s, so a node's clients do not all return at one instant.
+public func restartDelay(random: Double = Double.random(in: 0..<1)) -> Double {
+    min(max(random, 0), 0.999)
+}
+
+/// Nanoseconds for `Task.sleep`, from any number of seconds: negative and NaN
+/// are 0, and anything past a year waits a year (never a trap converting it).
+func nanoseconds(_ seconds: Double) -> UInt64 {
+    guard seconds.isFinite, seconds > 0 else { return 0 }
+    return UInt64(min(seconds, 365 * 24 * 3600) * 1e9)
+}
+
 /// Seconds until a JWT's `exp` (not verified: the server does that), or `nil` when unreadable.
 public func tokenSecondsLeft(_ token: String, now: Date = Date()) -> Double? {
     let parts = token.split(separator: ".")

@@ -224,8 +224,7 @@ public actor RejoinClient {
         dropConnection()
         let response = task.response as? HTTPURLResponse
         if !opened, let response, response.statusCode != 101 {
-            let retryAfter = (response.value(forHTTPHeaderField: "Retry-After"))
-                .flatMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+            let retryAfter = retryAfterSeconds(response.value(forHTTPHeaderField: "Retry-After"))
             await refused(response.statusCode, retryAfter: retryAfter)
             return
         }
@@ -240,6 +239,9 @@ public actor RejoinClient {
             end(.replaced)
         case (1003, _), (1009, _):
             end(.failed, ["code": code])
+        case (1012, _):
+            // The node restarted or lost its lease: any node, after a random 0–1 s.
+            schedule(in: restartDelay())
         default:
             schedule(atLeast: 0)
         }
@@ -291,9 +293,15 @@ public actor RejoinClient {
         guard !state.isFinal, !paused, retryTask == nil else { return }
         let delay = max(atLeast, backoffDelay(attempt: attempt, base: options.baseDelay, cap: options.maxDelay))
         attempt += 1
+        schedule(in: delay)
+    }
+
+    /// Reconnects after exactly `delay` seconds, not counted as a failed attempt.
+    private func schedule(in delay: Double) {
+        guard !state.isFinal, !paused, retryTask == nil else { return }
         setState(trying, ["retryInMs": Int(delay * 1000)])
         retryTask = Task {
-            try? await Task.sleep(nanoseconds: UInt64(delay * 1e9))
+            try? await Task.sleep(nanoseconds: nanoseconds(delay))
             guard !Task.isCancelled else { return }
             await self.retryNow()
         }
@@ -368,7 +376,7 @@ public actor RejoinClient {
         let current = generation
         pingTask = Task {
             while !Task.isCancelled {
-                try? await Task.sleep(nanoseconds: UInt64(every * 1e9))
+                try? await Task.sleep(nanoseconds: nanoseconds(every))
                 guard !Task.isCancelled else { return }
                 self.pingTick(task, current)
             }
@@ -394,7 +402,7 @@ public actor RejoinClient {
         send(#"{"type":"ping"}"#, task)
         let wait = options.pingInterval
         Task {
-            try? await Task.sleep(nanoseconds: UInt64(wait * 1e9))
+            try? await Task.sleep(nanoseconds: nanoseconds(wait))
             self.checkAnswered(task, current, since: sent)
         }
     }
@@ -414,7 +422,7 @@ public actor RejoinClient {
         let wait = options.ackInterval
         let current = generation
         ackTask = Task {
-            try? await Task.sleep(nanoseconds: UInt64(wait * 1e9))
+            try? await Task.sleep(nanoseconds: nanoseconds(wait))
             self.sendAck(task, current)
         }
     }
@@ -450,7 +458,7 @@ public actor RejoinClient {
         guard !state.isFinal, let left = tokenSecondsLeft(token) else { return }
         let wait = max(0, left - options.refreshBefore)
         refreshTask = Task {
-            try? await Task.sleep(nanoseconds: UInt64(wait * 1e9))
+            try? await Task.sleep(nanoseconds: nanoseconds(wait))
             guard !Task.isCancelled else { return }
             _ = await self.renew()
         }

@@ -16,6 +16,31 @@ final class BackoffTests: XCTestCase {
         }
     }
 
+    func testAnyRetryAfterBecomesADelayFromZeroToAnHourOrNone() {
+        XCTAssertEqual(retryAfterSeconds("2"), 2)
+        XCTAssertEqual(retryAfterSeconds(" 1.5 "), 1.5)
+        XCTAssertEqual(retryAfterSeconds("-5"), 0)
+        XCTAssertEqual(retryAfterSeconds("1e20"), maxRetryAfter)
+        for junk in ["inf", "-inf", "nan", "infinity", "soon", "", nil] as [String?] {
+            XCTAssertNil(retryAfterSeconds(junk), String(describing: junk))
+        }
+        // Whatever a delay is, sleeping on it never traps.
+        XCTAssertEqual(nanoseconds(.infinity), 0)
+        XCTAssertEqual(nanoseconds(.nan), 0)
+        XCTAssertEqual(nanoseconds(-1), 0)
+        XCTAssertEqual(nanoseconds(1e20), UInt64(365 * 24 * 3600) * 1_000_000_000)
+        XCTAssertEqual(nanoseconds(1.5), 1_500_000_000)
+    }
+
+    func testAfter1012AClientWaitsARandomZeroToOneSecond() {
+        XCTAssertEqual(restartDelay(random: 0), 0)
+        XCTAssertEqual(restartDelay(random: 0.9999999), 0.999)
+        for _ in 0..<100 {
+            let d = restartDelay()
+            XCTAssert(d >= 0 && d < 1)
+        }
+    }
+
     func testTokenExpiryIsReadFromTheClaims() {
         // {"alg":"HS256"} . {"exp":2000000000} . signature (not checked here)
         let token = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjIwMDAwMDAwMDB9.c2ln"
