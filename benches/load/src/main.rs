@@ -11,6 +11,7 @@ mod appends;
 mod commits;
 mod disk;
 mod fanout;
+mod hostile;
 pub mod idle;
 mod limiter;
 mod notify;
@@ -98,6 +99,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchScenario::Notify => notify::run(&args).await?,
         BenchScenario::Limiter => limiter::run(&args).await?,
         BenchScenario::Streams => streams::run(&args).await?,
+        BenchScenario::Readers => hostile::readers(&args).await?,
+        BenchScenario::Large => hostile::large(&args).await?,
+        BenchScenario::Churn => hostile::churn(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -411,6 +415,15 @@ pub enum BenchScenario {
     /// Durable Streams: appends (plain, and as an idempotent producer) and
     /// catch-up reads through the protocol beside the job API's.
     Streams,
+    /// The server CPU of 2,000 stream appends with and without 300 idle SSE
+    /// readers on other streams.
+    Readers,
+    /// 40 appends of 8 MiB to one stream, a restart, a read from the start
+    /// and a HEAD: the server's peak RSS.
+    Large,
+    /// 400 watchers on 40 jobs, each reset every ~2 s, for --soak-secs
+    /// (1,800): anonymous RSS over time.
+    Churn,
 }
 
 #[derive(Clone, Debug, Parser)]
@@ -425,7 +438,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub smoke: bool,
     /// For `idle`: how long to watch memory while the sockets sit idle
-    /// (default 600 s, 2 s with --smoke).
+    /// (default 600 s, 2 s with --smoke); for `churn`, how long the churn
+    /// runs (default 1,800 s, 20 s with --smoke).
     #[arg(long)]
     pub soak_secs: Option<u64>,
     /// Run against PostgreSQL at this URL instead of SQLite (every scenario

@@ -146,3 +146,21 @@ async fn streams_smoke() {
         assert!(out.contains(line), "{out}");
     }
 }
+
+#[tokio::test]
+async fn readers_smoke() {
+    let out = bench("readers").await;
+    assert!(out.contains("idle SSE readers on other streams"), "{out}");
+}
+
+#[tokio::test]
+async fn large_smoke() {
+    let out = bench("large").await;
+    assert!(out.contains("peak after reading all"), "{out}");
+}
+
+#[tokio::test]
+async fn churn_smoke() {
+    let out = bench("churn").await;
+    assert!(out.contains("the last third within"), "{out}");
+}
