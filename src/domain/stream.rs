@@ -143,6 +143,17 @@ impl StreamData {
         }
     }
 
+    /// Appends its bytes to `out` (decoded straight into it, with no copy
+    /// of its own).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            StreamData::Bytes(b) => {
+                let _ = base64::engine::general_purpose::STANDARD.decode_vec(b, out);
+            }
+            StreamData::Json(_) => out.extend_from_slice(&self.bytes()),
+        }
+    }
+
     /// The bytes (base64 decoded); a JSON stream's messages, comma-joined.
     pub fn bytes(&self) -> Vec<u8> {
         match self {

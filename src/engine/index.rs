@@ -32,10 +32,16 @@ pub async fn catch_up(store: &Log, through: i64) -> Result<(), StoreError> {
         let Some(to) = rows.last().map(|r| r.position) else {
             return Ok(());
         };
-        let events = rows
+        // An event that cannot be decoded (its job is set aside) is left
+        // out of the index; the index moves past it.
+        let events: Vec<_> = rows
             .iter()
-            .map(|r| r.decode_stored())
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|r| {
+                r.decode_stored()
+                    .map_err(|e| tracing::warn!(error = %e, "the job index skips an event it cannot decode"))
+                    .ok()
+            })
+            .collect();
         let mut ids: Vec<String> = events.iter().map(|e| e.job_id.to_string()).collect();
         ids.sort_unstable();
         ids.dedup();

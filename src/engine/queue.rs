@@ -9,6 +9,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::hub::{Hub, Registration};
 use crate::domain::close;
 use crate::domain::decide::AttachPlan;
+use crate::domain::event::StreamData;
+use crate::domain::stream::StreamCommand;
 use crate::domain::{Command, DomainError, Event, JobId, JobState, SessionId};
 
 /// Whether the engine's essential tasks (writer, scheduler, checkpoints,
@@ -103,6 +105,51 @@ pub(super) struct WriteRequest {
     pub job_id: JobId,
     pub command: Command,
     pub reply: Answer,
+}
+
+impl WriteRequest {
+    /// About how many bytes of payload the request appends: a stream's data
+    /// as stored (base64 for bytes), a kilobyte for anything else (job events
+    /// are bounded by `--max-body-bytes`, a JSON stream message by its
+    /// append's body).
+    pub fn weight(&self) -> usize {
+        const SMALL: usize = 1024;
+        let data = match &self.command {
+            Command::Stream {
+                command: StreamCommand::Append(a),
+                ..
+            } => a.data.as_ref(),
+            Command::Stream {
+                command: StreamCommand::Create(c),
+                ..
+            } => c.data.as_ref(),
+            _ => None,
+        };
+        match data {
+            Some(StreamData::Bytes(b64)) => b64.len().max(SMALL),
+            Some(StreamData::Json(messages)) => messages.len().saturating_mul(SMALL),
+            None => SMALL,
+        }
+    }
+}
+
+/// Splits a batch taken off the queue into parts of at most `max_bytes` of
+/// payload (a part holds one request at least), in order: each part is one
+/// transaction, so a burst of large appends never becomes one huge commit.
+pub(super) fn by_weight(requests: Vec<WriteRequest>, max_bytes: usize) -> Vec<Vec<WriteRequest>> {
+    let mut parts = vec![Vec::new()];
+    let mut weight = 0usize;
+    for req in requests {
+        let w = req.weight();
+        let part = parts.last_mut().expect("one part at least");
+        if !part.is_empty() && weight.saturating_add(w) > max_bytes {
+            parts.push(Vec::new());
+            weight = 0;
+        }
+        weight = weight.saturating_add(w);
+        parts.last_mut().expect("one part at least").push(req);
+    }
+    parts
 }
 
 impl Answer {

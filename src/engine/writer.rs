@@ -28,7 +28,8 @@ use super::hub::{CloseReason, Hub, Registration, Wakeups};
 use super::jobs::{load_job, Held, JobTable, Logged};
 use super::lease::Lease;
 use super::queue::{
-    Answer, Appended, Attached, Created, EngineError, StreamDone, WriteRequest, WriterStats,
+    by_weight, Answer, Appended, Attached, Created, EngineError, StreamDone, WriteRequest,
+    WriterStats,
 };
 use super::recover::needs_reload;
 use crate::clock::Clock;
@@ -41,6 +42,11 @@ use crate::domain::{
 };
 use crate::log::{for_each_job_event_after, EventRow, Log, Pages, StoreError};
 use crate::metrics::Metrics;
+
+/// The most payload one commit carries: a batch over it is committed in
+/// parts (PostgreSQL binds a batch's payloads as one array, whose value may
+/// not pass 1 GB; SQLite's statement holds them in memory too).
+const BATCH_BYTES: usize = 32 << 20;
 
 /// How a request will be answered once the batch is committed.
 #[derive(Debug)]
@@ -226,7 +232,9 @@ impl Writer {
             self.stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
             self.stats.taken.fetch_add(n as u64, Ordering::Relaxed);
             let requests = std::mem::replace(&mut batch, Vec::with_capacity(self.max_batch));
-            self.process(requests).await;
+            for part in by_weight(requests, BATCH_BYTES) {
+                self.process(part).await;
+            }
             if self.own.is_none() {
                 due.since_events += self.stats.events.load(Ordering::Relaxed) - committed_before;
             }

@@ -973,9 +973,9 @@ fn render(json: bool, chunks: &[Chunk]) -> Vec<u8> {
         out.push(b']');
         out
     } else {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(chunks.iter().map(|c| c.data.size() as usize).sum());
         for c in chunks {
-            out.extend_from_slice(&c.data.bytes());
+            c.data.write_to(&mut out);
         }
         out
     }
@@ -1018,7 +1018,7 @@ fn collect_range<'a>(
         let mut pages = state.engine.replay(&key, from, through);
         while let Some(events) = pages.next_events().await? {
             for event in events {
-                let (offset, data) = match &event.body {
+                let (offset, data) = match event.body {
                     EventBody::StreamCreated(c) => {
                         if let Some(f) = &c.fork {
                             let fork_at = Offset::parse(&f.offset).unwrap_or_default();
@@ -1038,13 +1038,13 @@ fn collect_range<'a>(
                                 }
                             }
                         }
-                        (c.offset.as_str(), c.data.as_ref())
+                        (c.offset, c.data)
                     }
-                    EventBody::StreamAppended(a) => (a.offset.as_str(), a.data.as_ref()),
+                    EventBody::StreamAppended(a) => (a.offset, a.data),
                     _ => continue,
                 };
                 let Some(data) = data else { continue };
-                let offset = Offset::parse(offset).unwrap_or_default();
+                let offset = Offset::parse(&offset).unwrap_or_default();
                 if after.is_some_and(|a| offset <= a) {
                     continue;
                 }
@@ -1053,10 +1053,7 @@ fn collect_range<'a>(
                     return Ok(false);
                 }
                 *budget = budget.saturating_sub(size);
-                out.push(Chunk {
-                    offset,
-                    data: data.clone(),
-                });
+                out.push(Chunk { offset, data });
             }
         }
         Ok(true)

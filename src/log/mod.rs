@@ -116,6 +116,11 @@ pub enum StoreError {
     Open(String),
 }
 
+/// A page read from the log holds at most its row limit and stops after the
+/// row that takes it past this many bytes of payload, so a page of large
+/// events (a stream's 8 MiB appends) is one or two events, not thousands.
+pub const PAGE_BYTES: usize = 8 << 20;
+
 /// The event log: durable, append-only, read by position or by job.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
@@ -129,10 +134,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// order. Returns only after the transaction is durable.
     async fn append(&self, rows: &[EventRow]) -> Result<Vec<i64>, StoreError>;
 
-    /// Events with `position > after`, in position order, at most `limit`.
+    /// Events with `position > after`, in position order, at most `limit`,
+    /// and no more after the one that takes the page past [`PAGE_BYTES`].
     async fn read_log(&self, after: i64, limit: u32) -> Result<Vec<EventRow>, StoreError>;
 
-    /// One job's events in `span`, in seq order, at most `limit`.
+    /// One job's events in `span`, in seq order, at most `limit`, and no
+    /// more after the one that takes the page past [`PAGE_BYTES`].
     async fn read_job(&self, span: JobSpan<'_>, limit: u32) -> Result<Vec<EventRow>, StoreError>;
 
     /// The events of `job_id` carrying one of `keys` as their

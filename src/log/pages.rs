@@ -15,7 +15,7 @@
 //! node wrote that this build cannot decode and goes on, so one unknown event
 //! cannot stop cross-node delivery.
 
-use super::{EventLog, EventRow, JobSpan, StoreError};
+use super::{EventLog, EventRow, JobSpan, StoreError, PAGE_BYTES};
 use crate::domain::Event;
 
 /// Rows per page unless the reader asks for another size.
@@ -100,7 +100,10 @@ impl<'a> Pages<'a> {
                 self.store.read_job(span, self.page).await?
             }
         };
-        self.done = rows.len() < self.page as usize;
+        // A page that stopped short of its rows for its bytes is not the
+        // last.
+        let bytes: usize = rows.iter().map(|r| r.payload.len()).sum();
+        self.done = rows.len() < self.page as usize && bytes < PAGE_BYTES;
         let Some(last) = rows.last() else {
             self.done = true;
             return Ok(None);
@@ -116,9 +119,10 @@ impl<'a> Pages<'a> {
     pub async fn next_events(&mut self) -> Result<Option<Vec<Event>>, StoreError> {
         match self.next().await? {
             None => Ok(None),
+            // Each row is let go of as soon as it is decoded.
             Some(rows) => rows
-                .iter()
-                .map(EventRow::decode_stored)
+                .into_iter()
+                .map(|r| r.decode_stored())
                 .collect::<Result<_, _>>()
                 .map(Some),
         }

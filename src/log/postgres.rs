@@ -19,7 +19,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
 use super::{
     classify, AppendListener, CheckpointHeader, CheckpointRow, Checkpoints, EventLog, EventRow,
-    JobIndex, JobSpan, Membership, StoreError, LIST_CHECKPOINTS,
+    JobIndex, JobSpan, Membership, StoreError, LIST_CHECKPOINTS, PAGE_BYTES,
 };
 
 /// The channel `append` notifies with the last position it committed.
@@ -119,14 +119,20 @@ impl PostgresStore {
         &self,
         query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<EventRow>, StoreError> {
-        query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(to_row)
-            .collect::<Result<_, _>>()
-            .map_err(classify)
+        use futures_util::TryStreamExt;
+        // Row by row, up to the one that takes the page past PAGE_BYTES of
+        // payload: a page of large events stops early.
+        let mut rows = query.fetch(&self.pool);
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        while let Some(r) = rows.try_next().await.map_err(classify)? {
+            let r = to_row(&r).map_err(classify)?;
+            bytes += r.payload.len();
+            out.push(r);
+            if bytes >= PAGE_BYTES {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 

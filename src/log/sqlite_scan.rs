@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{EventRow, JobSpan, StoreError};
+use super::{EventRow, JobSpan, StoreError, PAGE_BYTES};
 
 const COLUMNS: &str =
     "position, job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash";
@@ -72,7 +72,7 @@ impl Scanner {
                 "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
             ))?;
             let rows = stmt.query_map((after, limit), row)?;
-            rows.collect()
+            within_page_bytes(rows)
         })
         .await
     }
@@ -89,7 +89,7 @@ impl Scanner {
                 "SELECT {COLUMNS} FROM events WHERE job_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4"
             ))?;
             let rows = stmt.query_map((job_id, after_seq, through_seq, limit), row)?;
-            rows.collect()
+            within_page_bytes(rows)
         })
         .await
     }
@@ -130,4 +130,22 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         at: r.get(8)?,
         hash: r.get(9)?,
     })
+}
+
+/// The rows up to and including the one that takes the page past
+/// [`PAGE_BYTES`] of payload: a page of large events stops early, and the
+/// rest is never read into memory.
+fn within_page_bytes(
+    rows: impl Iterator<Item = rusqlite::Result<EventRow>>,
+) -> rusqlite::Result<Vec<EventRow>> {
+    let (mut out, mut bytes) = (Vec::new(), 0usize);
+    for r in rows {
+        let r = r?;
+        bytes += r.payload.len();
+        out.push(r);
+        if bytes >= PAGE_BYTES {
+            break;
+        }
+    }
+    Ok(out)
 }
