@@ -563,3 +563,58 @@ async fn a_job_sse_reader_that_reopens_within_grace_continues_its_session() {
     app.progress(job, 20.0).await;
     read_until(&mut res, "20").await;
 }
+
+#[tokio::test]
+async fn large_appends_are_read_back_a_few_at_a_time_and_whole() {
+    let mut app = spawn_with(&["--stream-max-body-bytes", "6000000"]).await;
+    let res = stream(&app, Method::PUT, "big")
+        .header("content-type", "application/octet-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let mut sent = Vec::new();
+    for i in 0..5u8 {
+        let body = vec![b'a' + i; 5_000_000];
+        sent.extend_from_slice(&body);
+        let res = stream(&app, Method::POST, "big")
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    }
+    // Read back whole, chunk by chunk, as a client does.
+    let (mut offset, mut read) = ("-1".to_owned(), Vec::new());
+    loop {
+        let res = stream(&app, Method::GET, &format!("big?offset={offset}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let next = res.headers()["stream-next-offset"].to_str().unwrap().to_owned();
+        let done = res.headers().contains_key("stream-up-to-date");
+        read.extend_from_slice(&res.bytes().await.unwrap());
+        if done {
+            break;
+        }
+        offset = next;
+    }
+    assert!(read == sent, "the stream reads back as written");
+    app.stop().await;
+
+    // The log's pages stop after the row that takes them past their bytes.
+    let store = rejoin::log::open(&app.db_url()).await.unwrap();
+    let id = stream_id("/v1/stream/big").to_string();
+    let mut pages = Pages::job(store.events.as_ref(), &id, 0, i64::MAX);
+    let mut sizes = Vec::new();
+    while let Some(rows) = pages.next().await.unwrap() {
+        let bytes: Vec<usize> = rows.iter().map(|r| r.payload.len()).collect();
+        let before_last: usize = bytes[..bytes.len() - 1].iter().sum();
+        assert!(before_last < rejoin::log::PAGE_BYTES, "{bytes:?}");
+        sizes.push(rows.len());
+    }
+    assert_eq!(sizes, vec![3, 2, 1], "pages of a few large events");
+    store.events.close().await;
+}

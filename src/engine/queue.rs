@@ -376,3 +376,47 @@ impl Closes {
         recorded.into_iter().find(Result::is_err).unwrap_or(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::stream::AppendStream;
+
+    fn append(bytes: usize) -> WriteRequest {
+        let (tx, _rx) = oneshot::channel();
+        WriteRequest {
+            job_id: JobId::nil(),
+            command: Command::Stream {
+                command: StreamCommand::Append(AppendStream {
+                    content_type: None,
+                    data: Some(StreamData::Bytes("A".repeat(bytes))),
+                    stream_seq: None,
+                    producer: None,
+                    close: false,
+                }),
+                last_read: None,
+            },
+            reply: Answer::Stream(tx),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_split_into_parts_by_payload_in_order() {
+        let mb = 1 << 20;
+        let sizes = [10 * mb, 10 * mb, 10 * mb, 40 * mb, 1, 1];
+        let parts = by_weight(sizes.iter().map(|s| append(*s)).collect(), 32 * mb);
+        let weights: Vec<Vec<usize>> = parts
+            .iter()
+            .map(|p| p.iter().map(WriteRequest::weight).collect())
+            .collect();
+        // One request over the limit is a part of its own; order is kept.
+        assert_eq!(
+            weights,
+            vec![
+                vec![10 * mb, 10 * mb, 10 * mb],
+                vec![40 * mb],
+                vec![1024, 1024]
+            ]
+        );
+    }
+}
