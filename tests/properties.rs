@@ -167,6 +167,7 @@ fn run(ops: &[(usize, Op)], jobs: &[Uuid]) -> (Vec<EventRow>, World) {
                     node: behind.is_positive().then(|| format!("node-{behind}")),
                     transport: (*behind % 2 == 1).then(|| "sse".to_owned()),
                     own_session: false,
+                    counted: None,
                 }),
                 None,
             ),

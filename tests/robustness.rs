@@ -6,6 +6,8 @@
 
 use std::process::Stdio;
 
+use futures_util::StreamExt;
+
 use crate::common;
 
 use common::{serve_args, spawn_announcing, spawn_with, TestApp, BIN, PATIENCE, SECRET};
@@ -593,7 +595,10 @@ async fn large_appends_are_read_back_a_few_at_a_time_and_whole() {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        let next = res.headers()["stream-next-offset"].to_str().unwrap().to_owned();
+        let next = res.headers()["stream-next-offset"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let done = res.headers().contains_key("stream-up-to-date");
         read.extend_from_slice(&res.bytes().await.unwrap());
         if done {
@@ -617,4 +622,46 @@ async fn large_appends_are_read_back_a_few_at_a_time_and_whole() {
     }
     assert_eq!(sizes, vec![3, 2, 1], "pages of a few large events");
     store.events.close().await;
+}
+
+#[tokio::test]
+async fn a_resume_from_far_back_counts_what_it_missed_exactly_whatever_the_connection_history() {
+    let app = spawn_with(&["--connect-rate-per-ip", "0"]).await;
+    let job = app.create_job().await;
+    let epoch = app.epoch().await;
+    let first = app.progress(job, 1.0).await;
+    let mut ws = app.ws_client(job).await;
+    common::next_json(&mut ws).await;
+    ws.close(None).await.unwrap();
+    // Far more connection events than a job's state keeps the seqs of,
+    // with job events among them.
+    let mut posted = Vec::new();
+    for round in 0..160 {
+        let mut ws = app.ws_reconnect(job, first, &epoch).await;
+        let hello = common::next_json(&mut ws).await;
+        assert_eq!(hello["type"], "reconnected");
+        ws.close(None).await.unwrap();
+        // Its close is recorded before the next resume takes the session.
+        while ws.next().await.is_some() {}
+        if round % 40 == 0 {
+            posted.push(app.progress(job, f64::from(round) / 2.0 + 1.0).await);
+        }
+    }
+    let history = app
+        .get_json(&format!("/v1/jobs/{job}/history"), Some(&app.service()))
+        .await;
+    let connection_events = history.to_string().matches("\"reconnected\"").count();
+    assert!(connection_events >= 160, "{connection_events}");
+
+    let mut ws = app.ws_reconnect(job, first, &epoch).await;
+    let hello = common::next_json(&mut ws).await;
+    assert_eq!(hello["missed"], posted.len(), "{hello}");
+    for seq in &posted {
+        let msg = common::next_json(&mut ws).await;
+        assert_eq!(msg["seq"], *seq);
+    }
+    // And from the start: every job event.
+    let mut ws = app.ws_reconnect(job, 0, &epoch).await;
+    let hello = common::next_json(&mut ws).await;
+    assert_eq!(hello["missed"], posted.len() + 1, "{hello}");
 }

@@ -123,9 +123,39 @@ pub struct Attach {
     /// same transport that waits in its grace window (the reader reopening
     /// its response), and never takes over another watcher's session.
     pub own_session: bool,
+    /// Set by the writer when the replay starts further back than the
+    /// job's state can count from.
+    pub counted: Option<Counted>,
+}
+
+/// How many job events lie after a seq, counted in the log by the writer
+/// for a client resuming from further back than the state's recent seqs
+/// reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counted {
+    /// The seq counted after.
+    pub after: i64,
+    /// Job events after it, as of the count.
+    pub job_events: u64,
+    /// The job's `job_events` when it was counted (events since are added).
+    pub job_events_then: u64,
 }
 
 impl Attach {
+    /// The seq the replay starts after: the client's `lastSeq`, or 0 for one
+    /// from another log (an epoch mismatch) or beyond anything this job has
+    /// delivered, which means nothing here.
+    pub fn replay_after(&self, state: &JobState) -> i64 {
+        let epoch_matches = self
+            .client_epoch
+            .as_deref()
+            .is_none_or(|e| e == self.log_epoch);
+        match self.client_last_seq {
+            Some(seq) if epoch_matches && (0..=state.last_seq).contains(&seq) => seq,
+            _ => 0,
+        }
+    }
+
     /// Who is attaching, as the log records it.
     fn client(&self) -> Client {
         Client {
@@ -528,13 +558,17 @@ fn decide_attach(
         return Ok(Decision::Attach { events, plan });
     }
 
-    // A lastSeq from another log (epoch mismatch) or beyond anything this job
-    // has delivered means nothing here: replay from the start.
-    let after = match a.client_last_seq {
-        Some(seq) if epoch_matches && (0..=state.last_seq).contains(&seq) => seq,
-        _ => 0,
-    };
-    let missed = state.job_events_after(after);
+    let after = a.replay_after(state);
+    // From the recent seqs the state holds, or from the count the writer
+    // made in the log for a client further behind (and the job events
+    // since it counted).
+    let missed = state
+        .job_events_after(after)
+        .or_else(|| {
+            let c = a.counted.filter(|c| c.after == after)?;
+            Some(c.job_events + state.job_events.saturating_sub(c.job_events_then))
+        })
+        .unwrap_or_else(|| u64::try_from(state.head_seq - after).unwrap_or(0));
     let gap_ms = target
         .filter(|s| s.phase != SessionPhase::Connected)
         .and_then(|s| s.last_disconnect_at)
@@ -791,6 +825,7 @@ mod tests {
             node: None,
             transport: None,
             own_session: false,
+            counted: None,
         });
         (cmd, id)
     }
@@ -1041,6 +1076,7 @@ mod tests {
             node: None,
             transport: None,
             own_session: false,
+            counted: None,
         });
         let plan = when(&mut job, &cmd, t0).1.unwrap();
         assert!(!plan.resumed);

@@ -598,6 +598,15 @@ pub fn to_log_precision(at: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or(at)
 }
 
+/// Whether events of this stored kind are job events (see
+/// [`EventBody::is_job_event`]), without decoding one.
+pub fn is_job_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "progress" | "message" | "completed" | "failed" | "cancelled" | "stalled"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

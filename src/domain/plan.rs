@@ -196,6 +196,7 @@ mod tests {
             node: None,
             transport: None,
             own_session: false,
+            counted: None,
         })
     }
 

@@ -145,6 +145,9 @@ pub struct ConnectionCounts {
 /// change meaning. The views beside it have their own ([`VIEW_VERSION`]).
 pub const FOLD_VERSION: i32 = 7;
 
+/// How many of a job's most recent non-job event seqs its state holds.
+pub const RECENT_OTHERS: usize = 256;
+
 /// A job as the log tells it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobState {
@@ -167,10 +170,19 @@ pub struct JobState {
     pub head_hash: String,
     /// The sessions that have not ended (the job's watchers), oldest first.
     pub watchers: Vec<SessionState>,
-    /// Seqs of the events that are not job events (creation, connection
-    /// events), ascending: with them, how many job events lie in any seq range
-    /// is arithmetic, so a resume never has to count rows.
-    pub other_seqs: Vec<i64>,
+    /// The most recent seqs of events that are not job events (creation,
+    /// connection events), ascending, at most [`RECENT_OTHERS`]: with them,
+    /// how many job events lie after any seq since the oldest of them is
+    /// arithmetic, so a resume never has to count rows; a resume from
+    /// further back counts in the log once. Bounded whatever the job's
+    /// connection history.
+    pub other_seqs: std::collections::VecDeque<i64>,
+    /// The newest seq that left `other_seqs` (0: none has).
+    #[serde(default)]
+    pub others_dropped_through: i64,
+    /// Job events in all (the ones clients receive).
+    #[serde(default)]
+    pub job_events: u64,
     /// Seconds without a job event after which the job stalls (none: never).
     #[serde(default)]
     pub stall_after_secs: Option<u64>,
@@ -250,7 +262,9 @@ impl JobState {
             head_seq: 0,
             head_hash: String::new(),
             watchers: Vec::new(),
-            other_seqs: Vec::new(),
+            other_seqs: std::collections::VecDeque::new(),
+            others_dropped_through: 0,
+            job_events: 0,
             stall_after_secs: None,
             timeout_secs: None,
             stalled_since: None,
@@ -296,14 +310,22 @@ impl JobState {
         super::stream::after_secs(self.created_at?, after)
     }
 
-    /// How many job events have `after < seq <= head_seq`.
-    pub fn job_events_after(&self, after: i64) -> u64 {
+    /// How many job events have `after < seq <= head_seq`, when the recent
+    /// seqs held tell (`after` at or past the oldest of them, or 0: every
+    /// job event); `None` when only the log can (a count of its rows).
+    pub fn job_events_after(&self, after: i64) -> Option<u64> {
         if after >= self.head_seq {
-            return 0;
+            return Some(0);
         }
-        let after = after.max(0);
+        if after <= 0 {
+            return Some(self.job_events);
+        }
+        if after < self.others_dropped_through {
+            return None;
+        }
         let others = self.other_seqs.len() - self.other_seqs.partition_point(|s| *s <= after);
-        (self.head_seq - after) as u64 - others as u64
+        let span = u64::try_from(self.head_seq - after).unwrap_or(0);
+        Some(span.saturating_sub(others as u64))
     }
 
     /// A job exists once its `job_created` event is in the log.
@@ -377,8 +399,14 @@ impl JobState {
             return;
         }
         if !event.body.is_job_event() {
-            self.other_seqs.push(event.seq);
+            self.other_seqs.push_back(event.seq);
+            if self.other_seqs.len() > RECENT_OTHERS {
+                if let Some(dropped) = self.other_seqs.pop_front() {
+                    self.others_dropped_through = dropped;
+                }
+            }
         } else {
+            self.job_events += 1;
             self.last_seq = event.seq;
             // A stall is news, not activity: its clock keeps running from
             // the job event before it, and it does not start a job that

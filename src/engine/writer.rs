@@ -34,13 +34,13 @@ use super::queue::{
 use super::recover::needs_reload;
 use crate::clock::Clock;
 use crate::domain::deadline::{self, Schedule};
-use crate::domain::decide::AttachPlan;
+use crate::domain::decide::{AttachPlan, Counted};
 use crate::domain::state::{fingerprint, IdempotentAppend};
 use crate::domain::{
     plan, Command, DomainError, Event, EventBody, JobId, JobState, Policy, Reply, SessionId,
     SessionPhase,
 };
-use crate::log::{for_each_job_event_after, EventRow, Log, Pages, StoreError};
+use crate::log::{count_job_events, for_each_job_event_after, EventRow, Log, Pages, StoreError};
 use crate::metrics::Metrics;
 
 /// The most payload one commit carries: a batch over it is committed in
@@ -399,7 +399,7 @@ impl Writer {
     /// log, the jobs of attaches are first brought up to the log's latest
     /// word (appends find out by conflict, at no cost otherwise; a stream
     /// command refused is decided again once caught up).
-    async fn prepare(&self, requests: &[WriteRequest]) -> Result<Prepared, StoreError> {
+    async fn prepare(&self, requests: &mut [WriteRequest]) -> Result<Prepared, StoreError> {
         if self.store.shared() {
             let stale: HashSet<JobId> = requests
                 .iter()
@@ -414,7 +414,7 @@ impl Writer {
         let mut missing = Vec::new();
         {
             let mut table = self.table();
-            for req in requests {
+            for req in requests.iter() {
                 if jobs.contains_key(&req.job_id) || missing.contains(&req.job_id) {
                     continue;
                 }
@@ -442,8 +442,30 @@ impl Writer {
                 Err(e) => return Err(e),
             }
         }
+        // A client resuming from further back than a job's state counts
+        // from: its missed events are counted in the log, once.
+        for req in requests.iter_mut() {
+            let (Command::Attach(a), Some(job)) = (&mut req.command, jobs.get(&req.job_id)) else {
+                continue;
+            };
+            let after = a.replay_after(job);
+            if job.job_events_after(after).is_none() {
+                let counted = count_job_events(
+                    self.store.events.as_ref(),
+                    &req.job_id.to_string(),
+                    after,
+                    job.head_seq,
+                )
+                .await?;
+                a.counted = Some(Counted {
+                    after,
+                    job_events: counted,
+                    job_events_then: job.job_events,
+                });
+            }
+        }
         let mut keys: HashMap<JobId, Vec<&str>> = HashMap::new();
-        for req in requests {
+        for req in requests.iter() {
             if let Command::AppendJobEvent {
                 idempotency_key: Some(k),
                 ..

@@ -303,6 +303,7 @@ fn sse(
         node: None,
         transport: Some(TRANSPORT.to_owned()),
         own_session: true,
+        counted: None,
     };
     let params = SocketParams {
         job_id: job.job_id,

@@ -358,6 +358,7 @@ pub(super) async fn check(
             node: None,
             transport: None,
             own_session: false,
+            counted: None,
         },
         offered_subprotocol: offered.contains(&SUBPROTOCOL),
     })

@@ -389,6 +389,26 @@ pub async fn for_each_row(
     Ok(())
 }
 
+/// How many job events (the kinds clients receive) one job has with
+/// `after < seq <= through`, counted from its rows' kinds without decoding
+/// them.
+pub async fn count_job_events(
+    store: &dyn EventLog,
+    job_id: &str,
+    after: i64,
+    through: i64,
+) -> Result<u64, StoreError> {
+    let mut pages = Pages::job(store, job_id, after, through);
+    let mut count = 0u64;
+    while let Some(rows) = pages.next().await? {
+        count += rows
+            .iter()
+            .filter(|r| crate::domain::event::is_job_kind(&r.kind))
+            .count() as u64;
+    }
+    Ok(count)
+}
+
 /// Visits one job's events with `seq <= through_seq`, in order, decoded.
 pub async fn for_each_job_event(
     store: &dyn EventLog,

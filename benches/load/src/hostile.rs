@@ -269,7 +269,7 @@ pub async fn churn(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = database(args, dir.path(), "churn").await?;
     let secret = uuid::Uuid::new_v4().simple().to_string();
-    let (child, addr) = start(&db, &secret, &["--connect-rate-per-ip", "0"]).await?;
+    let (child, addr) = start(&db, &secret, &[]).await?;
     let pid = child.id().unwrap_or_default();
     let tokens = Tokens::new(&secret);
     let service = tokens.mint("service", None);
