@@ -70,7 +70,10 @@ async fn hostile_lifetimes_are_refused_and_the_log_keeps_taking_writes() {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{name}: {value}");
-        let text = res.text().await.unwrap();
+        // The job API's error body.
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+        let text = body["error"]["message"].as_str().unwrap();
         assert!(text.contains(says), "{name}: {value} answers {text}");
     }
     assert_eq!(app.count_events().await, before, "nothing was appended");
@@ -664,4 +667,174 @@ async fn a_resume_from_far_back_counts_what_it_missed_exactly_whatever_the_conne
     let mut ws = app.ws_reconnect(job, 0, &epoch).await;
     let hello = common::next_json(&mut ws).await;
     assert_eq!(hello["missed"], posted.len() + 1, "{hello}");
+}
+
+/// Values a stranger may put in any header or query parameter: extremes,
+/// overflow, garbage, empty, and a few random strings (from a fixed seed).
+fn hostile_values() -> Vec<String> {
+    let mut values: Vec<String> = [
+        "",
+        " ",
+        "0",
+        "-0",
+        "1",
+        "-1",
+        "01",
+        "+1",
+        "1.5",
+        "1e308",
+        "1e-308",
+        "NaN",
+        "inf",
+        "-inf",
+        "true",
+        "TRUE",
+        "false",
+        "now",
+        "4294967296",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+        "99999999999999999999999999999999",
+        "0000000000000000_0000000000000000",
+        "9999999999999999_9999999999999999",
+        "0000000000000001_9999999999999999",
+        "_",
+        "1_",
+        "9999-12-31T23:59:59Z",
+        "0000-01-01T00:00:00Z",
+        "+275760-09-13T00:00:00Z",
+        "2026-02-30T00:00:00Z",
+        "1970-01-01T00:00:00Z",
+        "/v1/stream/",
+        "/v1/stream/../../etc/passwd",
+        "/v1/stream/jobs/00000000-0000-0000-0000-000000000000",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "*/*",
+        "ünïcödé",
+        "\u{202e}rtl",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    values.push("9".repeat(4096));
+    values.push("a".repeat(8000));
+    // A few random strings of visible ASCII, from a fixed seed.
+    let mut seed: u64 = 0x5eed_1234_abcd_0001;
+    for _ in 0..24 {
+        let len = (seed % 40) as usize;
+        let s: String = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b' ' + (seed % 95) as u8)
+            })
+            .collect();
+        values.push(s);
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_header_or_query_value_gets_a_5xx_or_stops_the_writer() {
+    let app = spawn_with(&["--connect-rate-per-ip", "0", "--stream-long-poll-secs", "0"]).await;
+    let job = app.create_job().await;
+    app.progress(job, 5.0).await;
+    let res = stream(&app, Method::PUT, "base")
+        .header("content-type", "application/json")
+        .body("[1,2,3]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let headers = [
+        "stream-ttl",
+        "stream-expires-at",
+        "stream-seq",
+        "stream-closed",
+        "stream-forked-from",
+        "stream-fork-offset",
+        "stream-fork-sub-offset",
+        "producer-id",
+        "producer-epoch",
+        "producer-seq",
+        "content-type",
+        "if-none-match",
+    ];
+    let values = hostile_values();
+    let fresh = std::sync::atomic::AtomicUsize::new(0);
+    let send = |method: Method, path: String, header: Option<(&str, &str)>| {
+        let mut req = stream(&app, method.clone(), &path);
+        if let Some((name, value)) = header {
+            match reqwest::header::HeaderValue::from_str(value) {
+                Ok(v) => req = req.header(name, v),
+                Err(_) => return None,
+            }
+        }
+        if method == Method::POST || method == Method::PUT {
+            req = req.body("[{\"n\":1}]");
+            if header.is_none_or(|(n, _)| n != "content-type") {
+                req = req.header("content-type", "application/json");
+            }
+        }
+        Some((format!("{method} {path} {header:?}"), req.send()))
+    };
+    for name in headers {
+        for value in &values {
+            // A create at a fresh path, and an append, a read and a HEAD
+            // of a stream that is there.
+            let n = fresh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for (method, path) in [
+                (Method::PUT, format!("p-{n}")),
+                (Method::POST, "base".to_owned()),
+                (Method::GET, "base".to_owned()),
+                (Method::HEAD, "base".to_owned()),
+            ] {
+                let Some((what, res)) = send(method, path, Some((name, value))) else {
+                    continue;
+                };
+                let res = res.await.unwrap();
+                assert!(!res.status().is_server_error(), "{what}: {}", res.status());
+            }
+        }
+    }
+    for param in ["offset", "live", "cursor"] {
+        for value in &values {
+            let value: String = url_escape(value);
+            for path in [
+                format!("base?{param}={value}"),
+                format!("base?offset=-1&{param}={value}"),
+                format!("jobs/{job}?{param}={value}"),
+                format!("jobs/{job}?offset=-1&{param}={value}"),
+            ] {
+                let Some((what, res)) = send(Method::GET, path, None) else {
+                    continue;
+                };
+                let res = res.await.unwrap();
+                assert!(!res.status().is_server_error(), "{what}: {}", res.status());
+            }
+        }
+    }
+    // The writer is alive: other streams and jobs take writes, /readyz is
+    // green, and the log restarts clean.
+    still_writes(&app, "after").await;
+    let app = app.restart().await;
+    still_writes(&app, "restarted").await;
+    app.progress(job, 6.0).await;
+}
+
+/// Percent-escapes everything but unreserved characters.
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

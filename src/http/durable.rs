@@ -5,8 +5,10 @@
 //! come from the log by the stream's id and seq, and live readers wake on
 //! the log's head.
 //!
-//! Answers are the protocol's: plain-text errors, its status codes and its
-//! `Stream-*` and `Producer-*` headers.
+//! Answers are the protocol's: its status codes and its `Stream-*` and
+//! `Producer-*` headers; an error's body is the job API's JSON error
+//! (`{"error":{"code","message","requestId"}}`), which the protocol leaves
+//! to the server.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -75,20 +77,42 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/stream/{*path}", any(serve))
 }
 
-/// A protocol answer that is not a success: status, text, headers.
+/// A protocol answer that is not a success: status, a code and a message
+/// (the same JSON error body as the job API's), headers.
 pub(super) struct Refused {
     status: StatusCode,
+    code: &'static str,
     message: String,
     headers: Vec<(&'static str, String)>,
 }
 
 impl Refused {
     pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::GONE => "gone",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "internal",
+        };
         Refused {
             status,
+            code,
             message: message.into(),
             headers: Vec::new(),
         }
+    }
+
+    /// The same, with a code of its own.
+    pub(super) fn coded(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
     }
 
     pub(super) fn with(mut self, name: &'static str, value: impl ToString) -> Self {
@@ -99,12 +123,8 @@ impl Refused {
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            self.message,
-        )
-            .into_response();
+        let body = super::ErrorBody::new(self.code, self.message);
+        let mut response = (self.status, axum::Json(body)).into_response();
         for (name, value) in self.headers {
             if let Ok(value) = HeaderValue::from_str(&value) {
                 response
@@ -121,14 +141,21 @@ pub(super) fn bad(message: impl Into<String>) -> Refused {
 }
 
 fn not_found() -> Refused {
-    Refused::new(StatusCode::NOT_FOUND, "stream not found")
+    Refused::new(StatusCode::NOT_FOUND, "stream not found").coded("stream_not_found")
 }
 
 impl From<EngineError> for Refused {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Domain(DomainError::Stream(r)) => refusal(r),
-            EngineError::Domain(other) => Refused::new(StatusCode::CONFLICT, other.to_string()),
+            EngineError::Domain(other) => {
+                let code = match &other {
+                    DomainError::IdInUse(..) => "id_in_use",
+                    DomainError::Unreadable => "unreadable",
+                    _ => "conflict",
+                };
+                Refused::new(StatusCode::CONFLICT, other.to_string()).coded(code)
+            }
             EngineError::Unavailable(cause) => {
                 tracing::warn!(%cause, "stream request refused: the log is unavailable");
                 Refused::new(
@@ -152,7 +179,8 @@ impl From<crate::log::StoreError> for Refused {
             return Refused::new(
                 StatusCode::CONFLICT,
                 format!("{e}: the stream is set aside until the log is repaired"),
-            );
+            )
+            .coded("unreadable");
         }
         tracing::warn!(error = %e, "stream read failed");
         Refused::new(
@@ -165,18 +193,19 @@ impl From<crate::log::StoreError> for Refused {
 
 fn refusal(r: StreamRefusal) -> Refused {
     let message = r.to_string();
+    let conflict = |code| Refused::new(StatusCode::CONFLICT, message.clone()).coded(code);
     match r {
         StreamRefusal::NotFound => not_found(),
-        StreamRefusal::Retained => Refused::new(StatusCode::GONE, message),
-        StreamRefusal::ConfigMismatch
-        | StreamRefusal::ContentTypeMismatch
-        | StreamRefusal::SeqRegression => Refused::new(StatusCode::CONFLICT, message),
-        StreamRefusal::Closed => Refused::new(StatusCode::CONFLICT, message).with(CLOSED, "true"),
-        StreamRefusal::StaleEpoch { current } => {
-            Refused::new(StatusCode::FORBIDDEN, message).with(PRODUCER_EPOCH, current)
-        }
-        StreamRefusal::EpochSeq => bad(message),
-        StreamRefusal::SeqGap { expected, received } => Refused::new(StatusCode::CONFLICT, message)
+        StreamRefusal::Retained => Refused::new(StatusCode::GONE, message).coded("stream_retained"),
+        StreamRefusal::ConfigMismatch => conflict("stream_exists"),
+        StreamRefusal::ContentTypeMismatch => conflict("content_type_mismatch"),
+        StreamRefusal::SeqRegression => conflict("stream_seq_regression"),
+        StreamRefusal::Closed => conflict("stream_closed").with(CLOSED, "true"),
+        StreamRefusal::StaleEpoch { current } => Refused::new(StatusCode::FORBIDDEN, message)
+            .coded("stale_producer_epoch")
+            .with(PRODUCER_EPOCH, current),
+        StreamRefusal::EpochSeq => bad(message).coded("producer_epoch_seq"),
+        StreamRefusal::SeqGap { expected, received } => conflict("producer_seq_gap")
             .with(PRODUCER_EXPECTED_SEQ, expected)
             .with(PRODUCER_RECEIVED_SEQ, received),
     }
