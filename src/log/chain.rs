@@ -2,7 +2,7 @@
 //! domain's chain (`domain::chain`), for whatever fills or verifies a log
 //! directly.
 
-use super::EventRow;
+use super::store::EventRow;
 use crate::domain::chain::{self, Hashed};
 use crate::domain::{Event, JobState};
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{EventLog, EventRow, JobSpan, StoreError};
+use super::store::{EventLog, EventRow, JobSpan, StoreError};
 
 pub struct PanicOn {
     inner: Arc<dyn EventLog>,

@@ -15,7 +15,7 @@
 //! node wrote that this build cannot decode and goes on, so one unknown event
 //! cannot stop cross-node delivery.
 
-use super::{EventLog, EventRow, JobSpan, StoreError, PAGE_BYTES};
+use super::store::{EventLog, EventRow, JobSpan, StoreError, PAGE_BYTES};
 use crate::domain::Event;
 
 /// Rows per page unless the reader asks for another size.

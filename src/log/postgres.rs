@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
-use super::{
+use super::store::{
     classify, AppendListener, CheckpointHeader, CheckpointRow, Checkpoints, EventLog, EventRow,
     JobIndex, JobSpan, Membership, StoreError, LIST_CHECKPOINTS, PAGE_BYTES,
 };

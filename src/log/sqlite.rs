@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
 use super::sqlite_scan::Scanner;
-use super::{
+use super::store::{
     classify, CheckpointHeader, CheckpointRow, Checkpoints, EventLog, EventRow, JobIndex, JobSpan,
     StoreError, LIST_CHECKPOINTS,
 };

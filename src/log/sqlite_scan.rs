@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{EventRow, JobSpan, StoreError, PAGE_BYTES};
+use super::store::{EventRow, JobSpan, StoreError, PAGE_BYTES};
 
 const COLUMNS: &str =
     "position, job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash";

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use super::chain::event_hash;
-use super::{EventLog, EventRow, Pages, StoreError};
+use super::pages::Pages;
+use super::store::{EventLog, EventRow, StoreError};
 
 /// The first event that breaks its job's chain, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]

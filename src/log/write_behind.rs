@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{EventLog, EventRow, JobSpan, StoreError};
+use super::store::{EventLog, EventRow, JobSpan, StoreError};
 
 /// How long an acknowledged append waits before it is committed.
 const DELAY: Duration = Duration::from_millis(50);
