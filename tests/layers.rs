@@ -48,6 +48,7 @@ const FILES: &[(&str, &[&str])] = &[
             "deadline", "plan", "history", "summary",
         ],
     ),
+    ("http/durable", &["protocol", "streams", "jobs", "routes"]),
     (
         "engine",
         &[

@@ -5,7 +5,6 @@ pub mod client;
 pub mod connections;
 mod demo;
 pub mod durable;
-mod durable_jobs;
 pub mod error;
 pub mod events;
 pub mod extract;

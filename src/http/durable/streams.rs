@@ -1,30 +1,17 @@
-//! Durable Streams at `/v1/stream/{path}`: the open protocol for resumable
-//! HTTP streams (create, append, read from an offset, tail by long-poll or
-//! Server-Sent Events, close, delete, fork), over rejoin's log. Every
-//! change is a command the writer decides and commits like a job's; reads
-//! come from the log by the stream's id and seq, and live readers wake on
-//! the log's head.
-//!
-//! Answers are the protocol's: its status codes and its `Stream-*` and
-//! `Producer-*` headers; an error's body is the job API's JSON error
-//! (`{"error":{"code","message","requestId"}}`), which the protocol leaves
-//! to the server.
+//! Plain streams at `/v1/stream/{path}`: create, append, read (catch-up,
+//! long-poll, SSE), HEAD, delete and fork, each a command the writer
+//! decides and commits like a job's; reads come from the log by the
+//! stream's id and seq.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
-use axum::Router;
 use base64::Engine as _;
-use serde_json::Value;
 
-use super::durable_jobs;
-use super::extract::Caller;
-use super::AppState;
+use super::protocol::*;
 use crate::auth::Role;
 use crate::domain::event::{ForkOf, ProducerTuple, StreamData};
 use crate::domain::stream::{
@@ -33,251 +20,14 @@ use crate::domain::stream::{
 };
 use crate::domain::{DomainError, EventBody, JobId, JobState};
 use crate::engine::{EngineError, StreamDone};
+use crate::http::extract::Caller;
+use crate::http::AppState;
 
-/// What the stream routes are configured with.
-#[derive(Clone, Debug)]
-pub struct StreamSettings {
-    /// `--stream-auth none`: no token needed.
-    pub open: bool,
-    pub max_body_bytes: usize,
-    /// How long a long-poll waits for data.
-    pub long_poll: Duration,
-}
-
-pub(super) const NEXT_OFFSET: &str = "stream-next-offset";
-pub(super) const UP_TO_DATE: &str = "stream-up-to-date";
-pub(super) const CURSOR: &str = "stream-cursor";
-pub(super) const CLOSED: &str = "stream-closed";
-const TTL: &str = "stream-ttl";
-const EXPIRES_AT: &str = "stream-expires-at";
-const SEQ: &str = "stream-seq";
-const FORKED_FROM: &str = "stream-forked-from";
-const FORK_OFFSET: &str = "stream-fork-offset";
-const FORK_SUB_OFFSET: &str = "stream-fork-sub-offset";
-const PRODUCER_ID: &str = "producer-id";
-const PRODUCER_EPOCH: &str = "producer-epoch";
-const PRODUCER_SEQ: &str = "producer-seq";
-const PRODUCER_EXPECTED_SEQ: &str = "producer-expected-seq";
-const PRODUCER_RECEIVED_SEQ: &str = "producer-received-seq";
-const SSE_ENCODING: &str = "stream-sse-data-encoding";
-
-/// The largest body a catch-up read answers with; the rest follows from
-/// its `Stream-Next-Offset`.
-pub(super) const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
-
-/// How deep forks of forks may nest: a read of the deepest reads every
-/// stream above it.
-pub(super) const MAX_FORK_DEPTH: usize = 64;
-
-/// How long an SSE response stays open before the server closes it (the
-/// client reconnects from its last offset; proxies can collapse readers).
-pub(super) const SSE_LIFETIME: Duration = Duration::from_secs(60);
-
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/stream/{*path}", any(serve))
-}
-
-/// A protocol answer that is not a success: status, a code and a message
-/// (the same JSON error body as the job API's), headers.
-pub(super) struct Refused {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    headers: Vec<(&'static str, String)>,
-}
-
-impl Refused {
-    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        let code = match status {
-            StatusCode::BAD_REQUEST => "bad_request",
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-            StatusCode::CONFLICT => "conflict",
-            StatusCode::GONE => "gone",
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            _ => "internal",
-        };
-        Refused {
-            status,
-            code,
-            message: message.into(),
-            headers: Vec::new(),
-        }
-    }
-
-    /// The same, with a code of its own.
-    pub(super) fn coded(mut self, code: &'static str) -> Self {
-        self.code = code;
-        self
-    }
-
-    pub(super) fn with(mut self, name: &'static str, value: impl ToString) -> Self {
-        self.headers.push((name, value.to_string()));
-        self
-    }
-}
-
-impl IntoResponse for Refused {
-    fn into_response(self) -> Response {
-        let body = super::ErrorBody::new(self.code, self.message);
-        let mut response = (self.status, axum::Json(body)).into_response();
-        for (name, value) in self.headers {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                response
-                    .headers_mut()
-                    .insert(HeaderName::from_static(name), value);
-            }
-        }
-        response
-    }
-}
-
-pub(super) fn bad(message: impl Into<String>) -> Refused {
-    Refused::new(StatusCode::BAD_REQUEST, message)
-}
-
-fn not_found() -> Refused {
-    Refused::new(StatusCode::NOT_FOUND, "stream not found").coded("stream_not_found")
-}
-
-impl From<EngineError> for Refused {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::Domain(DomainError::Stream(r)) => refusal(r),
-            EngineError::Domain(other) => {
-                let code = match &other {
-                    DomainError::IdInUse(..) => "id_in_use",
-                    DomainError::Unreadable => "unreadable",
-                    _ => "conflict",
-                };
-                Refused::new(StatusCode::CONFLICT, other.to_string()).coded(code)
-            }
-            EngineError::Unavailable(cause) => {
-                tracing::warn!(%cause, "stream request refused: the log is unavailable");
-                Refused::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the log is unavailable; retry",
-                )
-                .with("retry-after", 1)
-            }
-            EngineError::Internal(cause) => {
-                tracing::error!(%cause, "stream request failed");
-                Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-            }
-        }
-    }
-}
-
-impl From<crate::log::StoreError> for Refused {
-    fn from(e: crate::log::StoreError) -> Self {
-        if let crate::log::StoreError::Corrupt { .. } = e {
-            tracing::error!(error = %e, "a stream read reached an event that cannot be decoded");
-            return Refused::new(
-                StatusCode::CONFLICT,
-                format!("{e}: the stream is set aside until the log is repaired"),
-            )
-            .coded("unreadable");
-        }
-        tracing::warn!(error = %e, "stream read failed");
-        Refused::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the log is unavailable; retry",
-        )
-        .with("retry-after", 1)
-    }
-}
-
-fn refusal(r: StreamRefusal) -> Refused {
-    let message = r.to_string();
-    let conflict = |code| Refused::new(StatusCode::CONFLICT, message.clone()).coded(code);
-    match r {
-        StreamRefusal::NotFound => not_found(),
-        StreamRefusal::Retained => Refused::new(StatusCode::GONE, message).coded("stream_retained"),
-        StreamRefusal::ConfigMismatch => conflict("stream_exists"),
-        StreamRefusal::ContentTypeMismatch => conflict("content_type_mismatch"),
-        StreamRefusal::SeqRegression => conflict("stream_seq_regression"),
-        StreamRefusal::Closed => conflict("stream_closed").with(CLOSED, "true"),
-        StreamRefusal::StaleEpoch { current } => Refused::new(StatusCode::FORBIDDEN, message)
-            .coded("stale_producer_epoch")
-            .with(PRODUCER_EPOCH, current),
-        StreamRefusal::EpochSeq => bad(message).coded("producer_epoch_seq"),
-        StreamRefusal::SeqGap { expected, received } => conflict("producer_seq_gap")
-            .with(PRODUCER_EXPECTED_SEQ, expected)
-            .with(PRODUCER_RECEIVED_SEQ, received),
-    }
-}
-
-/// Every answer carries the browser security and CORS headers.
-async fn serve(State(state): State<AppState>, req: Request) -> Response {
-    let origin = allowed_origin(
-        &state.upgrade.allowed_origins,
-        req.headers().get(header::ORIGIN),
-    );
-    let mut response = match dispatch(&state, req).await {
-        Ok(r) => r,
-        Err(r) => r.into_response(),
-    };
-    let headers = response.headers_mut();
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        "cross-origin-resource-policy",
-        HeaderValue::from_static("cross-origin"),
-    );
-    headers.append(header::VARY, HeaderValue::from_static("Origin"));
-    // An origin outside `--allowed-origins` (or none, from a client that
-    // is not a browser) gets no CORS headers: a browser shows its page
-    // nothing.
-    let Some(origin) = origin else {
-        headers.remove(header::ACCESS_CONTROL_ALLOW_METHODS);
-        headers.remove(header::ACCESS_CONTROL_ALLOW_HEADERS);
-        headers.remove(header::ACCESS_CONTROL_MAX_AGE);
-        return response;
-    };
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(
-            "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, \
-             Stream-TTL, Stream-Expires-At, Producer-Epoch, Producer-Seq, \
-             Producer-Expected-Seq, Producer-Received-Seq, ETag, Content-Type, Location, \
-             Retry-After",
-        ),
-    );
-    response
-}
-
-/// The `Access-Control-Allow-Origin` a stream answer carries: `*` without
-/// `--allowed-origins` (streams are read with bearer tokens, never cookies)
-/// or when it lists `*`; otherwise the request's origin if listed, and
-/// nothing if not.
-fn allowed_origin(allowed: &[String], origin: Option<&HeaderValue>) -> Option<HeaderValue> {
-    if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
-        return Some(HeaderValue::from_static("*"));
-    }
-    let origin = origin?;
-    let text = origin.to_str().ok()?;
-    allowed
-        .iter()
-        .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(text))
-        .then(|| origin.clone())
-}
-
-async fn dispatch(state: &AppState, req: Request) -> Result<Response, Refused> {
-    let method = req.method().clone();
-    if method == Method::OPTIONS {
-        return Ok(preflight());
-    }
-    if req.uri().path().starts_with(durable_jobs::PREFIX) {
-        return durable_jobs::serve(state, req).await;
-    }
+/// A plain stream's request (a job stream's are `jobs.rs`'s): the token,
+/// then the method.
+pub(super) async fn serve(state: &AppState, req: Request) -> Result<Response, Refused> {
     authorize(state, req.headers()).await?;
+    let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
@@ -301,27 +51,9 @@ async fn dispatch(state: &AppState, req: Request) -> Result<Response, Refused> {
     }
 }
 
-fn preflight() -> Response {
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE, OPTIONS"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static(
-            "Authorization, Content-Type, If-None-Match, Stream-Seq, Stream-TTL, \
-             Stream-Expires-At, Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, \
-             Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset",
-        ),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("600"),
-    );
-    response
-}
+/// How deep forks of forks may nest: a read of the deepest reads every
+/// stream above it.
+pub(super) const MAX_FORK_DEPTH: usize = 64;
 
 /// Streams need a stream or service token unless `--stream-auth none`.
 async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Refused> {
@@ -337,48 +69,6 @@ async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Refused>
                 "streams need a stream or service token",
             )
         })
-}
-
-/// The verified claims of the request's bearer token; 401 without one
-/// (`what` names what needs it).
-pub(super) async fn bearer(
-    state: &AppState,
-    headers: &HeaderMap,
-    what: &str,
-) -> Result<crate::auth::Claims, Refused> {
-    let unauthorized = |message: String| {
-        Refused::new(StatusCode::UNAUTHORIZED, message)
-            .with("www-authenticate", r#"Bearer realm="rejoin""#)
-    };
-    let token = super::extract::bearer_token(headers)
-        .ok_or_else(|| unauthorized(format!("{what} need `Authorization: Bearer <token>`")))?;
-    state
-        .auth
-        .verify(token)
-        .await
-        .map_err(|e| unauthorized(e.to_string()))
-}
-
-async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Refused> {
-    let limit = state.settings.streams.max_body_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Refused::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {limit} bytes"),
-        )
-    })
-}
-
-pub(super) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// A non-negative decimal without leading zeros or signs.
-fn strict_integer(text: &str) -> Option<u64> {
-    let ok = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text == "0" || !text.starts_with('0'));
-    ok.then(|| text.parse().ok()).flatten()
 }
 
 /// The stream at `path` if it is there now (not deleted, not expired):
@@ -612,15 +302,6 @@ fn body_error(e: BodyError) -> Refused {
     bad(e.to_string())
 }
 
-pub(super) fn set(headers: &mut HeaderMap, name: &str, value: &str) {
-    if let (Ok(name), Ok(value)) = (
-        HeaderName::from_bytes(name.as_bytes()),
-        HeaderValue::from_str(value),
-    ) {
-        headers.insert(name, value);
-    }
-}
-
 async fn append(
     state: &AppState,
     path: &str,
@@ -777,61 +458,6 @@ async fn head(state: &AppState, path: &str) -> Result<Response, Refused> {
     Ok(response)
 }
 
-pub(super) fn etag(path: &str, start: &str, end: &str, closed: bool) -> String {
-    let path = base64::engine::general_purpose::STANDARD.encode(path);
-    format!("\"{path}:{start}:{end}{}\"", if closed { ":c" } else { "" })
-}
-
-/// The read's query: `offset`, `live`, `cursor`.
-pub(super) struct ReadQuery {
-    pub offset: Option<String>,
-    pub live: Option<String>,
-    pub cursor: Option<String>,
-}
-
-pub(super) fn read_query(uri: &axum::http::Uri) -> Result<ReadQuery, Refused> {
-    let axum::extract::Query(pairs) =
-        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
-            .map_err(|e| bad(e.body_text()))?;
-    let mut q = ReadQuery {
-        offset: None,
-        live: None,
-        cursor: None,
-    };
-    for (key, value) in pairs {
-        match key.as_str() {
-            "offset" => {
-                if q.offset.is_some() {
-                    return Err(bad("give one offset"));
-                }
-                q.offset = Some(value);
-            }
-            "live" => q.live = Some(value),
-            "cursor" => q.cursor = Some(value),
-            _ => {}
-        }
-    }
-    Ok(q)
-}
-
-/// Where a read starts.
-pub(super) enum Start {
-    Beginning,
-    Now,
-    At(Offset),
-}
-
-pub(super) fn parse_start(offset: Option<&str>) -> Result<Start, Refused> {
-    match offset {
-        None | Some("-1") => Ok(Start::Beginning),
-        Some("now") => Ok(Start::Now),
-        Some("") => Err(bad("offset must not be empty")),
-        Some(o) => Offset::parse(o)
-            .map(Start::At)
-            .ok_or_else(|| bad("offset is not an offset of this server, -1 or now")),
-    }
-}
-
 /// One append's data, with the offset after it.
 struct Chunk {
     offset: Offset,
@@ -862,7 +488,7 @@ async fn read(
         };
         let base64 = !(json || media_type(&stream.content_type).starts_with("text/"));
         // A live reader holds one of the places sockets hold.
-        super::upgrade::admit_capacity(state)
+        crate::http::upgrade::admit_capacity(state)
             .map_err(|e| Refused::new(e.status_code(), e.to_string()))?;
         return Ok(sse(state.clone(), id, (json, base64), after, q.cursor));
     }
@@ -963,24 +589,6 @@ async fn read(
     };
     set(h, header::CACHE_CONTROL.as_str(), cache);
     Ok(response)
-}
-
-#[derive(Clone, Copy)]
-pub(super) enum Live {
-    LongPoll,
-    Sse,
-}
-
-impl Live {
-    /// The `live` parameter: none, `long-poll` or `sse`.
-    pub(super) fn parse(live: Option<&str>) -> Result<Option<Live>, Refused> {
-        match live {
-            None => Ok(None),
-            Some("long-poll") => Ok(Some(Live::LongPoll)),
-            Some("sse") => Ok(Some(Live::Sse)),
-            Some(_) => Err(bad("live must be long-poll or sse")),
-        }
-    }
 }
 
 /// The body of a read: the bytes, or a JSON stream's messages as one array.
@@ -1111,57 +719,6 @@ async fn wait_for_more(
     .await
 }
 
-/// A long-poll: `check` each time an event of `id` commits, until it finds
-/// something (`Some`) or `--stream-long-poll-secs` pass (`None`), or the
-/// server stops. It counts among the long-lived readers while it waits.
-pub(super) async fn long_poll<T, F, Fut>(
-    state: &AppState,
-    id: JobId,
-    mut check: F,
-) -> Result<Option<T>, Refused>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>, Refused>>,
-{
-    super::upgrade::admit_capacity(state)
-        .map_err(|e| Refused::new(e.status_code(), e.to_string()))?;
-    let _counted = state.tasks.token();
-    let mut head = state.engine.watch(id);
-    let deadline = tokio::time::Instant::now() + state.settings.streams.long_poll;
-    loop {
-        if let Some(found) = check().await? {
-            return Ok(Some(found));
-        }
-        tokio::select! {
-            changed = head.changed() => {
-                if changed.is_err() {
-                    return Ok(None);
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => return Ok(None),
-            _ = state.shutdown.cancelled() => return Ok(None),
-        }
-    }
-}
-
-/// The cursor of a live answer: the current 20-second interval since
-/// 2024-10-09, moved past the client's when it has caught up with it.
-pub(super) fn cursor(client: Option<&str>) -> String {
-    const EPOCH: i64 = 1_728_432_000; // 2024-10-09T00:00:00Z
-    const INTERVAL: i64 = 20;
-    let now = chrono::Utc::now().timestamp();
-    let current = (now - EPOCH) / INTERVAL;
-    match client.and_then(|c| c.parse::<i64>().ok()) {
-        Some(c) if c >= current => {
-            let mut jitter = [0u8; 2];
-            let _ = getrandom::fill(&mut jitter);
-            let secs = 1 + i64::from(u16::from_le_bytes(jitter)) % 3600;
-            (c + (secs / INTERVAL).max(1)).to_string()
-        }
-        _ => current.to_string(),
-    }
-}
-
 /// A Server-Sent Events reader: the data after `after`, then each append as
 /// it commits, a `control` event after every `data` event; it ends with the
 /// stream's close, or after a minute (the client resumes from its offset).
@@ -1255,7 +812,7 @@ fn sse(
             }
         }
     });
-    let stream = super::stream::receiver_stream(rx);
+    let stream = crate::http::stream::receiver_stream(rx);
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
     set(h, header::CONTENT_TYPE.as_str(), "text/event-stream");
@@ -1264,36 +821,4 @@ fn sse(
         set(h, SSE_ENCODING, "base64");
     }
     response
-}
-
-pub(super) fn sse_frame(event: &str, payload: &str) -> String {
-    let mut out = format!("event: {event}\n");
-    // Every line break a client's parser knows (CRLF, CR, LF) starts a new
-    // `data:` line, so no payload can end the event or forge a field.
-    for line in payload.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
-        out.push_str("data:");
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push('\n');
-    out
-}
-
-pub(super) fn control(
-    offset: Offset,
-    up_to_date: bool,
-    closed: bool,
-    client_cursor: Option<&str>,
-) -> String {
-    let mut body = serde_json::Map::new();
-    body.insert("streamNextOffset".into(), Value::String(offset.to_string()));
-    if closed {
-        body.insert("streamClosed".into(), Value::Bool(true));
-    } else {
-        body.insert("streamCursor".into(), Value::String(cursor(client_cursor)));
-        if up_to_date {
-            body.insert("upToDate".into(), Value::Bool(true));
-        }
-    }
-    sse_frame("control", &Value::Object(body).to_string())
 }

@@ -28,23 +28,23 @@ use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 use uuid::Uuid;
 
-use super::durable::{
+use super::protocol::{
     bad, bearer, control, cursor, etag, header_text, long_poll, parse_start, read_query, set,
     sse_frame, Live, Refused, Start, CLOSED, CURSOR, NEXT_OFFSET, READ_CHUNK_BYTES, SSE_LIFETIME,
     UP_TO_DATE,
 };
-use super::request::ClientAddr;
-use super::upgrade::admit;
-use super::AppState;
 use crate::auth::Role;
 use crate::domain::decide::Attach;
 use crate::domain::stream::Offset;
 use crate::domain::{JobId, JobState};
+use crate::http::request::ClientAddr;
+use crate::http::upgrade::admit;
+use crate::http::AppState;
 use crate::ws::protocol::job_message;
 use crate::ws::socket::{self, SocketParams};
 
 /// Where job streams live under `/v1/stream/`.
-pub const PREFIX: &str = "/v1/stream/jobs/";
+pub(super) const PREFIX: &str = "/v1/stream/jobs/";
 
 /// The transport recorded for a Durable Streams reader's session.
 pub const TRANSPORT: &str = "durable-streams";
@@ -312,7 +312,7 @@ fn sse(
         heartbeat_timeout: state.upgrade.heartbeat_timeout,
         send_queue: state.upgrade.send_queue,
         shutdown: state.shutdown.clone(),
-        request_id: super::request::current().map(|id| id.to_string()),
+        request_id: crate::http::request::current().map(|id| id.to_string()),
     };
     let (frames_tx, frames) = mpsc::channel::<Frame>(16);
     let alive = frames_tx.clone();
@@ -326,7 +326,7 @@ fn sse(
         .with_flat_map(move |m: Message| {
             futures_util::stream::iter(adapter.frames(m).into_iter().map(Ok))
         });
-    let reads = super::stream::client_reads(alive, state.upgrade.heartbeat_interval);
+    let reads = crate::http::stream::client_reads(alive, state.upgrade.heartbeat_interval);
     state.tasks.spawn(socket::serve(
         Box::pin(sink),
         reads,
