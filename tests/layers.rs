@@ -48,7 +48,10 @@ const FILES: &[(&str, &[&str])] = &[
             "deadline", "plan", "history", "summary",
         ],
     ),
-    ("http/durable", &["protocol", "streams", "jobs", "routes"]),
+    (
+        "http/durable",
+        &["document", "protocol", "streams", "jobs", "routes"],
+    ),
     (
         "engine",
         &[

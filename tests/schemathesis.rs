@@ -1,5 +1,6 @@
-//! Schemathesis (from PyPI) fuzzes every operation of `/openapi.json` against
-//! a real server, with a service token: no request may get a 5xx, and every
+//! Schemathesis (from PyPI) fuzzes every operation of `/openapi.json` (the
+//! Durable Streams operations included) against a real server, with a
+//! service token: no request may get a 5xx, and every
 //! answer must match the document (status codes, content types, bodies,
 //! headers).
 //!

@@ -6,6 +6,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::durable::StreamPaths;
 use super::{events, health, history, jobs, stream, AppState};
 
 #[derive(OpenApi)]
@@ -33,12 +34,13 @@ use super::{events, health, history, jobs, stream, AppState};
         health::metrics,
     ),
     components(schemas(super::ErrorBody, super::ErrorDetail)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &StreamPaths),
     tags(
         (name = "jobs", description = "Create jobs, append their events, read their state"),
         (name = "support", description = "Connection history"),
         (name = "analytics", description = "The global log"),
         (name = "operations", description = "Health and metrics"),
+        (name = "streams", description = "Durable Streams: plain streams, and every job as a read-only stream"),
     )
 )]
 pub struct ApiDoc;

@@ -5,12 +5,15 @@
 //!
 //! The files import one way: the protocol's types, headers and answers
 //! (`protocol.rs`); plain streams (`streams.rs`) and job streams
-//! (`jobs.rs`) on it; the route that serves both (`routes.rs`) on top.
+//! (`jobs.rs`) on it; the route that serves both (`routes.rs`) on top;
+//! their operations in the OpenAPI document (`document.rs`).
 
+mod document;
 mod jobs;
 mod protocol;
 mod routes;
 mod streams;
 
+pub use document::StreamPaths;
 pub use protocol::StreamSettings;
 pub use routes::router;
