@@ -295,6 +295,8 @@ async fn the_openapi_document_lists_every_http_route() {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/v1/stream/{path}",
+        "/v1/stream/jobs/{job_id}",
     ]
     .into_iter()
     .collect();
