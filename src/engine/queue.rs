@@ -29,9 +29,11 @@ impl Health {
     /// Records that a task stopped (a task that outlived the one that
     /// failed may stop with it: each is named, in order).
     pub fn fail(&self, what: String) {
-        tracing::error!(failure = %what, "an essential task stopped: not ready, and stopping so that the supervisor restarts the server from the log");
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.push(what);
+        if !failures.contains(&what) {
+            tracing::error!(failure = %what, "an essential task stopped: not ready, and stopping so that the supervisor restarts the server from the log");
+            failures.push(what);
+        }
         self.died.cancel();
     }
 
@@ -45,6 +47,15 @@ impl Health {
     pub fn died(&self) -> tokio_util::sync::CancellationToken {
         self.died.clone()
     }
+}
+
+/// What a panic said, as far as it can be read.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// A socket attached to a job: how to serve it.

@@ -18,7 +18,7 @@ use super::checkpoint::{self, Snapshot};
 use super::hub::{Hub, Wakeups};
 use super::jobs::JobTable;
 use super::lease::Lease;
-use super::queue::{Closes, Health, Queue, StreamReads, WriteRequest, WriterStats};
+use super::queue::{panic_text, Closes, Health, Queue, StreamReads, WriteRequest, WriterStats};
 use super::settings::{EngineSettings, Startup};
 use super::writer::{CheckpointPolicy, Writer};
 use super::{index, membership, notify, recover, scheduler};
@@ -194,6 +194,7 @@ impl Engine {
             metrics: inner.metrics.clone(),
             head: wiring.head,
             wakeups: inner.wakeups.clone(),
+            health: inner.health.clone(),
             store: inner.store.clone(),
             jobs: inner.jobs.clone(),
             applied: inner.applied.clone(),
@@ -364,14 +365,7 @@ fn supervised(
         let why = match AssertUnwindSafe(task).catch_unwind().await {
             Ok(()) if shutdown.is_cancelled() => return,
             Ok(()) => "it ended while the server was running".to_owned(),
-            Err(panic) => {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                format!("it panicked: {text}")
-            }
+            Err(panic) => format!("it panicked: {}", panic_text(panic.as_ref())),
         };
         health.fail(format!("the {name} stopped: {why}"));
     })

@@ -16,10 +16,12 @@
 //! leaves the state untouched.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -28,8 +30,8 @@ use super::hub::{CloseReason, Hub, Registration, Wakeups};
 use super::jobs::{load_job, Held, JobTable, Logged};
 use super::lease::Lease;
 use super::queue::{
-    by_weight, Answer, Appended, Attached, Created, EngineError, StreamDone, WriteRequest,
-    WriterStats,
+    by_weight, panic_text, Answer, Appended, Attached, Created, EngineError, Health, StreamDone,
+    WriteRequest, WriterStats,
 };
 use super::recover::needs_reload;
 use crate::clock::Clock;
@@ -135,6 +137,8 @@ pub(crate) struct Writer {
     pub head: watch::Sender<i64>,
     /// The long-lived readers of each job and stream, woken by its commits.
     pub wakeups: Arc<Wakeups>,
+    /// Where the writer's own death is recorded, before any request hears.
+    pub health: Arc<Health>,
     /// Every event up to this position is applied (what a checkpoint covers).
     pub applied: Arc<AtomicI64>,
     pub max_batch: usize,
@@ -232,8 +236,20 @@ impl Writer {
             self.stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
             self.stats.taken.fetch_add(n as u64, Ordering::Relaxed);
             let requests = std::mem::replace(&mut batch, Vec::with_capacity(self.max_batch));
-            for part in by_weight(requests, BATCH_BYTES) {
-                self.process(part).await;
+            for mut part in by_weight(requests, BATCH_BYTES) {
+                let done = AssertUnwindSafe(self.process(&mut part))
+                    .catch_unwind()
+                    .await;
+                if let Err(panic) = done {
+                    // Recorded while the batch's requests still wait: by
+                    // the time a client hears 503, /readyz says why.
+                    self.health.fail(format!(
+                        "the log writer stopped: it panicked: {}",
+                        panic_text(panic.as_ref())
+                    ));
+                    drop(part);
+                    std::panic::resume_unwind(panic);
+                }
             }
             if self.own.is_none() {
                 due.since_events += self.stats.events.load(Ordering::Relaxed) - committed_before;
@@ -304,11 +320,11 @@ impl Writer {
     /// something wrote a SQLite log behind this process's back), the jobs it
     /// touched are caught up from the log and the batch decided again: the
     /// log is the truth, memory a cache.
-    async fn process(&self, mut requests: Vec<WriteRequest>) {
+    async fn process(&self, requests: &mut Vec<WriteRequest>) {
         const ATTEMPTS: usize = 8;
         let mut caught_up = HashSet::new();
         for attempt in 1..=ATTEMPTS {
-            match self.try_batch(&mut requests, &caught_up).await {
+            match self.try_batch(requests, &caught_up).await {
                 Ok(()) => return,
                 Err(touched) if attempt < ATTEMPTS => {
                     tracing::debug!(
@@ -317,12 +333,15 @@ impl Writer {
                         "the log moved on behind this writer; catching up"
                     );
                     if let Err(e) = self.catch_up(&touched).await {
-                        return self.refuse(requests, &e.to_string());
+                        return self.refuse(std::mem::take(requests), &e.to_string());
                     }
                     caught_up.extend(touched);
                 }
                 Err(_) => {
-                    return self.refuse(requests, "appends kept conflicting with other nodes'")
+                    return self.refuse(
+                        std::mem::take(requests),
+                        "appends kept conflicting with other nodes'",
+                    )
                 }
             }
         }

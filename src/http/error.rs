@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The log cannot be written or read; the cause is logged, not returned.
     #[error("the event log is unavailable")]
     Unavailable(String),
+    /// This node is not ready, and says why (`/readyz`).
+    #[error("{0}")]
+    NotReady(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -71,7 +74,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::Unavailable(_) | ApiError::TooManyConnections => {
+            ApiError::Unavailable(_) | ApiError::NotReady(_) | ApiError::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -95,6 +98,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Unavailable(_) => "log_unavailable",
+            ApiError::NotReady(_) => "not_ready",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Internal(_) => "internal",

@@ -35,7 +35,7 @@ pub async fn healthz() -> Json<Value> {
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if let Some(failure) = state.engine.failure() {
-        return Err(ApiError::Unavailable(format!(
+        return Err(ApiError::NotReady(format!(
             "{failure}; the server is stopping"
         )));
     }

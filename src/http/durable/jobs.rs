@@ -21,7 +21,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::ws::Message;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::SinkExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -29,9 +29,8 @@ use tokio_util::sync::PollSender;
 use uuid::Uuid;
 
 use super::protocol::{
-    bad, bearer, control, cursor, etag, header_text, long_poll, parse_start, read_query, set,
-    sse_frame, Live, Refused, Start, CLOSED, CURSOR, NEXT_OFFSET, READ_CHUNK_BYTES, SSE_LIFETIME,
-    UP_TO_DATE,
+    bad, bearer, control, etag, header_text, long_poll, parse_start, read_query, set, sse_frame,
+    Answer, Live, Refused, Start, READ_CHUNK_BYTES, SSE_LIFETIME,
 };
 use crate::auth::Role;
 use crate::domain::decide::Attach;
@@ -87,15 +86,12 @@ pub(super) async fn serve(state: &AppState, req: Request) -> Result<Response, Re
         .await?
         .ok_or_else(|| Refused::new(StatusCode::NOT_FOUND, "stream not found"))?;
     if method == Method::HEAD {
-        let mut response = StatusCode::OK.into_response();
-        let h = response.headers_mut();
-        set(h, header::CONTENT_TYPE.as_str(), "application/json");
-        set(h, NEXT_OFFSET, &offset(job.last_seq).to_string());
-        set(h, header::CACHE_CONTROL.as_str(), "no-store");
-        if job.status.is_terminal() {
-            set(h, CLOSED, "true");
-        }
-        return Ok(response);
+        return Ok(Answer::new(StatusCode::OK)
+            .content_type("application/json")
+            .next_offset(offset(job.last_seq))
+            .cache("no-store")
+            .closed(job.status.is_terminal())
+            .build());
     }
     let q = read_query(req.uri())?;
     // A job stream's offsets are its events' seqs: a plain seq is taken
@@ -124,12 +120,11 @@ pub(super) async fn serve(state: &AppState, req: Request) -> Result<Response, Re
     let (mut messages, mut complete) = read_after(state, &job, after).await?;
     if matches!(live, Some(Live::LongPoll)) && messages.is_empty() {
         if job.status.is_terminal() {
-            let mut response = StatusCode::NO_CONTENT.into_response();
-            let h = response.headers_mut();
-            set(h, NEXT_OFFSET, &offset(job.last_seq).to_string());
-            set(h, UP_TO_DATE, "true");
-            set(h, CLOSED, "true");
-            return Ok(response);
+            return Ok(Answer::new(StatusCode::NO_CONTENT)
+                .next_offset(offset(job.last_seq))
+                .up_to_date(true)
+                .closed(true)
+                .build());
         }
         match wait_for_event(state, job_id, after).await? {
             Some(now) => {
@@ -137,12 +132,11 @@ pub(super) async fn serve(state: &AppState, req: Request) -> Result<Response, Re
                 (messages, complete) = read_after(state, &job, after).await?;
             }
             None => {
-                let mut response = StatusCode::NO_CONTENT.into_response();
-                let h = response.headers_mut();
-                set(h, NEXT_OFFSET, &offset(after).to_string());
-                set(h, UP_TO_DATE, "true");
-                set(h, CURSOR, &cursor(q.cursor.as_deref()));
-                return Ok(response);
+                return Ok(Answer::new(StatusCode::NO_CONTENT)
+                    .next_offset(offset(after))
+                    .up_to_date(true)
+                    .cursor(q.cursor.as_deref())
+                    .build());
             }
         }
     }
@@ -156,9 +150,7 @@ pub(super) async fn serve(state: &AppState, req: Request) -> Result<Response, Re
         at_end,
     );
     if header_text(req.headers(), header::IF_NONE_MATCH.as_str()) == Some(tag.as_str()) {
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        set(response.headers_mut(), header::ETAG.as_str(), &tag);
-        return Ok(response);
+        return Ok(Answer::new(StatusCode::NOT_MODIFIED).etag(&tag).build());
     }
     let mut body = String::from("[");
     for (i, (_, m)) in messages.iter().enumerate() {
@@ -168,26 +160,18 @@ pub(super) async fn serve(state: &AppState, req: Request) -> Result<Response, Re
         body.push_str(m);
     }
     body.push(']');
-    let mut response = (StatusCode::OK, body).into_response();
-    let h = response.headers_mut();
-    set(h, header::CONTENT_TYPE.as_str(), "application/json");
-    set(h, NEXT_OFFSET, &offset(next).to_string());
-    set(h, header::ETAG.as_str(), &tag);
-    set(
-        h,
-        header::CACHE_CONTROL.as_str(),
-        "private, max-age=60, stale-while-revalidate=300",
-    );
-    if up_to_date {
-        set(h, UP_TO_DATE, "true");
-    }
-    if at_end {
-        set(h, CLOSED, "true");
-    }
+    let mut answer = Answer::new(StatusCode::OK)
+        .body(body)
+        .content_type("application/json")
+        .next_offset(offset(next))
+        .etag(&tag)
+        .cache("private, max-age=60, stale-while-revalidate=300")
+        .up_to_date(up_to_date)
+        .closed(at_end);
     if live.is_some() {
-        set(h, CURSOR, &cursor(q.cursor.as_deref()));
+        answer = answer.cursor(q.cursor.as_deref());
     }
-    Ok(response)
+    Ok(answer.build())
 }
 
 /// A job's stream is read with its client token, or a service or support

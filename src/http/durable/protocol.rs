@@ -413,3 +413,86 @@ pub(super) fn control(
     }
     sse_frame("control", &Value::Object(body).to_string())
 }
+
+/// A successful answer of a stream, plain or a job's: its status and the
+/// protocol's headers, built the same way everywhere.
+pub(super) struct Answer {
+    status: StatusCode,
+    body: Body,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    pub(super) fn new(status: StatusCode) -> Self {
+        Answer {
+            status,
+            body: Body::empty(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub(super) fn body(mut self, body: impl Into<Body>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: impl ToString) -> Self {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+
+    pub(super) fn content_type(self, media: &str) -> Self {
+        self.header("content-type", media)
+    }
+
+    /// `Stream-Next-Offset`.
+    pub(super) fn next_offset(self, offset: impl ToString) -> Self {
+        self.header(NEXT_OFFSET, offset)
+    }
+
+    /// `Stream-Up-To-Date: true` when it is.
+    pub(super) fn up_to_date(self, yes: bool) -> Self {
+        if yes {
+            self.header(UP_TO_DATE, "true")
+        } else {
+            self
+        }
+    }
+
+    /// `Stream-Closed: true` when it is.
+    pub(super) fn closed(self, yes: bool) -> Self {
+        if yes {
+            self.header(CLOSED, "true")
+        } else {
+            self
+        }
+    }
+
+    /// `Stream-Cursor`, moved past the client's as the protocol says.
+    pub(super) fn cursor(self, client: Option<&str>) -> Self {
+        let next = cursor(client);
+        self.header(CURSOR, next)
+    }
+
+    pub(super) fn etag(self, tag: &str) -> Self {
+        self.header("etag", tag)
+    }
+
+    pub(super) fn cache(self, policy: &str) -> Self {
+        self.header("cache-control", policy)
+    }
+
+    pub(super) fn with(self, name: &'static str, value: impl ToString) -> Self {
+        self.header(name, value)
+    }
+
+    pub(super) fn build(self) -> Response {
+        let mut response = Response::new(self.body);
+        *response.status_mut() = self.status;
+        let h = response.headers_mut();
+        for (name, value) in self.headers {
+            set(h, name, &value);
+        }
+        response
+    }
+}

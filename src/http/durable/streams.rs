@@ -258,17 +258,14 @@ async fn create(
         StreamDone::Existing => StatusCode::OK,
         _ => StatusCode::CREATED,
     };
-    let mut response = status.into_response();
-    let h = response.headers_mut();
-    set(h, header::CONTENT_TYPE.as_str(), &stream.content_type);
-    set(h, NEXT_OFFSET, &stream.tail.to_string());
+    let mut answer = Answer::new(status)
+        .content_type(&stream.content_type)
+        .next_offset(stream.tail)
+        .closed(stream.closed);
     if status == StatusCode::CREATED {
-        set(h, header::LOCATION.as_str(), &location);
+        answer = answer.with("location", location);
     }
-    if stream.closed {
-        set(h, CLOSED, "true");
-    }
-    Ok(response)
+    Ok(answer.build())
 }
 
 /// The stream's URL as clients reach it: `--public-url`, or the Host the
@@ -367,21 +364,17 @@ async fn append(
         }
         _ => (StatusCode::NO_CONTENT, stream.tail.to_string()),
     };
-    let mut response = status.into_response();
-    let h = response.headers_mut();
-    set(h, NEXT_OFFSET, &offset);
+    let mut answer = Answer::new(status)
+        .next_offset(offset)
+        .closed(stream.closed && (close || matches!(done, StreamDone::Duplicate(_))));
     if let Some(p) = &producer {
-        set(h, PRODUCER_EPOCH, &p.epoch.to_string());
         let seq = match done {
             StreamDone::Duplicate(seq) => seq,
             _ => p.seq,
         };
-        set(h, PRODUCER_SEQ, &seq.to_string());
+        answer = answer.with(PRODUCER_EPOCH, p.epoch).with(PRODUCER_SEQ, seq);
     }
-    if stream.closed && (close || matches!(done, StreamDone::Duplicate(_))) {
-        set(h, CLOSED, "true");
-    }
-    Ok(response)
+    Ok(answer.build())
 }
 
 async fn current_tail(state: &AppState, id: JobId) -> String {
@@ -436,22 +429,20 @@ async fn delete(state: &AppState, path: &str) -> Result<Response, Refused> {
 async fn head(state: &AppState, path: &str) -> Result<Response, Refused> {
     let (_, held) = open_stream(state, path, true).await?;
     let stream = of(&held);
-    let mut response = StatusCode::OK.into_response();
-    let h = response.headers_mut();
-    set(h, header::CONTENT_TYPE.as_str(), &stream.content_type);
-    set(h, NEXT_OFFSET, &stream.tail.to_string());
-    set(h, header::CACHE_CONTROL.as_str(), "no-store");
-    if stream.closed {
-        set(h, CLOSED, "true");
-    }
+    let mut answer = Answer::new(StatusCode::OK)
+        .content_type(&stream.content_type)
+        .next_offset(stream.tail)
+        .cache("no-store")
+        .closed(stream.closed);
     if let Some(ttl) = stream.ttl_secs {
-        set(h, TTL, &ttl.to_string());
+        answer = answer.with(TTL, ttl);
     }
     if let Some(e) = &stream.expires_at_text {
-        set(h, EXPIRES_AT, e);
+        answer = answer.with(EXPIRES_AT, e);
     }
+    let mut response = answer.build();
     set(
-        h,
+        response.headers_mut(),
         header::ETAG.as_str(),
         &etag(path, "-1", &stream.tail.to_string(), stream.closed),
     );
@@ -493,17 +484,14 @@ async fn read(
         return Ok(sse(state.clone(), id, (json, base64), after, q.cursor));
     }
     if matches!(start, Start::Now) && live.is_none() {
-        let mut response =
-            (StatusCode::OK, if json { "[]" } else { "" }.to_owned()).into_response();
-        let h = response.headers_mut();
-        set(h, header::CONTENT_TYPE.as_str(), &stream.content_type);
-        set(h, NEXT_OFFSET, &stream.tail.to_string());
-        set(h, UP_TO_DATE, "true");
-        set(h, header::CACHE_CONTROL.as_str(), "no-store");
-        if stream.closed {
-            set(h, CLOSED, "true");
-        }
-        return Ok(response);
+        return Ok(Answer::new(StatusCode::OK)
+            .body(if json { "[]" } else { "" })
+            .content_type(&stream.content_type)
+            .next_offset(stream.tail)
+            .up_to_date(true)
+            .cache("no-store")
+            .closed(stream.closed)
+            .build());
     }
     let after = match start {
         Start::Beginning => None,
@@ -516,12 +504,11 @@ async fn read(
         let caught_up = after.is_none_or(|a| a >= of(&current).tail);
         if caught_up {
             if of(&current).closed {
-                let mut response = StatusCode::NO_CONTENT.into_response();
-                let h = response.headers_mut();
-                set(h, NEXT_OFFSET, &of(&current).tail.to_string());
-                set(h, UP_TO_DATE, "true");
-                set(h, CLOSED, "true");
-                return Ok(response);
+                return Ok(Answer::new(StatusCode::NO_CONTENT)
+                    .next_offset(of(&current).tail)
+                    .up_to_date(true)
+                    .closed(true)
+                    .build());
             }
             let waited = wait_for_more(state, id, of(&current).tail).await?;
             state.engine.stream_read(id, &current);
@@ -539,15 +526,12 @@ async fn read(
                         .await?
                         .ok_or_else(not_found)?;
                     let s = of(&now);
-                    let mut response = StatusCode::NO_CONTENT.into_response();
-                    let h = response.headers_mut();
-                    set(h, NEXT_OFFSET, &after.unwrap_or(s.tail).to_string());
-                    set(h, UP_TO_DATE, "true");
-                    set(h, CURSOR, &cursor(q.cursor.as_deref()));
-                    if s.closed && after.is_none_or(|a| a >= s.tail) {
-                        set(h, CLOSED, "true");
-                    }
-                    return Ok(response);
+                    return Ok(Answer::new(StatusCode::NO_CONTENT)
+                        .next_offset(after.unwrap_or(s.tail))
+                        .up_to_date(true)
+                        .cursor(q.cursor.as_deref())
+                        .closed(s.closed && after.is_none_or(|a| a >= s.tail))
+                        .build());
                 }
             }
         }
@@ -563,32 +547,25 @@ async fn read(
         at_end,
     );
     if header_text(headers, header::IF_NONE_MATCH.as_str()) == Some(tag.as_str()) {
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        set(response.headers_mut(), header::ETAG.as_str(), &tag);
-        return Ok(response);
-    }
-    let body = render(json, &chunks);
-    let mut response = (StatusCode::OK, body).into_response();
-    let h = response.headers_mut();
-    set(h, header::CONTENT_TYPE.as_str(), &s.content_type);
-    set(h, NEXT_OFFSET, &next.to_string());
-    set(h, header::ETAG.as_str(), &tag);
-    if up_to_date {
-        set(h, UP_TO_DATE, "true");
-    }
-    if at_end {
-        set(h, CLOSED, "true");
-    }
-    if live.is_some() {
-        set(h, CURSOR, &cursor(q.cursor.as_deref()));
+        return Ok(Answer::new(StatusCode::NOT_MODIFIED).etag(&tag).build());
     }
     let cache = if state.settings.streams.open {
         "public, max-age=60, stale-while-revalidate=300"
     } else {
         "private, max-age=60, stale-while-revalidate=300"
     };
-    set(h, header::CACHE_CONTROL.as_str(), cache);
-    Ok(response)
+    let mut answer = Answer::new(StatusCode::OK)
+        .body(render(json, &chunks))
+        .content_type(&s.content_type)
+        .next_offset(next)
+        .etag(&tag)
+        .up_to_date(up_to_date)
+        .closed(at_end)
+        .cache(cache);
+    if live.is_some() {
+        answer = answer.cursor(q.cursor.as_deref());
+    }
+    Ok(answer.build())
 }
 
 /// The body of a read: the bytes, or a JSON stream's messages as one array.
