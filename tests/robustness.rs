@@ -828,3 +828,47 @@ fn url_escape(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn live_stream_readers_are_admitted_against_the_connection_limit() {
+    let app = spawn_with(&["--max-connections", "2", "--stream-long-poll-secs", "30"]).await;
+    for path in ["a", "b", "c"] {
+        let res = stream(&app, Method::PUT, path)
+            .header("content-type", "text/plain")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let mut held = Vec::new();
+    for path in ["a", "b"] {
+        let mut res = stream(&app, Method::GET, &format!("{path}?offset=now&live=sse"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.chunk().await.unwrap();
+        held.push(res);
+    }
+    // Both places are taken: an SSE reader and a long-poll are refused.
+    let res = stream(&app, Method::GET, "c?offset=now&live=sse")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let res = stream(&app, Method::GET, "c?offset=now&live=long-poll")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // A place given back is taken again.
+    drop(held.pop());
+    common::eventually("a place is free again", || async {
+        let res = stream(&app, Method::GET, "c?offset=now&live=sse")
+            .send()
+            .await
+            .unwrap();
+        (res.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
