@@ -22,8 +22,8 @@ use crate::engine::{Engine, EngineSettings, EngineTasks};
 use crate::http::connections::{self, Connections, Limits};
 use crate::http::rate::{self, ConnectRate};
 use crate::http::request::TrustedProxies;
-use crate::http::upgrade::{RejectionLog, UpgradeSettings};
 use crate::http::{self, AppState, HttpSettings};
+use crate::http::{RejectionLog, UpgradeSettings};
 use crate::log;
 use crate::webhook::Endpoint;
 
@@ -154,7 +154,7 @@ impl Application {
                 max_body_bytes: args.max_body_bytes,
                 client_token_ttl_secs: args.client_token_ttl_secs,
                 max_client_token_ttl_secs: args.max_client_token_ttl_secs,
-                streams: crate::http::durable::StreamSettings {
+                streams: crate::http::StreamSettings {
                     open: args.stream_auth == crate::config::StreamAuth::None,
                     max_body_bytes: args.stream_max_body_bytes,
                     long_poll: std::time::Duration::from_secs_f64(

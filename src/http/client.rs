@@ -4,7 +4,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::routing::get;
 use axum::Router;
 
-use super::AppState;
+use super::state::AppState;
 
 /// One source: the package in `clients/js`.
 pub const REJOIN_JS: &str = include_str!("../../clients/js/src/rejoin.js");

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::parse_job_id;
-use super::AppState;
+use super::state::AppState;
 use crate::auth::Role;
 use crate::domain::event::{JobCompleted, ProgressReported};
 use crate::domain::EventBody;

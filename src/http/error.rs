@@ -6,6 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::request;
 use crate::auth::AuthError;
 use crate::domain::DomainError;
 use crate::engine::EngineError;
@@ -117,7 +118,7 @@ impl IntoResponse for ApiError {
         }
         let status = self.status_code();
         // The documented body itself (`ErrorBody` is also the OpenAPI schema).
-        let body = super::ErrorBody::new(self.code(), self.to_string());
+        let body = ErrorBody::new(self.code(), self.to_string());
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
@@ -206,6 +207,37 @@ impl From<StoreError> for ApiError {
                 }
             }
             other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code such as `job_finished`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The request's id, as in its `x-request-id` response header: quote it
+    /// when reporting the problem.
+    #[serde(rename = "requestId", skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl ErrorBody {
+    /// An error body naming the request being served.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                request_id: request::current().map(|id| id.to_string()),
+            },
         }
     }
 }

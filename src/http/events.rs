@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::extract::{parse_job_id, Caller};
-use super::AppState;
+use super::state::AppState;
 use crate::auth::Role;
 use crate::log::{EventEnvelope, EventLog, EventRow, Pages, StoreError};
 
@@ -96,10 +96,10 @@ fn to_page(rows: Vec<EventRow>, next_after: i64) -> Result<EventPage, ApiError> 
     params(("job_id" = Uuid, Path, description = "The job"), PageQuery),
     responses(
         (status = 200, description = "A page of the job's events, in seq order", body = EventPage),
-        (status = 400, description = "Bad query", body = super::ErrorBody),
-        (status = 401, description = "No valid token", body = super::ErrorBody),
-        (status = 403, description = "Not a service or support token", body = super::ErrorBody),
-        (status = 404, description = "Unknown job", body = super::ErrorBody),
+        (status = 400, description = "Bad query", body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "Not a service or support token", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown job", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -133,9 +133,9 @@ pub async fn job_events(
     responses(
         (status = 200, description = "A page of the log (JSON), or the log from `after` as NDJSON (one EventEnvelope per line)",
          content((EventPage = "application/json"), (String = "application/x-ndjson"))),
-        (status = 400, description = "Bad query", body = super::ErrorBody),
-        (status = 401, description = "No valid token", body = super::ErrorBody),
-        (status = 403, description = "Not an analytics or service token", body = super::ErrorBody),
+        (status = 400, description = "Bad query", body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "Not an analytics or service token", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -238,9 +238,9 @@ pub struct TailQuery {
     params(TailQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this position")),
     responses(
         (status = 200, description = "text/event-stream of event envelopes; id = position", content_type = "text/event-stream", body = EventEnvelope),
-        (status = 400, description = "Bad cursor", body = super::ErrorBody),
-        (status = 401, description = "No valid token", body = super::ErrorBody),
-        (status = 403, description = "Not an analytics or service token", body = super::ErrorBody),
+        (status = 400, description = "Bad cursor", body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "Not an analytics or service token", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

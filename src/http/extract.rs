@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::AppState;
+use super::state::AppState;
 use crate::auth::{AuthError, Claims, Role};
 
 /// The verified claims of the request's `Authorization: Bearer` token.

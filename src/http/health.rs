@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::AppState;
+use super::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -31,7 +31,7 @@ pub async fn healthz() -> Json<Value> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "The database answers: `{status, backend, epoch, node}`", body = Object),
-        (status = 503, description = "The database does not answer, an engine task stopped, or this node does not hold its lease", body = super::ErrorBody),
+        (status = 503, description = "The database does not answer, an engine task stopped, or this node does not hold its lease", body = super::error::ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if let Some(failure) = state.engine.failure() {

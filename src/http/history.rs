@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{parse_job_id, Caller};
-use super::AppState;
+use super::state::AppState;
 use crate::auth::Role;
 use crate::domain::history::{Entry, NotificationHistory, SessionHistory, Totals};
 use crate::domain::JobStatus;
@@ -62,10 +62,10 @@ pub struct HistoryResponse {
     params(("job_id" = Uuid, Path, description = "The job"), HistoryQuery),
     responses(
         (status = 200, description = "The job's sessions and connection events, in order", body = HistoryResponse),
-        (status = 400, description = "Bad query", body = super::ErrorBody),
-        (status = 401, description = "No valid token", body = super::ErrorBody),
-        (status = 403, description = "Not a support or service token", body = super::ErrorBody),
-        (status = 404, description = "Unknown job", body = super::ErrorBody),
+        (status = 400, description = "Bad query", body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "Not a support or service token", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown job", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

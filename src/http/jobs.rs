@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{parse_job_id, Caller, JsonBody, ServiceCaller};
-use super::AppState;
+use super::state::AppState;
 use crate::auth::Role;
 use crate::domain::event::{
     format_time, FailureInfo, JobCancelled, JobCompleted, JobFailed, MessagePosted, Notify,
@@ -89,11 +89,11 @@ pub struct CreateJobResponse {
     responses(
         (status = 201, description = "Created", body = CreateJobResponse),
         (status = 200, description = "The job already existed", body = CreateJobResponse),
-        (status = 400, description = "Malformed body", body = super::ErrorBody),
-        (status = 401, description = "No valid token", body = super::ErrorBody),
-        (status = 403, description = "Not a service token", body = super::ErrorBody),
-        (status = 413, description = "Body too large", body = super::ErrorBody),
-        (status = 503, description = "The log cannot be written", body = super::ErrorBody),
+        (status = 400, description = "Malformed body", body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "Not a service token", body = super::error::ErrorBody),
+        (status = 413, description = "Body too large", body = super::error::ErrorBody),
+        (status = 503, description = "The log cannot be written", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -244,13 +244,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     request_body = AppendRequest,
     responses(
         (status = 201, description = "Appended (or a retry of an append)", body = AppendResponse),
-        (status = 400, description = "Malformed event", body = super::ErrorBody),
-        (status = 401, description = "No valid token", body = super::ErrorBody),
-        (status = 403, description = "Not a service token", body = super::ErrorBody),
-        (status = 404, description = "Unknown job", body = super::ErrorBody),
-        (status = 409, description = "The job finished, or the Idempotency-Key was used for another event", body = super::ErrorBody),
-        (status = 413, description = "Body too large", body = super::ErrorBody),
-        (status = 503, description = "The log cannot be written", body = super::ErrorBody),
+        (status = 400, description = "Malformed event", body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "Not a service token", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown job", body = super::error::ErrorBody),
+        (status = 409, description = "The job finished, or the Idempotency-Key was used for another event", body = super::error::ErrorBody),
+        (status = 413, description = "Body too large", body = super::error::ErrorBody),
+        (status = 503, description = "The log cannot be written", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -299,11 +299,11 @@ pub struct TokenResponse {
     request_body(content = Option<TokenRequest>, description = "Optional"),
     responses(
         (status = 200, description = "A new client token", body = TokenResponse),
-        (status = 400, description = "Bad ttl", body = super::ErrorBody),
-        (status = 401, description = "No valid token", body = super::ErrorBody),
-        (status = 403, description = "Neither a service token nor this job's client", body = super::ErrorBody),
-        (status = 404, description = "Unknown job", body = super::ErrorBody),
-        (status = 501, description = "This server cannot sign tokens", body = super::ErrorBody),
+        (status = 400, description = "Bad ttl", body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "Neither a service token nor this job's client", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown job", body = super::error::ErrorBody),
+        (status = 501, description = "This server cannot sign tokens", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -351,10 +351,10 @@ pub struct JobQuery {
     params(("job_id" = Uuid, Path, description = "The job"), JobQuery),
     responses(
         (status = 200, description = "The job's state", body = JobView),
-        (status = 400, description = "Bad job id or asOfSeq", body = super::ErrorBody),
-        (status = 401, description = "No valid token", body = super::ErrorBody),
-        (status = 403, description = "Not allowed to read this job", body = super::ErrorBody),
-        (status = 404, description = "Unknown job", body = super::ErrorBody),
+        (status = 400, description = "Bad job id or asOfSeq", body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "Not allowed to read this job", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown job", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -588,10 +588,10 @@ impl From<&JobState> for JobView {
     ),
     responses(
         (status = 200, description = "Jobs, newest first; `meta.KEY=VALUE` parameters filter on top-level metadata", body = JobList),
-        (status = 400, description = "A bad filter", body = super::ErrorBody),
-        (status = 401, description = "No valid token", body = super::ErrorBody),
-        (status = 403, description = "Not a support or service token", body = super::ErrorBody),
-        (status = 503, description = "The log cannot be read", body = super::ErrorBody),
+        (status = 400, description = "A bad filter", body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "Not a support or service token", body = super::error::ErrorBody),
+        (status = 503, description = "The log cannot be read", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

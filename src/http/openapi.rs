@@ -7,7 +7,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::durable::StreamPaths;
-use super::{events, health, history, jobs, stream, AppState};
+use super::state::AppState;
+use super::{events, health, history, jobs, stream};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,7 +34,7 @@ use super::{events, health, history, jobs, stream, AppState};
         health::readyz,
         health::metrics,
     ),
-    components(schemas(super::ErrorBody, super::ErrorDetail)),
+    components(schemas(super::error::ErrorBody, super::error::ErrorDetail)),
     modifiers(&BearerAuth, &StreamPaths),
     tags(
         (name = "jobs", description = "Create jobs, append their events, read their state"),

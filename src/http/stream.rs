@@ -35,8 +35,8 @@ use tokio_util::sync::PollSender;
 
 use super::extract::parse_job_id;
 use super::request::ClientAddr;
+use super::state::AppState;
 use super::upgrade::{admit, check, reconnect_param, reject};
-use super::AppState;
 use crate::ws::protocol::param;
 use crate::ws::socket;
 
@@ -67,13 +67,13 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 200, description = "`text/event-stream`: events named by the message `type` (`connected`, `reconnected`, `progress`, ..., `close`), data as in /protocol.schema.json", content_type = "text/event-stream", body = String),
         (status = 204, description = "A resume of a finished job with nothing missed: nothing to stream"),
-        (status = 400, description = "A malformed parameter", body = super::ErrorBody),
-        (status = 401, description = "No valid token", body = super::ErrorBody),
-        (status = 403, description = "Not this job's client token, or an origin not allowed", body = super::ErrorBody),
-        (status = 404, description = "Unknown job", body = super::ErrorBody),
-        (status = 409, description = "Too many watchers", body = super::ErrorBody),
-        (status = 429, description = "Too many attempts from this address", body = super::ErrorBody),
-        (status = 503, description = "At the connection limit, or this node does not hold its lease", body = super::ErrorBody),
+        (status = 400, description = "A malformed parameter", body = super::error::ErrorBody),
+        (status = 401, description = "No valid token", body = super::error::ErrorBody),
+        (status = 403, description = "Not this job's client token, or an origin not allowed", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown job", body = super::error::ErrorBody),
+        (status = 409, description = "Too many watchers", body = super::error::ErrorBody),
+        (status = 429, description = "Too many attempts from this address", body = super::error::ErrorBody),
+        (status = 503, description = "At the connection limit, or this node does not hold its lease", body = super::error::ErrorBody),
     )
 )]
 pub async fn stream(

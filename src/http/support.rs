@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use super::AppState;
+use super::state::AppState;
 
 const HTML: &str = include_str!("support/index.html");
 const CSS: &str = include_str!("support/support.css");

@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+
+use std::time::Instant;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::parse_job_id;
 use super::request::ClientAddr;
-use super::AppState;
+use super::state::AppState;
 use crate::auth::Role;
 use crate::domain::decide::Attach;
 use crate::domain::event::ConnectRejected;
@@ -37,72 +37,8 @@ use crate::domain::{EventBody, JobId};
 use crate::ws::protocol::{param, BEARER_PREFIX, SUBPROTOCOL};
 use crate::ws::socket::{self, SocketParams};
 
-/// Settings of the upgrade and of the sockets it starts.
-#[derive(Clone, Debug)]
-pub struct UpgradeSettings {
-    pub heartbeat_interval: Duration,
-    pub heartbeat_timeout: Duration,
-    /// Browser origins allowed besides the server's own; `*` allows any.
-    pub allowed_origins: Vec<String>,
-    pub max_frame_bytes: usize,
-    pub send_queue: usize,
-    /// Most open sockets; further upgrades get 503 before any work is done.
-    pub max_connections: usize,
-    /// Most watchers (sessions that have not ended) one job may have.
-    pub max_watchers_per_job: usize,
-}
-
 pub fn router() -> Router<AppState> {
     Router::new().route("/ws/progress", get(upgrade))
-}
-
-/// Per (job, reason): when a rejection was last recorded, and how many were
-/// skipped since.
-type Seen = HashMap<(JobId, &'static str), (Instant, u64)>;
-
-/// Rate limit for `connect_rejected`: one per (job, reason) per window.
-#[derive(Debug)]
-pub struct RejectionLog {
-    window: Duration,
-    seen: Mutex<Seen>,
-}
-
-impl RejectionLog {
-    pub fn new(window: Duration) -> Self {
-        RejectionLog {
-            window,
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Drops the entries whose window has passed (run periodically, not per
-    /// refusal).
-    pub fn sweep(&self, now: Instant) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|_, (at, _)| now.saturating_duration_since(*at) < self.window);
-    }
-
-    /// `Some(suppressed)` when this rejection is to be recorded, carrying how
-    /// many were skipped since the last one; `None` to skip it.
-    fn admit(&self, job: JobId, code: &'static str) -> Option<u64> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match seen.get_mut(&(job, code)) {
-            Some((at, skipped)) if now.duration_since(*at) < self.window => {
-                *skipped += 1;
-                None
-            }
-            Some(entry) => {
-                let skipped = entry.1;
-                *entry = (now, 0);
-                Some(skipped)
-            }
-            None => {
-                seen.insert((job, code), (now, 0));
-                Some(0)
-            }
-        }
-    }
 }
 
 /// A checked upgrade request.
@@ -150,7 +86,7 @@ async fn upgrade(
         Err(_) if !headers.contains_key(axum::http::header::UPGRADE) => {
             return (
                 axum::http::StatusCode::UPGRADE_REQUIRED,
-                axum::Json(super::ErrorBody::new(
+                axum::Json(super::error::ErrorBody::new(
                     "upgrade_required",
                     "this connection would be accepted: open it as a WebSocket",
                 )),

@@ -37,8 +37,8 @@ use crate::domain::decide::Attach;
 use crate::domain::stream::Offset;
 use crate::domain::{JobId, JobState};
 use crate::http::request::ClientAddr;
+use crate::http::state::AppState;
 use crate::http::upgrade::admit;
-use crate::http::AppState;
 use crate::ws::protocol::job_message;
 use crate::ws::socket::{self, SocketParams};
 

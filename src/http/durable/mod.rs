@@ -15,5 +15,4 @@ mod routes;
 mod streams;
 
 pub use document::StreamPaths;
-pub use protocol::StreamSettings;
 pub use routes::router;

@@ -14,17 +14,7 @@ use serde_json::Value;
 use crate::domain::stream::{Offset, StreamRefusal};
 use crate::domain::{DomainError, JobId};
 use crate::engine::EngineError;
-use crate::http::AppState;
-
-/// What the stream routes are configured with.
-#[derive(Clone, Debug)]
-pub struct StreamSettings {
-    /// `--stream-auth none`: no token needed.
-    pub open: bool,
-    pub max_body_bytes: usize,
-    /// How long a long-poll waits for data.
-    pub long_poll: Duration,
-}
+use crate::http::state::AppState;
 
 pub(super) const NEXT_OFFSET: &str = "stream-next-offset";
 pub(super) const UP_TO_DATE: &str = "stream-up-to-date";
@@ -97,7 +87,7 @@ impl Refused {
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let body = crate::http::ErrorBody::new(self.code, self.message);
+        let body = crate::http::error::ErrorBody::new(self.code, self.message);
         let mut response = (self.status, axum::Json(body)).into_response();
         for (name, value) in self.headers {
             if let Ok(value) = HeaderValue::from_str(&value) {

@@ -10,7 +10,7 @@ use axum::Router;
 
 use super::protocol::{preflight, Refused};
 use super::{jobs, streams};
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/stream/{*path}", any(serve))

@@ -21,7 +21,7 @@ use crate::domain::stream::{
 use crate::domain::{DomainError, EventBody, JobId, JobState};
 use crate::engine::{EngineError, StreamDone};
 use crate::http::extract::Caller;
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 /// A plain stream's request (a job stream's are `jobs.rs`'s): the token,
 /// then the method.
