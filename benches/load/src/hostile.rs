@@ -12,7 +12,7 @@
 //!   server's idle RSS.
 //! - `churn`: 400 watchers on 40 jobs, each cut by a TCP reset every ~2 s
 //!   and resumed, with 20 progress events a second, for `--soak-secs`
-//!   (1,800 s; 20 with `--smoke`): anonymous RSS every minute (every 2 s
+//!   (1,800 s; 6 with `--smoke`): anonymous RSS every minute (every second
 //!   with `--smoke`), and the spread of the last third of the samples.
 
 use std::sync::atomic::{AtomicU64, Ordering};
