@@ -569,8 +569,8 @@ async fn large_appends_are_read_back_a_few_at_a_time_and_whole() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     let mut sent = Vec::new();
-    for i in 0..5u8 {
-        let body = vec![b'a' + i; 5_000_000];
+    for i in 0..3u8 {
+        let body = vec![b'a' + i; 4_500_000];
         sent.extend_from_slice(&body);
         let res = stream(&app, Method::POST, "big")
             .header("content-type", "application/octet-stream")
@@ -613,7 +613,7 @@ async fn large_appends_are_read_back_a_few_at_a_time_and_whole() {
         assert!(before_last < rejoin::log::PAGE_BYTES, "{bytes:?}");
         sizes.push(rows.len());
     }
-    assert_eq!(sizes, vec![3, 2, 1], "pages of a few large events");
+    assert_eq!(sizes, vec![3, 1], "pages of a few large events");
     store.events.close().await;
 }
 
@@ -774,16 +774,23 @@ async fn no_header_or_query_value_gets_a_5xx_or_stops_the_writer() {
         Some((format!("{method} {path} {header:?}"), req.send()))
     };
     for name in headers {
+        // Each header on the requests that read it: a create at a fresh
+        // path, an append, a read of a stream that is there.
+        let methods: &[Method] = match name {
+            "content-type" => &[Method::PUT, Method::POST],
+            "if-none-match" => &[Method::GET],
+            n if n.starts_with("producer-") || n == "stream-seq" => &[Method::POST],
+            "stream-closed" => &[Method::PUT, Method::POST],
+            _ => &[Method::PUT],
+        };
         for value in &values {
-            // A create at a fresh path, and an append, a read and a HEAD
-            // of a stream that is there.
             let n = fresh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            for (method, path) in [
-                (Method::PUT, format!("p-{n}")),
-                (Method::POST, "base".to_owned()),
-                (Method::GET, "base".to_owned()),
-                (Method::HEAD, "base".to_owned()),
-            ] {
+            for method in methods {
+                let path = match *method {
+                    Method::PUT => format!("p-{n}"),
+                    _ => "base".to_owned(),
+                };
+                let method = method.clone();
                 let Some((what, res)) = send(method, path, Some((name, value))) else {
                     continue;
                 };

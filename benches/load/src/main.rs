@@ -439,7 +439,7 @@ pub struct BenchArgs {
     pub smoke: bool,
     /// For `idle`: how long to watch memory while the sockets sit idle
     /// (default 600 s, 2 s with --smoke); for `churn`, how long the churn
-    /// runs (default 1,800 s, 6 s with --smoke).
+    /// runs (default 1,800 s, 1 s with --smoke).
     #[arg(long)]
     pub soak_secs: Option<u64>,
     /// Run against PostgreSQL at this URL instead of SQLite (every scenario
