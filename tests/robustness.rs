@@ -879,3 +879,73 @@ async fn live_stream_readers_are_admitted_against_the_connection_limit() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn concurrent_reads_past_half_a_ttl_record_one_touch() {
+    use rejoin::clock::ManualClock;
+    let clock = std::sync::Arc::new(ManualClock::starting_now());
+    let app = common::spawn_on_clock(&[], clock.clone()).await;
+    let res = stream(&app, Method::PUT, "touched")
+        .header("content-type", "text/plain")
+        .header("stream-ttl", "10")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    clock.advance(chrono::Duration::seconds(6));
+    let id = stream_id("/v1/stream/touched");
+    let held = app.engine.stream(id).await.unwrap().unwrap();
+    // Twenty readers at once, each a millisecond after the last, all past
+    // half the TTL since the stream's last recorded activity.
+    for _ in 0..20 {
+        clock.advance(chrono::Duration::milliseconds(1));
+        app.engine.stream_read(id, &held);
+    }
+    common::eventually("a touch is recorded", || async {
+        (!app.events_of(id, "stream_touched").await.is_empty()).then_some(())
+    })
+    .await;
+    // Whatever the reads queued is decided before this append.
+    let res = stream(&app, Method::POST, "touched")
+        .header("content-type", "text/plain")
+        .body("y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.events_of(id, "stream_touched").await.len(), 1);
+}
+
+#[tokio::test]
+async fn deadlines_due_at_one_instant_are_decided_in_batches() {
+    use rejoin::clock::{Clock, ManualClock};
+    use std::sync::atomic::Ordering;
+    let clock = std::sync::Arc::new(ManualClock::starting_now());
+    let app = common::spawn_on_clock(&[], clock.clone()).await;
+    let count = 200;
+    for i in 0..count {
+        let res = stream(&app, Method::PUT, &format!("expiring-{i}"))
+            .header("stream-ttl", "10")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let before = app.engine.stats().commits.load(Ordering::Relaxed);
+    clock.advance(chrono::Duration::seconds(11));
+    app.engine.deadlines_decided_through(clock.now()).await;
+    let commits = app.engine.stats().commits.load(Ordering::Relaxed) - before;
+    for i in [0, count / 2, count - 1] {
+        let res = stream(&app, Method::HEAD, &format!("expiring-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "expired");
+    }
+    // One at a time, that was 200 commits.
+    assert!(
+        commits < count / 4,
+        "{commits} commits for {count} expiries"
+    );
+}
