@@ -150,27 +150,22 @@ impl StreamData {
             StreamData::Bytes(b) => {
                 let _ = base64::engine::general_purpose::STANDARD.decode_vec(b, out);
             }
-            StreamData::Json(_) => out.extend_from_slice(&self.bytes()),
-        }
-    }
-
-    /// The bytes (base64 decoded); a JSON stream's messages, comma-joined.
-    pub fn bytes(&self) -> Vec<u8> {
-        match self {
-            StreamData::Bytes(b) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .unwrap_or_default(),
             StreamData::Json(m) => {
-                let mut out = Vec::new();
                 for (i, v) in m.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
                     out.extend_from_slice(v.to_string().as_bytes());
                 }
-                out
             }
         }
+    }
+
+    /// The bytes (base64 decoded); a JSON stream's messages, comma-joined.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out);
+        out
     }
 }
 

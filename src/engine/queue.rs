@@ -37,6 +37,14 @@ impl Health {
         self.died.cancel();
     }
 
+    /// Records that the task `name` panicked, saying what the panic said.
+    pub fn panicked(&self, name: &str, panic: &(dyn std::any::Any + Send)) {
+        self.fail(format!(
+            "the {name} stopped: it panicked: {}",
+            panic_text(panic)
+        ));
+    }
+
     /// What stopped, if anything has.
     pub fn failure(&self) -> Option<String> {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());

@@ -18,7 +18,7 @@ use super::checkpoint::{self, Snapshot};
 use super::hub::{Hub, Wakeups};
 use super::jobs::JobTable;
 use super::lease::Lease;
-use super::queue::{panic_text, Closes, Health, Queue, StreamReads, WriteRequest, WriterStats};
+use super::queue::{Closes, Health, Queue, StreamReads, WriteRequest, WriterStats};
 use super::settings::{EngineSettings, Startup};
 use super::writer::{CheckpointPolicy, Writer};
 use super::{index, membership, notify, recover, scheduler};
@@ -362,12 +362,13 @@ fn supervised(
 ) -> JoinHandle<()> {
     let (health, shutdown) = (health.clone(), shutdown.clone());
     tokio::spawn(async move {
-        let why = match AssertUnwindSafe(task).catch_unwind().await {
-            Ok(()) if shutdown.is_cancelled() => return,
-            Ok(()) => "it ended while the server was running".to_owned(),
-            Err(panic) => format!("it panicked: {}", panic_text(panic.as_ref())),
-        };
-        health.fail(format!("the {name} stopped: {why}"));
+        match AssertUnwindSafe(task).catch_unwind().await {
+            Ok(()) if shutdown.is_cancelled() => {}
+            Ok(()) => health.fail(format!(
+                "the {name} stopped: it ended while the server was running"
+            )),
+            Err(panic) => health.panicked(name, panic.as_ref()),
+        }
     })
 }
 

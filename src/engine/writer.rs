@@ -30,8 +30,8 @@ use super::hub::{CloseReason, Hub, Registration, Wakeups};
 use super::jobs::{load_job, Held, JobTable, Logged};
 use super::lease::Lease;
 use super::queue::{
-    by_weight, panic_text, Answer, Appended, Attached, Created, EngineError, Health, StreamDone,
-    WriteRequest, WriterStats,
+    by_weight, Answer, Appended, Attached, Created, EngineError, Health, StreamDone, WriteRequest,
+    WriterStats,
 };
 use super::recover::needs_reload;
 use crate::clock::Clock;
@@ -243,10 +243,7 @@ impl Writer {
                 if let Err(panic) = done {
                     // Recorded while the batch's requests still wait: by
                     // the time a client hears 503, /readyz says why.
-                    self.health.fail(format!(
-                        "the log writer stopped: it panicked: {}",
-                        panic_text(panic.as_ref())
-                    ));
+                    self.health.panicked("log writer", panic.as_ref());
                     drop(part);
                     std::panic::resume_unwind(panic);
                 }

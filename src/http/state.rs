@@ -45,6 +45,16 @@ pub struct UpgradeSettings {
     pub max_watchers_per_job: usize,
 }
 
+impl UpgradeSettings {
+    /// Whether `--allowed-origins` lists this browser origin (or `*`).
+    pub fn lists_origin(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        self.allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    }
+}
+
 /// Per (job, reason): when a rejection was last recorded, and how many were
 /// skipped since.
 type Seen = HashMap<(JobId, &'static str), (Instant, u64)>;

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::parse_job_id;
 use super::request::ClientAddr;
-use super::state::AppState;
+use super::state::{AppState, UpgradeSettings};
 use crate::auth::Role;
 use crate::domain::decide::Attach;
 use crate::domain::event::ConnectRejected;
@@ -243,7 +243,7 @@ pub(super) async fn check(
     };
 
     let claims = state.auth.verify(token).await.map_err(ApiError::from)?;
-    check_origin(headers, &state.upgrade.allowed_origins)?;
+    check_origin(headers, &state.upgrade)?;
     if claims.role != Role::Client {
         return Err(ApiError::Forbidden(format!(
             "sockets are opened with client tokens, not {} tokens",
@@ -314,7 +314,7 @@ pub(super) fn reconnect_param(query: &HashMap<String, String>) -> Result<bool, A
 
 /// Native clients send no Origin. Browsers may connect from the server's own
 /// origin or from one on the allowlist.
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+fn check_origin(headers: &HeaderMap, settings: &UpgradeSettings) -> Result<(), ApiError> {
     let Some(origin) = headers.get(ORIGIN) else {
         return Ok(());
     };
@@ -325,10 +325,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError>
             .split_once("://")
             .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(h))
     });
-    let listed = allowed
-        .iter()
-        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
-    if own || listed {
+    if own || settings.lists_origin(origin) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!(

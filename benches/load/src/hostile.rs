@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::{database, random_below, serve_args, spawn_rejoin, Sample, Tokens};
+use super::{database, random_below, serve_args, spawn_rejoin, status_kib, Sample, Tokens};
 use crate::BenchArgs;
 
 /// CPU time (user and system) the process has used, from `/proc`.
@@ -38,23 +38,6 @@ fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks / hz)
-}
-
-/// A `VmHWM`/`VmRSS`/`RssAnon` line of `/proc/PID/status`, in KiB.
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| {
-            v.trim_start_matches(':')
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .ok_or_else(|| anyhow::anyhow!("no {field} for {pid}"))
 }
 
 /// A server process for one of these scenarios: its child, address and the
@@ -205,31 +188,13 @@ pub async fn large(args: &BenchArgs) -> anyhow::Result<()> {
     let started = status_kib(pid, "VmHWM")?;
     let url = format!("http://{addr}/v1/stream/large");
     // The whole stream from the start, chunk by chunk as a client reads it.
-    let (mut offset, mut read) = ("-1".to_owned(), 0usize);
+    let mut read = 0usize;
     let began = Instant::now();
-    loop {
-        let res = http
-            .get(format!("{url}?offset={offset}"))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .error_for_status()?;
-        let next = res
-            .headers()
-            .get("stream-next-offset")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let done = res.headers().contains_key("stream-up-to-date");
-        let mut body = res.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            read += chunk?.len();
-        }
-        if done || next == offset {
-            break;
-        }
-        offset = next;
-    }
+    super::read_stream_pages(&http, &url, &token, |body| {
+        read += body.len();
+        Ok(())
+    })
+    .await?;
     let took = began.elapsed();
     http.head(&url)
         .bearer_auth(&token)

@@ -39,7 +39,8 @@ use rejoin::domain::{Event, EventBody, JobState};
 use rejoin::log::chain::seal;
 use rejoin::log::{EventLog, EventRow};
 pub use rejoin_testkit::{
-    first_message, free_port, rss_kib, serve_args, spawn_announcing, InProcess, Tokens, Ws,
+    first_message, free_port, rss_kib, serve_args, spawn_announcing, status_kib, InProcess, Tokens,
+    Ws,
 };
 
 #[tokio::main]
@@ -263,6 +264,38 @@ impl BenchServer {
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.server.stop().await
+    }
+}
+
+/// Reads a Durable Stream from its start as a client does, one chunk (one
+/// answer) at a time, handing each chunk's body to `page`, until the answer
+/// that is up to date.
+pub async fn read_stream_pages(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    mut page: impl FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut offset = "-1".to_owned();
+    loop {
+        let res = http
+            .get(format!("{url}?offset={offset}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?;
+        let next = res
+            .headers()
+            .get("stream-next-offset")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let done = res.headers().contains_key("stream-up-to-date");
+        page(&res.bytes().await?)?;
+        if done || next == offset {
+            return Ok(());
+        }
+        offset = next;
     }
 }
 

@@ -213,29 +213,12 @@ async fn read_stream(
     expected: usize,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let (mut offset, mut read) = ("-1".to_owned(), 0usize);
-    loop {
-        let res = server
-            .http
-            .get(format!("{url}?offset={offset}"))
-            .bearer_auth(service)
-            .send()
-            .await?
-            .error_for_status()?;
-        let next = res
-            .headers()
-            .get("stream-next-offset")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let done = res.headers().contains_key("stream-up-to-date");
-        let items: Vec<Value> = res.json().await?;
-        read += items.len();
-        if done || next == offset {
-            break;
-        }
-        offset = next;
-    }
+    let mut read = 0usize;
+    super::read_stream_pages(&server.http, url, service, |body| {
+        read += serde_json::from_slice::<Vec<Value>>(body)?.len();
+        Ok(())
+    })
+    .await?;
     anyhow::ensure!(
         read == expected,
         "read {read} of {expected} stream messages"

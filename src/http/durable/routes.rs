@@ -10,7 +10,7 @@ use axum::Router;
 
 use super::protocol::{preflight, Refused};
 use super::{jobs, streams};
-use crate::http::state::AppState;
+use crate::http::state::{AppState, UpgradeSettings};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/stream/{*path}", any(serve))
@@ -18,10 +18,7 @@ pub fn router() -> Router<AppState> {
 
 /// Every answer carries the browser security and CORS headers.
 async fn serve(State(state): State<AppState>, req: Request) -> Response {
-    let origin = allowed_origin(
-        &state.upgrade.allowed_origins,
-        req.headers().get(header::ORIGIN),
-    );
+    let origin = allowed_origin(&state.upgrade, req.headers().get(header::ORIGIN));
     let mut response = match dispatch(&state, req).await {
         Ok(r) => r,
         Err(r) => r.into_response(),
@@ -62,15 +59,13 @@ async fn serve(State(state): State<AppState>, req: Request) -> Response {
 /// `--allowed-origins` (streams are read with bearer tokens, never cookies)
 /// or when it lists `*`; otherwise the request's origin if listed, and
 /// nothing if not.
-fn allowed_origin(allowed: &[String], origin: Option<&HeaderValue>) -> Option<HeaderValue> {
-    if allowed.is_empty() || allowed.iter().any(|o| o == "*") {
+fn allowed_origin(settings: &UpgradeSettings, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+    if settings.allowed_origins.is_empty() || settings.lists_origin("*") {
         return Some(HeaderValue::from_static("*"));
     }
     let origin = origin?;
-    let text = origin.to_str().ok()?;
-    allowed
-        .iter()
-        .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(text))
+    settings
+        .lists_origin(origin.to_str().ok()?)
         .then(|| origin.clone())
 }
 

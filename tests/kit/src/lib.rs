@@ -40,7 +40,7 @@ pub use cut::{Cut, CutProxy};
 pub use db::{count_events, events_of, fresh_database, Db, LoggedEvent};
 pub use process::{
     announced_address, free_port, rss_kib, serve_args, serve_binary_at, spawn_announcing,
-    start_binary, terminate,
+    start_binary, status_kib, terminate,
 };
 pub use proxy::{postgres_address, Proxy};
 pub use receiver::{Received, Receiver};

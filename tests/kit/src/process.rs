@@ -97,12 +97,17 @@ pub async fn terminate(child: &mut tokio::process::Child) {
 
 /// Resident set size of a process, in KiB.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A line of `/proc/PID/status` given in kB (`VmRSS`, `VmHWM`, `RssAnon`…).
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+        .ok_or_else(|| anyhow::anyhow!("no {field} for {pid}"))
 }
 
 /// A free loopback port, for a server that must come back on the same one.
