@@ -241,6 +241,9 @@ pub enum DomainError {
     /// The log holds an event of it this server cannot read.
     #[error("the log holds an event of this job or stream that this server cannot read; it is set aside until the log is repaired (`rejoin verify` names the event)")]
     Unreadable,
+    /// Retention removed the job (it finished at the RFC 3339 time given).
+    #[error("the job finished at {0} and was removed from the log by retention (see the archive)")]
+    Archived(String),
 }
 
 /// Decides what `command` appends to the job in `state` at time `now`.

@@ -85,6 +85,7 @@ pub enum EventBody {
     StreamAppended(StreamAppended),
     StreamTouched(StreamTouched),
     StreamDeleted(StreamDeleted),
+    UnitsRemoved(UnitsRemoved),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -454,6 +455,61 @@ pub struct StreamDeleted {
     pub retained: bool,
 }
 
+/// Retention removed whole units (finished jobs, ended streams) from the
+/// log. Recorded on the log's own chain ([`LOG_CHAIN`]) in the transaction
+/// that removed them, with what `rejoin verify` needs to account for them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitsRemoved {
+    /// The archive file their events were written to (relative to the
+    /// archive directory), if archiving is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    pub units: Vec<RemovedUnit>,
+}
+
+/// One unit that left the log: all of its events, the last of them at
+/// `last_position` with hash `last_hash`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedUnit {
+    pub id: JobId,
+    #[serde(default, skip_serializing_if = "UnitKind::is_job")]
+    pub kind: UnitKind,
+    /// When its terminal event was recorded.
+    pub finished_at: DateTime<Utc>,
+    /// How many events left: its seqs 1 through `events`.
+    pub events: i64,
+    pub last_position: i64,
+    pub last_hash: String,
+}
+
+/// What a removed unit was.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitKind {
+    #[default]
+    Job,
+    Stream,
+}
+
+impl UnitKind {
+    pub fn is_job(&self) -> bool {
+        *self == UnitKind::Job
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitKind::Job => "job",
+            UnitKind::Stream => "stream",
+        }
+    }
+}
+
+/// The id of the log's own chain: the `units_removed` records. No job or
+/// stream ever has it.
+pub const LOG_CHAIN: JobId = uuid::Uuid::nil();
+
 /// A payload that could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -528,6 +584,7 @@ kinds! {
     StreamAppended => "stream_appended",
     StreamTouched => "stream_touched",
     StreamDeleted => "stream_deleted",
+    UnitsRemoved => "units_removed",
 }
 
 impl EventBody {

@@ -563,6 +563,8 @@ impl JobState {
             | EventBody::StreamAppended(_)
             | EventBody::StreamTouched(_)
             | EventBody::StreamDeleted(_) => {}
+            // The log's own chain, never a job's.
+            EventBody::UnitsRemoved(_) => {}
         }
     }
 

@@ -14,6 +14,7 @@
 //! below everything, the backends above the readers they use, the choice of
 //! a backend (`open.rs`) on top; this file only declares and re-exports.
 
+pub mod archive;
 pub mod chain;
 #[cfg(feature = "test-switches")]
 pub mod fault;
@@ -23,6 +24,7 @@ pub mod owner;
 pub mod pages;
 pub mod postgres;
 mod read;
+pub mod retention;
 pub mod sqlite;
 mod sqlite_scan;
 mod store;

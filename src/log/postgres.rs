@@ -17,10 +17,13 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
+use super::retention::{last_position, record_row, still_ends, unit_kind, ENDINGS_SQL};
 use super::store::{
-    classify, AppendListener, CheckpointHeader, CheckpointRow, Checkpoints, EventLog, EventRow,
-    JobIndex, JobSpan, Membership, StoreError, LIST_CHECKPOINTS, PAGE_BYTES,
+    classify, AppendListener, CheckpointHeader, CheckpointRow, Checkpoints, Ending, EventLog,
+    EventRow, JobIndex, JobSpan, LogSize, Membership, Removed, Retention, StoreError,
+    LIST_CHECKPOINTS, PAGE_BYTES,
 };
+use crate::domain::event::{format_time, RemovedUnit, LOG_CHAIN};
 
 /// The channel `append` notifies with the last position it committed.
 pub const CHANNEL: &str = "rejoin_log";
@@ -518,5 +521,176 @@ struct Listener(PgListener);
 impl AppendListener for Listener {
     async fn next(&mut self) -> Result<(), StoreError> {
         self.0.recv().await.map(|_| ()).map_err(classify)
+    }
+}
+
+#[async_trait]
+impl Retention for PostgresStore {
+    async fn endings(&self, after: i64, limit: u32) -> Result<Vec<Ending>, StoreError> {
+        let sql = format!(
+            "SELECT position, job_id, kind, at FROM events WHERE {ENDINGS_SQL} AND position > $1
+             ORDER BY position LIMIT $2"
+        );
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(&sql)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|(position, unit_id, kind, at)| Ending {
+                position,
+                unit_id,
+                kind,
+                at,
+            })
+            .collect())
+    }
+
+    async fn remove(
+        &self,
+        units: &[RemovedUnit],
+        archive: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<EventRow, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        // Serialised with every node's appends: the units' heads checked
+        // below cannot move before the commit.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        for unit in units {
+            let head: Option<(i64, String, i64)> = sqlx::query_as(
+                "SELECT seq, hash, position FROM events WHERE job_id = $1 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(unit.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?;
+            still_ends(unit, head)?;
+        }
+        let prev: Option<(i64, String)> = sqlx::query_as(
+            "SELECT seq, hash FROM events WHERE job_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(LOG_CHAIN.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let mut record = record_row(prev, units, archive, at);
+        record.position = sqlx::query_scalar(
+            "INSERT INTO events (job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash)
+             VALUES ($1, $2, NULL, $3, $4, $5, NULL, $6, $7) RETURNING position",
+        )
+        .bind(&record.job_id)
+        .bind(record.seq)
+        .bind(&record.kind)
+        .bind(record.schema_version)
+        .bind(&record.payload)
+        .bind(&record.at)
+        .bind(&record.hash)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(record.position.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        for unit in units {
+            let id = unit.id.to_string();
+            sqlx::query(
+                "INSERT INTO removed_units
+                 (unit_id, kind, finished_at, events, last_position, record_position)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&id)
+            .bind(unit.kind.as_str())
+            .bind(format_time(&unit.finished_at))
+            .bind(unit.events)
+            .bind(unit.last_position)
+            .bind(record.position)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            sqlx::query("DELETE FROM events WHERE job_id = $1 AND position <= $2")
+                .bind(&id)
+                .bind(unit.last_position)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            sqlx::query("DELETE FROM job_index WHERE job_id = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
+        let through = last_position(units);
+        sqlx::query(
+            "DELETE FROM checkpoint_parts WHERE checkpoint_id IN
+             (SELECT id FROM checkpoints WHERE position < $1)",
+        )
+        .bind(through)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query("DELETE FROM checkpoints WHERE position < $1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(record)
+    }
+
+    async fn removed_job(&self, id: &str) -> Result<Option<Removed>, StoreError> {
+        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT kind, finished_at, events, record_position FROM removed_units
+             WHERE unit_id = $1 AND kind = 'job' ORDER BY record_position DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(
+            row.map(|(kind, finished_at, events, record_position)| Removed {
+                kind: unit_kind(&kind),
+                finished_at,
+                events,
+                record_position,
+            }),
+        )
+    }
+
+    async fn is_removed(&self, id: &str, last_position: i64) -> Result<bool, StoreError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM removed_units WHERE unit_id = $1 AND last_position = $2)",
+        )
+        .bind(id)
+        .bind(last_position)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)
+    }
+
+    async fn horizon(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT coalesce(max(last_position), 0)::BIGINT FROM removed_units")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
+    async fn size(&self) -> Result<LogSize, StoreError> {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('events')")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(LogSize {
+            bytes: bytes.max(0) as u64,
+            free_bytes: 0,
+        })
     }
 }

@@ -17,12 +17,16 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Sqlite};
 use tokio::sync::Mutex;
 
+use chrono::{DateTime, Utc};
+
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
+use super::retention::{last_position, record_row, still_ends, unit_kind, ENDINGS_SQL};
 use super::sqlite_scan::Scanner;
 use super::store::{
-    classify, CheckpointHeader, CheckpointRow, Checkpoints, EventLog, EventRow, JobIndex, JobSpan,
-    StoreError, LIST_CHECKPOINTS,
+    classify, CheckpointHeader, CheckpointRow, Checkpoints, Ending, EventLog, EventRow, JobIndex,
+    JobSpan, LogSize, Removed, Retention, StoreError, LIST_CHECKPOINTS,
 };
+use crate::domain::event::{format_time, RemovedUnit, LOG_CHAIN};
 
 /// Rows per INSERT statement: 9 bound parameters each, 9,216 in all, far
 /// below SQLite's limit of 32,766. A batch of the writer (at most 1,024
@@ -460,4 +464,165 @@ impl JobIndex for SqliteStore {
             .await
             .map_err(classify)
     }
+}
+
+#[async_trait]
+impl Retention for SqliteStore {
+    async fn endings(&self, after: i64, limit: u32) -> Result<Vec<Ending>, StoreError> {
+        let sql = format!(
+            "SELECT position, job_id, kind, at FROM events WHERE {ENDINGS_SQL} AND position > ?
+             ORDER BY position LIMIT ?"
+        );
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(&sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|(position, unit_id, kind, at)| Ending {
+                position,
+                unit_id,
+                kind,
+                at,
+            })
+            .collect())
+    }
+
+    async fn remove(
+        &self,
+        units: &[RemovedUnit],
+        archive: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<EventRow, StoreError> {
+        let mut conn = self.writer.lock().await;
+        begin(&mut conn).await?;
+        let removed = remove_units(&mut conn, units, archive, at).await;
+        finish(&mut conn, removed).await
+    }
+
+    async fn removed_job(&self, id: &str) -> Result<Option<Removed>, StoreError> {
+        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT kind, finished_at, events, record_position FROM removed_units
+             WHERE unit_id = ? AND kind = 'job' ORDER BY record_position DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(classify)?;
+        Ok(
+            row.map(|(kind, finished_at, events, record_position)| Removed {
+                kind: unit_kind(&kind),
+                finished_at,
+                events,
+                record_position,
+            }),
+        )
+    }
+
+    async fn is_removed(&self, id: &str, last_position: i64) -> Result<bool, StoreError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM removed_units WHERE unit_id = ? AND last_position = ?)",
+        )
+        .bind(id)
+        .bind(last_position)
+        .fetch_one(&self.readers)
+        .await
+        .map_err(classify)
+    }
+
+    async fn horizon(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT coalesce(max(last_position), 0) FROM removed_units")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(classify)
+    }
+
+    async fn size(&self) -> Result<LogSize, StoreError> {
+        let mut conn = self.readers.acquire().await.map_err(classify)?;
+        let mut pragma = async |name: &str| -> Result<i64, StoreError> {
+            sqlx::query_scalar(&format!("PRAGMA {name}"))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(classify)
+        };
+        let page = pragma("page_size").await?.max(0) as u64;
+        let pages = pragma("page_count").await?.max(0) as u64;
+        let free = pragma("freelist_count").await?.max(0) as u64;
+        Ok(LogSize {
+            bytes: pages * page,
+            free_bytes: free * page,
+        })
+    }
+}
+
+/// The removal's statements, inside the writer's transaction.
+async fn remove_units(
+    conn: &mut SqliteConnection,
+    units: &[RemovedUnit],
+    archive: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<EventRow, StoreError> {
+    for unit in units {
+        let head: Option<(i64, String, i64)> = sqlx::query_as(
+            "SELECT seq, hash, position FROM events WHERE job_id = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(unit.id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(classify)?;
+        still_ends(unit, head)?;
+    }
+    let prev: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM events WHERE job_id = ? ORDER BY seq DESC LIMIT 1")
+            .bind(LOG_CHAIN.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(classify)?;
+    let mut record = record_row(prev, units, archive, at);
+    record.position = insert_rows(conn, std::slice::from_ref(&record)).await?[0];
+    for unit in units {
+        let id = unit.id.to_string();
+        sqlx::query(
+            "INSERT INTO removed_units
+             (unit_id, kind, finished_at, events, last_position, record_position)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(unit.kind.as_str())
+        .bind(format_time(&unit.finished_at))
+        .bind(unit.events)
+        .bind(unit.last_position)
+        .bind(record.position)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+        sqlx::query("DELETE FROM events WHERE job_id = ? AND position <= ?")
+            .bind(&id)
+            .bind(unit.last_position)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        sqlx::query("DELETE FROM job_index WHERE job_id = ?")
+            .bind(&id)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+    }
+    let through = last_position(units);
+    sqlx::query(
+        "DELETE FROM checkpoint_parts WHERE checkpoint_id IN
+         (SELECT id FROM checkpoints WHERE position < ?)",
+    )
+    .bind(through)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    sqlx::query("DELETE FROM checkpoints WHERE position < ?")
+        .bind(through)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(record)
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::job_index::{IndexRow, JobFilter};
-use crate::domain::event::{format_time, parse_time, DecodeError, Event, EventBody};
+use crate::domain::event::{
+    format_time, parse_time, DecodeError, Event, EventBody, RemovedUnit, UnitKind,
+};
 
 /// One event as stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,6 +186,73 @@ pub trait JobIndex: Send + Sync + 'static {
     async fn find_jobs(&self, filter: &JobFilter) -> Result<Vec<IndexRow>, StoreError>;
 }
 
+/// An event that ended a unit (or, for a stream, may have: a stream kept
+/// for its forks, or created again, has not ended).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ending {
+    pub position: i64,
+    pub unit_id: String,
+    pub kind: String,
+    /// RFC 3339, as stored.
+    pub at: String,
+}
+
+/// A removed unit as the log still knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed {
+    pub kind: UnitKind,
+    /// RFC 3339: when it finished.
+    pub finished_at: String,
+    pub events: i64,
+    /// The `units_removed` event that records it.
+    pub record_position: i64,
+}
+
+/// The database's size as retention sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogSize {
+    /// Bytes the log takes on disk (SQLite: the database file; PostgreSQL:
+    /// the events table with its indexes and TOAST).
+    pub bytes: u64,
+    /// Of those, bytes free for reuse (SQLite's free pages; 0 where the
+    /// database does not say).
+    pub free_bytes: u64,
+}
+
+/// Retention's queries and its one removal (`retention.rs` says how it
+/// keeps the log's promises).
+#[async_trait]
+pub trait Retention: Send + Sync + 'static {
+    /// The events that end units, with `position > after`, in position
+    /// order, at most `limit` (by index: the endings only).
+    async fn endings(&self, after: i64, limit: u32) -> Result<Vec<Ending>, StoreError>;
+
+    /// Removes `units` whole, in one transaction, and returns the
+    /// `units_removed` record it appended (with its position). `Conflict`
+    /// when a unit no longer ends at its `last_position`/`last_hash` (an
+    /// event came after the sweep read it) or was removed already: nothing
+    /// is removed then.
+    async fn remove(
+        &self,
+        units: &[RemovedUnit],
+        archive: Option<&str>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<EventRow, StoreError>;
+
+    /// The job removed under this id, if one was.
+    async fn removed_job(&self, id: &str) -> Result<Option<Removed>, StoreError>;
+
+    /// Whether the unit `id` whose last event was at `last_position` has
+    /// been removed (its record committed).
+    async fn is_removed(&self, id: &str, last_position: i64) -> Result<bool, StoreError>;
+
+    /// The position of the last event retention removed (0: none): every
+    /// event after it is still in the log.
+    async fn horizon(&self) -> Result<i64, StoreError>;
+
+    async fn size(&self) -> Result<LogSize, StoreError>;
+}
+
 /// What only a log shared by several nodes has: the nodes' leases, kept on
 /// the database's clock, and a hint when another node appended.
 #[async_trait]
@@ -229,15 +298,17 @@ pub struct Log {
     pub events: Arc<dyn EventLog>,
     pub checkpoints: Arc<dyn Checkpoints>,
     pub index: Arc<dyn JobIndex>,
+    pub retention: Arc<dyn Retention>,
     pub members: Option<Arc<dyn Membership>>,
 }
 
 impl Log {
     /// The stores of a backend that keeps every concern itself.
-    pub fn of<S: EventLog + Checkpoints + JobIndex>(store: Arc<S>) -> Self {
+    pub fn of<S: EventLog + Checkpoints + JobIndex + Retention>(store: Arc<S>) -> Self {
         Log {
             events: store.clone(),
             checkpoints: store.clone(),
+            retention: store.clone(),
             index: store,
             members: None,
         }
