@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Authority, SecretHome};
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeArgs;
+use crate::engine::RetentionSettings;
 use crate::engine::{Engine, EngineSettings, EngineTasks};
 use crate::http::connections::{self, Connections, Limits};
 use crate::http::rate::{self, ConnectRate};
@@ -140,6 +141,7 @@ impl Application {
                 notify: None,
             },
             webhook,
+            retention: retention_settings(&args)?,
             ..EngineSettings::default()
         };
         let started = Engine::start(store.clone(), clock, settings, engine_stop.clone()).await?;
@@ -412,6 +414,37 @@ pub struct ShutdownTimedOut {
 /// Binds with a deep accept backlog: after a restart, thousands of clients
 /// reconnect at once, and a full backlog drops their SYNs, which costs each of
 /// them a one-second retransmission.
+/// Retention as configured: none unless `--retain-finished` is set; a
+/// round every tenth of the window, from once a second to once a minute.
+fn retention_settings(args: &ServeArgs) -> anyhow::Result<Option<RetentionSettings>> {
+    let Some(keep) = args.retain_finished else {
+        return Ok(None);
+    };
+    let archive =
+        match &args.archive_dir {
+            Some(dir) => Some(crate::log::archive::Archive::open(dir).with_context(|| {
+                format!("cannot create the archive directory {}", dir.display())
+            })?),
+            None => None,
+        };
+    let tenth = keep.num_milliseconds().max(0) as u64 / 10;
+    let every = Duration::from_millis(tenth.clamp(1_000, 60_000));
+    tracing::info!(
+        keep_secs = keep.num_seconds(),
+        archive = ?args.archive_dir,
+        "retention on: finished units older than this leave the log"
+    );
+    Ok(Some(RetentionSettings {
+        keep,
+        archive,
+        every,
+        #[cfg(feature = "test-switches")]
+        crash_at_step: args.test_crash_at_sweep_step,
+        #[cfg(not(feature = "test-switches"))]
+        crash_at_step: None,
+    }))
+}
+
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

@@ -306,6 +306,21 @@ pub struct ServeArgs {
     #[arg(long, env = "REJOIN_JOB_TIMEOUT_SECS", default_value_t = 0)]
     pub job_timeout_secs: u64,
 
+    /// How long finished units stay in the log: finished jobs (completed,
+    /// failed, cancelled, timed out), counted from their terminal event,
+    /// and deleted or expired streams, from their end. A number with a unit:
+    /// `30d`, `12h`, `10m`, `10s`. Unset: everything is kept. Live jobs,
+    /// open streams and anything with a pending deadline or notification
+    /// are never removed.
+    #[arg(long, env = "REJOIN_RETAIN_FINISHED", value_parser = duration)]
+    pub retain_finished: Option<chrono::Duration>,
+
+    /// Where retention writes the events of the units it removes, before it
+    /// removes them: gzip NDJSON files by day (DuckDB, pandas and Spark
+    /// read them as they are). Unset: units are removed without an archive.
+    #[arg(long, env = "REJOIN_ARCHIVE_DIR", requires = "retain_finished")]
+    pub archive_dir: Option<std::path::PathBuf>,
+
     /// Finished jobs kept in memory for quick reads, besides the live ones
     /// (not finished, or with a session connected or in grace, which are
     /// always held). Others are read back from the log by index when asked
@@ -359,6 +374,13 @@ pub struct ServeArgs {
     #[cfg(feature = "test-switches")]
     #[arg(long, hide = true)]
     pub test_panic_on_payload: Option<String>,
+
+    /// Kills the process (SIGKILL) at this step of the first retention
+    /// batch: 1 marker written, 2 archive written, 3 removal committed
+    /// (`test-switches` builds only).
+    #[cfg(feature = "test-switches")]
+    #[arg(long, hide = true)]
+    pub test_crash_at_sweep_step: Option<u8>,
 
     /// Demo mode: serve /demo, where anyone can start a simulated job and make
     /// the server drop its socket. Off by default; never for production.
@@ -415,6 +437,10 @@ pub struct CheckpointArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct VerifyArgs {
+    /// Also prove this archive: each file's chains against its heads, and
+    /// against the log's records of what retention removed.
+    #[arg(long)]
+    pub archive: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -486,6 +512,28 @@ fn job_status(text: &str) -> Result<crate::domain::JobStatus, String> {
         .ok_or_else(|| "pending, running, completed, failed or cancelled".to_owned())
 }
 
+/// A duration with a unit: `30d`, `12h`, `10m`, `10s` (at least a second).
+pub fn duration(text: &str) -> Result<chrono::Duration, String> {
+    let usage = || format!("a number with a unit (s, m, h or d) such as 30d or 10s, not `{text}`");
+    let text = text.trim();
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = (
+        text.get(..split).unwrap_or(""),
+        text.get(split..).unwrap_or(""),
+    );
+    let n: i64 = number.parse().map_err(|_| usage())?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3_600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    };
+    secs.filter(|s| (1..=crate::domain::stream::MAX_LIFETIME_SECS as i64 * 10).contains(s))
+        .map(chrono::Duration::seconds)
+        .ok_or_else(usage)
+}
+
 fn rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&chrono::Utc))
@@ -527,6 +575,10 @@ pub struct ReplayArgs {
     pub job: Option<Uuid>,
     #[arg(long, value_enum, default_value = "summary")]
     pub format: ReplayFormat,
+    /// Read this archive too: the events retention removed and the log
+    /// still holds, as one history in position order.
+    #[arg(long)]
+    pub archive: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }

@@ -74,6 +74,13 @@ pub struct Metrics {
     webhook_oldest: Gauge<f64, AtomicU64>,
     tcp_connections: Gauge,
     connection_ends: Family<ConnectionEndLabel, Counter>,
+    removed_units: Family<Kind, Counter>,
+    removed_events: Counter,
+    archived_bytes: Counter,
+    horizon: Gauge,
+    log_bytes: Gauge,
+    log_free_bytes: Gauge,
+    log_growth: Gauge<f64, AtomicU64>,
 }
 
 /// Why the server ended a TCP connection before it was useful, or refused
@@ -185,6 +192,13 @@ impl Default for Metrics {
             webhook_oldest: Gauge::default(),
             tcp_connections: Gauge::default(),
             connection_ends: Family::default(),
+            removed_units: Family::default(),
+            removed_events: Counter::default(),
+            archived_bytes: Counter::default(),
+            horizon: Gauge::default(),
+            log_bytes: Gauge::default(),
+            log_free_bytes: Gauge::default(),
+            log_growth: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -347,6 +361,41 @@ impl Default for Metrics {
             "Seconds since the oldest pending webhook notification became due (0: none)",
             m.webhook_oldest.clone(),
         );
+        registry.register(
+            "rejoin_retention_removed_units",
+            "Units retention removed from the log, by kind: job or stream",
+            m.removed_units.clone(),
+        );
+        registry.register(
+            "rejoin_retention_removed_events",
+            "Events retention removed from the log (with their units)",
+            m.removed_events.clone(),
+        );
+        registry.register(
+            "rejoin_archive_written_bytes",
+            "Bytes retention wrote to the archive (data and heads files)",
+            m.archived_bytes.clone(),
+        );
+        registry.register(
+            "rejoin_retention_horizon_position",
+            "The last position retention removed: every event after it is in the log (0: nothing removed)",
+            m.horizon.clone(),
+        );
+        registry.register(
+            "rejoin_log_bytes",
+            "The log's size on disk (SQLite: the database file; PostgreSQL: the events table and its indexes)",
+            m.log_bytes.clone(),
+        );
+        registry.register(
+            "rejoin_log_free_bytes",
+            "Of the log's size, bytes freed by retention and reused by new events (SQLite)",
+            m.log_free_bytes.clone(),
+        );
+        registry.register(
+            "rejoin_log_growth_bytes_per_hour",
+            "How fast the log's used bytes grew over the last hour with retention on (negative: shrinking)",
+            m.log_growth.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -407,6 +456,36 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// Counts what one retention batch removed.
+    pub fn observe_removed(&self, jobs: u64, streams: u64, events: u64) {
+        for (kind, n) in [("job", jobs), ("stream", streams)] {
+            self.removed_units
+                .get_or_create(&Kind {
+                    kind: kind.to_owned(),
+                })
+                .inc_by(n);
+        }
+        self.removed_events.inc_by(events);
+    }
+
+    pub fn observe_horizon(&self, position: i64) {
+        self.horizon.set(position);
+    }
+
+    pub fn observe_archived(&self, bytes: u64) {
+        self.archived_bytes.inc_by(bytes);
+    }
+
+    pub fn observe_log_size(&self, bytes: u64, free_bytes: u64) {
+        self.log_bytes.set(bytes.min(i64::MAX as u64) as i64);
+        self.log_free_bytes
+            .set(free_bytes.min(i64::MAX as u64) as i64);
+    }
+
+    pub fn observe_log_growth(&self, bytes_per_hour: f64) {
+        self.log_growth.set(bytes_per_hour);
     }
 
     pub fn observe_commit(&self, events: usize, seconds: f64) {

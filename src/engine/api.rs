@@ -23,7 +23,7 @@ use crate::domain::history::{History, HistoryBuilder};
 use crate::domain::stream::StreamCommand;
 use crate::domain::{Command, EventBody, JobId, JobState, SessionId, SessionPhase};
 use crate::log::{
-    for_each_job_event, for_each_job_event_after, CheckpointHeader, EventLog, Log, Pages,
+    for_each_job_event, for_each_job_event_after, CheckpointHeader, EventLog, Log, Pages, Removed,
     StoreError,
 };
 use crate::metrics::Metrics;
@@ -42,6 +42,9 @@ pub(super) struct Inner {
     pub(super) jobs: Arc<Mutex<JobTable>>,
     /// Every event up to this position is applied to `jobs`.
     pub(super) applied: Arc<AtomicI64>,
+    /// The last position retention removed (0: none): every event after it
+    /// is in the log.
+    pub(super) horizon: Arc<AtomicI64>,
     pub(super) queue: Queue,
     pub(super) epoch: String,
     pub(super) clock: Arc<dyn Clock>,
@@ -253,6 +256,27 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// The last position retention removed (0: nothing was): every event
+    /// after it is still in the log.
+    pub fn horizon(&self) -> i64 {
+        self.inner
+            .horizon
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The job retention removed under this id, if one was (only asked of
+    /// the log once retention has removed anything).
+    pub async fn archived(&self, job_id: JobId) -> Result<Option<Removed>, StoreError> {
+        if self.horizon() == 0 {
+            return Ok(None);
+        }
+        self.inner
+            .store
+            .retention
+            .removed_job(&job_id.to_string())
+            .await
     }
 
     pub async fn job_exists(&self, job_id: JobId) -> Result<bool, StoreError> {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::queue::{EngineError, Queue, StreamDone, StreamReads};
 use crate::domain::event::ForkOf;
 use crate::domain::stream::StreamCommand;
-use crate::domain::{Command, Event, JobId, JobState};
+use crate::domain::{Command, Event, EventBody, JobId, JobState};
 use crate::log::{for_each_job_event, EventLog, StoreError};
 
 /// Reads one job back from the log (its events, by index) and folds it. A
@@ -110,6 +110,14 @@ impl JobTable {
     /// a checkpoint) to its held job, in seq order. A job's first event makes
     /// it held.
     pub fn apply_logged(&mut self, event: &Event) -> Logged {
+        // Retention's record (the log's own chain, never held): its units
+        // have left the log, and memory.
+        if let EventBody::UnitsRemoved(removed) = &event.body {
+            for unit in &removed.units {
+                self.remove(unit.id);
+            }
+            return Logged::Known;
+        }
         let id = event.job_id;
         let held = match self.live.remove(&id) {
             Some(job) => Some(job),

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::event::Notify;
+use crate::log::archive::Archive;
 use crate::webhook::Endpoint;
 
 /// What a job may set at creation beside its metadata: its stall and
@@ -14,6 +15,20 @@ pub struct JobOptions {
     pub stall_after_secs: Option<u64>,
     pub timeout_secs: Option<u64>,
     pub notify: Option<Notify>,
+}
+
+/// Retention as the operator chose it.
+#[derive(Clone, Debug)]
+pub struct RetentionSettings {
+    /// Finished units older than this leave the log.
+    pub keep: chrono::Duration,
+    /// Where their events are archived first (none: removal only).
+    pub archive: Option<Archive>,
+    /// How often a round starts.
+    pub every: Duration,
+    /// Test switch: the process kills itself at this step of the first
+    /// batch (1: marker written, 2: archive written, 3: removal committed).
+    pub crash_at_step: Option<u8>,
 }
 
 /// Tuning for the writer.
@@ -37,6 +52,8 @@ pub struct EngineSettings {
     pub windows: JobOptions,
     /// The operator's webhook endpoint, when notifications are on.
     pub webhook: Option<Arc<Endpoint>>,
+    /// What leaves the log, and when (none: everything is kept).
+    pub retention: Option<RetentionSettings>,
 }
 
 impl Default for EngineSettings {
@@ -51,6 +68,7 @@ impl Default for EngineSettings {
             checkpoint_every: Duration::from_secs(300),
             windows: JobOptions::default(),
             webhook: None,
+            retention: None,
         }
     }
 }

@@ -21,7 +21,7 @@ use super::lease::Lease;
 use super::queue::{Closes, Health, Queue, StreamReads, WriteRequest, WriterStats};
 use super::settings::{EngineSettings, Startup};
 use super::writer::{CheckpointPolicy, Writer};
-use super::{index, membership, notify, recover, scheduler};
+use super::{index, membership, notify, recover, retention, scheduler};
 use crate::clock::{Clock, Corrected};
 use crate::domain::deadline::{self, Schedule};
 use crate::domain::{JobId, SessionId, SessionPhase};
@@ -68,6 +68,7 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<Started, StoreError> {
         let epoch = store.events.epoch().await?;
+        let horizon = store.retention.horizon().await?;
         let recovered = recover::recover(&store, &epoch, settings.job_cache_entries).await?;
         let (waiting, orphaned) = sessions_to_resume(&recovered.table, store.shared());
         // On a shared log this process is a node with a lease, taken before
@@ -86,7 +87,7 @@ impl Engine {
             store,
             (clock, shared_clock),
             &settings,
-            epoch,
+            (epoch, horizon),
             recovered,
             Arc::new(lease),
         );
@@ -114,11 +115,12 @@ impl Engine {
         store: Log,
         (clock, shared_clock): (Arc<dyn Clock>, Option<Arc<Corrected>>),
         settings: &EngineSettings,
-        epoch: String,
+        (epoch, horizon): (String, i64),
         recovered: recover::Recovered,
         lease: Arc<Lease>,
     ) -> (Engine, Wiring) {
         let metrics = Arc::new(Metrics::default());
+        metrics.observe_horizon(horizon);
         metrics.observe_startup(recovered.folded);
         if let Some(h) = &recovered.checkpoint {
             metrics.observe_checkpoint(h);
@@ -148,6 +150,7 @@ impl Engine {
                 store,
                 jobs: Arc::new(Mutex::new(recovered.table)),
                 applied: Arc::new(AtomicI64::new(head)),
+                horizon: Arc::new(AtomicI64::new(horizon)),
                 queue,
                 epoch,
                 clock,
@@ -191,6 +194,7 @@ impl Engine {
         let (deadline_tx, deadline_rx) = mpsc::unbounded_channel();
         let (checkpoint_tx, checkpoint_rx) = mpsc::channel(1);
         let writer = Writer {
+            horizon: inner.horizon.clone(),
             metrics: inner.metrics.clone(),
             head: wiring.head,
             wakeups: inner.wakeups.clone(),
@@ -238,11 +242,30 @@ impl Engine {
             every: settings.checkpoint_every,
             tx: checkpoint_tx,
         };
+        let removals = settings.retention.clone().map(|settings| {
+            let (tx, rx) = mpsc::channel(1);
+            let sweeper = retention::Sweeper {
+                store: inner.store.clone(),
+                jobs: inner.jobs.clone(),
+                clock: inner.clock.clone(),
+                removals: tx,
+                metrics: inner.metrics.clone(),
+                horizon: inner.horizon.clone(),
+                settings,
+            };
+            supervised(
+                health,
+                &shutdown,
+                "retention sweeper",
+                sweeper.run(shutdown.clone()),
+            );
+            rx
+        });
         let writer = supervised(
             health,
             &shutdown,
             "log writer",
-            writer.run(wiring.requests, absorb, policy, shutdown.clone()),
+            writer.run(wiring.requests, absorb, removals, policy, shutdown.clone()),
         );
         let checkpoints = supervised(
             health,

@@ -34,6 +34,7 @@ use super::queue::{
     WriterStats,
 };
 use super::recover::needs_reload;
+use super::retention::Removal;
 use crate::clock::Clock;
 use crate::domain::deadline::{self, Schedule};
 use crate::domain::decide::{AttachPlan, Counted};
@@ -76,6 +77,8 @@ struct Prepared {
     loaded: HashSet<JobId>,
     /// What each keyed append's key produced before, from the log.
     priors: HashMap<(JobId, String), IdempotentAppend>,
+    /// Jobs retention removed, by id: when each finished.
+    archived: HashMap<JobId, String>,
 }
 
 /// A batch decided: the events to append and how to answer each request.
@@ -127,6 +130,8 @@ impl CheckpointDue {
 
 pub(crate) struct Writer {
     pub store: Log,
+    /// The last position retention removed (see `Engine::horizon`).
+    pub horizon: Arc<AtomicI64>,
     pub jobs: Arc<Mutex<JobTable>>,
     pub hub: Arc<Hub>,
     pub deadlines: mpsc::UnboundedSender<Schedule>,
@@ -186,6 +191,7 @@ impl Writer {
         self,
         mut rx: mpsc::Receiver<WriteRequest>,
         mut absorb: Option<mpsc::Receiver<Absorbed>>,
+        mut removals: Option<mpsc::Receiver<Removal>>,
         checkpoints: CheckpointPolicy,
         shutdown: CancellationToken,
     ) {
@@ -220,6 +226,12 @@ impl Writer {
                         let read = self.applied.load(Ordering::Relaxed) - before;
                         due.since_events += read.max(0) as u64;
                         self.maybe_checkpoint(&mut due);
+                        continue;
+                    }
+                    // Retention's removals go between batches of appends,
+                    // each a bounded transaction of its own.
+                    Some(removal) = async { removals.as_mut()?.recv().await } => {
+                        self.remove_units(removal).await;
                         continue;
                     }
                     n = rx.recv_many(&mut batch, self.max_batch) => n,
@@ -445,10 +457,18 @@ impl Writer {
                 }
             }
         }
+        let mut archived = HashMap::new();
         for id in &missing {
             self.metrics.observe_job_loaded();
             match load_job(self.store.events.as_ref(), *id).await {
                 Ok(job) => {
+                    // An id the log holds nothing of may be a job retention
+                    // removed: it is answered as archived, never created again.
+                    if !job.is_known() && self.horizon.load(Ordering::Relaxed) > 0 {
+                        if let Some(r) = self.store.retention.removed_job(&id.to_string()).await? {
+                            archived.insert(*id, r.finished_at);
+                        }
+                    }
                     jobs.insert(*id, job);
                 }
                 // Its requests are refused; the rest of the batch goes on.
@@ -514,6 +534,7 @@ impl Writer {
             jobs,
             loaded: missing.into_iter().collect(),
             priors,
+            archived,
         })
     }
 
@@ -661,6 +682,61 @@ impl Writer {
         Ok(())
     }
 
+    /// Removes a retention batch through the log's controlled path, unless
+    /// one of its units became live again since the sweep read it; the
+    /// units leave memory and the record is published like any event.
+    async fn remove_units(&self, removal: Removal) {
+        let Removal {
+            units,
+            archive,
+            reply,
+        } = removal;
+        let live = {
+            let table = self.table();
+            units
+                .iter()
+                .find(|u| table.peek(u.id).is_some_and(|j| j.is_live()))
+                .map(|u| u.id)
+        };
+        if let Some(id) = live {
+            let _ = reply.send(Err(StoreError::Conflict(format!(
+                "{id} is live again; it stays"
+            ))));
+            return;
+        }
+        let now = self.clock.now();
+        let row = match self
+            .store
+            .retention
+            .remove(&units, archive.as_deref(), now)
+            .await
+        {
+            Ok(row) => row,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        match &self.own {
+            Some(own) => own.record(&[row.position]),
+            None => {
+                self.applied.fetch_max(row.position, Ordering::Relaxed);
+            }
+        }
+        {
+            let mut table = self.table();
+            for unit in &units {
+                table.remove(unit.id);
+            }
+        }
+        let through = units.iter().map(|u| u.last_position).max().unwrap_or(0);
+        self.horizon.fetch_max(through, Ordering::Relaxed);
+        if let Ok(event) = row.decode_stored() {
+            self.publish(&[Arc::new(event)], true);
+        }
+        let _ = reply.send(Ok(row.position));
+    }
+
     /// Events read from the shared log, in position order, through position
     /// `through`. Those this node already has are skipped; a job whose next
     /// event is missing (this node fell behind on it), or a job not held that
@@ -685,6 +761,10 @@ impl Writer {
         {
             let mut table = self.table();
             for event in events {
+                if let EventBody::UnitsRemoved(r) = &event.body {
+                    let through = r.units.iter().map(|u| u.last_position).max().unwrap_or(0);
+                    self.horizon.fetch_max(through, Ordering::Relaxed);
+                }
                 let logged = table.apply_logged(&event);
                 if needs_reload(logged, &event) {
                     behind.insert(event.job_id);
@@ -822,6 +902,7 @@ fn stage(
         jobs: mut states,
         loaded,
         mut priors,
+        archived,
     } = prepared;
     let mut staged = Staged {
         states: HashMap::new(),
@@ -832,6 +913,12 @@ fn stage(
         answers: Vec::with_capacity(requests.len()),
     };
     for req in requests {
+        if let Some(finished_at) = archived.get(&req.job_id) {
+            staged
+                .answers
+                .push(Err(DomainError::Archived(finished_at.clone())));
+            continue;
+        }
         // Prepare reads every job the batch names; one it could not read
         // (put aside at start-up) is refused, not decided.
         let Some(state) = states.get_mut(&req.job_id) else {

@@ -25,6 +25,13 @@ pub enum ApiError {
     NotFound(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// What was asked for left the log by retention (410).
+    #[error("{message}")]
+    Gone { code: &'static str, message: String },
+    /// The global log asked for from before retention's horizon (410): the
+    /// log holds every event after the position given, not all before it.
+    #[error("retention removed events up to position {0}: every event after it is in the log (resume with after={0}); older ones are in the archive (`rejoin replay --archive DIR`)")]
+    BeforeHorizon(i64),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("{0}")]
@@ -70,6 +77,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Gone { .. } | ApiError::BeforeHorizon(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -85,7 +93,9 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest { code, .. } | ApiError::Conflict { code, .. } => code,
+            ApiError::BadRequest { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::Gone { code, .. } => code,
             ApiError::Unauthorized(AuthError::Missing) => "missing_token",
             ApiError::Unauthorized(AuthError::Expired) => "token_expired",
             ApiError::Unauthorized(AuthError::Invalid(_)) => "invalid_token",
@@ -93,6 +103,7 @@ impl ApiError {
             ApiError::Unauthorized(AuthError::BadRequest(_)) => "bad_request",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::BeforeHorizon(_) => "before_horizon",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -124,6 +135,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::BeforeHorizon(horizon) = self {
+            response
+                .headers_mut()
+                .insert("rejoin-horizon", HeaderValue::from(horizon));
         }
         if let ApiError::RateLimited(secs) = self {
             response
@@ -167,6 +183,10 @@ impl From<DomainError> for ApiError {
             DomainError::InvalidEvent(message) => ApiError::BadRequest {
                 code: "invalid_event",
                 message,
+            },
+            DomainError::Archived(_) => ApiError::Gone {
+                code: "job_archived",
+                message: e.to_string(),
             },
             DomainError::Unreadable => ApiError::Conflict {
                 code: "unreadable",

@@ -113,7 +113,7 @@ pub async fn job_events(
     let job_id = parse_job_id(&job_id)?;
     let q = page(query)?;
     if !state.engine.job_exists(job_id).await? {
-        return Err(ApiError::NotFound("job not found".into()));
+        return Err(state.missing_job(job_id).await);
     }
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
@@ -148,6 +148,7 @@ pub async fn global_log(
     caller.require(&[Role::Analytics, Role::Service])?;
     let q = page(query)?;
     let after = q.after.unwrap_or(0);
+    kept_after(&state, after)?;
     let wants_ndjson = headers
         .get(ACCEPT)
         .and_then(|a| a.to_str().ok())
@@ -269,6 +270,7 @@ pub async fn live_tail(
         None => None,
     };
     let start = last_id.or(q.after).unwrap_or_else(|| *head.borrow());
+    kept_after(&state, start)?;
     let stream = tail(
         state.store.events.clone(),
         head,
@@ -278,6 +280,16 @@ pub async fn live_tail(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// Refuses a read of the global log from before retention's horizon: it
+/// would skip the removed events without a word.
+fn kept_after(state: &AppState, after: i64) -> Result<(), ApiError> {
+    let horizon = state.engine.horizon();
+    if after < horizon {
+        return Err(ApiError::BeforeHorizon(horizon));
+    }
+    Ok(())
 }
 
 struct Tail {

@@ -125,10 +125,14 @@ pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> 
 
 /// Parses a job id from a path or query value.
 pub fn parse_job_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_job_id",
-            "jobId must be a UUID such as 7f1c8a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b",
-        )
-    })
+    // The nil UUID is the log's own chain (its retention records), never a job.
+    Uuid::parse_str(text)
+        .ok()
+        .filter(|id| *id != crate::domain::event::LOG_CHAIN)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_job_id",
+                "jobId must be a UUID (not the nil UUID) such as 7f1c8a2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b",
+            )
+        })
 }

@@ -86,11 +86,9 @@ pub async fn history(
         ));
     }
     let offset = q.offset.unwrap_or(0);
-    let (job, history) = state
-        .engine
-        .history(job_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("job not found".into()))?;
+    let Some((job, history)) = state.engine.history(job_id).await? else {
+        return Err(state.missing_job(job_id).await);
+    };
     let total_sessions = history.sessions.len();
     let end = offset.saturating_add(limit).min(total_sessions);
     let sessions = history

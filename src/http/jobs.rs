@@ -104,7 +104,10 @@ pub async fn create_job(
     JsonBody(req): JsonBody<CreateJobRequest>,
 ) -> Result<Response, ApiError> {
     let ttl = state.client_token_ttl(req.client_token_ttl_secs)?;
-    let job_id = req.job_id.unwrap_or_else(Uuid::new_v4);
+    let job_id = match req.job_id {
+        Some(id) => parse_job_id(&id.to_string())?,
+        None => Uuid::new_v4(),
+    };
     for (name, value) in [
         ("stallAfterSecs", req.stall_after_secs),
         ("timeoutSecs", req.timeout_secs),
@@ -317,7 +320,7 @@ pub async fn refresh_token(
     caller.require_or_client_of(&[Role::Service], job_id)?;
     let ttl = state.client_token_ttl(req.ttl_secs)?;
     if !state.engine.job_exists(job_id).await? {
-        return Err(ApiError::NotFound("job not found".into()));
+        return Err(state.missing_job(job_id).await);
     }
     // A refreshed client token keeps the subject of the one it replaces.
     let sub = match caller.0.role {
@@ -392,7 +395,9 @@ pub async fn get_job(
             }
         }
     };
-    let job = job.ok_or_else(|| ApiError::NotFound("job not found".into()))?;
+    let Some(job) = job else {
+        return Err(state.missing_job(job_id).await);
+    };
     Ok(Json(JobView::from(job.as_ref())))
 }
 

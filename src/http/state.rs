@@ -147,6 +147,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The answer for a job the log does not hold: 410 `job_archived` (with
+    /// when it finished) if retention removed it, else 404.
+    pub async fn missing_job(&self, job_id: JobId) -> ApiError {
+        match self.engine.archived(job_id).await {
+            Ok(Some(removed)) => crate::domain::DomainError::Archived(removed.finished_at).into(),
+            Ok(None) => ApiError::NotFound("job not found".into()),
+            Err(e) => e.into(),
+        }
+    }
+
     /// The lifetime of a client token: the request's, within the configured
     /// maximum, or the default.
     pub fn client_token_ttl(&self, requested: Option<u64>) -> Result<u64, ApiError> {

@@ -260,11 +260,9 @@ pub(super) async fn check(
     }
     // Read from memory, or from the log by index (a finished job, a job
     // created on another node a moment ago).
-    let job = state
-        .engine
-        .job(job_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("job not found".into()))?;
+    let Some(job) = state.engine.job(job_id).await? else {
+        return Err(state.missing_job(job_id).await);
+    };
     // A new session beside the job's watchers must fit under the limit (the
     // writer decides again, on the latest state, once the socket is open).
     let now = state.clock.now();

@@ -80,11 +80,9 @@ pub(super) async fn serve(state: &AppState, req: Request) -> Result<Response, Re
         .with("allow", "GET, HEAD, OPTIONS"));
     }
     let sub = authorize(state, req.headers(), job_id).await?;
-    let job = state
-        .engine
-        .job(job_id)
-        .await?
-        .ok_or_else(|| Refused::new(StatusCode::NOT_FOUND, "stream not found"))?;
+    let Some(job) = state.engine.job(job_id).await? else {
+        return Err(missing(state, job_id).await);
+    };
     if method == Method::HEAD {
         return Ok(Answer::new(StatusCode::OK)
             .content_type("application/json")
@@ -227,11 +225,9 @@ async fn wait_for_event(
     after: i64,
 ) -> Result<Option<std::sync::Arc<JobState>>, Refused> {
     long_poll(state, job_id, || async {
-        let job = state
-            .engine
-            .job(job_id)
-            .await?
-            .ok_or_else(|| Refused::new(StatusCode::NOT_FOUND, "stream not found"))?;
+        let Some(job) = state.engine.job(job_id).await? else {
+            return Err(missing(state, job_id).await);
+        };
         Ok((job.last_seq > after || job.status.is_terminal()).then_some(job))
     })
     .await
@@ -406,5 +402,19 @@ impl Adapter {
             closed,
             self.cursor.as_deref(),
         )))
+    }
+}
+
+/// A job's stream the log does not hold: 410 `job_archived` if retention
+/// removed the job, else 404.
+async fn missing(state: &AppState, job_id: JobId) -> Refused {
+    match state.engine.archived(job_id).await {
+        Ok(Some(removed)) => Refused::new(
+            StatusCode::GONE,
+            crate::domain::DomainError::Archived(removed.finished_at).to_string(),
+        )
+        .coded("job_archived"),
+        Ok(None) => Refused::new(StatusCode::NOT_FOUND, "stream not found"),
+        Err(e) => e.into(),
     }
 }
