@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{ReplayArgs, ReplayFormat};
 use crate::domain::summary::{Summary, SummaryBuilder};
-use crate::log::{EventEnvelope, Pages};
+use crate::log::archive::{Archive, Merged};
+use crate::log::{EventEnvelope, EventRow, Pages};
 
 /// Prints `replayed N events` to a terminal's stderr about once a second.
 struct Progress {
@@ -52,20 +53,53 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(job) => Pages::job(store.events.as_ref(), &job.to_string(), args.from, i64::MAX),
         None => Pages::log(store.events.as_ref(), args.from),
     };
-    while let Some(rows) = pages.next().await? {
-        for row in rows {
-            count += 1;
-            match args.format {
-                ReplayFormat::Ndjson => {
-                    serde_json::to_writer(&mut out, &EventEnvelope::try_from(row)?)?;
-                    out.write_all(b"\n")?;
-                }
-                ReplayFormat::Summary | ReplayFormat::Json => {
-                    summary.apply(&row.decode_stored()?);
-                }
+    let mut archived = match &args.archive {
+        Some(dir) => Some(Merged::open(&Archive::open_existing(dir)?)?),
+        None => None,
+    };
+    let job = args.job.map(|j| j.to_string());
+    // An archived row belongs in this replay if it is of the job asked for
+    // (after its seq `from`), or after position `from`.
+    let wanted = |row: &EventRow| match &job {
+        Some(job) => row.job_id == *job && row.seq > args.from,
+        None => row.position > args.from,
+    };
+    let mut emit = |row: EventRow, out: &mut dyn Write| -> anyhow::Result<()> {
+        count += 1;
+        progress.tick(count);
+        match args.format {
+            ReplayFormat::Ndjson => {
+                serde_json::to_writer(&mut *out, &EventEnvelope::try_from(row)?)?;
+                out.write_all(b"\n")?;
+            }
+            ReplayFormat::Summary | ReplayFormat::Json => {
+                summary.apply(&row.decode_stored()?);
             }
         }
-        progress.tick(count);
+        Ok(())
+    };
+    // Archived rows go before each log row with a higher position, and
+    // after the last.
+    let mut archived_before = |before: i64| -> Vec<anyhow::Result<EventRow>> {
+        let mut rows = Vec::new();
+        while let Some(row) = archived.as_mut().and_then(|a| a.next_before(before)) {
+            match row {
+                Ok(row) if !wanted(&row) => {}
+                other => rows.push(other.map_err(Into::into)),
+            }
+        }
+        rows
+    };
+    while let Some(rows) = pages.next().await? {
+        for row in rows {
+            for earlier in archived_before(row.position) {
+                emit(earlier?, &mut out)?;
+            }
+            emit(row, &mut out)?;
+        }
+    }
+    for later in archived_before(i64::MAX) {
+        emit(later?, &mut out)?;
     }
     store.events.close().await;
     progress.done(count);
