@@ -34,6 +34,7 @@ mod owner;
 mod properties;
 mod protocol_schema;
 mod readme;
+mod retention;
 mod robustness;
 mod schemathesis;
 mod search;

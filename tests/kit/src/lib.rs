@@ -53,4 +53,4 @@ pub use socket::{
     ws_connect, Ws, PATIENCE,
 };
 pub use tokens::{mint, token_for, Tokens, SECRET};
-pub use wait::eventually;
+pub use wait::{eventually, within};
