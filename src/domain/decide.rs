@@ -241,9 +241,10 @@ pub enum DomainError {
     /// The log holds an event of it this server cannot read.
     #[error("the log holds an event of this job or stream that this server cannot read; it is set aside until the log is repaired (`rejoin verify` names the event)")]
     Unreadable,
-    /// Retention removed the job (it finished at the RFC 3339 time given).
-    #[error("the job finished at {0} and was removed from the log by retention (see the archive)")]
-    Archived(String),
+    /// Retention removed the job: when it finished (RFC 3339) and how many
+    /// events left with it.
+    #[error("the job finished at {0} and was removed from the log by retention with its {1} events; they are in the archive if one is kept (`rejoin replay --archive DIR --job ID`)")]
+    Archived(String, i64),
 }
 
 /// Decides what `command` appends to the job in `state` at time `now`.

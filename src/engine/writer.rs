@@ -77,8 +77,8 @@ struct Prepared {
     loaded: HashSet<JobId>,
     /// What each keyed append's key produced before, from the log.
     priors: HashMap<(JobId, String), IdempotentAppend>,
-    /// Jobs retention removed, by id: when each finished.
-    archived: HashMap<JobId, String>,
+    /// Jobs retention removed, by id: when each finished, and its events.
+    archived: HashMap<JobId, (String, i64)>,
 }
 
 /// A batch decided: the events to append and how to answer each request.
@@ -466,7 +466,7 @@ impl Writer {
                     // removed: it is answered as archived, never created again.
                     if !job.is_known() && self.horizon.load(Ordering::Relaxed) > 0 {
                         if let Some(r) = self.store.retention.removed_job(&id.to_string()).await? {
-                            archived.insert(*id, r.finished_at);
+                            archived.insert(*id, (r.finished_at, r.events));
                         }
                     }
                     jobs.insert(*id, job);
@@ -913,10 +913,10 @@ fn stage(
         answers: Vec::with_capacity(requests.len()),
     };
     for req in requests {
-        if let Some(finished_at) = archived.get(&req.job_id) {
+        if let Some((finished_at, events)) = archived.get(&req.job_id) {
             staged
                 .answers
-                .push(Err(DomainError::Archived(finished_at.clone())));
+                .push(Err(DomainError::Archived(finished_at.clone(), *events)));
             continue;
         }
         // Prepare reads every job the batch names; one it could not read

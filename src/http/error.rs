@@ -184,7 +184,7 @@ impl From<DomainError> for ApiError {
                 code: "invalid_event",
                 message,
             },
-            DomainError::Archived(_) => ApiError::Gone {
+            DomainError::Archived(..) => ApiError::Gone {
                 code: "job_archived",
                 message: e.to_string(),
             },

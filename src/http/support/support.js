@@ -238,7 +238,12 @@ function render(job, history) {
 const api = (token) => async (path) => {
   const res = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
   const body = await res.json().catch(() => ({}));
-  if (!res.ok) throw new Error(`${res.status}: ${(body.error && body.error.message) || res.statusText}`);
+  if (!res.ok) {
+    const err = new Error(`${res.status}: ${(body.error && body.error.message) || res.statusText}`);
+    err.code = body.error && body.error.code;
+    err.detail = body.error && body.error.message;
+    throw err;
+  }
   return body;
 };
 
@@ -275,6 +280,17 @@ async function load(token, jobId) {
     document.body.dataset.loaded = "true";
     follow();
   } catch (err) {
+    if (err.code === "job_archived") {
+      // Retention removed it: what the log still knows is its summary.
+      for (const id of ["state", "totals", "events", "timeline", "notifications", "rejected"]) {
+        const section = $(id);
+        if (section) section.hidden = true;
+      }
+      notice.className = "notice archived";
+      notice.textContent = `Archived: ${err.detail}`;
+      document.body.dataset.archived = "true";
+      return;
+    }
     notice.className = "notice error";
     notice.textContent = `Could not load the job: ${err.message}`;
   }
