@@ -92,6 +92,9 @@ pub struct Load {
 pub enum Server<'a> {
     /// rejoin, started with these extra flags.
     Rejoin(&'a [String]),
+    /// rejoin with these flags, over a log already holding this many events
+    /// of jobs that finished two hours ago (`retention.rs`).
+    RejoinOver(&'a [String], u64),
     /// The durable floor: the bare relay (`relay.rs`), on the same kind of
     /// database.
     Relay,
@@ -107,6 +110,8 @@ pub struct Measured {
     pub commits: Commits,
     /// How long that took.
     pub window: Duration,
+    /// Events retention removed inside the window.
+    pub removed: u64,
 }
 
 /// A configuration's figures over its runs.
@@ -150,8 +155,11 @@ pub async fn configuration(
     let relay = matches!(server, Server::Relay);
     let label = if relay { "relay " } else { "" };
     let (server, addr) = match server {
-        Server::Rejoin(extra) => {
+        Server::Rejoin(extra) | Server::RejoinOver(extra, _) => {
             let db = super::database(args, dir.path(), "fanout").await?;
+            if let Server::RejoinOver(_, events) = server {
+                super::retention::preload(db.clone(), events).await?;
+            }
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             spawn_rejoin(&serve_args("127.0.0.1:0", &db, &secret, &extra)).await?
         }
@@ -230,6 +238,7 @@ pub async fn configuration(
         tokio::spawn(end_unwatched_jobs(http, addr, service, ends_per_sec, secs))
     });
     let before = Commits::read(&http, &addr, relay).await?;
+    let removed_before = removed_events(&http, &addr).await;
     let started = Instant::now();
     let mut posts = Vec::with_capacity(total);
     for i in 0..total {
@@ -256,6 +265,7 @@ pub async fn configuration(
     }
     let window = started.elapsed();
     let commits = Commits::read(&http, &addr, relay).await?.since(&before);
+    let removed = removed_events(&http, &addr).await - removed_before;
     let ended = match ender {
         Some(task) => task.await??,
         None => Vec::new(),
@@ -291,7 +301,20 @@ pub async fn configuration(
         ended,
         commits,
         window,
+        removed,
     })
+}
+
+/// `rejoin_retention_removed_events_total` (0 where the server has none).
+async fn removed_events(http: &reqwest::Client, addr: &str) -> u64 {
+    let Ok(res) = http.get(format!("http://{addr}/metrics")).send().await else {
+        return 0;
+    };
+    let text = res.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("rejoin_retention_removed_events_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 /// Opens a socket on the relay and reads its first message.

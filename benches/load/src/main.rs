@@ -19,6 +19,7 @@ mod peer;
 mod relay;
 mod replay;
 mod resume;
+mod retention;
 mod startup;
 mod storm;
 mod streams;
@@ -103,6 +104,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchScenario::Readers => hostile::readers(&args).await?,
         BenchScenario::Large => hostile::large(&args).await?,
         BenchScenario::Churn => hostile::churn(&args).await?,
+        BenchScenario::Retention => retention::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -457,6 +459,9 @@ pub enum BenchScenario {
     /// 400 watchers on 40 jobs, each reset every ~2 s, for --soak-secs
     /// (1,800): anonymous RSS over time.
     Churn,
+    /// The fan-out load while retention's sweep removes a million events of
+    /// finished jobs, beside the same load and log without retention.
+    Retention,
 }
 
 #[derive(Clone, Debug, Parser)]
