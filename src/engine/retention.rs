@@ -32,9 +32,9 @@ use crate::log::{EventRow, JobSpan, Log, StoreError, PAGE_BYTES};
 use crate::metrics::Metrics;
 
 /// Most units one removal takes.
-pub const BATCH_UNITS: usize = 500;
+pub const BATCH_UNITS: usize = 100;
 /// Most events one removal takes (a unit bigger than this goes alone).
-pub const BATCH_EVENTS: usize = 5_000;
+pub const BATCH_EVENTS: usize = 1_000;
 /// Endings read per query.
 const ENDINGS_PAGE: u32 = 512;
 /// A unit's rows read per query.
@@ -247,8 +247,17 @@ impl Sweeper {
         Ok(Some(Leaving { unit, rows }))
     }
 
-    /// Archives a batch (when on) and has the writer remove it.
+    /// Archives a batch (when on) and has the writer remove it, then rests
+    /// as long as the writer spent on it: a sweep takes at most half the
+    /// writer's time, however much there is to remove.
     async fn remove(&self, batch: Vec<Leaving>) -> Result<(u64, u64), StoreError> {
+        let started = std::time::Instant::now();
+        let removed = self.remove_now(batch).await;
+        tokio::time::sleep(started.elapsed()).await;
+        removed
+    }
+
+    async fn remove_now(&self, batch: Vec<Leaving>) -> Result<(u64, u64), StoreError> {
         let units: Vec<RemovedUnit> = batch.iter().map(|b| b.unit.clone()).collect();
         let mut rows: Vec<EventRow> = batch.into_iter().flat_map(|b| b.rows).collect();
         rows.sort_by_key(|r| r.position);
