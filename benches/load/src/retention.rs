@@ -7,8 +7,6 @@
 //! receipt latencies, the events the sweep removed inside the window, and
 //! the p99 ratio.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use uuid::Uuid;
 
@@ -83,6 +81,8 @@ pub async fn preload(url: String, events: u64) -> anyhow::Result<()> {
     }
     append_all(&store.events, &rows, 10_000).await?;
     store.events.close().await;
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The preload's pages reach the disk now, not inside the window.
+    let synced = tokio::process::Command::new("sync").status().await?;
+    anyhow::ensure!(synced.success(), "sync failed");
     Ok(())
 }
