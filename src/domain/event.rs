@@ -468,6 +468,19 @@ pub struct UnitsRemoved {
     pub units: Vec<RemovedUnit>,
 }
 
+impl UnitsRemoved {
+    /// The position of the last event its units had: every later event of
+    /// the log is still there, as far as this record goes.
+    pub fn through(&self) -> i64 {
+        removed_through(&self.units)
+    }
+}
+
+/// The highest last position of `units` (0 for none).
+pub fn removed_through(units: &[RemovedUnit]) -> i64 {
+    units.iter().map(|u| u.last_position).max().unwrap_or(0)
+}
+
 /// One unit that left the log: all of its events, the last of them at
 /// `last_position` with hash `last_hash`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::jobs::JobTable;
 use super::settings::RetentionSettings;
 use crate::clock::Clock;
-use crate::domain::event::{format_time, parse_time, RemovedUnit, UnitKind};
+use crate::domain::event::{format_time, parse_time, removed_through, RemovedUnit, UnitKind};
 use crate::domain::{Event, JobId, JobState};
 use crate::log::archive::{Archive, Pending};
 use crate::log::{EventRow, JobSpan, Log, StoreError, PAGE_BYTES};
@@ -290,8 +290,8 @@ impl Sweeper {
         let kinds = |k| units.iter().filter(|u| u.kind == k).count() as u64;
         self.metrics
             .observe_removed(kinds(UnitKind::Job), kinds(UnitKind::Stream), events);
-        let through = units.iter().map(|u| u.last_position).max().unwrap_or(0);
-        self.horizon.fetch_max(through, Ordering::Relaxed);
+        self.horizon
+            .fetch_max(removed_through(&units), Ordering::Relaxed);
         self.metrics
             .observe_horizon(self.horizon.load(Ordering::Relaxed));
         Ok((units.len() as u64, events))

@@ -38,6 +38,7 @@ use super::retention::Removal;
 use crate::clock::Clock;
 use crate::domain::deadline::{self, Schedule};
 use crate::domain::decide::{AttachPlan, Counted};
+use crate::domain::event::removed_through;
 use crate::domain::state::{fingerprint, IdempotentAppend};
 use crate::domain::{
     plan, Command, DomainError, Event, EventBody, JobId, JobState, Policy, Reply, SessionId,
@@ -729,8 +730,8 @@ impl Writer {
                 table.remove(unit.id);
             }
         }
-        let through = units.iter().map(|u| u.last_position).max().unwrap_or(0);
-        self.horizon.fetch_max(through, Ordering::Relaxed);
+        self.horizon
+            .fetch_max(removed_through(&units), Ordering::Relaxed);
         if let Ok(event) = row.decode_stored() {
             self.publish(&[Arc::new(event)], true);
         }
@@ -762,8 +763,7 @@ impl Writer {
             let mut table = self.table();
             for event in events {
                 if let EventBody::UnitsRemoved(r) = &event.body {
-                    let through = r.units.iter().map(|u| u.last_position).max().unwrap_or(0);
-                    self.horizon.fetch_max(through, Ordering::Relaxed);
+                    self.horizon.fetch_max(r.through(), Ordering::Relaxed);
                 }
                 let logged = table.apply_logged(&event);
                 if needs_reload(logged, &event) {

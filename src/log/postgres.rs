@@ -17,13 +17,13 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
-use super::retention::{last_position, record_row, still_ends, unit_kind, ENDINGS_SQL};
+use super::retention::{record_row, still_ends, unit_kind, ENDINGS_SQL};
 use super::store::{
     classify, AppendListener, CheckpointHeader, CheckpointRow, Checkpoints, Ending, EventLog,
     EventRow, JobIndex, JobSpan, LogSize, Membership, Removed, Retention, StoreError,
     LIST_CHECKPOINTS, PAGE_BYTES,
 };
-use crate::domain::event::{format_time, RemovedUnit, LOG_CHAIN};
+use crate::domain::event::{format_time, removed_through, RemovedUnit, LOG_CHAIN};
 
 /// The channel `append` notifies with the last position it committed.
 pub const CHANNEL: &str = "rejoin_log";
@@ -628,7 +628,7 @@ impl Retention for PostgresStore {
                 .await
                 .map_err(classify)?;
         }
-        let through = last_position(units);
+        let through = removed_through(units);
         sqlx::query(
             "DELETE FROM checkpoint_parts WHERE checkpoint_id IN
              (SELECT id FROM checkpoints WHERE position < $1)",

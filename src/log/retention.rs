@@ -78,11 +78,6 @@ pub(crate) fn still_ends(
     }
 }
 
-/// The highest position any of `units` ends at.
-pub(crate) fn last_position(units: &[RemovedUnit]) -> i64 {
-    units.iter().map(|u| u.last_position).max().unwrap_or(0)
-}
-
 /// Parses a stored unit kind.
 pub(crate) fn unit_kind(text: &str) -> UnitKind {
     if text == "stream" {

@@ -20,13 +20,13 @@ use tokio::sync::Mutex;
 use chrono::{DateTime, Utc};
 
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
-use super::retention::{last_position, record_row, still_ends, unit_kind, ENDINGS_SQL};
+use super::retention::{record_row, still_ends, unit_kind, ENDINGS_SQL};
 use super::sqlite_scan::Scanner;
 use super::store::{
     classify, CheckpointHeader, CheckpointRow, Checkpoints, Ending, EventLog, EventRow, JobIndex,
     JobSpan, LogSize, Removed, Retention, StoreError, LIST_CHECKPOINTS,
 };
-use crate::domain::event::{format_time, RemovedUnit, LOG_CHAIN};
+use crate::domain::event::{format_time, removed_through, RemovedUnit, LOG_CHAIN};
 
 /// Rows per INSERT statement: 9 bound parameters each, 9,216 in all, far
 /// below SQLite's limit of 32,766. A batch of the writer (at most 1,024
@@ -610,7 +610,7 @@ async fn remove_units(
             .await
             .map_err(classify)?;
     }
-    let through = last_position(units);
+    let through = removed_through(units);
     sqlx::query(
         "DELETE FROM checkpoint_parts WHERE checkpoint_id IN
          (SELECT id FROM checkpoints WHERE position < ?)",
