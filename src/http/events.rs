@@ -100,6 +100,7 @@ fn to_page(rows: Vec<EventRow>, next_after: i64) -> Result<EventPage, ApiError> 
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not a service or support token", body = super::error::ErrorBody),
         (status = 404, description = "Unknown job", body = super::error::ErrorBody),
+        (status = 410, description = "Retention removed the job (`job_archived`, with when it finished)", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -136,6 +137,7 @@ pub async fn job_events(
         (status = 400, description = "Bad query", body = super::error::ErrorBody),
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not an analytics or service token", body = super::error::ErrorBody),
+        (status = 410, description = "Before retention's horizon (`before_horizon`); the `Rejoin-Horizon` header names the position after which the log is whole", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -242,6 +244,7 @@ pub struct TailQuery {
         (status = 400, description = "Bad cursor", body = super::error::ErrorBody),
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not an analytics or service token", body = super::error::ErrorBody),
+        (status = 410, description = "Before retention's horizon (`before_horizon`); the `Rejoin-Horizon` header names the position after which the log is whole", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

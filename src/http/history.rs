@@ -66,6 +66,7 @@ pub struct HistoryResponse {
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not a support or service token", body = super::error::ErrorBody),
         (status = 404, description = "Unknown job", body = super::error::ErrorBody),
+        (status = 410, description = "Retention removed the job (`job_archived`, with when it finished)", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

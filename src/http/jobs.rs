@@ -92,6 +92,7 @@ pub struct CreateJobResponse {
         (status = 400, description = "Malformed body", body = super::error::ErrorBody),
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not a service token", body = super::error::ErrorBody),
+        (status = 410, description = "A job of this id was removed by retention (`job_archived`)", body = super::error::ErrorBody),
         (status = 413, description = "Body too large", body = super::error::ErrorBody),
         (status = 503, description = "The log cannot be written", body = super::error::ErrorBody),
     ),
@@ -251,6 +252,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not a service token", body = super::error::ErrorBody),
         (status = 404, description = "Unknown job", body = super::error::ErrorBody),
+        (status = 410, description = "Retention removed the job (`job_archived`, with when it finished)", body = super::error::ErrorBody),
         (status = 409, description = "The job finished, or the Idempotency-Key was used for another event", body = super::error::ErrorBody),
         (status = 413, description = "Body too large", body = super::error::ErrorBody),
         (status = 503, description = "The log cannot be written", body = super::error::ErrorBody),
@@ -306,6 +308,7 @@ pub struct TokenResponse {
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Neither a service token nor this job's client", body = super::error::ErrorBody),
         (status = 404, description = "Unknown job", body = super::error::ErrorBody),
+        (status = 410, description = "Retention removed the job (`job_archived`, with when it finished)", body = super::error::ErrorBody),
         (status = 501, description = "This server cannot sign tokens", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
@@ -358,6 +361,7 @@ pub struct JobQuery {
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not allowed to read this job", body = super::error::ErrorBody),
         (status = 404, description = "Unknown job", body = super::error::ErrorBody),
+        (status = 410, description = "Retention removed the job (`job_archived`, with when it finished)", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

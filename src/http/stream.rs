@@ -71,6 +71,7 @@ pub fn router() -> Router<AppState> {
         (status = 401, description = "No valid token", body = super::error::ErrorBody),
         (status = 403, description = "Not this job's client token, or an origin not allowed", body = super::error::ErrorBody),
         (status = 404, description = "Unknown job", body = super::error::ErrorBody),
+        (status = 410, description = "Retention removed the job (`job_archived`, with when it finished)", body = super::error::ErrorBody),
         (status = 409, description = "Too many watchers", body = super::error::ErrorBody),
         (status = 429, description = "Too many attempts from this address", body = super::error::ErrorBody),
         (status = 503, description = "At the connection limit, or this node does not hold its lease", body = super::error::ErrorBody),
