@@ -220,3 +220,40 @@ async fn support_staff_find_a_job_open_it_and_watch_an_event_arrive_live() {
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000);
     println!("screenshot: {}", shot.display());
 }
+
+#[tokio::test]
+#[ignore = "needs Chromium: Debian's chromium, or CHROMIUM=PATH (.ci/run installs it)"]
+async fn the_support_page_shows_a_job_retention_removed_as_archived() {
+    let bin = common::cdp::chromium();
+    let app = spawn_with(&["--retain-finished", "1s"]).await;
+    let job = app.create_job().await;
+    app.progress(job, 50.0).await;
+    let res = app
+        .post_event(job, serde_json::json!({"type": "completed"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let service = app.service();
+    common::within(
+        Duration::from_secs(30),
+        "retention to remove the job",
+        || async {
+            let res = app.get_as(&format!("/v1/jobs/{job}"), &service).await;
+            (res.status() == 410).then_some(())
+        },
+    )
+    .await;
+    let token = app.token(Role::Support, None);
+    let url = app.url(&format!("/support#token={token}&job={job}"));
+    let dom = run_chromium(&bin, &url, &["--dump-dom"]).await;
+    assert!(
+        dom.contains(r#"data-archived="true""#),
+        "the page does not show the job as archived:\n{dom}"
+    );
+    for seen in ["Archived: the job finished at", "with its 3 events"] {
+        assert!(
+            dom.contains(seen),
+            "the page does not show {seen:?}:\n{dom}"
+        );
+    }
+    assert!(!dom.contains("Could not load the job"));
+}
