@@ -421,7 +421,7 @@ export class RejoinClient extends EventTarget {
       if (await this._refresh()) return this._schedule();
       return; // _refresh ended the client
     }
-    if (status === 400 || status === 403 || status === 404) {
+    if (status === 400 || status === 403 || status === 404 || status === 410) {
       return this._end(State.FAILED, { code: status, reason: code });
     }
     if (status === 429 || status === 503) {
@@ -453,7 +453,7 @@ export class RejoinClient extends EventTarget {
         this._planRefresh();
         return true;
       }
-      if (res.status === 401 || res.status === 403 || res.status === 404) {
+      if (res.status === 401 || res.status === 403 || res.status === 404 || res.status === 410) {
         this._end(State.FAILED, { code: res.status, reason: "the token cannot be renewed" });
         return false;
       }

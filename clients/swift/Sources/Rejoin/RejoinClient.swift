@@ -279,7 +279,7 @@ public actor RejoinClient {
         case 401 where !renewed:
             renewed = true
             if await renew() { schedule(atLeast: 0) }
-        case 400, 401, 403, 404:
+        case 400, 401, 403, 404, 410:
             end(.failed, ["code": status])
         case 429, 503:
             schedule(atLeast: retryAfter ?? 0)
@@ -485,7 +485,7 @@ public struct ServerTokenProvider: TokenProvider {
         request.httpMethod = "POST"
         request.setValue("Bearer \(current)", forHTTPHeaderField: "Authorization")
         let (data, status) = try await load(request, with: session)
-        if [401, 403, 404].contains(status) { return nil }
+        if [401, 403, 404, 410].contains(status) { return nil }
         guard (200..<300).contains(status),
             let body = try JSONSerialization.jsonObject(with: data) as? [String: Any],
             let token = body["clientToken"] as? String

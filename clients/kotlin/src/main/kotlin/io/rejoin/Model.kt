@@ -12,7 +12,7 @@ enum class ConnectionState(val wire: String) {
     FINISHED("finished"),
     /** Another connection of this session took over (`1000 Client reconnecting`). */
     REPLACED("replaced"),
-    /** Refused for good: 400, 403, 404, a token that cannot be renewed, a protocol error. */
+    /** Refused for good: 400, 403, 404, 410 (the job was archived), a token that cannot be renewed, a protocol error. */
     FAILED("failed"),
     /** [RejoinClient.stop] was called. */
     STOPPED("stopped");

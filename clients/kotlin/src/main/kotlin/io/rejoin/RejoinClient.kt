@@ -343,7 +343,7 @@ class RejoinClient @JvmOverloads constructor(
             } else {
                 end(ConnectionState.FAILED, mapOf("code" to status, "reason" to "unauthorized"))
             }
-            400, 403, 404 -> end(ConnectionState.FAILED, mapOf("code" to status))
+            400, 403, 404, 410 -> end(ConnectionState.FAILED, mapOf("code" to status))
             429, 503 -> schedule(retryAfterMs ?: 0)
             else -> schedule(0) // 409 too_many_watchers and the rest: back off
         }
@@ -520,7 +520,7 @@ class ServerTokens(private val http: OkHttpClient, private val httpBase: String)
         http.newCall(request).execute().use { res ->
             val code = OkHttpCompat.code(res)
             if (code in 200..299) return JSONObject(OkHttpCompat.bodyText(res)).getString("clientToken")
-            if (code == 401 || code == 403 || code == 404) return null
+            if (code == 401 || code == 403 || code == 404 || code == 410) return null
             throw IOException("token renewal answered $code")
         }
     }
