@@ -16,7 +16,6 @@
 //! marker left by a crash against the log before sweeping again.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -25,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use super::jobs::JobTable;
 use super::settings::RetentionSettings;
 use crate::clock::Clock;
-use crate::domain::event::{format_time, parse_time, removed_through, RemovedUnit, UnitKind};
-use crate::domain::{Event, JobId, JobState};
+use crate::domain::event::{format_time, RemovedUnit, UnitKind};
+use crate::domain::{Event, EventBody, JobId, JobState};
 use crate::log::archive::{Archive, Pending};
-use crate::log::{EventRow, JobSpan, Log, StoreError, PAGE_BYTES};
+use crate::log::{EventRow, Log, Pages, StoreError};
 use crate::metrics::Metrics;
 
 /// Most units one removal takes.
@@ -37,8 +36,6 @@ pub const BATCH_UNITS: usize = 100;
 pub const BATCH_EVENTS: usize = 1_000;
 /// Endings read per query.
 const ENDINGS_PAGE: u32 = 512;
-/// A unit's rows read per query.
-const UNIT_PAGE: u32 = 1_000;
 
 /// A batch for the writer to remove; answered with the record's position.
 pub struct Removal {
@@ -54,7 +51,6 @@ pub struct Sweeper {
     pub clock: Arc<dyn Clock>,
     pub removals: mpsc::Sender<Removal>,
     pub metrics: Arc<Metrics>,
-    pub horizon: Arc<AtomicI64>,
     pub settings: RetentionSettings,
 }
 
@@ -190,30 +186,20 @@ impl Sweeper {
     async fn read_unit(&self, id: JobId) -> Result<Option<Leaving>, StoreError> {
         let job_id = id.to_string();
         let mut state = JobState::genesis(id);
+        let mut finished_at = None;
         let mut rows = Vec::new();
-        let mut after_seq = 0;
-        loop {
-            let span = JobSpan {
-                job_id: &job_id,
-                after_seq,
-                through_seq: i64::MAX,
-            };
-            let page = self.store.events.read_job(span, UNIT_PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after_seq = last.seq;
-            // A page short of its row limit and its byte bound is the end.
-            let whole = page.len() < UNIT_PAGE as usize
-                && page.iter().map(|r| r.payload.len()).sum::<usize>() <= PAGE_BYTES;
+        let mut pages = Pages::job(self.store.events.as_ref(), &job_id, 0, i64::MAX);
+        while let Some(page) = pages.next().await? {
             for row in &page {
                 let event: Event = row.decode_stored()?;
+                if event.body.is_terminal() || matches!(event.body, EventBody::StreamDeleted(_)) {
+                    finished_at = Some(event.at);
+                }
                 state.apply(&event);
             }
             rows.extend(page);
-            if whole {
-                break;
-            }
         }
-        let Some(last) = rows.last() else {
+        let (Some(last), Some(finished_at)) = (rows.last(), finished_at) else {
             return Ok(None);
         };
         let kind = match &state.stream {
@@ -225,17 +211,6 @@ impl Sweeper {
         if state.is_live() || last.seq != rows.len() as i64 {
             return Ok(None);
         }
-        let finished_at = rows
-            .iter()
-            .rev()
-            .find(|r| {
-                matches!(
-                    r.kind.as_str(),
-                    "completed" | "failed" | "cancelled" | "stream_deleted"
-                )
-            })
-            .and_then(|r| parse_time(&r.at).ok())
-            .unwrap_or_else(|| self.clock.now());
         let unit = RemovedUnit {
             id,
             kind,
@@ -290,10 +265,6 @@ impl Sweeper {
         let kinds = |k| units.iter().filter(|u| u.kind == k).count() as u64;
         self.metrics
             .observe_removed(kinds(UnitKind::Job), kinds(UnitKind::Stream), events);
-        self.horizon
-            .fetch_max(removed_through(&units), Ordering::Relaxed);
-        self.metrics
-            .observe_horizon(self.horizon.load(Ordering::Relaxed));
         Ok((units.len() as u64, events))
     }
 

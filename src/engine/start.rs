@@ -250,7 +250,6 @@ impl Engine {
                 clock: inner.clock.clone(),
                 removals: tx,
                 metrics: inner.metrics.clone(),
-                horizon: inner.horizon.clone(),
                 settings,
             };
             supervised(

@@ -44,7 +44,9 @@ use crate::domain::{
     plan, Command, DomainError, Event, EventBody, JobId, JobState, Policy, Reply, SessionId,
     SessionPhase,
 };
-use crate::log::{count_job_events, for_each_job_event_after, EventRow, Log, Pages, StoreError};
+use crate::log::{
+    count_job_events, for_each_job_event_after, EventRow, Log, Pages, Removed, StoreError,
+};
 use crate::metrics::Metrics;
 
 /// The most payload one commit carries: a batch over it is committed in
@@ -78,8 +80,8 @@ struct Prepared {
     loaded: HashSet<JobId>,
     /// What each keyed append's key produced before, from the log.
     priors: HashMap<(JobId, String), IdempotentAppend>,
-    /// Jobs retention removed, by id: when each finished, and its events.
-    archived: HashMap<JobId, (String, i64)>,
+    /// Jobs retention removed, by id.
+    archived: HashMap<JobId, Removed>,
 }
 
 /// A batch decided: the events to append and how to answer each request.
@@ -467,7 +469,7 @@ impl Writer {
                     // removed: it is answered as archived, never created again.
                     if !job.is_known() && self.horizon.load(Ordering::Relaxed) > 0 {
                         if let Some(r) = self.store.retention.removed_job(&id.to_string()).await? {
-                            archived.insert(*id, (r.finished_at, r.events));
+                            archived.insert(*id, r);
                         }
                     }
                     jobs.insert(*id, job);
@@ -730,12 +732,18 @@ impl Writer {
                 table.remove(unit.id);
             }
         }
-        self.horizon
-            .fetch_max(removed_through(&units), Ordering::Relaxed);
+        self.move_horizon(removed_through(&units));
         if let Ok(event) = row.decode_stored() {
             self.publish(&[Arc::new(event)], true);
         }
         let _ = reply.send(Ok(row.position));
+    }
+
+    /// Retention removed events through `through` (this node's sweep, or
+    /// another node's record read from the shared log).
+    fn move_horizon(&self, through: i64) {
+        let before = self.horizon.fetch_max(through, Ordering::Relaxed);
+        self.metrics.observe_horizon(before.max(through));
     }
 
     /// Events read from the shared log, in position order, through position
@@ -763,7 +771,7 @@ impl Writer {
             let mut table = self.table();
             for event in events {
                 if let EventBody::UnitsRemoved(r) = &event.body {
-                    self.horizon.fetch_max(r.through(), Ordering::Relaxed);
+                    self.move_horizon(r.through());
                 }
                 let logged = table.apply_logged(&event);
                 if needs_reload(logged, &event) {
@@ -913,10 +921,8 @@ fn stage(
         answers: Vec::with_capacity(requests.len()),
     };
     for req in requests {
-        if let Some((finished_at, events)) = archived.get(&req.job_id) {
-            staged
-                .answers
-                .push(Err(DomainError::Archived(finished_at.clone(), *events)));
+        if let Some(removed) = archived.get(&req.job_id) {
+            staged.answers.push(Err(removed.clone().refusal()));
             continue;
         }
         // Prepare reads every job the batch names; one it could not read

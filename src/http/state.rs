@@ -151,9 +151,7 @@ impl AppState {
     /// when it finished) if retention removed it, else 404.
     pub async fn missing_job(&self, job_id: JobId) -> ApiError {
         match self.engine.archived(job_id).await {
-            Ok(Some(removed)) => {
-                crate::domain::DomainError::Archived(removed.finished_at, removed.events).into()
-            }
+            Ok(Some(removed)) => removed.refusal().into(),
             Ok(None) => ApiError::NotFound("job not found".into()),
             Err(e) => e.into(),
         }

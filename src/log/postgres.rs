@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::job_index::{push_filter, upsert, IndexRow, JobFilter, SCHEMA as JOB_INDEX_SCHEMA};
-use super::retention::{record_row, still_ends, unit_kind, ENDINGS_SQL};
+use super::retention::{self, record_row, still_ends};
 use super::store::{
     classify, AppendListener, CheckpointHeader, CheckpointRow, Checkpoints, Ending, EventLog,
     EventRow, JobIndex, JobSpan, LogSize, Membership, Removed, Retention, StoreError,
@@ -527,25 +527,12 @@ impl AppendListener for Listener {
 #[async_trait]
 impl Retention for PostgresStore {
     async fn endings(&self, after: i64, limit: u32) -> Result<Vec<Ending>, StoreError> {
-        let sql = format!(
-            "SELECT position, job_id, kind, at FROM events WHERE {ENDINGS_SQL} AND position > $1
-             ORDER BY position LIMIT $2"
-        );
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(&sql)
+        sqlx::query_as(retention::ENDINGS)
             .bind(after)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
-            .map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .map(|(position, unit_id, kind, at)| Ending {
-                position,
-                unit_id,
-                kind,
-                at,
-            })
-            .collect())
+            .map_err(classify)
     }
 
     async fn remove(
@@ -562,24 +549,18 @@ impl Retention for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
+        let mut head = async |id: String| -> Result<Option<(i64, String, i64)>, StoreError> {
+            sqlx::query_as(retention::HEAD)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)
+        };
         for unit in units {
-            let head: Option<(i64, String, i64)> = sqlx::query_as(
-                "SELECT seq, hash, position FROM events WHERE job_id = $1 ORDER BY seq DESC LIMIT 1",
-            )
-            .bind(unit.id.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(classify)?;
-            still_ends(unit, head)?;
+            still_ends(unit, head(unit.id.to_string()).await?)?;
         }
-        let prev: Option<(i64, String)> = sqlx::query_as(
-            "SELECT seq, hash FROM events WHERE job_id = $1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(LOG_CHAIN.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let mut record = record_row(prev, units, archive, at);
+        let prev = head(LOG_CHAIN.to_string()).await?;
+        let mut record = record_row(prev.map(|(seq, hash, _)| (seq, hash)), units, archive, at);
         record.position = sqlx::query_scalar(
             "INSERT INTO events (job_id, seq, session_id, kind, schema_version, payload, idempotency_key, at, hash)
              VALUES ($1, $2, NULL, $3, $4, $5, NULL, $6, $7) RETURNING position",
@@ -602,82 +583,61 @@ impl Retention for PostgresStore {
             .map_err(classify)?;
         for unit in units {
             let id = unit.id.to_string();
-            sqlx::query(
-                "INSERT INTO removed_units
-                 (unit_id, kind, finished_at, events, last_position, record_position)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&id)
-            .bind(unit.kind.as_str())
-            .bind(format_time(&unit.finished_at))
-            .bind(unit.events)
-            .bind(unit.last_position)
-            .bind(record.position)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            sqlx::query("DELETE FROM events WHERE job_id = $1 AND position <= $2")
+            sqlx::query(retention::INSERT_REMOVED)
+                .bind(&id)
+                .bind(unit.kind.as_str())
+                .bind(format_time(&unit.finished_at))
+                .bind(unit.events)
+                .bind(unit.last_position)
+                .bind(record.position)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            sqlx::query(retention::DELETE_EVENTS)
                 .bind(&id)
                 .bind(unit.last_position)
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
-            sqlx::query("DELETE FROM job_index WHERE job_id = $1")
+            sqlx::query(retention::DELETE_INDEX_ROW)
                 .bind(&id)
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
         }
-        let through = removed_through(units);
-        sqlx::query(
-            "DELETE FROM checkpoint_parts WHERE checkpoint_id IN
-             (SELECT id FROM checkpoints WHERE position < $1)",
-        )
-        .bind(through)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        sqlx::query("DELETE FROM checkpoints WHERE position < $1")
-            .bind(through)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        for old_checkpoints in [
+            retention::DELETE_OLD_CHECKPOINT_PARTS,
+            retention::DELETE_OLD_CHECKPOINTS,
+        ] {
+            sqlx::query(old_checkpoints)
+                .bind(removed_through(units))
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
         tx.commit().await.map_err(classify)?;
         Ok(record)
     }
 
     async fn removed_job(&self, id: &str) -> Result<Option<Removed>, StoreError> {
-        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT kind, finished_at, events, record_position FROM removed_units
-             WHERE unit_id = $1 AND kind = 'job' ORDER BY record_position DESC LIMIT 1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?;
-        Ok(
-            row.map(|(kind, finished_at, events, record_position)| Removed {
-                kind: unit_kind(&kind),
-                finished_at,
-                events,
-                record_position,
-            }),
-        )
+        sqlx::query_as(retention::REMOVED_JOB)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)
     }
 
     async fn is_removed(&self, id: &str, last_position: i64) -> Result<bool, StoreError> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM removed_units WHERE unit_id = $1 AND last_position = $2)",
-        )
-        .bind(id)
-        .bind(last_position)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(classify)
+        sqlx::query_scalar(retention::IS_REMOVED)
+            .bind(id)
+            .bind(last_position)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)
     }
 
     async fn horizon(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT coalesce(max(last_position), 0)::BIGINT FROM removed_units")
+        sqlx::query_scalar(retention::HORIZON)
             .fetch_one(&self.pool)
             .await
             .map_err(classify)

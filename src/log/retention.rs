@@ -16,13 +16,36 @@ use chrono::{DateTime, Utc};
 
 use super::chain::event_hash;
 use super::store::{EventRow, StoreError};
-use crate::domain::event::{RemovedUnit, UnitKind, UnitsRemoved, LOG_CHAIN};
+use crate::domain::event::{RemovedUnit, UnitsRemoved, LOG_CHAIN};
 use crate::domain::{Event, EventBody};
 
-/// The kinds of the events that end a unit, as the `events_endings` index
-/// lists them (the SQL must name them in this order to use it).
-pub(crate) const ENDINGS_SQL: &str =
-    "kind IN ('completed', 'failed', 'cancelled', 'stream_deleted')";
+/// The statements both backends run, in `$n` placeholders (which SQLite
+/// reads too).
+///
+/// The events that end units after a position, oldest first: the query
+/// names the kinds exactly as the `events_endings` partial index does, so
+/// it is read by that index.
+pub(crate) const ENDINGS: &str = "SELECT position, job_id AS unit_id, at FROM events
+    WHERE kind IN ('completed', 'failed', 'cancelled', 'stream_deleted') AND position > $1
+    ORDER BY position LIMIT $2";
+/// The job removed under an id, most recently.
+pub(crate) const REMOVED_JOB: &str = "SELECT finished_at, events FROM removed_units
+    WHERE unit_id = $1 AND kind = 'job' ORDER BY record_position DESC LIMIT 1";
+pub(crate) const IS_REMOVED: &str =
+    "SELECT EXISTS (SELECT 1 FROM removed_units WHERE unit_id = $1 AND last_position = $2)";
+pub(crate) const HORIZON: &str = "SELECT coalesce(max(last_position), 0) FROM removed_units";
+/// A chain's last row: `(seq, hash, position)`.
+pub(crate) const HEAD: &str =
+    "SELECT seq, hash, position FROM events WHERE job_id = $1 ORDER BY seq DESC LIMIT 1";
+pub(crate) const INSERT_REMOVED: &str = "INSERT INTO removed_units
+    (unit_id, kind, finished_at, events, last_position, record_position)
+    VALUES ($1, $2, $3, $4, $5, $6)";
+pub(crate) const DELETE_EVENTS: &str = "DELETE FROM events WHERE job_id = $1 AND position <= $2";
+pub(crate) const DELETE_INDEX_ROW: &str = "DELETE FROM job_index WHERE job_id = $1";
+/// Checkpoints older than a removal's last event may hold its units.
+pub(crate) const DELETE_OLD_CHECKPOINT_PARTS: &str = "DELETE FROM checkpoint_parts
+    WHERE checkpoint_id IN (SELECT id FROM checkpoints WHERE position < $1)";
+pub(crate) const DELETE_OLD_CHECKPOINTS: &str = "DELETE FROM checkpoints WHERE position < $1";
 
 /// The `units_removed` row that follows the log chain's head `prev`
 /// (`(seq, hash)`, none for the first).
@@ -52,7 +75,7 @@ pub(crate) fn record_row(
 }
 
 /// Checks that a unit still ends where the sweep read it: `head` is its
-/// last row's `(seq, hash, position)` in the log now.
+/// last row's `(seq, hash, position)` in the log now ([`HEAD`]).
 pub(crate) fn still_ends(
     unit: &RemovedUnit,
     head: Option<(i64, String, i64)>,
@@ -75,14 +98,5 @@ pub(crate) fn still_ends(
             unit.kind.as_str(),
             unit.id
         ))),
-    }
-}
-
-/// Parses a stored unit kind.
-pub(crate) fn unit_kind(text: &str) -> UnitKind {
-    if text == "stream" {
-        UnitKind::Stream
-    } else {
-        UnitKind::Job
     }
 }

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::job_index::{IndexRow, JobFilter};
-use crate::domain::event::{
-    format_time, parse_time, DecodeError, Event, EventBody, RemovedUnit, UnitKind,
-};
+use crate::domain::event::{format_time, parse_time, DecodeError, Event, EventBody, RemovedUnit};
+use crate::domain::DomainError;
 
 /// One event as stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -188,24 +187,27 @@ pub trait JobIndex: Send + Sync + 'static {
 
 /// An event that ended a unit (or, for a stream, may have: a stream kept
 /// for its forks, or created again, has not ended).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Ending {
     pub position: i64,
     pub unit_id: String,
-    pub kind: String,
     /// RFC 3339, as stored.
     pub at: String,
 }
 
-/// A removed unit as the log still knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A removed job as the log still knows it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Removed {
-    pub kind: UnitKind,
     /// RFC 3339: when it finished.
     pub finished_at: String,
     pub events: i64,
-    /// The `units_removed` event that records it.
-    pub record_position: i64,
+}
+
+impl Removed {
+    /// How every request for the job is refused: 410 `job_archived`.
+    pub fn refusal(self) -> DomainError {
+        DomainError::Archived(self.finished_at, self.events)
+    }
 }
 
 /// The database's size as retention sees it.

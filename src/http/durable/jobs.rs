@@ -409,11 +409,9 @@ impl Adapter {
 /// removed the job, else 404.
 async fn missing(state: &AppState, job_id: JobId) -> Refused {
     match state.engine.archived(job_id).await {
-        Ok(Some(removed)) => Refused::new(
-            StatusCode::GONE,
-            crate::domain::DomainError::Archived(removed.finished_at, removed.events).to_string(),
-        )
-        .coded("job_archived"),
+        Ok(Some(removed)) => {
+            Refused::new(StatusCode::GONE, removed.refusal().to_string()).coded("job_archived")
+        }
         Ok(None) => Refused::new(StatusCode::NOT_FOUND, "stream not found"),
         Err(e) => e.into(),
     }
