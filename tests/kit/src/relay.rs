@@ -50,6 +50,25 @@ struct Shared {
     upstream: Option<SocketAddr>,
     refusal: Option<Refusal>,
     accepted: Vec<Accepted>,
+    /// Whether every other answer is lost (see [`Relay::lose_every_other_answer`]).
+    losing: bool,
+    answers: u64,
+    lost: Vec<String>,
+}
+
+impl Shared {
+    /// Whether the answer that begins now, to `request`, is lost.
+    fn loses(&mut self, request: &str) -> bool {
+        if !self.losing {
+            return false;
+        }
+        self.answers += 1;
+        let lose = self.answers % 2 == 1;
+        if lose {
+            self.lost.push(request.to_owned());
+        }
+        lose
+    }
 }
 
 pub struct Relay {
@@ -137,6 +156,20 @@ impl Relay {
     pub fn accepted(&self) -> Vec<Accepted> {
         self.shared.lock().unwrap().accepted.clone()
     }
+
+    /// From now on the first, third, fifth... answer to pass the relay is
+    /// lost: the request reached the server whole and the server answered,
+    /// but the connection is reset as the answer's first bytes arrive, and
+    /// none of them reach the client. A client that tries each request
+    /// again at once has every request's first answer lost.
+    pub fn lose_every_other_answer(&self) {
+        self.shared.lock().unwrap().losing = true;
+    }
+
+    /// The request lines (`POST /v1/jobs/… HTTP/1.1`) whose answers were lost.
+    pub fn lost(&self) -> Vec<String> {
+        self.shared.lock().unwrap().lost.clone()
+    }
 }
 
 impl std::ops::Drop for Relay {
@@ -152,11 +185,16 @@ struct RequestLine {
     index: usize,
 }
 
+/// The first line of `bytes`.
+fn first_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.split("\r\n").next().unwrap_or_default().to_owned()
+}
+
 impl RequestLine {
     /// Keeps the first line of `bytes`, the start of what the client sent.
     fn keep(&self, bytes: &[u8]) {
-        let text = String::from_utf8_lossy(bytes);
-        let line = text.split("\r\n").next().unwrap_or_default().to_owned();
+        let line = first_line(bytes);
         let mut s = self.shared.lock().unwrap();
         let accepted = &mut s.accepted[self.index];
         if accepted.request.is_none() {
@@ -211,18 +249,31 @@ async fn relay(
     let (mut sr, mut sw) = server.into_split();
     let mut up = vec![0u8; 16 * 1024];
     let mut down = vec![0u8; 16 * 1024];
+    // The request whose answer has not begun yet: requests and answers on
+    // one connection take turns (HTTP/1.1 without pipelining).
+    let mut asking: Option<String> = None;
     let how = loop {
         tokio::select! {
             cut = cuts.recv() => break cut.unwrap_or(Drop::Reset),
             n = cr.read(&mut up) => match n {
                 Ok(n) if n > 0 => {
                     seen.keep(&up[..n]);
+                    if asking.is_none() {
+                        asking = Some(first_line(&up[..n]));
+                    }
                     if sw.write_all(&up[..n]).await.is_err() { break Drop::Reset }
                 }
                 _ => break Drop::Reset,
             },
             n = sr.read(&mut down) => match n {
-                Ok(n) if n > 0 => if cw.write_all(&down[..n]).await.is_err() { break Drop::Reset },
+                Ok(n) if n > 0 => {
+                    if let Some(request) = asking.take() {
+                        if seen.shared.lock().unwrap().loses(&request) {
+                            break Drop::Reset;
+                        }
+                    }
+                    if cw.write_all(&down[..n]).await.is_err() { break Drop::Reset }
+                }
                 _ => break Drop::Reset,
             },
         }
