@@ -37,3 +37,26 @@ client.addEventListener("state", (e) => {
 client.start();
 const saved: { lastSeq: number | null; epoch: string | null; sessionId: string | null } = client;
 console.log(saved, backoffDelay(1, 500, 20000), client.transport);
+
+// The producer, as a service uses it.
+import { Rejoin, RejoinError } from "../src/producer.js";
+import { rejoinProcessor } from "../src/bullmq.js";
+
+const producer = new Rejoin({ url: "http://127.0.0.1:8080", token: "a.b.c", backoff: { attempts: 4 } });
+async function produce(): Promise<number> {
+  const job = await producer.createJob({ metadata: { kind: "scan" }, stallAfterSecs: 60 });
+  await job.progress(50, "half way", { data: { shelf: 5 } });
+  await job.message("book_found", { isbn: "x" });
+  try {
+    return await job.complete({ books: 42 });
+  } catch (e) {
+    if (e instanceof RejoinError && e.code === "job_finished") return -1;
+    throw e;
+  }
+}
+void produce;
+const processor = rejoinProcessor(producer, async (job: { id?: string; name: string; queueName: string; data: { n: number }; opts: {}; attemptsMade: number; updateProgress(v: unknown): Promise<void> }) => {
+  await job.updateProgress({ progress: job.data.n });
+  return job.data.n;
+});
+void processor;
