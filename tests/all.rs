@@ -31,6 +31,7 @@ mod nodes;
 mod notifications;
 mod operations;
 mod owner;
+mod producers;
 mod properties;
 mod protocol_schema;
 mod readme;
