@@ -5,7 +5,8 @@
 //! once; the Celery and BullMQ examples, their worker SIGKILLed after the
 //! fourth step and started again, show `rejoin watch` ten progress events
 //! and the completion, each once; a task that raises for the last time
-//! leaves its job failed with its message, and one that is retried does not.
+//! leaves its job failed with its message, and one that is retried does not;
+//! docs/PRODUCERS.md's script, asyncio and Node.js blocks run as written.
 //!
 //! Needs `PRODUCERS_PYTHON` (a Python with `clients/python[celery]`
 //! installed), Node.js with `clients/js`'s dev dependencies (bullmq), and
@@ -377,4 +378,65 @@ async fn a_bullmq_processor_that_throws_on_its_last_attempt_fails_its_job_with_t
         &["produce.mjs", "worker"],
     )
     .await;
+}
+
+/// The code blocks of `lang` in docs/PRODUCERS.md, in order.
+fn guide_blocks(lang: &str) -> Vec<String> {
+    let guide = std::fs::read_to_string(root().join("docs/PRODUCERS.md")).unwrap();
+    let fence = format!("```{lang}\n");
+    guide
+        .split(&fence)
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PRODUCERS_PYTHON (.ci/run installs it)"]
+async fn the_guides_script_asyncio_and_node_blocks_run_as_written() {
+    let app = spawn_app().await;
+    let env = Env::of(&app, app.addr);
+    let here = format!("http://{}", app.addr);
+    let python_blocks = guide_blocks("python");
+    // The script as written, given what it leaves to its reader: a token
+    // and rows.
+    let script = format!(
+        "import os\nSERVICE_TOKEN = os.environ['REJOIN_TOKEN']\nrows = ['a', 'b', 'c']\n{}",
+        python_blocks[0].replace("http://127.0.0.1:8080", &here)
+    );
+    // asyncio's block runs inside a coroutine.
+    let coroutine = format!(
+        "import asyncio, os\nSERVICE_TOKEN = os.environ['REJOIN_TOKEN']\nurl = os.environ['REJOIN_URL']\n\
+         async def main():\n{}\nasyncio.run(main())\n",
+        python_blocks[1]
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+    let node = format!(
+        "const SERVICE_TOKEN = process.env.REJOIN_TOKEN;\n{}",
+        guide_blocks("js")[0].replace("http://127.0.0.1:8080", &here)
+    );
+    let dir = root().join("clients/js");
+    for (program, code, flag) in [
+        (python(), script, "-c"),
+        (python(), coroutine, "-c"),
+        ("node".to_owned(), node, "--input-type=module"),
+    ] {
+        let args: Vec<&str> = if flag == "-c" {
+            vec!["-c", &code]
+        } else {
+            vec![flag, "-e", &code]
+        };
+        let (ok, _) = env.run(&program, &dir, &args).await;
+        assert!(ok, "{program} runs the guide's block:\n{code}");
+    }
+    let completed = app
+        .get_json("/v1/jobs?status=completed", Some(&app.service()))
+        .await;
+    assert_eq!(
+        completed["jobs"].as_array().unwrap().len(),
+        3,
+        "{completed}"
+    );
 }
