@@ -248,9 +248,10 @@ public actor RejoinClient {
     }
 
     /// The socket was closed with `job finished` before the job's end reached us (a
-    /// message in flight with the close can be lost: Foundation on Linux drops it). The
-    /// rest is read from the job's event stream, resumed from `lastSeq`, which replays
-    /// what is missing and ends.
+    /// message in flight with the close can be lost: Foundation on Linux drops it, the
+    /// `reconnected` before it too). The rest is read from the job's event stream,
+    /// resumed from `lastSeq`, which replays what is missing and ends; its hello stands
+    /// for the one lost when the socket never delivered its own.
     private func fetchTail() async {
         let query = URLComponents(url: connectURL(), resolvingAgainstBaseURL: false)?.percentEncodedQuery
         guard let streamURL = httpURL(url, path: "/v1/jobs/\(jobId)/stream", query: query) else { return }
@@ -267,7 +268,12 @@ public actor RejoinClient {
                 if line.hasPrefix("event:") { event = line.dropFirst(6).trimmingCharacters(in: .whitespaces) }
                 if line.hasPrefix("data:") { data += line.dropFirst(5).trimmingCharacters(in: .whitespaces) }
             }
-            if event != "close" && event != "connected" && event != "reconnected" && !data.isEmpty {
+            let hello = event == "connected" || event == "reconnected"
+            if hello && !opened {
+                // Marked: the stream's session is its own, so its `resumed` tells
+                // nothing of whether the socket's resume did.
+                handle(data.replacingOccurrences(of: "{", with: "{\"via\":\"stream\",", options: .anchored), nil)
+            } else if event != "close" && !hello && !data.isEmpty {
                 handle(data, nil)
             }
         }
