@@ -10,6 +10,7 @@
 mod appends;
 mod commits;
 mod disk;
+mod durable;
 mod fanout;
 mod hostile;
 pub mod idle;
@@ -47,11 +48,13 @@ pub use rejoin_testkit::{
 #[tokio::main]
 async fn main() -> ExitCode {
     // The baselines that run as processes of their own are this program's
-    // hidden modes: the idle scenario's bare server, and the durable floor's
-    // relay (`relay-server DB`).
+    // hidden modes: the idle scenario's bare server, the durable floor's
+    // relay (`relay-server DB`), and the HTTP ceiling (`ceiling-server`).
     let mode = std::env::args_os().nth(1);
     let result = if mode.as_ref().is_some_and(|a| a == "bare-server") {
         idle::bare_server().await.map(|()| ExitCode::SUCCESS)
+    } else if mode.as_ref().is_some_and(|a| a == "ceiling-server") {
+        durable::ceiling_server().await.map(|()| ExitCode::SUCCESS)
     } else if mode.as_ref().is_some_and(|a| a == "relay-server") {
         let db = std::env::args().nth(2).unwrap_or_else(|| "relay.db".into());
         relay::serve(&db).await.map(|()| ExitCode::SUCCESS)
@@ -100,7 +103,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchScenario::Startup => startup::run(&args).await?,
         BenchScenario::Notify => notify::run(&args).await?,
         BenchScenario::Limiter => limiter::run(&args).await?,
-        BenchScenario::Streams => streams::run(&args).await?,
+        BenchScenario::Streams => {
+            durable::run(&args).await?;
+            streams::run(&args).await?
+        }
         BenchScenario::Readers => hostile::readers(&args).await?,
         BenchScenario::Large => hostile::large(&args).await?,
         BenchScenario::Churn => hostile::churn(&args).await?,
@@ -447,8 +453,10 @@ pub enum BenchScenario {
     /// The per-address connect limiter under a storm from 50,000 addresses,
     /// against a bare locked map and the previous per-attempt sweep.
     Limiter,
-    /// Durable Streams: appends (plain, and as an idempotent producer) and
-    /// catch-up reads through the protocol beside the job API's.
+    /// Durable Streams: appends side by side with another server
+    /// (`--peer`) and the HTTP ceiling, driven from this process; then
+    /// appends (plain, and as an idempotent producer) and catch-up reads
+    /// through the protocol beside the job API's.
     Streams,
     /// The server CPU of 2,000 stream appends with and without 300 idle SSE
     /// readers on other streams.
@@ -488,6 +496,12 @@ pub struct BenchArgs {
     /// `benches/socketio` in the source tree).
     #[arg(long)]
     pub peer_dir: Option<std::path::PathBuf>,
+    /// For `streams`: another Durable Streams server to put beside rejoin
+    /// under the same load, by the base URL its streams are under
+    /// (`BASE/NAME`), e.g. `http://127.0.0.1:4437`. Start it on a fresh data
+    /// directory.
+    #[arg(long)]
+    pub peer: Option<String>,
     /// The `rejoin` binary to run the servers with (default: the one beside
     /// this program).
     #[arg(long)]

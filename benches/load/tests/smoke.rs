@@ -136,8 +136,13 @@ async fn notify_smoke() {
 
 #[tokio::test]
 async fn streams_smoke() {
+    // The side-by-side load reads every stream back and fails on any
+    // acknowledged append missing or doubled.
     let out = bench("streams").await;
     for line in [
+        "rejoin        appends/s",
+        "HTTP ceiling  appends/s",
+        "idempotent producers: appends/s",
         "job API appends, 64 clients",
         "stream appends, 64 clients",
         "stream appends with a producer",
