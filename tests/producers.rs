@@ -6,6 +6,7 @@
 //! fourth step and started again, show `rejoin watch` ten progress events
 //! and the completion, each once; a task that raises for the last time
 //! leaves its job failed with its message, and one that is retried does not;
+//! a producer answered 503 or 429 with `Retry-After` waits as long as asked;
 //! docs/PRODUCERS.md's script, asyncio and Node.js blocks run as written.
 //!
 //! Needs `PRODUCERS_PYTHON` (a Python with `clients/python[celery]`
@@ -198,6 +199,42 @@ async fn an_asyncio_producer_whose_every_answer_is_lost_once_appends_each_event_
 async fn a_node_producer_whose_every_answer_is_lost_once_appends_each_event_once() {
     let dir = root().join("clients/js/test");
     every_answer_lost_once("node", &dir, &["produce.mjs", "run"]).await;
+}
+
+/// Runs a producer through a relay that answers every new connection with
+/// `status` and `Retry-After: 1` for its first 1.5 s. The producer's own
+/// backoff (10 attempts of at most 0.1 s) would give up within a second: it
+/// finishes only by waiting as long as the server asked.
+async fn waits_as_asked(status: u16, program: &str, dir: &Path, args: &[&str]) {
+    let app = spawn_app().await;
+    let relay = Relay::start(app.addr).await;
+    relay.refuse(status, Some(1), Duration::from_millis(1500));
+    let env = Env::of(&app, relay.addr());
+    let started = std::time::Instant::now();
+    let (ok, lines) = env.run(program, dir, args).await;
+    assert!(ok, "the producer succeeds once the refusals stop");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let refused = relay
+        .accepted()
+        .iter()
+        .filter(|a| a.refused.is_some())
+        .count();
+    assert!(refused >= 1, "the relay refused the first attempt");
+    each_once(&app, job_of(&lines[0])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PRODUCERS_PYTHON (.ci/run installs it)"]
+async fn a_python_producer_answered_503_with_retry_after_waits_as_asked() {
+    let dir = root().join("clients/python/tests");
+    waits_as_asked(503, &python(), &dir, &["produce.py", "sync"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs clients/js's dev dependencies (.ci/run installs them)"]
+async fn a_node_producer_answered_429_with_retry_after_waits_as_asked() {
+    let dir = root().join("clients/js/test");
+    waits_as_asked(429, "node", &dir, &["produce.mjs", "run"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
