@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Dict, Generic, Mapping, Optional, TypeVar, Union
+from typing import Any, Dict, Generic, Mapping, Optional, TypedDict, TypeVar, Union
 
 #: Answers tried again: the request may not have been served, or the server
 #: asks to be asked later. Everything else is final.
@@ -186,21 +186,20 @@ class ClientToken:
     expires_at: datetime
 
 
-def create_job(
-    job_id: Optional[str],
-    metadata: Optional[Mapping[str, Any]],
-    options: Mapping[str, Any],
-) -> Request:
-    """`POST /v1/jobs` with an id chosen here when none is given, so that a
-    retried creation finds the job the first attempt made."""
-    body: Json = {"jobId": job_id or str(uuid.uuid4())}
-    if metadata:
-        body["metadata"] = dict(metadata)
-    body.update({k: v for k, v in options.items() if v is not None})
-    return Request("POST", "/v1/jobs", body)
+class JobOptions(TypedDict, total=False):
+    """What a job is created with besides its id (all optional)."""
+
+    metadata: Mapping[str, Any]
+    client_token_ttl_secs: int
+    stall_after_secs: int
+    timeout_secs: int
+    #: `unwatched` (the default), `always` or `never`.
+    notify: str
 
 
-CREATE_OPTIONS = {
+#: Each option's name on the wire.
+WIRE_NAMES = {
+    "metadata": "metadata",
     "client_token_ttl_secs": "clientTokenTtlSecs",
     "stall_after_secs": "stallAfterSecs",
     "timeout_secs": "timeoutSecs",
@@ -208,9 +207,14 @@ CREATE_OPTIONS = {
 }
 
 
-def create_options(**given: Any) -> Dict[str, Any]:
-    """The creation options by their wire names."""
-    return {CREATE_OPTIONS[k]: v for k, v in given.items() if v is not None}
+def create_job(job_id: Optional[str], options: JobOptions) -> Request:
+    """`POST /v1/jobs` with an id chosen here when none is given, so that a
+    retried creation finds the job the first attempt made."""
+    body: Json = {"jobId": job_id or str(uuid.uuid4())}
+    for name, value in options.items():
+        if value is not None:
+            body[WIRE_NAMES[name]] = dict(value) if isinstance(value, Mapping) else value
+    return Request("POST", "/v1/jobs", body)
 
 
 def event(job_id: str, body: Json, key: Optional[str], keys: Keys) -> Request:

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
-from typing import Any, Awaitable, Mapping, Optional, Type
+from typing import Awaitable, Optional, Type, Unpack
 
 import httpx
 
 from . import _core
-from ._core import Again, Attempts, Backoff, ClientToken, JobInfo, Json, Keys, Request
+from ._core import (
+    Again,
+    Attempts,
+    Backoff,
+    ClientToken,
+    JobInfo,
+    JobOptions,
+    Json,
+    Keys,
+    Request,
+)
 
 
 class AsyncRejoin:
@@ -66,23 +76,14 @@ class AsyncRejoin:
         self,
         job_id: Optional[str] = None,
         *,
-        metadata: Optional[Mapping[str, Any]] = None,
-        client_token_ttl_secs: Optional[int] = None,
-        stall_after_secs: Optional[int] = None,
-        timeout_secs: Optional[int] = None,
-        notify: Optional[str] = None,
         scope: Optional[str] = None,
+        **options: Unpack[JobOptions],
     ) -> "AsyncJob":
-        """Creates the job, or adopts it when `job_id` names one that
-        exists. `scope` prefixes the idempotency keys derived for its events
-        (the job's id when not given)."""
-        options = _core.create_options(
-            client_token_ttl_secs=client_token_ttl_secs,
-            stall_after_secs=stall_after_secs,
-            timeout_secs=timeout_secs,
-            notify=notify,
-        )
-        answer = await self.send(_core.create_job(job_id, metadata, options))
+        """Creates the job (`metadata`, `client_token_ttl_secs`,
+        `stall_after_secs`, `timeout_secs`, `notify`), or adopts it when
+        `job_id` names one that exists. `scope` prefixes the idempotency
+        keys derived for its events (the job's id when not given)."""
+        answer = await self.send(_core.create_job(job_id, options))
         return AsyncJob(self, JobInfo.from_answer(answer), scope)
 
     def adopt(self, job_id: str, *, scope: Optional[str] = None) -> "AsyncJob":

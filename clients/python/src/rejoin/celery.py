@@ -37,7 +37,7 @@ import celery
 from celery.exceptions import Ignore, Reject, Retry
 
 from . import _core
-from ._core import JobFinished, JobInfo, Json
+from ._core import JobFinished, JobInfo, JobOptions, Json
 from .producer import Job, Rejoin
 
 log = logging.getLogger(__name__)
@@ -105,18 +105,16 @@ class RejoinTask(celery.Task):  # type: ignore[misc]
         *,
         job_id: Optional[str] = None,
         metadata: Optional[Mapping[str, Any]] = None,
-        job_options: Optional[Mapping[str, Any]] = None,
+        job_options: Optional[JobOptions] = None,
         **options: Any,
     ) -> JobInfo:
         """Creates the job (or adopts `job_id`), then enqueues the task
-        carrying its id (`options` as `apply_async` takes them); the job's
-        id and client token."""
+        carrying its id (`job_options` as `create_job` takes them, `options`
+        as `apply_async` does); the job's id and client token."""
         task_id = options.pop("task_id", None) or str(uuid.uuid4())
-        job = self.rejoin.create_job(
-            job_id or job_id_for_task(task_id),
-            metadata={"celeryTask": self.name, **(metadata or {})},
-            **(job_options or {}),
-        )
+        created: JobOptions = {**(job_options or {})}
+        created["metadata"] = {"celeryTask": self.name, **(metadata or {})}
+        job = self.rejoin.create_job(job_id or job_id_for_task(task_id), **created)
         headers = {**options.pop("headers", {}), JOB_HEADER: job.id}
         self.apply_async(args, kwargs, task_id=task_id, headers=headers, **options)
         return job.info
