@@ -23,7 +23,7 @@ use super::store::{
     EventRow, JobIndex, JobSpan, LogSize, Membership, Removed, Retention, StoreError,
     LIST_CHECKPOINTS, PAGE_BYTES,
 };
-use crate::domain::event::{format_time, removed_through, RemovedUnit, LOG_CHAIN};
+use crate::domain::event::{RemovedUnit, LOG_CHAIN};
 
 /// The channel `append` notifies with the last position it committed.
 pub const CHANNEL: &str = "rejoin_log";
@@ -581,40 +581,9 @@ impl Retention for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-        for unit in units {
-            let id = unit.id.to_string();
-            sqlx::query(retention::INSERT_REMOVED)
-                .bind(&id)
-                .bind(unit.kind.as_str())
-                .bind(format_time(&unit.finished_at))
-                .bind(unit.events)
-                .bind(unit.last_position)
-                .bind(record.position)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-            sqlx::query(retention::DELETE_EVENTS)
-                .bind(&id)
-                .bind(unit.last_position)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-            sqlx::query(retention::DELETE_INDEX_ROW)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-        }
-        for old_checkpoints in [
-            retention::DELETE_OLD_CHECKPOINT_PARTS,
-            retention::DELETE_OLD_CHECKPOINTS,
-        ] {
-            sqlx::query(old_checkpoints)
-                .bind(removed_through(units))
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-        }
+        retention::forget_units::<Postgres>(&mut *tx, units, record.position)
+            .await
+            .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
         Ok(record)
     }

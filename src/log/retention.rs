@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 
 use super::chain::event_hash;
 use super::store::{EventRow, StoreError};
-use crate::domain::event::{RemovedUnit, UnitsRemoved, LOG_CHAIN};
+use crate::domain::event::{format_time, removed_through, RemovedUnit, UnitsRemoved, LOG_CHAIN};
 use crate::domain::{Event, EventBody};
 
 /// The statements both backends run, in `$n` placeholders (which SQLite
@@ -99,4 +99,51 @@ pub(crate) fn still_ends(
             unit.id
         ))),
     }
+}
+
+/// After the record at `record_position`: enters each unit in
+/// `removed_units`, deletes its events and its index row, then the
+/// checkpoints older than the last of them. One body for both backends, on
+/// the transaction's connection.
+pub(crate) async fn forget_units<DB>(
+    conn: &mut DB::Connection,
+    units: &[RemovedUnit],
+    record_position: i64,
+) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for unit in units {
+        let id = unit.id.to_string();
+        sqlx::query::<DB>(INSERT_REMOVED)
+            .bind(id.clone())
+            .bind(unit.kind.as_str())
+            .bind(format_time(&unit.finished_at))
+            .bind(unit.events)
+            .bind(unit.last_position)
+            .bind(record_position)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query::<DB>(DELETE_EVENTS)
+            .bind(id.clone())
+            .bind(unit.last_position)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query::<DB>(DELETE_INDEX_ROW)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for old_checkpoints in [DELETE_OLD_CHECKPOINT_PARTS, DELETE_OLD_CHECKPOINTS] {
+        sqlx::query::<DB>(old_checkpoints)
+            .bind(removed_through(units))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }

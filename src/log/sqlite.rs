@@ -26,7 +26,7 @@ use super::store::{
     classify, CheckpointHeader, CheckpointRow, Checkpoints, Ending, EventLog, EventRow, JobIndex,
     JobSpan, LogSize, Removed, Retention, StoreError, LIST_CHECKPOINTS,
 };
-use crate::domain::event::{format_time, removed_through, RemovedUnit, LOG_CHAIN};
+use crate::domain::event::{RemovedUnit, LOG_CHAIN};
 
 /// Rows per INSERT statement: 9 bound parameters each, 9,216 in all, far
 /// below SQLite's limit of 32,766. A batch of the writer (at most 1,024
@@ -552,39 +552,8 @@ async fn remove_units(
     let prev = head(LOG_CHAIN.to_string()).await?;
     let mut record = record_row(prev.map(|(seq, hash, _)| (seq, hash)), units, archive, at);
     record.position = insert_rows(conn, std::slice::from_ref(&record)).await?[0];
-    for unit in units {
-        let id = unit.id.to_string();
-        sqlx::query(retention::INSERT_REMOVED)
-            .bind(&id)
-            .bind(unit.kind.as_str())
-            .bind(format_time(&unit.finished_at))
-            .bind(unit.events)
-            .bind(unit.last_position)
-            .bind(record.position)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        sqlx::query(retention::DELETE_EVENTS)
-            .bind(&id)
-            .bind(unit.last_position)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        sqlx::query(retention::DELETE_INDEX_ROW)
-            .bind(&id)
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-    }
-    for old_checkpoints in [
-        retention::DELETE_OLD_CHECKPOINT_PARTS,
-        retention::DELETE_OLD_CHECKPOINTS,
-    ] {
-        sqlx::query(old_checkpoints)
-            .bind(removed_through(units))
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-    }
+    retention::forget_units::<Sqlite>(&mut *conn, units, record.position)
+        .await
+        .map_err(classify)?;
     Ok(record)
 }
