@@ -23,7 +23,7 @@ use crate::engine::{Engine, EngineSettings, EngineTasks};
 use crate::http::connections::{self, Connections, Limits};
 use crate::http::rate::{self, ConnectRate};
 use crate::http::request::TrustedProxies;
-use crate::http::{self, AppState, HttpSettings};
+use crate::http::{self, AppState, HttpSettings, Shared};
 use crate::http::{RejectionLog, UpgradeSettings};
 use crate::log;
 use crate::webhook::Endpoint;
@@ -146,7 +146,7 @@ impl Application {
         };
         let started = Engine::start(store.clone(), clock, settings, engine_stop.clone()).await?;
         let (engine, tasks) = (started.engine, started.tasks);
-        let state = AppState {
+        let state = AppState::new(Shared {
             engine: engine.clone(),
             store,
             clock: started.clock,
@@ -196,7 +196,7 @@ impl Application {
             ),
             proxies,
             demo,
-        };
+        });
         if demo.is_some() {
             tracing::warn!("demo mode is on: anyone can start jobs at /demo");
         }

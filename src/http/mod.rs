@@ -22,4 +22,4 @@ pub mod upgrade;
 
 pub use error::{ErrorBody, ErrorDetail};
 pub use routes::router;
-pub use state::{AppState, HttpSettings, RejectionLog, StreamSettings, UpgradeSettings};
+pub use state::{AppState, HttpSettings, RejectionLog, Shared, StreamSettings, UpgradeSettings};

@@ -115,9 +115,27 @@ pub struct HttpSettings {
     pub streams: StreamSettings,
 }
 
-/// Everything a handler needs, cheap to clone.
+/// Everything a handler needs: one pointer, so that the clone each request,
+/// middleware layer and extractor makes is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points to.
+pub struct Shared {
     pub engine: Engine,
     /// The log, for the reads that page through it (the event feed, the
     /// job search, health).
