@@ -130,10 +130,88 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             f.producers_p99.ms(),
         );
     }
+    // The storage alone: the same appends as rows straight into a log of
+    // the same kind (its own append, no HTTP, no engine), committed in
+    // batches of the size rejoin's writer committed on average, and of all
+    // 64 writers' appends at once.
+    let batch = mean_batch(&http, &format!("http://{addr}/metrics")).await?;
+    let rows = stream_rows(appends);
+    for size in [batch.round().max(1.0) as usize, WRITERS] {
+        let store = rejoin::log::open(&format!(
+            "sqlite://{}",
+            dir.path().join(format!("storage{size}.db")).display()
+        ))
+        .await?;
+        let started = Instant::now();
+        super::append_all(&store.events, &rows, size).await?;
+        let per_sec = rows.len() as f64 / started.elapsed().as_secs_f64();
+        store.events.close().await;
+        println!(
+            "  storage alone, {size:>2} rows a commit (rejoin's writer averaged {batch:.1}): appends/s {}  (rejoin: {:.2} of it)",
+            super::rate(per_sec),
+            figures[0].plain.median() / per_sec,
+        );
+    }
     probe.finish()?;
     let _ = rejoin.kill().await;
     let _ = ceiling_server.kill().await;
     Ok(())
+}
+
+/// Events per commit, on average, from a rejoin server's `/metrics`.
+async fn mean_batch(http: &reqwest::Client, url: &str) -> anyhow::Result<f64> {
+    let text = http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("{url} has no {name}"))
+    };
+    Ok(value("rejoin_append_batch_size_sum")? / value("rejoin_append_batch_size_count")?.max(1.0))
+}
+
+/// The load's appends as the log's rows: `STREAMS` streams created, then
+/// writer `w`'s `i`th message on stream `(w + 64 i) mod 100`, each sealed
+/// into its stream's chain.
+fn stream_rows(appends: usize) -> Vec<rejoin::log::EventRow> {
+    use rejoin::domain::event::{EventBody, StreamAppended, StreamCreated, StreamData};
+    let now = chrono::Utc::now();
+    let mut streams: Vec<super::JobWriter> = (0..STREAMS)
+        .map(|_| super::JobWriter::new(uuid::Uuid::new_v4()))
+        .collect();
+    let mut rows = Vec::with_capacity(appends + STREAMS);
+    for (i, s) in streams.iter_mut().enumerate() {
+        let created = StreamCreated {
+            path: format!("/v1/stream/storage-{i}"),
+            content_type: "application/json".into(),
+            ttl_secs: None,
+            expires_at: None,
+            closed: false,
+            fork: None,
+            data: None,
+            offset: format!("{:016}_{:016}", 0, 0),
+        };
+        s.push(&mut rows, now, EventBody::StreamCreated(created));
+    }
+    for k in 0..appends {
+        let (w, i) = (k % WRITERS, k / WRITERS);
+        let stream = &mut streams[(w + WRITERS * i) % STREAMS];
+        let data: Value = serde_json::from_str(&message(k)).expect("the bench's own JSON");
+        let appended = StreamAppended {
+            data: Some(StreamData::Json(vec![data])),
+            offset: format!("{:016}_{:016}", stream.state.head_seq + 1, 1),
+            stream_seq: None,
+            producer: None,
+            closes: false,
+        };
+        stream.push(&mut rows, now, EventBody::StreamAppended(appended));
+    }
+    rows
 }
 
 /// A `MESSAGE_BYTES`-byte JSON object, numbered.

@@ -142,6 +142,7 @@ async fn streams_smoke() {
     for line in [
         "rejoin        appends/s",
         "HTTP ceiling  appends/s",
+        "storage alone, ",
         "idempotent producers: appends/s",
         "job API appends, 64 clients",
         "stream appends, 64 clients",
