@@ -540,11 +540,26 @@ pub enum DecodeError {
 }
 
 macro_rules! kinds {
-    ($($variant:ident => $kind:literal),* $(,)?) => {
+    (@job job) => { true };
+    (@job) => { false };
+    ($($variant:ident => $kind:literal $($class:ident)?),* $(,)?) => {
         impl EventBody {
             /// The contract's name for this kind of event.
             pub fn kind(&self) -> &'static str {
                 match self { $(EventBody::$variant(_) => $kind,)* }
+            }
+
+            /// Job events are the ones delivered to clients and carried by
+            /// `lastSeq`.
+            pub fn is_job_event(&self) -> bool {
+                match self { $(EventBody::$variant(_) => kinds!(@job $($class)?),)* }
+            }
+
+            /// Whether events of this kind (by its name in the log) are job
+            /// events: what a reader that needs only those can tell before
+            /// decoding a row.
+            pub fn is_job_event_kind(kind: &str) -> bool {
+                match kind { $($kind => kinds!(@job $($class)?),)* _ => false }
             }
 
             /// The JSON payload stored in the log.
@@ -573,14 +588,15 @@ macro_rules! kinds {
     };
 }
 
+// `job`: a job event.
 kinds! {
     JobCreated => "job_created",
-    ProgressReported => "progress",
-    MessagePosted => "message",
-    JobCompleted => "completed",
-    JobFailed => "failed",
-    JobCancelled => "cancelled",
-    JobStalled => "stalled",
+    ProgressReported => "progress" job,
+    MessagePosted => "message" job,
+    JobCompleted => "completed" job,
+    JobFailed => "failed" job,
+    JobCancelled => "cancelled" job,
+    JobStalled => "stalled" job,
     Connected => "connected",
     Disconnected => "disconnected",
     Reconnected => "reconnected",
@@ -601,19 +617,6 @@ kinds! {
 }
 
 impl EventBody {
-    /// Job events are the ones delivered to clients and carried by `lastSeq`.
-    pub fn is_job_event(&self) -> bool {
-        matches!(
-            self,
-            EventBody::ProgressReported(_)
-                | EventBody::MessagePosted(_)
-                | EventBody::JobCompleted(_)
-                | EventBody::JobFailed(_)
-                | EventBody::JobCancelled(_)
-                | EventBody::JobStalled(_)
-        )
-    }
-
     /// An event of a Durable Streams stream rather than of a job.
     pub fn is_stream_event(&self) -> bool {
         matches!(
@@ -769,7 +772,32 @@ mod tests {
             let payload = body.encode();
             let back = EventBody::decode(body.kind(), SCHEMA_VERSION, &payload).unwrap();
             assert_eq!(back, body);
+            assert_eq!(
+                EventBody::is_job_event_kind(body.kind()),
+                body.is_job_event()
+            );
         }
+    }
+
+    #[test]
+    fn the_job_events_are_the_ones_clients_receive() {
+        let job_kinds: Vec<&str> = ALL_KINDS
+            .iter()
+            .copied()
+            .filter(|k| EventBody::is_job_event_kind(k))
+            .collect();
+        assert_eq!(
+            job_kinds,
+            [
+                "progress",
+                "message",
+                "completed",
+                "failed",
+                "cancelled",
+                "stalled"
+            ]
+        );
+        assert!(!EventBody::is_job_event_kind("no_such_kind"));
     }
 
     #[test]

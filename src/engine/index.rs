@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::job_index::fold;
+use crate::log::job_index::{fold, folds};
 use crate::log::{IndexRow, Log, StoreError};
 
 /// Events folded per transaction.
@@ -32,10 +32,12 @@ pub async fn catch_up(store: &Log, through: i64) -> Result<(), StoreError> {
         let Some(to) = rows.last().map(|r| r.position) else {
             return Ok(());
         };
-        // An event that cannot be decoded (its job is set aside) is left
-        // out of the index; the index moves past it.
+        // Only the kinds the index folds are decoded. An event that cannot
+        // be decoded (its job is set aside) is left out of the index; the
+        // index moves past it.
         let events: Vec<_> = rows
             .iter()
+            .filter(|r| folds(&r.kind))
             .filter_map(|r| {
                 r.decode_stored()
                     .map_err(|e| tracing::warn!(error = %e, "the job index skips an event it cannot decode"))
