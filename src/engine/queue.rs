@@ -98,8 +98,8 @@ pub struct Appended {
 /// What a stream command did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamDone {
-    /// Its events, committed.
-    Appended(Vec<Event>),
+    /// Its events, committed (shared with the live readers, not copied).
+    Appended(Vec<Arc<Event>>),
     /// `PUT` of a stream already there, configured the same.
     Existing,
     /// A producer's retry: the highest seq it had accepted.

@@ -633,7 +633,7 @@ impl Writer {
                     }));
                 }
                 (Answer::Stream(tx), Pending::Appended(range)) => {
-                    let _ = tx.send(Ok(StreamDone::Appended(events(range))));
+                    let _ = tx.send(Ok(StreamDone::Appended(committed[range].to_vec())));
                 }
                 (Answer::Stream(tx), Pending::AlreadyExists) => {
                     let _ = tx.send(Ok(StreamDone::Existing));
