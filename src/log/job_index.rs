@@ -104,8 +104,6 @@ impl IndexRow {
     }
 }
 
-/// Folds `events` (in log order) into `rows` (the jobs' rows as stored,
-/// keyed by job id); returns the ids of the rows that changed.
 /// Whether the index folds events of this kind (a job's creation and its
 /// job events; nothing of streams, sessions or notifications): the rest are
 /// passed over without being decoded.
@@ -113,6 +111,8 @@ pub fn folds(kind: &str) -> bool {
     kind == "job_created" || EventBody::is_job_event_kind(kind)
 }
 
+/// Folds `events` (in log order) into `rows` (the jobs' rows as stored,
+/// keyed by job id); returns the ids of the rows that changed.
 pub fn fold(
     rows: &mut std::collections::HashMap<String, IndexRow>,
     events: &[Event],
