@@ -12,6 +12,12 @@
 //! each run every stream is read back from its start: each acknowledged
 //! append must be there, once. Beside the runs, a probe times 4 KiB
 //! `fdatasync`s in the data directory's file system.
+//!
+//! Then two baselines in the same run: the storage alone (the same appends
+//! as the log's rows, committed straight into a log of the same kind at the
+//! batch size rejoin's writer committed, and at 64), and the job API through
+//! the same driver against rejoin and against the relay, the durable floor,
+//! each its own process (64 writers, a job each, progress events).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -54,12 +60,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let appends = if args.smoke { 3_200 } else { 64_000 };
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("rejoin");
+    // Streams open to all; the job API with tokens signed with `secret`.
+    let secret = uuid::Uuid::new_v4().simple().to_string();
     let (mut rejoin, addr) = spawn_rejoin(&[
         "serve",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
         &data.display().to_string(),
+        "--jwt-secret",
+        &secret,
         "--stream-auth",
         "none",
         "--connect-rate-per-ip",
@@ -152,10 +162,104 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             figures[0].plain.median() / per_sec,
         );
     }
+    // The job API through the same driver, against rejoin and the relay
+    // (the durable floor: a writer that commits and answers, nothing more;
+    // its own process), alternating.
+    let (mut relay_server, relay_addr) = super::spawn_announcing({
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.arg("relay-server").arg(format!(
+            "sqlite://{}",
+            dir.path().join("relay.db").display()
+        ));
+        cmd
+    })
+    .await?;
+    let service = super::Tokens::new(&secret).service();
+    let (mut jobs, mut floor) = (Sample::default(), Sample::default());
+    let (mut jobs_p99, mut floor_p99) = (Sample::default(), Sample::default());
+    for _ in 1..=args.runs() {
+        for (server, rate, p99) in [
+            (&addr.to_string(), &mut jobs, &mut jobs_p99),
+            (&relay_addr.to_string(), &mut floor, &mut floor_p99),
+        ] {
+            let mut run = job_load(&http, server, &service, appends).await?;
+            rate.push(run.rate);
+            p99.push(run.latencies.percentile(99.0).as_secs_f64());
+        }
+    }
+    println!(
+        "  job API, {WRITERS} writers a job each: rejoin appends/s {}  p99 {}; relay appends/s {}  p99 {}  (rejoin: {:.2} of the relay)",
+        jobs.count(),
+        jobs_p99.ms(),
+        floor.count(),
+        floor_p99.ms(),
+        jobs.median() / floor.median(),
+    );
     probe.finish()?;
     let _ = rejoin.kill().await;
     let _ = ceiling_server.kill().await;
+    let _ = relay_server.kill().await;
     Ok(())
+}
+
+/// `appends` progress events through the job API (`base`: `HOST:PORT`),
+/// `WRITERS` writers each on a job of its own, each waiting for its answer;
+/// every job's acknowledged seqs must follow one another (none lost,
+/// doubled or reordered).
+async fn job_load(
+    http: &reqwest::Client,
+    base: &str,
+    service: &str,
+    appends: usize,
+) -> anyhow::Result<Outcome> {
+    let mut jobs = Vec::with_capacity(WRITERS);
+    for _ in 0..WRITERS {
+        jobs.push(super::create_job(http, base, service).await?);
+    }
+    let each = appends / WRITERS;
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for job in jobs {
+        let (http, service) = (http.clone(), service.to_owned());
+        let url = format!("http://{base}/v1/jobs/{job}/events");
+        writers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(each);
+            let mut last: Option<i64> = None;
+            for i in 0..each {
+                let body = serde_json::json!({
+                    "type": "progress",
+                    "progress": (i % 100) as f64,
+                    "message": "Processing book 9 of 20",
+                });
+                let sent = Instant::now();
+                let res = http
+                    .post(&url)
+                    .bearer_auth(&service)
+                    .json(&body)
+                    .send()
+                    .await?;
+                let status = res.status();
+                let answer: Value = res.json().await?;
+                anyhow::ensure!(status.is_success(), "POST {url}: {status}");
+                latencies.push(sent.elapsed());
+                let seq = answer["seq"].as_i64().unwrap_or_default();
+                anyhow::ensure!(
+                    last.is_none_or(|l| seq == l + 1),
+                    "{url}: seq {seq} acknowledged after {last:?}"
+                );
+                last = Some(seq);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Latencies::default();
+    for w in writers {
+        for d in w.await?? {
+            latencies.push(d);
+        }
+    }
+    let rate = (each * WRITERS) as f64 / started.elapsed().as_secs_f64();
+    Ok(Outcome { rate, latencies })
 }
 
 /// Events per commit, on average, from a rejoin server's `/metrics`.

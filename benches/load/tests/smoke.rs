@@ -143,6 +143,7 @@ async fn streams_smoke() {
         "rejoin        appends/s",
         "HTTP ceiling  appends/s",
         "storage alone, ",
+        "job API, 64 writers a job each: rejoin appends/s",
         "idempotent producers: appends/s",
         "job API appends, 64 clients",
         "stream appends, 64 clients",
