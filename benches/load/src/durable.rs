@@ -76,12 +76,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "0",
     ])
     .await?;
-    let (mut ceiling_server, ceiling_addr) = super::spawn_announcing({
-        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-        cmd.arg("ceiling-server");
-        cmd
-    })
-    .await?;
+    let (mut ceiling_server, ceiling_addr) = super::spawn_baseline(&["ceiling-server"]).await?;
     let mut targets = vec![Target {
         name: "rejoin".into(),
         base: format!("http://{addr}/v1/stream"),
@@ -165,15 +160,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // The job API through the same driver, against rejoin and the relay
     // (the durable floor: a writer that commits and answers, nothing more;
     // its own process), alternating.
-    let (mut relay_server, relay_addr) = super::spawn_announcing({
-        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-        cmd.arg("relay-server").arg(format!(
-            "sqlite://{}",
-            dir.path().join("relay.db").display()
-        ));
-        cmd
-    })
-    .await?;
+    let relay_db = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let (mut relay_server, relay_addr) =
+        super::spawn_baseline(&["relay-server", &relay_db]).await?;
     let service = super::Tokens::new(&secret).service();
     let (mut jobs, mut floor) = (Sample::default(), Sample::default());
     let (mut jobs_p99, mut floor_p99) = (Sample::default(), Sample::default());
@@ -284,6 +273,7 @@ async fn mean_batch(http: &reqwest::Client, url: &str) -> anyhow::Result<f64> {
 /// into its stream's chain.
 fn stream_rows(appends: usize) -> Vec<rejoin::log::EventRow> {
     use rejoin::domain::event::{EventBody, StreamAppended, StreamCreated, StreamData};
+    use rejoin::domain::stream::Offset;
     let now = chrono::Utc::now();
     let mut streams: Vec<super::JobWriter> = (0..STREAMS)
         .map(|_| super::JobWriter::new(uuid::Uuid::new_v4()))
@@ -298,7 +288,7 @@ fn stream_rows(appends: usize) -> Vec<rejoin::log::EventRow> {
             closed: false,
             fork: None,
             data: None,
-            offset: format!("{:016}_{:016}", 0, 0),
+            offset: Offset { index: 0, size: 0 }.to_string(),
         };
         s.push(&mut rows, now, EventBody::StreamCreated(created));
     }
@@ -308,7 +298,11 @@ fn stream_rows(appends: usize) -> Vec<rejoin::log::EventRow> {
         let data: Value = serde_json::from_str(&message(k)).expect("the bench's own JSON");
         let appended = StreamAppended {
             data: Some(StreamData::Json(vec![data])),
-            offset: format!("{:016}_{:016}", stream.state.head_seq + 1, 1),
+            offset: Offset {
+                index: stream.state.head_seq as u64 + 1,
+                size: 1,
+            }
+            .to_string(),
             stream_seq: None,
             producer: None,
             closes: false,

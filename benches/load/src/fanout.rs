@@ -165,9 +165,7 @@ pub async fn configuration(
         }
         Server::Relay => {
             let db = super::database(args, dir.path(), "relay").await?;
-            let mut relay = tokio::process::Command::new(std::env::current_exe()?);
-            relay.arg("relay-server").arg(db);
-            rejoin_testkit::spawn_announcing(relay).await?
+            super::spawn_baseline(&["relay-server", &db]).await?
         }
     };
     let tokens = Tokens::new(&secret);

@@ -28,9 +28,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let soak = args.soak_secs.map(Duration::from_secs).unwrap_or(soak);
 
     // The bare baseline.
-    let mut command = tokio::process::Command::new(std::env::current_exe()?);
-    command.arg("bare-server");
-    let (bare, addr) = super::spawn_announcing(command).await?;
+    let (bare, addr) = super::spawn_baseline(&["bare-server"]).await?;
     let pid = bare.id().unwrap_or_default();
     let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(n);

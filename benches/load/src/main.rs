@@ -324,6 +324,15 @@ pub async fn create_job(http: &reqwest::Client, addr: &str, service: &str) -> an
     rejoin_testkit::create_job_with(http, addr, service).await
 }
 
+/// One of this program's hidden modes (`bare-server`, `ceiling-server`,
+/// `relay-server DB`) started as its own process, with the address it
+/// announces.
+pub async fn spawn_baseline(mode: &[&str]) -> anyhow::Result<(tokio::process::Child, String)> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.args(mode);
+    spawn_announcing(command).await
+}
+
 /// The `rejoin` server binary: `--rejoin PATH`, or the one built beside this
 /// load generator (`target/release/rejoin` beside `target/release/rejoin-bench`).
 pub fn rejoin_binary() -> anyhow::Result<PathBuf> {
